@@ -1,0 +1,101 @@
+package localcache
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// PutManifest stores a manifest under key (the NAR's nix32 hash), replacing
+// any previous one. The bytes are opaque here.
+func (c *Cache) PutManifest(key string, data []byte) error {
+	if err := checkKey("storing manifest", key); err != nil {
+		return err
+	}
+	if data == nil {
+		data = []byte{}
+	}
+	err := c.update(context.Background(), 1, len(data), func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketManifests).Put([]byte(key), data)
+	})
+	if err != nil {
+		return fmt.Errorf("storing manifest %s: %w", key, err)
+	}
+	return nil
+}
+
+// GetManifest returns a copy of the manifest stored under key, or
+// ErrNotFound.
+func (c *Cache) GetManifest(key string) ([]byte, error) {
+	var out []byte
+	err := c.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketManifests).Get([]byte(key))
+		if v == nil {
+			return ErrNotFound
+		}
+		out = bytes.Clone(v)
+		return nil
+	})
+	if err != nil {
+		if errors.Is(err, ErrNotFound) {
+			return nil, ErrNotFound
+		}
+		return nil, fmt.Errorf("reading manifest %s: %w", key, err)
+	}
+	return out, nil
+}
+
+// DeleteManifest removes the manifest under key together with its verified
+// mark, which is meaningless without it. Deleting an absent manifest is not
+// an error.
+func (c *Cache) DeleteManifest(key string) error {
+	if err := checkKey("deleting manifest", key); err != nil {
+		return err
+	}
+	err := c.update(context.Background(), 1, 0, func(tx *bolt.Tx) error {
+		if err := tx.Bucket(bucketManifests).Delete([]byte(key)); err != nil {
+			return err
+		}
+		return tx.Bucket(bucketVerified).Delete([]byte(key))
+	})
+	if err != nil {
+		return fmt.Errorf("deleting manifest %s: %w", key, err)
+	}
+	return nil
+}
+
+// MarkVerified records that the NAR under key, assembled from the manifest
+// with the given digest, matched its NarHash and NarSize. Later serves of
+// the same manifest may then skip re-hashing; a different manifest under
+// the same key does not inherit the mark.
+func (c *Cache) MarkVerified(key string, manifestDigest [32]byte) error {
+	if err := checkKey("marking verified", key); err != nil {
+		return err
+	}
+	digest := bytes.Clone(manifestDigest[:])
+	err := c.update(context.Background(), 1, 0, func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketVerified).Put([]byte(key), digest)
+	})
+	if err != nil {
+		return fmt.Errorf("marking NAR %s verified: %w", key, err)
+	}
+	return nil
+}
+
+// IsVerified reports whether MarkVerified was called for key with exactly
+// this manifest digest.
+func (c *Cache) IsVerified(key string, manifestDigest [32]byte) (bool, error) {
+	var ok bool
+	err := c.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketVerified).Get([]byte(key))
+		ok = bytes.Equal(v, manifestDigest[:])
+		return nil
+	})
+	if err != nil {
+		return false, fmt.Errorf("checking verified mark of NAR %s: %w", key, err)
+	}
+	return ok, nil
+}
