@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# The project's test command: ./test.sh
+#
+# Installs what the tests need when it is missing (Debian packages, through apt-get;
+# Go modules pinned in go.sum come from the Go module proxy), then checks formatting, vets,
+# builds, runs every test with the race detector (end-to-end tests drive a real Nix
+# and fail rather than skip when it is missing) and runs each benchmark once.
+# Runs as root on Debian; needs no terminal.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+section() { printf '\n=== %s\n' "$*"; }
+
+section "tools"
+if ! command -v go >/dev/null && [[ -x /usr/local/go/bin/go ]]; then
+  export PATH="/usr/local/go/bin:$PATH"
+fi
+command -v go >/dev/null || { echo "test.sh: go not found (expected on PATH or in /usr/local/go/bin)" >&2; exit 1; }
+
+# Debian package -> a command it provides, to tell cheaply whether it is installed.
+declare -A provides=([nix-bin]=nix-store [xz-utils]=xz [zstd]=zstd [bzip2]=bzip2 [iproute2]=ip)
+missing=()
+for pkg in "${!provides[@]}"; do
+  command -v "${provides[$pkg]}" >/dev/null || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  echo "installing ${missing[*]}"
+  if ((EUID != 0)); then
+    echo "test.sh: need root to install ${missing[*]}" >&2
+    exit 1
+  fi
+  apt-get update -qq </dev/null >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" </dev/null >/dev/null
+fi
+# Use the Go that is installed rather than fetching another toolchain, and never let
+# a command rewrite go.mod or go.sum. On a clean clone the pinned modules come from
+# the Go module proxy, the only other place this script reaches.
+export GOTOOLCHAIN=local GOFLAGS=-mod=readonly
+go mod download
+echo "$(go version); $(nix-store --version)"
+
+section "gofmt"
+unformatted=$(gofmt -l .)
+if [[ -n $unformatted ]]; then
+  echo "test.sh: these files need gofmt -w:" >&2
+  echo "$unformatted" >&2
+  exit 1
+fi
+
+section "go vet"
+go vet ./...
+
+section "go build"
+go build ./...
+
+section "go test -race"
+SHOAL_E2E=1 go test -race -count=1 ./... </dev/null
+
+section "benchmarks (one iteration each)"
+SHOAL_E2E=1 go test -run '^$' -bench . -benchtime=1x ./... </dev/null
+
+section "ok"
