@@ -3,6 +3,7 @@ package localcache
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -31,9 +32,10 @@ type writeOp struct {
 // one transaction commits, later ops pile up and go out together in the
 // next, so batching grows with load and adds no latency when idle.
 type writer struct {
-	mu     sync.Mutex
-	queue  []*writeOp
-	leader chan struct{} // capacity 1: holding a slot makes a caller the committer
+	mu      sync.Mutex
+	queue   []*writeOp
+	leader  chan struct{} // capacity 1: holding a slot makes a caller the committer
+	commits atomic.Int64  // shared transactions attempted, for tests and diagnosis
 }
 
 func (w *writer) init() { w.leader = make(chan struct{}, 1) }
@@ -96,6 +98,7 @@ func (c *Cache) commitNext() {
 	if len(live) == 0 {
 		return
 	}
+	w.commits.Add(1)
 	err := c.db.Update(func(tx *bolt.Tx) error {
 		for _, op := range live {
 			if err := op.fn(tx); err != nil {
