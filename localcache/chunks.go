@@ -113,6 +113,7 @@ func (c *Cache) GetChunk(ctx context.Context, id chunkID) ([]byte, error) {
 		if err != nil {
 			return err
 		}
+		willNeed(obj)
 		out = bytes.Clone(obj)
 		return nil
 	})
