@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/shoal-nix/shoal/chunk"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -178,7 +179,7 @@ func TestPutChunksSkipsExisting(t *testing.T) {
 
 func TestPutChunksRejectsEmptyObject(t *testing.T) {
 	c, _ := openTemp(t)
-	err := c.PutChunks(context.Background(), []ChunkPut{testChunk(1, 10), {ID: chunkID{1}}})
+	err := c.PutChunks(context.Background(), []ChunkPut{testChunk(1, 10), {ID: chunk.ID{1}}})
 	if err == nil {
 		t.Fatal("PutChunks accepted an empty object")
 	}
@@ -212,12 +213,12 @@ func TestChunkLookups(t *testing.T) {
 	}
 	tests := []struct {
 		name string
-		ids  []chunkID
+		ids  []chunk.ID
 		want []bool
 	}{
 		{"none", nil, []bool{}},
-		{"all present", []chunkID{a.ID, b.ID}, []bool{true, true}},
-		{"mixed", []chunkID{absent.ID, b.ID, absent.ID, a.ID}, []bool{false, true, false, true}},
+		{"all present", []chunk.ID{a.ID, b.ID}, []bool{true, true}},
+		{"mixed", []chunk.ID{absent.ID, b.ID, absent.ID, a.ID}, []bool{false, true, false, true}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -256,7 +257,7 @@ func TestChunkLookups(t *testing.T) {
 func TestForEachChunk(t *testing.T) {
 	c, _ := openTemp(t)
 	ctx := context.Background()
-	want := map[chunkID][]byte{}
+	want := map[chunk.ID][]byte{}
 	var puts []ChunkPut
 	for i := range 50 {
 		p := testChunk(uint64(i), 1000+i)
@@ -271,8 +272,8 @@ func TestForEachChunk(t *testing.T) {
 	}
 	delete(want, puts[10].ID)
 
-	seen := map[chunkID]bool{}
-	err := c.ForEachChunk(ctx, func(id chunkID, obj []byte) error {
+	seen := map[chunk.ID]bool{}
+	err := c.ForEachChunk(ctx, func(id chunk.ID, obj []byte) error {
 		if !bytes.Equal(obj, want[id]) {
 			return fmt.Errorf("chunk %x: wrong object", id[:4])
 		}
@@ -288,7 +289,7 @@ func TestForEachChunk(t *testing.T) {
 
 	stop := errors.New("stop")
 	n := 0
-	err = c.ForEachChunk(ctx, func(chunkID, []byte) error {
+	err = c.ForEachChunk(ctx, func(chunk.ID, []byte) error {
 		n++
 		if n == 5 {
 			return stop

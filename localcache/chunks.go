@@ -7,13 +7,14 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/shoal-nix/shoal/chunk"
 	bolt "go.etcd.io/bbolt"
 )
 
 // ChunkPut is one chunk object to store: the zstd frame exactly as fetched.
 // The caller has already checked it against ID.
 type ChunkPut struct {
-	ID  chunkID
+	ID  chunk.ID
 	Obj []byte
 }
 
@@ -87,7 +88,7 @@ func putChunks(tx *bolt.Tx, puts []ChunkPut) error {
 
 // lookupChunk returns the chunk's body key and stored object, which point
 // into the mmap and are valid only during tx.
-func lookupChunk(tx *bolt.Tx, id chunkID) (seqKey, obj []byte, err error) {
+func lookupChunk(tx *bolt.Tx, id chunk.ID) (seqKey, obj []byte, err error) {
 	seqKey = tx.Bucket(bucketChunkIndex).Get(id[:])
 	if seqKey == nil {
 		return nil, nil, ErrNotFound
@@ -103,7 +104,7 @@ func lookupChunk(tx *bolt.Tx, id chunkID) (seqKey, obj []byte, err error) {
 }
 
 // GetChunk returns a copy of the stored object, or ErrNotFound.
-func (c *Cache) GetChunk(ctx context.Context, id chunkID) ([]byte, error) {
+func (c *Cache) GetChunk(ctx context.Context, id chunk.ID) ([]byte, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -128,7 +129,7 @@ func (c *Cache) GetChunk(ctx context.Context, id chunkID) ([]byte, error) {
 
 // HasChunks reports, for each ID, whether an object is stored, using one
 // read transaction for the whole list.
-func (c *Cache) HasChunks(ids []chunkID) ([]bool, error) {
+func (c *Cache) HasChunks(ids []chunk.ID) ([]bool, error) {
 	have := make([]bool, len(ids))
 	err := c.db.View(func(tx *bolt.Tx) error {
 		index := tx.Bucket(bucketChunkIndex)
@@ -146,7 +147,7 @@ func (c *Cache) HasChunks(ids []chunkID) ([]bool, error) {
 // DeleteChunk removes a stored object, typically one that failed
 // verification, so the next request fetches it afresh. Deleting an absent
 // chunk is not an error: two readers may find the same corruption.
-func (c *Cache) DeleteChunk(id chunkID) error {
+func (c *Cache) DeleteChunk(id chunk.ID) error {
 	err := c.update(context.Background(), 1, 0, func(tx *bolt.Tx) error {
 		seqKey := tx.Bucket(bucketChunkIndex).Get(id[:])
 		if seqKey == nil {
@@ -183,14 +184,14 @@ func (c *Cache) DeleteChunk(id chunkID) error {
 // transaction for the whole walk: obj is valid only during fn, and a long
 // walk delays writers whenever the file has to grow past its mapping. An
 // error from fn or ctx stops the walk and is returned.
-func (c *Cache) ForEachChunk(ctx context.Context, fn func(id chunkID, obj []byte) error) error {
+func (c *Cache) ForEachChunk(ctx context.Context, fn func(id chunk.ID, obj []byte) error) error {
 	return c.db.View(func(tx *bolt.Tx) error {
 		cur := tx.Bucket(bucketChunkBody).Cursor()
 		for k, v := cur.First(); k != nil; k, v = cur.Next() {
 			if err := ctx.Err(); err != nil {
 				return err
 			}
-			var id chunkID
+			var id chunk.ID
 			if len(v) < len(id) {
 				return fmt.Errorf("walking chunks: body %x is %d bytes, too short for an ID", k, len(v))
 			}
