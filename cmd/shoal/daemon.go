@@ -1,0 +1,62 @@
+package main
+
+import (
+	"fmt"
+	"log/slog"
+	"net"
+
+	"github.com/shoal-nix/shoal/daemon"
+	"github.com/shoal-nix/shoal/substituter"
+	"github.com/urfave/cli/v2"
+)
+
+func daemonCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "daemon",
+		Usage: "serve a Nix binary cache on loopback, assembled from deduplicated chunks",
+		Description: `The daemon answers Nix's binary-cache protocol. For each store path it finds a
+narinfo signed by a trusted key (in the chunk store, else the upstream caches in order),
+and serves the NAR from its local chunk cache, the chunk store, or the whole NAR from
+the upstream, whichever costs fewer bytes, verifying it before sending.
+
+Point Nix at it (nix.conf), keeping cache.nixos.org as a fallback:
+  substituters = http://127.0.0.1:37515 https://cache.nixos.org
+
+Without --store the daemon fetches whole NARs from the upstream and keeps their chunks,
+so later versions can reuse them.`,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "listen", Value: "127.0.0.1:37515", Usage: "address to serve Nix on", EnvVars: env("listen")},
+			&cli.StringFlag{Name: "store", Usage: "chunk store published by `shoal publish` (file://, http(s)://)", EnvVars: env("store")},
+			&cli.StringSliceFlag{Name: "upstream", Value: cli.NewStringSlice(substituter.DefaultUpstream), Usage: "plain binary cache for narinfos and whole NARs, in order (repeatable)", EnvVars: env("upstream")},
+			&cli.StringSliceFlag{Name: "trusted-public-key", Value: cli.NewStringSlice(substituter.DefaultTrustedKey), Usage: "accept narinfos signed by this key, `NAME:BASE64` (repeatable)", EnvVars: env("trusted-public-key")},
+			&cli.StringFlag{Name: "state-dir", Value: defaultStateDir(), Usage: "where the chunk cache lives (default: $STATE_DIRECTORY, else $XDG_STATE_HOME/shoal)", EnvVars: env("state-dir")},
+			&cli.IntFlag{Name: "priority", Value: 30, Usage: "Priority in nix-cache-info; lower wins (cache.nixos.org says 40)", EnvVars: env("priority")},
+			&cli.DurationFlag{Name: "verify-wait", Value: 60_000_000_000, Usage: "how long Nix may wait for a NAR to be verified before shoal streams it with the end held back", EnvVars: env("verify-wait")},
+		},
+		Action: func(c *cli.Context) error {
+			if c.NArg() > 0 {
+				return usageError("daemon takes no arguments (got %q)", c.Args().Slice())
+			}
+			cfg := daemon.Config{
+				Listen:      c.String("listen"),
+				StoreURL:    c.String("store"),
+				Upstreams:   c.StringSlice("upstream"),
+				TrustedKeys: c.StringSlice("trusted-public-key"),
+				StateDir:    c.String("state-dir"),
+				Priority:    c.Int("priority"),
+				VerifyWait:  c.Duration("verify-wait"),
+				Logger:      slog.Default(),
+			}
+			d, err := daemon.New(cfg)
+			if err != nil {
+				return err
+			}
+			defer d.Close()
+			ln, err := net.Listen("tcp", cfg.Listen)
+			if err != nil {
+				return fmt.Errorf("listening on %s: %w", cfg.Listen, err)
+			}
+			return d.Serve(c.Context, ln)
+		},
+	}
+}

@@ -1,0 +1,152 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"runtime"
+	"sync"
+
+	"github.com/schollz/progressbar/v3"
+	"github.com/shoal-nix/shoal/blob"
+	"github.com/shoal-nix/shoal/chunk"
+	"github.com/shoal-nix/shoal/publish"
+	"github.com/shoal-nix/shoal/store"
+	"github.com/shoal-nix/shoal/substituter"
+	"github.com/urfave/cli/v2"
+	"golang.org/x/term"
+)
+
+func publishCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "publish",
+		Usage:     "build or extend a chunk store from a Nix binary cache",
+		ArgsUsage: "(--all | STORE_PATH...)",
+		Description: `For each store path: fetch its narinfo and refuse it unless a trusted key signed
+it, fetch and decompress the NAR, check NarHash and NarSize, cut it into chunks, and
+write the chunks the store lacks, then the manifest, then the narinfo. Each file is
+written atomically in that order, so an interrupted publish leaves nothing a reader can
+trip on, and running the same command again finishes the job.
+
+STORE_PATH may be a full store path, its base name or its 32-character hash.
+
+Examples:
+  shoal publish --from file:///srv/cache --to /srv/shoal-store --all
+  shoal publish --from https://cache.example.org --to ./store \
+      --trusted-public-key example-1:AbC... /nix/store/abc...-hello-2.12
+
+xz NARs are decoded by the xz program when it is on PATH (about twice as fast as
+the built-in decoder).`,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "from", Required: true, Usage: "binary cache to read (file:///dir, http(s)://host)", EnvVars: env("from")},
+			&cli.StringFlag{Name: "to", Required: true, Usage: "chunk store to write (a directory or file:///dir)", EnvVars: env("to")},
+			&cli.StringSliceFlag{Name: "trusted-public-key", Value: cli.NewStringSlice(substituter.DefaultTrustedKey), Usage: "accept narinfos signed by this key, `NAME:BASE64` (repeatable)", EnvVars: env("trusted-public-key")},
+			&cli.IntFlag{Name: "jobs", Value: runtime.NumCPU(), Usage: "NARs processed at once", EnvVars: env("jobs")},
+			&cli.BoolFlag{Name: "all", Usage: "publish every narinfo of the (file://) cache", EnvVars: env("all")},
+			&cli.IntFlag{Name: "chunk-min", Value: chunk.DefaultParams().Min, Usage: "FastCDC minimum chunk size in bytes (part of the format: a store never mixes)", EnvVars: env("chunk-min")},
+			&cli.IntFlag{Name: "chunk-avg", Value: chunk.DefaultParams().Avg, Usage: "FastCDC average chunk size in bytes, a power of two", EnvVars: env("chunk-avg")},
+			&cli.IntFlag{Name: "chunk-max", Value: chunk.DefaultParams().Max, Usage: "FastCDC maximum chunk size in bytes", EnvVars: env("chunk-max")},
+		},
+		Action: runPublish,
+	}
+}
+
+func runPublish(c *cli.Context) error {
+	ctx := c.Context
+	if c.Bool("all") == (c.NArg() > 0) {
+		return usageError("publish needs either --all or store paths, not both and not neither")
+	}
+	keys, err := substituter.ParseKeyring(c.StringSlice("trusted-public-key"))
+	if err != nil {
+		return usageError("--trusted-public-key: %v", err)
+	}
+	srcBlob, err := blob.Open(c.String("from"), nil)
+	if err != nil {
+		return usageError("--from: %v", err)
+	}
+	src := substituter.NewBinaryCache(srcBlob)
+	dst, err := store.Open(c.String("to"), nil)
+	if err != nil {
+		return usageError("--to: %v", err)
+	}
+	var hashParts []string
+	if c.Bool("all") {
+		err := src.List(ctx, func(hp string) error {
+			hashParts = append(hashParts, hp)
+			return nil
+		})
+		if errors.Is(err, blob.ErrNotSupported) {
+			return usageError("--all needs a cache that can be listed (file://); name the store paths for %s", src)
+		}
+		if err != nil {
+			return fmt.Errorf("listing %s: %w", src, err)
+		}
+		if len(hashParts) == 0 {
+			return fmt.Errorf("%s holds no narinfo files: is it a binary cache?", src)
+		}
+	} else {
+		for _, a := range c.Args().Slice() {
+			hp, err := substituter.ParseHashPart(a)
+			if err != nil {
+				return usageError("%q is not a store path: %v", a, err)
+			}
+			hashParts = append(hashParts, hp)
+		}
+	}
+
+	opts := publish.Options{
+		Params: chunk.Params{Min: c.Int("chunk-min"), Avg: c.Int("chunk-avg"), Max: c.Int("chunk-max")},
+		Jobs:   c.Int("jobs"),
+		Logger: slog.Default(),
+	}
+	var bar *progressbar.ProgressBar
+	if term.IsTerminal(int(os.Stderr.Fd())) {
+		// On a terminal the bar replaces per-NAR lines; problems are still logged.
+		opts.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+		var once sync.Once
+		var mu sync.Mutex
+		opts.Progress = func(done, total int64) {
+			mu.Lock()
+			defer mu.Unlock()
+			once.Do(func() {
+				bar = progressbar.NewOptions64(total, progressbar.OptionSetWriter(os.Stderr),
+					progressbar.OptionShowBytes(true), progressbar.OptionSetDescription("publishing"),
+					progressbar.OptionThrottle(100_000_000), progressbar.OptionClearOnFinish())
+			})
+			_ = bar.Set64(done)
+		}
+	}
+	slog.Info("publishing", "from", src.String(), "to", dst.String(), "paths", len(hashParts), "chunker", opts.Params.Identity(), "xz_decoder", substituter.XZDecoder())
+	p, err := publish.New(src, dst, keys, opts)
+	if err != nil {
+		return err
+	}
+	defer p.Close()
+	sum, err := p.Run(ctx, hashParts)
+	if bar != nil {
+		_ = bar.Finish()
+	}
+	printSummary(sum)
+	if ctx.Err() != nil {
+		return errInterrupted
+	}
+	return err
+}
+
+func printSummary(s publish.Summary) {
+	ratio := "n/a"
+	if s.SourceBytes > 0 {
+		ratio = fmt.Sprintf("%.3f", float64(s.NewBytes)/float64(s.SourceBytes))
+	}
+	mbps := 0.0
+	if s.Elapsed > 0 {
+		mbps = float64(s.NarBytes) / 1e6 / s.Elapsed.Seconds()
+	}
+	fmt.Fprintf(os.Stderr, `published %d NARs (%d already complete, %d refused) in %s
+  NAR bytes:            %d (%.1f MB/s)
+  source cache bytes:   %d (compressed NARs)
+  chunks:               %d, of which new: %d
+  new chunk bytes:      %d (%s of the source cache's size)
+`, s.NARs, s.Skipped, s.Refused, s.Elapsed.Round(1e7), s.NarBytes, mbps, s.SourceBytes, s.Chunks, s.NewChunks, s.NewBytes, ratio)
+}

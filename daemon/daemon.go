@@ -1,0 +1,212 @@
+// Package daemon wires shoal's daemon: the local cache, the central store, the upstream
+// caches and the HTTP endpoint that nix-daemon substitutes from.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/shoal-nix/shoal/blob"
+	"github.com/shoal-nix/shoal/chunk"
+	"github.com/shoal-nix/shoal/localcache"
+	"github.com/shoal-nix/shoal/store"
+	"github.com/shoal-nix/shoal/substituter"
+	"golang.org/x/sync/singleflight"
+)
+
+// Config is everything the daemon needs; the CLI fills it from flags.
+type Config struct {
+	Listen      string
+	StoreURL    string   // optional central chunk store
+	Upstreams   []string // plain binary caches, in order
+	TrustedKeys []string
+	StateDir    string
+	Priority    int
+
+	// VerifyWait bounds how long Nix waits for headers while a NAR is checked before the
+	// first byte; past it, verified chunks are streamed and the end is held back until
+	// the whole NAR matched. Well inside Nix's 300 s stall timeout.
+	VerifyWait time.Duration
+	// Narinfo cache lifetimes: a hit, a miss everywhere, a miss because something was
+	// unreachable (short, so an outage heals quickly).
+	PositiveTTL    time.Duration
+	NotFoundTTL    time.Duration
+	UnreachableTTL time.Duration
+	// LookupTimeout bounds one narinfo lookup across all sources, so a dead upstream
+	// can't stall every Nix query.
+	LookupTimeout time.Duration
+
+	Params     chunk.Params
+	Logger     *slog.Logger
+	HTTPClient *http.Client
+}
+
+// Defaults fills zero fields with the documented defaults.
+func (c *Config) Defaults() {
+	if c.Listen == "" {
+		c.Listen = "127.0.0.1:37515"
+	}
+	if c.Priority == 0 {
+		c.Priority = 30
+	}
+	if c.VerifyWait == 0 {
+		c.VerifyWait = 60 * time.Second
+	}
+	if c.PositiveTTL == 0 {
+		c.PositiveTTL = 24 * time.Hour
+	}
+	if c.NotFoundTTL == 0 {
+		c.NotFoundTTL = time.Hour
+	}
+	if c.UnreachableTTL == 0 {
+		c.UnreachableTTL = 30 * time.Second
+	}
+	if c.LookupTimeout == 0 {
+		c.LookupTimeout = 20 * time.Second
+	}
+	if c.Params == (chunk.Params{}) {
+		c.Params = chunk.DefaultParams()
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+}
+
+// Daemon serves Nix. Create it with New, serve with Serve or Handler, then Close.
+type Daemon struct {
+	cfg       Config
+	log       *slog.Logger
+	cache     *localcache.Cache
+	store     *store.Store
+	upstreams []*substituter.BinaryCache
+	keys      *substituter.Keyring
+	codec     *chunk.Codec
+	asm       *substituter.Assembler
+	metrics   *Metrics
+	lookups   singleflight.Group
+	now       func() time.Time
+}
+
+// New opens the state directory and checks the configuration; it does not contact any
+// store or upstream, so a daemon starts even while the network is down.
+func New(cfg Config) (*Daemon, error) {
+	cfg.Defaults()
+	keys, err := substituter.ParseKeyring(cfg.TrustedKeys)
+	if err != nil {
+		return nil, fmt.Errorf("trusted public keys: %w", err)
+	}
+	if err := cfg.Params.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.StateDir == "" {
+		return nil, errors.New("no state directory: set --state-dir")
+	}
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("creating state directory: %w", err)
+	}
+	d := &Daemon{cfg: cfg, log: cfg.Logger, keys: keys, metrics: NewMetrics(), now: time.Now}
+	for _, u := range cfg.Upstreams {
+		b, err := blob.Open(u, cfg.HTTPClient)
+		if err != nil {
+			return nil, fmt.Errorf("upstream %s: %w", u, err)
+		}
+		d.upstreams = append(d.upstreams, substituter.NewBinaryCache(b))
+	}
+	if cfg.StoreURL != "" {
+		if d.store, err = store.Open(cfg.StoreURL, cfg.HTTPClient); err != nil {
+			return nil, err
+		}
+	}
+	if len(d.upstreams) == 0 && d.store == nil {
+		return nil, errors.New("nothing to serve from: give --store or at least one --upstream")
+	}
+	if d.codec, err = chunk.NewCodec(); err != nil {
+		return nil, err
+	}
+	d.cache, err = localcache.Open(filepath.Join(cfg.StateDir, "cache.db"), localcache.Options{})
+	if err != nil {
+		d.codec.Close()
+		return nil, fmt.Errorf("opening local cache: %w", err)
+	}
+	var sources []substituter.ChunkSource
+	if d.store != nil {
+		sources = append(sources, storeSource{d.store})
+	}
+	d.asm = &substituter.Assembler{
+		Cache:    d.cache,
+		Codec:    d.codec,
+		Sources:  sources,
+		Params:   cfg.Params,
+		Counters: d.metrics,
+		Log:      d.log,
+	}
+	return d, nil
+}
+
+// Close releases the local cache.
+func (d *Daemon) Close() error {
+	err := d.cache.Close()
+	d.codec.Close()
+	return err
+}
+
+// Metrics returns the daemon's counters.
+func (d *Daemon) Metrics() *Metrics { return d.metrics }
+
+// Serve answers Nix on ln until ctx ends, then drains in-flight requests for a while.
+func (d *Daemon) Serve(ctx context.Context, ln net.Listener) error {
+	srv := &http.Server{
+		Handler:           d.Handler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(d.log.Handler(), slog.LevelDebug),
+		BaseContext:       func(net.Listener) context.Context { return ctx },
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	d.log.Info("serving Nix", "listen", ln.Addr().String(), "store", d.cfg.StoreURL, "upstreams", d.cfg.Upstreams, "priority", d.cfg.Priority)
+	go d.pruneLoop(ctx)
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	shutdown, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(shutdown); err != nil {
+		return fmt.Errorf("shutting down HTTP server: %w", err)
+	}
+	return nil
+}
+
+func (d *Daemon) pruneLoop(ctx context.Context) {
+	t := time.NewTicker(time.Hour)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if n, err := d.cache.Prune(d.now()); err != nil {
+				d.log.Warn("pruning local cache", "err", err)
+			} else if n > 0 {
+				d.log.Info("pruned expired narinfo entries and routes", "removed", n)
+			}
+		}
+	}
+}
+
+// storeSource offers the central store's chunks to the assembler.
+type storeSource struct{ s *store.Store }
+
+func (s storeSource) Name() string { return "store" }
+func (s storeSource) Chunk(ctx context.Context, id chunk.ID) ([]byte, error) {
+	return s.s.Chunk(ctx, id)
+}

@@ -1,0 +1,456 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/shoal-nix/shoal/localcache"
+	"github.com/shoal-nix/shoal/manifest"
+	"github.com/shoal-nix/shoal/substituter"
+)
+
+var (
+	narInfoPath = regexp.MustCompile(`^/([0-9a-df-np-sv-z]{32})\.narinfo$`)
+	narPath     = regexp.MustCompile(`^/nar/([0-9a-df-np-sv-z]{52})\.nar$`)
+)
+
+// Handler returns the binary-cache HTTP API Nix talks to.
+func (d *Daemon) Handler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			w.Header().Set("Allow", "GET, HEAD")
+			http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+			return
+		}
+		rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
+		route := "other"
+		defer func() { d.metrics.request(route, rec.status) }()
+		switch p := r.URL.Path; {
+		case p == "/nix-cache-info":
+			route = "nix-cache-info"
+			d.serveCacheInfo(rec, r)
+		case narInfoPath.MatchString(p):
+			route = "narinfo"
+			d.serveNarInfo(rec, r, narInfoPath.FindStringSubmatch(p)[1])
+		case narPath.MatchString(p):
+			route = "nar"
+			d.serveNAR(rec, r, narPath.FindStringSubmatch(p)[1])
+		case p == "/metrics":
+			route = "metrics"
+			d.metrics.serveHTTP(rec, r)
+		default:
+			http.NotFound(rec, r)
+		}
+	})
+}
+
+type statusRecorder struct {
+	http.ResponseWriter
+	status int
+}
+
+func (s *statusRecorder) WriteHeader(code int) {
+	s.status = code
+	s.ResponseWriter.WriteHeader(code)
+}
+
+func (s *statusRecorder) Flush() {
+	if f, ok := s.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+// serveCacheInfo answers locally and always: a failing nix-cache-info drops the
+// substituter for the whole Nix process, and Nix caches this file for days.
+func (d *Daemon) serveCacheInfo(w http.ResponseWriter, r *http.Request) {
+	body := fmt.Sprintf("StoreDir: /nix/store\nWantMassQuery: 1\nPriority: %d\n", d.cfg.Priority)
+	w.Header().Set("Content-Type", "text/x-nix-cache-info")
+	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+	if r.Method == http.MethodGet {
+		_, _ = w.Write([]byte(body))
+	}
+}
+
+// narURL is shoal's own NAR route. It depends only on the NarHash, so it stays valid
+// whichever source serves the NAR later; Nix keeps narinfos with their URL for 30 days.
+func narURL(narKey string) string { return "nar/" + narKey + ".nar" }
+
+func (d *Daemon) serveNarInfo(w http.ResponseWriter, r *http.Request, hashPart string) {
+	ni, _, err := d.narInfo(r.Context(), hashPart)
+	if err != nil {
+		// A miss, a refusal and an outage all answer 404: a 5xx makes Nix retry and then
+		// fail the build when shoal is the last substituter.
+		if !errors.Is(err, substituter.ErrNotFound) {
+			d.log.Warn("narinfo unavailable", "hash", hashPart, "err", err)
+		}
+		http.Error(w, "not found", http.StatusNotFound)
+		return
+	}
+	body := substituter.Rewrite(ni, narURL(manifest.Key(ni.NarHash)))
+	w.Header().Set("Content-Type", "text/x-nix-narinfo")
+	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+	if r.Method == http.MethodGet {
+		_, _ = w.Write(body)
+	}
+}
+
+// narInfo finds a trusted narinfo for hashPart: local cache, then the store, then the
+// upstreams in order. The returned source is the URL of the cache that had it.
+func (d *Daemon) narInfo(ctx context.Context, hashPart string) (*substituter.NarInfo, string, error) {
+	now := d.now()
+	if e, err := d.cache.GetNarInfo(hashPart, now); err == nil {
+		if e.Negative {
+			return nil, "", fmt.Errorf("%w: %s (cached)", substituter.ErrNotFound, e.Reason)
+		}
+		ni, err := substituter.ParseNarInfo(e.Raw)
+		if err == nil {
+			if _, err = d.keys.Verify(ni); err == nil {
+				return ni, e.Source, nil
+			}
+		}
+		d.log.Warn("cached narinfo no longer acceptable; looking it up again", "hash", hashPart, "err", err)
+	} else if !errors.Is(err, localcache.ErrNotFound) {
+		d.log.Warn("reading narinfo cache", "err", err)
+	}
+	type found struct {
+		ni     *substituter.NarInfo
+		source string
+	}
+	// Nix asks many paths at once, and often the same one from several jobs.
+	v, err, _ := d.lookups.Do(hashPart, func() (any, error) {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), d.cfg.LookupTimeout)
+		defer cancel()
+		ni, source, err := d.lookup(ctx, hashPart)
+		if err != nil {
+			return nil, err
+		}
+		return found{ni, source}, nil
+	})
+	if err != nil {
+		return nil, "", err
+	}
+	f := v.(found)
+	return f.ni, f.source, nil
+}
+
+// lookup asks the sources and records the answer, positive or negative.
+func (d *Daemon) lookup(ctx context.Context, hashPart string) (*substituter.NarInfo, string, error) {
+	type source struct {
+		name  string
+		fetch func(context.Context) (*substituter.NarInfo, error)
+	}
+	var sources []source
+	if d.store != nil {
+		sources = append(sources, source{d.store.String(), func(ctx context.Context) (*substituter.NarInfo, error) {
+			raw, err := d.store.NarInfo(ctx, hashPart)
+			if err != nil {
+				return nil, err
+			}
+			return substituter.ParseNarInfo(raw)
+		}})
+	}
+	for _, u := range d.upstreams {
+		sources = append(sources, source{u.String(), func(ctx context.Context) (*substituter.NarInfo, error) {
+			return u.NarInfo(ctx, hashPart)
+		}})
+	}
+	var reasons []string
+	unreachable := false
+	for _, s := range sources {
+		ni, err := s.fetch(ctx)
+		switch {
+		case errors.Is(err, substituter.ErrNotFound):
+			reasons = append(reasons, s.name+": not found")
+			continue
+		case err != nil:
+			unreachable = true
+			reasons = append(reasons, s.name+": "+err.Error())
+			d.log.Warn("narinfo source failed", "source", s.name, "hash", hashPart, "err", err)
+			continue
+		}
+		if ni.HashPart() != hashPart {
+			reasons = append(reasons, s.name+": narinfo is for another path "+ni.StorePath)
+			d.log.Warn("narinfo refused: wrong store path", "source", s.name, "hash", hashPart, "path", ni.StorePath)
+			continue
+		}
+		key, err := d.keys.Verify(ni)
+		if err != nil {
+			reasons = append(reasons, s.name+": "+err.Error())
+			d.log.Warn("narinfo refused: no valid signature from a trusted key", "source", s.name, "path", ni.StorePath, "err", err)
+			continue
+		}
+		now := d.now()
+		if err := d.cache.PutNarInfo(hashPart, localcache.NarInfoEntry{Raw: ni.Raw, Source: s.name, Expires: now.Add(d.cfg.PositiveTTL)}); err != nil {
+			d.log.Warn("caching narinfo", "err", err)
+		}
+		route := localcache.NarRoute{HashPart: hashPart, StorePath: ni.StorePath, Source: s.name, NarSize: ni.NarSize, LastUsed: now}
+		if err := d.cache.PutNarRoute(manifest.Key(ni.NarHash), route); err != nil {
+			// Without a route the NAR URL would 404 later: refuse the narinfo now.
+			return nil, "", fmt.Errorf("recording NAR route: %w", err)
+		}
+		d.log.Debug("narinfo found", "path", ni.StorePath, "source", s.name, "key", key)
+		return ni, s.name, nil
+	}
+	ttl := d.cfg.NotFoundTTL
+	if unreachable {
+		ttl = d.cfg.UnreachableTTL
+	}
+	reason := strings.Join(reasons, "; ")
+	if reason == "" {
+		reason = "no sources"
+	}
+	if err := d.cache.PutNarInfo(hashPart, localcache.NarInfoEntry{Negative: true, Reason: reason, Expires: d.now().Add(ttl)}); err != nil {
+		d.log.Warn("caching narinfo miss", "err", err)
+	}
+	return nil, "", fmt.Errorf("%w: %s", substituter.ErrNotFound, reason)
+}
+
+// wholeSource returns the upstream that can serve the whole NAR, and the narinfo whose
+// URL and compression to use there.
+func (d *Daemon) wholeSource(ctx context.Context, ni *substituter.NarInfo, source string) (*substituter.BinaryCache, *substituter.NarInfo) {
+	for _, u := range d.upstreams {
+		if u.String() == source {
+			return u, ni
+		}
+	}
+	// The narinfo came from the store: ask the upstreams for theirs, which names the
+	// NAR file; it must describe the same NAR.
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	for _, u := range d.upstreams {
+		uni, err := u.NarInfo(ctx, ni.HashPart())
+		if err != nil {
+			continue
+		}
+		if uni.NarHash != ni.NarHash || uni.NarSize != ni.NarSize {
+			d.log.Warn("upstream describes a different NAR for the path", "upstream", u.String(), "path", ni.StorePath)
+			continue
+		}
+		if _, err := d.keys.Verify(uni); err != nil {
+			continue
+		}
+		return u, uni
+	}
+	return nil, nil
+}
+
+// job gathers what the assembler needs for the NAR behind narKey.
+func (d *Daemon) job(ctx context.Context, narKey string) (*substituter.NarJob, error) {
+	route, err := d.cache.GetNarRoute(narKey)
+	if err != nil {
+		return nil, fmt.Errorf("%w: no narinfo was served for NAR %s: %v", substituter.ErrNotFound, narKey, err)
+	}
+	_ = d.cache.TouchNarRoute(narKey, d.now())
+	ni, source, err := d.narInfo(ctx, route.HashPart)
+	if err != nil {
+		return nil, err
+	}
+	if manifest.Key(ni.NarHash) != narKey {
+		return nil, fmt.Errorf("%w: %s now has NAR %s, not %s", substituter.ErrNotFound, ni.StorePath, manifest.Key(ni.NarHash), narKey)
+	}
+	job := &substituter.NarJob{Info: ni}
+	if raw, err := d.cache.GetManifest(narKey); err == nil {
+		if m, err := manifest.Parse(raw); err == nil {
+			job.Manifest, job.ManifestRaw = m, raw
+		}
+	}
+	if job.Manifest == nil && d.store != nil {
+		m, raw, err := d.store.Manifest(ctx, ni.NarHash)
+		switch {
+		case err == nil:
+			job.Manifest, job.ManifestRaw = m, raw
+			d.metrics.Add("store-manifest", int64(len(raw)))
+		case errors.Is(err, substituter.ErrNotFound):
+			d.log.Info("store has no manifest for NAR", "path", ni.StorePath)
+		default:
+			d.log.Warn("store manifest unavailable", "path", ni.StorePath, "err", err)
+		}
+	}
+	job.Whole, job.Info = d.wholeSource(ctx, ni, source)
+	if job.Info == nil {
+		job.Info = ni
+	}
+	return job, nil
+}
+
+func (d *Daemon) serveNAR(w http.ResponseWriter, r *http.Request, narKey string) {
+	ctx := r.Context()
+	job, err := d.job(ctx, narKey)
+	if err != nil {
+		d.log.Warn("NAR unavailable", "nar", narKey, "err", err)
+		http.Error(w, "not found", http.StatusNotFound)
+		return
+	}
+	size := int64(job.Info.NarSize)
+	h := w.Header()
+	h.Set("Content-Type", "application/x-nix-nar")
+	h.Set("Accept-Ranges", "bytes")
+	if r.Method == http.MethodHead {
+		h.Set("Content-Length", strconv.FormatInt(size, 10))
+		return
+	}
+	start, end, ranged, err := parseRange(r.Header.Get("Range"), size)
+	if err != nil {
+		h.Set("Content-Range", fmt.Sprintf("bytes */%d", size))
+		http.Error(w, err.Error(), http.StatusRequestedRangeNotSatisfiable)
+		return
+	}
+
+	p := d.asm.Start(*job)
+	wait := d.cfg.VerifyWait
+	if ranged {
+		// A range is a resumed transfer: serve it only from a verified NAR.
+		wait = 24 * time.Hour
+	}
+	waitCtx, cancel := context.WithTimeout(ctx, wait)
+	m, err := p.Wait(waitCtx)
+	cancel()
+	switch {
+	case err == nil:
+		d.streamVerified(w, r, m, start, end, ranged, size)
+		return
+	case ctx.Err() != nil:
+		return // Nix went away
+	case errors.Is(err, context.DeadlineExceeded):
+		if done, _, _ := p.Done(); !done {
+			d.streamProgress(w, r, p, size)
+			return
+		}
+		m, err = p.Wait(ctx)
+		if err == nil {
+			d.streamVerified(w, r, m, start, end, ranged, size)
+			return
+		}
+	}
+	d.log.Warn("NAR unavailable", "path", job.Info.StorePath, "err", err)
+	http.Error(w, "not found", http.StatusNotFound)
+}
+
+// streamVerified sends bytes [start, end) of a NAR whose chunks are all local and whose
+// manifest assembled to the right NarHash. Each chunk is still checked against its ID:
+// if the disk lost one, the connection is broken rather than the response finished.
+func (d *Daemon) streamVerified(w http.ResponseWriter, r *http.Request, m *manifest.Manifest, start, end int64, ranged bool, size int64) {
+	h := w.Header()
+	h.Set("Content-Length", strconv.FormatInt(end-start, 10))
+	if ranged {
+		h.Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", start, end-1, size))
+		w.WriteHeader(http.StatusPartialContent)
+	} else {
+		w.WriteHeader(http.StatusOK)
+	}
+	var buf []byte
+	var off int64
+	for _, e := range m.Entries {
+		cs, ce := off, off+int64(e.Size)
+		off = ce
+		if ce <= start {
+			continue
+		}
+		if cs >= end {
+			break
+		}
+		raw, err := d.asm.LocalChunk(r.Context(), buf, e)
+		if err != nil {
+			d.log.Error("breaking NAR response: local chunk unusable", "nar", manifest.Key(m.NarHash), "err", err)
+			panic(http.ErrAbortHandler)
+		}
+		buf = raw
+		lo, hi := max(start-cs, 0), min(end, ce)-cs
+		if _, err := w.Write(raw[lo:hi]); err != nil {
+			return
+		}
+	}
+}
+
+// streamProgress sends a NAR while it is still being fetched: chunks go out in order as
+// they arrive, checked against their IDs, and the last chunk only after the whole NAR
+// matched its NarHash. On a mismatch the connection breaks, so Nix never receives a
+// complete wrong body.
+func (d *Daemon) streamProgress(w http.ResponseWriter, r *http.Request, p *substituter.Progress, size int64) {
+	ctx := r.Context()
+	gen := p.Generation()
+	w.Header().Set("Content-Length", strconv.FormatInt(size, 10))
+	w.WriteHeader(http.StatusOK)
+	d.log.Info("NAR verification is taking long; streaming verified chunks while it finishes", "nar", p.Key)
+	var buf []byte
+	var off int64
+	for i := 0; off < size; i++ {
+		e, ok, err := p.Ready(ctx, gen, i)
+		if !ok {
+			if ctx.Err() == nil {
+				d.log.Error("breaking NAR response: assembly failed mid-stream", "nar", p.Key, "err", err)
+			}
+			panic(http.ErrAbortHandler)
+		}
+		if off+int64(e.Size) >= size {
+			if _, err := p.Wait(ctx); err != nil {
+				if ctx.Err() == nil {
+					d.log.Error("breaking NAR response: NAR failed verification", "nar", p.Key, "err", err)
+				}
+				panic(http.ErrAbortHandler)
+			}
+			if p.Generation() != gen {
+				panic(http.ErrAbortHandler)
+			}
+		}
+		raw, err := d.asm.LocalChunk(ctx, buf, e)
+		if err != nil {
+			d.log.Error("breaking NAR response: local chunk unusable", "nar", p.Key, "err", err)
+			panic(http.ErrAbortHandler)
+		}
+		buf = raw
+		if _, err := w.Write(raw); err != nil {
+			return
+		}
+		off += int64(e.Size)
+		if f, ok := w.(http.Flusher); ok {
+			f.Flush()
+		}
+	}
+}
+
+// parseRange understands the single ranges Nix sends to resume a download.
+func parseRange(header string, size int64) (start, end int64, ranged bool, err error) {
+	if header == "" {
+		return 0, size, false, nil
+	}
+	spec, ok := strings.CutPrefix(header, "bytes=")
+	if !ok || strings.Contains(spec, ",") {
+		return 0, 0, false, fmt.Errorf("unsupported range %q", header)
+	}
+	a, b, ok := strings.Cut(spec, "-")
+	if !ok {
+		return 0, 0, false, fmt.Errorf("bad range %q", header)
+	}
+	switch {
+	case a == "":
+		n, err := strconv.ParseInt(b, 10, 64)
+		if err != nil || n <= 0 {
+			return 0, 0, false, fmt.Errorf("bad range %q", header)
+		}
+		start, end = max(size-n, 0), size
+	default:
+		start, err = strconv.ParseInt(a, 10, 64)
+		if err != nil || start < 0 {
+			return 0, 0, false, fmt.Errorf("bad range %q", header)
+		}
+		end = size
+		if b != "" {
+			last, err := strconv.ParseInt(b, 10, 64)
+			if err != nil || last < start {
+				return 0, 0, false, fmt.Errorf("bad range %q", header)
+			}
+			end = min(last+1, size)
+		}
+	}
+	if start >= size {
+		return 0, 0, false, fmt.Errorf("range %q starts past the end (%d bytes)", header, size)
+	}
+	return start, end, true, nil
+}
