@@ -535,4 +535,3 @@ func mustGet(t *testing.T, url string, status int) []byte {
 	}
 	return body
 }
-
