@@ -121,11 +121,11 @@ func parse(b []byte) (*Manifest, error) {
 	chunkerLen := d.uvarint("chunker identity length", MaxChunkerLen)
 	m.Chunker = string(d.bytes(int(chunkerLen)))
 	count := d.uvarint("entry count", MaxEntries)
-	if d.err == nil && count > uint64(len(d.b)/minEntryLen) {
-		return nil, fmt.Errorf("entry count %d does not fit in the remaining %d bytes", count, len(d.b))
-	}
 	if d.err != nil {
 		return nil, d.err
+	}
+	if count > uint64(len(d.b)/minEntryLen) {
+		return nil, fmt.Errorf("entry count %d does not fit in the remaining %d bytes", count, len(d.b))
 	}
 	if count > 0 {
 		m.Entries = make([]Entry, count)
@@ -138,9 +138,6 @@ func parse(b []byte) (*Manifest, error) {
 		if d.err != nil {
 			return nil, fmt.Errorf("entry %d: %w", i, d.err)
 		}
-	}
-	if d.err != nil {
-		return nil, d.err
 	}
 	if len(d.b) != 0 {
 		return nil, fmt.Errorf("%d unexpected bytes after the entries", len(d.b))
