@@ -135,8 +135,9 @@ func (p *Publisher) Run(ctx context.Context, hashParts []string) (Summary, error
 	}
 
 	var (
-		mu   sync.Mutex
-		done atomic.Int64
+		mu      sync.Mutex
+		done    atomic.Int64
+		claimed sync.Map // chunk IDs written or found in this run
 	)
 	progress := func(n int64) {
 		d := done.Add(n)
@@ -152,7 +153,7 @@ func (p *Publisher) Run(ctx context.Context, hashParts []string) (Summary, error
 			continue
 		}
 		g.Go(func() error {
-			r, err := p.publishOne(gctx, ni, progress)
+			r, err := p.publishOne(gctx, ni, &claimed, progress)
 			if err != nil {
 				if gctx.Err() != nil {
 					return gctx.Err()
@@ -193,7 +194,7 @@ type result struct {
 	chunks, newChunks, newBytes int64
 }
 
-func (p *Publisher) publishOne(ctx context.Context, ni *substituter.NarInfo, progress func(int64)) (result, error) {
+func (p *Publisher) publishOne(ctx context.Context, ni *substituter.NarInfo, claimed *sync.Map, progress func(int64)) (result, error) {
 	var r result
 	hp := ni.HashPart()
 	same, err := p.dst.SameNarInfo(ctx, hp, ni.Raw)
@@ -218,14 +219,34 @@ func (p *Publisher) publishOne(ctx context.Context, ni *substituter.NarInfo, pro
 	m, err := manifest.Build(ctx, counted, p.opts.Params, func(id chunk.ID, raw []byte) (int, error) {
 		r.chunks++
 		obj = p.codec.Encode(obj[:0], raw)
-		have, err := p.dst.HasChunk(ctx, id)
+		// NARs published at once often share chunks: the first to claim one checks
+		// the store and writes it; the others wait until it is in place (their
+		// manifests must not land before it) and only count it.
+		c := &claim{done: make(chan struct{})}
+		if prev, dup := claimed.LoadOrStore(id, c); dup {
+			prev := prev.(*claim)
+			select {
+			case <-prev.done:
+			case <-ctx.Done():
+				return 0, ctx.Err()
+			}
+			if prev.err == nil {
+				return len(obj), nil
+			}
+			c = nil // the claimant failed: check and write it here
+		}
+		wrote, err := p.putChunk(ctx, id, obj)
+		if c != nil {
+			c.err = err
+			if err != nil {
+				claimed.Delete(id)
+			}
+			close(c.done)
+		}
 		if err != nil {
 			return 0, err
 		}
-		if !have {
-			if err := p.dst.PutChunk(ctx, id, obj); err != nil {
-				return 0, err
-			}
+		if wrote {
 			r.newChunks++
 			r.newBytes += int64(len(obj))
 		}
@@ -263,4 +284,19 @@ func (c *countingReader) Read(b []byte) (int, error) {
 		c.pending = 0
 	}
 	return n, err
+}
+
+// claim marks a chunk one NAR of this run is writing.
+type claim struct {
+	done chan struct{}
+	err  error
+}
+
+// putChunk writes a chunk object unless the store already has it.
+func (p *Publisher) putChunk(ctx context.Context, id chunk.ID, obj []byte) (wrote bool, err error) {
+	have, err := p.dst.HasChunk(ctx, id)
+	if err != nil || have {
+		return false, err
+	}
+	return true, p.dst.PutChunk(ctx, id, obj)
 }

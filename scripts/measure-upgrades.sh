@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# measure-upgrades.sh: what a sequence of upgrades costs through shoal, against the xz NARs.
+#
+#   scripts/measure-upgrades.sh CORPUS
+#
+# CORPUS is a directory made by make-corpus with --xz (paths, pk, cache-xz/), e.g.
+#   make-corpus --xz CORPUS golang.org/toolchain@v0.0.1-go1.25.0.linux-amd64 \
+#                           golang.org/toolchain@v0.0.1-go1.25.1.linux-amd64 ...
+# The script publishes cache-xz into a chunk store (printing publish throughput), starts
+# a daemon with an empty local cache, and substitutes the paths one after the other with a
+# real Nix, each into a fresh store. For each it prints the bytes the daemon fetched (chunks
+# from the store, or the whole NAR from the upstream) and that figure as a ratio of the
+# path's xz NAR. The first path is the cold fetch; every later one is an upgrade.
+# Runs as root with single-user Nix; touches nothing outside a temporary directory.
+set -euo pipefail
+corpus=$(cd "${1:?usage: $0 CORPUS}" && pwd)
+repo=$(cd "$(dirname "$0")/.." && pwd)
+work=$(mktemp -d)
+daemon_pid=
+cleanup() {
+  [[ -n $daemon_pid ]] && kill "$daemon_pid" 2>/dev/null && wait "$daemon_pid" 2>/dev/null
+  chmod -R u+w "$work" 2>/dev/null; rm -rf "$work"
+}
+trap cleanup EXIT
+
+export NIX_CONFIG="experimental-features = nix-command
+sandbox = false
+build-users-group =
+substituters ="
+export XDG_CACHE_HOME=$work/xdg-cache
+pk=$(cat "$corpus/pk")
+mapfile -t paths <"$corpus/paths"
+
+(cd "$repo" && go build -o "$work/shoal" ./cmd/shoal)
+echo "== publish"
+"$work/shoal" publish --from "file://$corpus/cache-xz" --to "$work/store" \
+  --trusted-public-key "$pk" --all 2>&1 | grep -v '^time=' || true
+
+port=$((20000 + RANDOM % 20000))
+"$work/shoal" --log-level warn daemon --listen "127.0.0.1:$port" --store "file://$work/store" \
+  --upstream "file://$corpus/cache-xz" --trusted-public-key "$pk" --state-dir "$work/state" &
+daemon_pid=$!
+for _ in $(seq 50); do curl -sf "http://127.0.0.1:$port/nix-cache-info" >/dev/null && break; sleep 0.1; done
+
+fetched() {
+  curl -sf "http://127.0.0.1:$port/metrics" |
+    awk '/^shoal_fetched_bytes_total/ { s += $2 } END { printf "%d\n", s }'
+}
+
+echo "== substitute through the daemon"
+printf '%-45s %12s %12s %8s\n' "store path" "xz NAR" "fetched" "ratio"
+total_xz=0 total_fetched=0 i=0
+for p in "${paths[@]}"; do
+  before=$(fetched)
+  XDG_CACHE_HOME=$work/xdg-$i nix copy --from "http://127.0.0.1:$port" --to "$work/root-$i" \
+    --option trusted-public-keys "$pk" "$p"
+  nix store verify --store "$work/root-$i" --option trusted-public-keys "$pk" "$p"
+  after=$(fetched)
+  xz=$(sed -n 's/^FileSize: //p' "$corpus/cache-xz/$(basename "$p" | cut -c1-32).narinfo")
+  got=$((after - before))
+  printf '%-45s %12d %12d %8.3f\n' "$(basename "$p" | cut -c34-)" "$xz" "$got" "$(echo "$got / $xz" | bc -l)"
+  if ((i > 0)); then total_xz=$((total_xz + xz)); total_fetched=$((total_fetched + got)); fi
+  chmod -R u+w "$work/root-$i"; rm -rf "$work/root-$i"
+  i=$((i + 1))
+done
+if ((total_xz > 0)); then
+  printf '%-45s %12d %12d %8.3f\n' "upgrades (all but the first)" "$total_xz" "$total_fetched" "$(echo "$total_fetched / $total_xz" | bc -l)"
+fi
