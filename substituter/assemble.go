@@ -231,10 +231,11 @@ func (a *Assembler) run(ctx context.Context, job NarJob, p *Progress) (*manifest
 				if err == nil {
 					return m, nil
 				}
-				log.Warn("assembling from chunks failed; trying the whole NAR", "err", err)
 				if job.Whole == nil {
+					log.Warn("assembling from chunks failed and no upstream serves the whole NAR", "err", err)
 					return nil, fmt.Errorf("%w: %v", ErrSourcesExhausted, err)
 				}
+				log.Warn("assembling from chunks failed; trying the whole NAR", "err", err)
 				gen = p.restart()
 			}
 		}
