@@ -20,8 +20,15 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := newApp().RunContext(ctx, os.Args); err != nil {
-		fmt.Fprintln(os.Stderr, "shoal:", err)
-		os.Exit(1)
+		code := 1
+		var ec cli.ExitCoder
+		if errors.As(err, &ec) {
+			code = ec.ExitCode()
+			fmt.Fprintln(os.Stderr, err)
+		} else {
+			fmt.Fprintln(os.Stderr, "shoal:", err)
+		}
+		os.Exit(code)
 	}
 }
 
@@ -51,6 +58,8 @@ SHOAL_STORE=https://chunks.example.org for --store.`,
 			return nil
 		},
 		Commands: []*cli.Command{daemonCommand(), publishCommand()},
+		// main decides how to exit, so the app can run inside tests.
+		ExitErrHandler: func(*cli.Context, error) {},
 	}
 }
 

@@ -1,0 +1,118 @@
+package main
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/shoal-nix/shoal/internal/cachetest"
+)
+
+func TestEnv(t *testing.T) {
+	for flag, want := range map[string]string{
+		"store":              "SHOAL_STORE",
+		"trusted-public-key": "SHOAL_TRUSTED_PUBLIC_KEY",
+		"state-dir":          "SHOAL_STATE_DIR",
+	} {
+		if got := env(flag)[0]; got != want {
+			t.Errorf("env(%q) = %q, want %q", flag, got, want)
+		}
+	}
+}
+
+// Every flag of every command must be settable from the environment.
+func TestEveryFlagHasAnEnvVar(t *testing.T) {
+	app := newApp()
+	check := func(cmd string, names []string, envs []string) {
+		if len(envs) != 1 || envs[0] != env(names[0])[0] {
+			t.Errorf("%s --%s: environment variables %v, want %v", cmd, names[0], envs, env(names[0]))
+		}
+	}
+	type withEnv interface{ GetEnvVars() []string }
+	for _, f := range app.Flags {
+		check("shoal", f.Names(), f.(withEnv).GetEnvVars())
+	}
+	for _, c := range app.Commands {
+		for _, f := range c.Flags {
+			check(c.Name, f.Names(), f.(withEnv).GetEnvVars())
+		}
+	}
+}
+
+func TestDefaultStateDir(t *testing.T) {
+	tests := []struct {
+		stateDirectory, xdg, want string
+	}{
+		{"/var/lib/shoal", "/x", "/var/lib/shoal"},
+		{"/var/lib/shoal:/var/lib/other", "", "/var/lib/shoal"},
+		{"", "/home/u/.state", "/home/u/.state/shoal"},
+	}
+	for _, tc := range tests {
+		t.Setenv("STATE_DIRECTORY", tc.stateDirectory)
+		t.Setenv("XDG_STATE_HOME", tc.xdg)
+		if got := defaultStateDir(); got != tc.want {
+			t.Errorf("STATE_DIRECTORY=%q XDG_STATE_HOME=%q: %q, want %q", tc.stateDirectory, tc.xdg, got, tc.want)
+		}
+	}
+}
+
+func TestPublishCommand(t *testing.T) {
+	cache := cachetest.New(t, "cli-1")
+	ni := cache.Add(t, cachetest.HashPart("cli"), "cli-1.0", []byte(strings.Repeat("shoal ", 50000)), "zstd")
+	storeDir := t.TempDir()
+	run := func(args ...string) error {
+		return newApp().RunContext(context.Background(), append([]string{"shoal", "--log-level", "warn"}, args...))
+	}
+
+	if err := run("publish", "--from", cache.Dir, "--to", storeDir); err == nil {
+		t.Error("publish without --all or paths succeeded")
+	}
+	if err := run("publish", "--from", cache.Dir, "--to", storeDir, "--all", "not a path"); err == nil {
+		t.Error("publish with both --all and paths succeeded")
+	}
+	// The default key is cache.nixos.org's: this cache's narinfo is refused.
+	if err := run("publish", "--from", cache.Dir, "--to", storeDir, "--all"); err == nil {
+		t.Error("publish accepted a narinfo no trusted key signed")
+	}
+	// Flags from the environment.
+	t.Setenv("SHOAL_TRUSTED_PUBLIC_KEY", cache.PublicKey)
+	t.Setenv("SHOAL_FROM", "file://"+cache.Dir)
+	if err := run("publish", "--to", storeDir, ni.StorePath); err != nil {
+		t.Fatalf("publish: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(storeDir, ni.HashPart()+".narinfo")); err != nil {
+		t.Errorf("narinfo not published: %v", err)
+	}
+}
+
+func TestDaemonRefusesBadConfig(t *testing.T) {
+	run := func(args ...string) error {
+		return newApp().RunContext(context.Background(), append([]string{"shoal", "--log-level", "error", "daemon"}, args...))
+	}
+	tests := []struct {
+		name string
+		args []string
+	}{
+		{"bad key", []string{"--trusted-public-key", "nonsense", "--state-dir", t.TempDir()}},
+		{"bad listen", []string{"--listen", "not-an-address", "--state-dir", t.TempDir(), "--upstream", t.TempDir()}},
+		{"arguments", []string{"--state-dir", t.TempDir(), "extra"}},
+		{"bad log level", []string{"--state-dir", t.TempDir()}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			args := tc.args
+			if tc.name == "bad log level" {
+				err := newApp().RunContext(context.Background(), append([]string{"shoal", "--log-level", "loud", "daemon"}, args...))
+				if err == nil {
+					t.Fatal("accepted --log-level loud")
+				}
+				return
+			}
+			if err := run(args...); err == nil {
+				t.Fatal("daemon started")
+			}
+		})
+	}
+}
