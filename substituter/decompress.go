@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/ulikunitz/xz"
@@ -131,16 +132,20 @@ func (b *boundedBuffer) String() string {
 
 // xzExec decodes through an `xz -dc` child process. Input is copied into
 // the child by a goroutine of ours rather than by os/exec, so that Close
-// never waits on a Read of r that may be blocked on the network.
+// never waits on a Read of r that may be blocked on the network. Close may
+// be called from another goroutine while a Read is blocked; it kills the
+// process, which ends that Read.
 type xzExec struct {
-	ctx     context.Context
-	cmd     *exec.Cmd
-	stdout  io.ReadCloser
-	stderr  *boundedBuffer
-	copied  chan struct{} // closed when the input copy has ended
-	copyErr error         // read error from the input, valid after copied
-	done    bool          // the process has been waited for
-	err     error         // sticky result once done
+	ctx      context.Context
+	cmd      *exec.Cmd
+	stdout   io.ReadCloser
+	stderr   *boundedBuffer
+	copied   chan struct{} // closed when the input copy has ended
+	copyErr  error         // read error from the input, valid after copied
+	waitOnce sync.Once
+	waitErr  error
+	closed   atomic.Bool
+	err      error // sticky end-of-stream result, owned by the reading goroutine
 }
 
 func decompressXZExec(ctx context.Context, r io.Reader, path string) (io.ReadCloser, error) {
@@ -170,7 +175,10 @@ func decompressXZExec(ctx context.Context, r io.Reader, path string) (io.ReadClo
 }
 
 func (x *xzExec) Read(p []byte) (int, error) {
-	if x.done {
+	if x.closed.Load() {
+		return 0, errXZClosed
+	}
+	if x.err != nil {
 		return 0, x.err
 	}
 	n, err := x.stdout.Read(p)
@@ -179,17 +187,30 @@ func (x *xzExec) Read(p []byte) (int, error) {
 		return n, x.err
 	}
 	if err != nil {
+		if x.closed.Load() {
+			return n, errXZClosed
+		}
 		return n, fmt.Errorf("xz: reading output: %w", err)
 	}
 	return n, nil
+}
+
+var errXZClosed = errors.New("xz: read after Close")
+
+// reap waits for the process exactly once, whoever gets there first.
+func (x *xzExec) reap() error {
+	x.waitOnce.Do(func() { x.waitErr = x.cmd.Wait() })
+	return x.waitErr
 }
 
 // finish reaps the process after its output ended and decides whether the
 // stream was complete: a read error from the input, a cancelled context or
 // a non-zero exit status all beat a clean EOF.
 func (x *xzExec) finish() error {
-	waitErr := x.cmd.Wait()
-	x.done = true
+	waitErr := x.reap()
+	if x.closed.Load() {
+		return errXZClosed
+	}
 	if ctxErr := x.ctx.Err(); ctxErr != nil {
 		return ctxErr
 	}
@@ -229,14 +250,13 @@ func (e *errRecorder) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// Close kills the process if it is still running and reaps it.
+// Close kills the process if it is still running and reaps it. It does not
+// close the compressed input.
 func (x *xzExec) Close() error {
-	if x.done {
+	if x.closed.Swap(true) {
 		return nil
 	}
-	x.done = true
-	x.err = errors.New("xz: read after Close")
-	x.cmd.Process.Kill()
-	x.cmd.Wait()
+	x.cmd.Process.Kill() // fails harmlessly if the process has exited
+	x.reap()
 	return nil
 }

@@ -401,3 +401,36 @@ func BenchmarkXZ(b *testing.B) {
 		})
 	}
 }
+
+// TestXZExecCloseUnblocksRead closes the decoder from another goroutine
+// while a Read waits on a stalled input: the Read must end and the process
+// must be reaped.
+func TestXZExecCloseUnblocksRead(t *testing.T) {
+	dec := xzExecDecoder(t)
+	in := &blockingReader{data: xzAny(t, narLike(1<<20, 9))[:5000], release: make(chan struct{})}
+	defer close(in.release)
+	rc, err := dec(context.Background(), in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	readErr := make(chan error, 1)
+	go func() {
+		_, err := io.Copy(io.Discard, rc)
+		readErr <- err
+	}()
+	time.Sleep(100 * time.Millisecond) // let the reader block
+	if err := rc.Close(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-readErr:
+		if err == nil {
+			t.Error("Read after a concurrent Close ended without error")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Read still blocked after Close")
+	}
+	if rc.(*xzExec).cmd.ProcessState == nil {
+		t.Error("process not reaped")
+	}
+}
