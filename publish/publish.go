@@ -212,13 +212,19 @@ func (p *Publisher) publishOne(ctx context.Context, ni *substituter.NarInfo, cla
 		return r, fmt.Errorf("opening NAR: %w", err)
 	}
 	defer nar.Close()
-	vr := substituter.NewVerifyingReader(nar, ni.NarHash, ni.NarSize)
-	counted := &countingReader{r: vr, report: progress}
+	// Build hashes what it reads; the limit stops a source that sends more than the
+	// narinfo promised before it fills the store, and the check below does the rest.
+	counted := &countingReader{r: io.LimitReader(nar, int64(ni.NarSize)+1), report: progress}
 
-	var obj []byte
+	// Chunk writes run in the background, several at once: each is fsynced, and
+	// overlapping fsyncs share the file system's journal commits. The manifest waits
+	// for all of them.
+	writes, wctx := errgroup.WithContext(ctx)
+	writes.SetLimit(16)
+	var newChunks, newBytes atomic.Int64
 	m, err := manifest.Build(ctx, counted, p.opts.Params, func(id chunk.ID, raw []byte) (int, error) {
 		r.chunks++
-		obj = p.codec.Encode(obj[:0], raw)
+		obj := p.codec.Encode(nil, raw)
 		// NARs published at once often share chunks: the first to claim one checks
 		// the store and writes it; the others wait until it is in place (their
 		// manifests must not land before it) and only count it.
@@ -227,37 +233,40 @@ func (p *Publisher) publishOne(ctx context.Context, ni *substituter.NarInfo, cla
 			prev := prev.(*claim)
 			select {
 			case <-prev.done:
-			case <-ctx.Done():
-				return 0, ctx.Err()
+			case <-wctx.Done():
+				return 0, wctx.Err()
 			}
 			if prev.err == nil {
 				return len(obj), nil
 			}
-			c = nil // the claimant failed: check and write it here
+			c = &claim{done: make(chan struct{})} // the claimant failed: write it here
 		}
-		wrote, err := p.putChunk(ctx, id, obj)
-		if c != nil {
+		writes.Go(func() error {
+			wrote, err := p.putChunk(wctx, id, obj)
 			c.err = err
 			if err != nil {
-				claimed.Delete(id)
+				claimed.CompareAndDelete(id, c)
 			}
 			close(c.done)
-		}
-		if err != nil {
-			return 0, err
-		}
-		if wrote {
-			r.newChunks++
-			r.newBytes += int64(len(obj))
-		}
+			if wrote {
+				newChunks.Add(1)
+				newBytes.Add(int64(len(obj)))
+			}
+			return err
+		})
 		return len(obj), nil
 	})
+	werr := writes.Wait()
+	r.newChunks, r.newBytes = newChunks.Load(), newBytes.Load()
 	if err != nil {
 		return r, fmt.Errorf("chunking NAR: %w", err)
 	}
-	// Belt and braces: Build read to EOF through the verifying reader, so these hold.
+	if werr != nil {
+		return r, fmt.Errorf("writing chunks: %w", werr)
+	}
 	if m.NarHash != ni.NarHash || m.NarSize != ni.NarSize {
-		return r, fmt.Errorf("%w: manifest hash/size differ", substituter.ErrNarMismatch)
+		return r, fmt.Errorf("%w: got %d bytes hashing sha256:%s, narinfo says %d bytes, %s",
+			substituter.ErrNarMismatch, m.NarSize, manifest.Key(m.NarHash), ni.NarSize, ni.NarHashString())
 	}
 	if err := p.dst.PutManifest(ctx, m); err != nil {
 		return r, err

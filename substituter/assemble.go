@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"sync"
 	"time"
@@ -477,7 +478,9 @@ func (a *Assembler) fromWhole(ctx context.Context, job NarJob, p *Progress, gen 
 		return nil, err
 	}
 	defer nar.Close()
-	vr := NewVerifyingReader(nar, job.Info.NarHash, job.Info.NarSize)
+	// Build hashes what it reads; the limit stops an upstream that sends more than the
+	// narinfo promised, and the check after Build does the rest.
+	vr := io.LimitReader(nar, int64(job.Info.NarSize)+1)
 	var batch []localcache.ChunkPut
 	var pending []manifest.Entry
 	var batchBytes int
@@ -507,6 +510,9 @@ func (a *Assembler) fromWhole(ctx context.Context, job NarJob, p *Progress, gen 
 	a.count("upstream", int64(job.Info.FileSize))
 	if err != nil {
 		return nil, err
+	}
+	if m.NarHash != job.Info.NarHash || m.NarSize != job.Info.NarSize {
+		return nil, fmt.Errorf("%w: got %d bytes hashing sha256:%s", ErrNarMismatch, m.NarSize, manifest.Key(m.NarHash))
 	}
 	if err := flush(); err != nil {
 		return nil, err
