@@ -252,7 +252,9 @@ func TestNixSubstitutesThroughDaemon(t *testing.T) {
 	f.copyAndVerify(t, url, "demo-1.0", "notes")
 	v1 := f.narInfo(t, "demo-1.0")
 	notes := f.narInfo(t, "notes")
-	cold := f.store.sent("chunks") + f.upstream.sent("nar")
+	// Everything fetched counts, manifests included: a cold fetch must not cost more
+	// than the upstream's own compressed NARs.
+	cold := f.store.sent("chunks") + f.store.sent("manifests") + f.upstream.sent("nar")
 	coldLimit := int64(v1.FileSize + notes.FileSize)
 	t.Logf("cold fetch: %d chunk bytes + %d whole-NAR bytes; xz NARs are %d bytes", f.store.sent("chunks"), f.upstream.sent("nar"), coldLimit)
 	if cold > coldLimit {
@@ -265,6 +267,7 @@ func TestNixSubstitutesThroughDaemon(t *testing.T) {
 	f.copyAndVerify(t, url, "demo-1.1")
 	v2 := f.narInfo(t, "demo-1.1")
 	upgrade := f.store.sent("chunks") - beforeChunks + f.upstream.sent("nar") - beforeNar
+	t.Logf("upgrade manifest: %d bytes", f.store.sent("manifests"))
 
 	m1 := readManifest(t, f.storeDir, v1.NarHash)
 	m2 := readManifest(t, f.storeDir, v2.NarHash)

@@ -255,12 +255,25 @@ func (d *Daemon) job(ctx context.Context, narKey string) (*substituter.NarJob, e
 		return nil, fmt.Errorf("%w: %s now has NAR %s, not %s", substituter.ErrNotFound, ni.StorePath, manifest.Key(ni.NarHash), narKey)
 	}
 	job := &substituter.NarJob{Info: ni}
+	job.Whole, job.Info = d.wholeSource(ctx, ni, source)
+	if job.Info == nil {
+		job.Info = ni
+	}
 	if raw, err := d.cache.GetManifest(narKey); err == nil {
 		if m, err := manifest.Parse(raw); err == nil {
 			job.Manifest, job.ManifestRaw = m, raw
 		}
 	}
-	if job.Manifest == nil && d.store != nil {
+	firstInstall := false
+	if job.Manifest == nil && job.Whole != nil {
+		// With no version of this package here, no chunk can be local: the whole NAR
+		// is the cheapest source and the manifest would only add to the bill.
+		has, err := d.cache.HasPackage(packageName(ni.StorePath))
+		firstInstall = err == nil && !has
+	}
+	if firstInstall {
+		d.log.Info("first version of this package here: fetching the whole NAR without a manifest", "path", ni.StorePath)
+	} else if job.Manifest == nil && d.store != nil {
 		m, raw, err := d.store.Manifest(ctx, ni.NarHash)
 		switch {
 		case err == nil:
@@ -271,10 +284,6 @@ func (d *Daemon) job(ctx context.Context, narKey string) (*substituter.NarJob, e
 		default:
 			d.log.Warn("store manifest unavailable", "path", ni.StorePath, "err", err)
 		}
-	}
-	job.Whole, job.Info = d.wholeSource(ctx, ni, source)
-	if job.Info == nil {
-		job.Info = ni
 	}
 	return job, nil
 }
@@ -313,17 +322,21 @@ func (d *Daemon) serveNAR(w http.ResponseWriter, r *http.Request, narKey string)
 	cancel()
 	switch {
 	case err == nil:
+		d.assembled(job.Info)
 		d.streamVerified(w, r, m, start, end, ranged, size)
 		return
 	case ctx.Err() != nil:
 		return // Nix went away
 	case errors.Is(err, context.DeadlineExceeded):
 		if done, _, _ := p.Done(); !done {
-			d.streamProgress(w, r, p, size)
+			if d.streamProgress(w, r, p, size) {
+				d.assembled(job.Info)
+			}
 			return
 		}
 		m, err = p.Wait(ctx)
 		if err == nil {
+			d.assembled(job.Info)
 			d.streamVerified(w, r, m, start, end, ranged, size)
 			return
 		}
@@ -372,7 +385,7 @@ func (d *Daemon) streamVerified(w http.ResponseWriter, r *http.Request, m *manif
 // they arrive, checked against their IDs, and the last chunk only after the whole NAR
 // matched its NarHash. On a mismatch the connection breaks, so Nix never receives a
 // complete wrong body.
-func (d *Daemon) streamProgress(w http.ResponseWriter, r *http.Request, p *substituter.Progress, size int64) {
+func (d *Daemon) streamProgress(w http.ResponseWriter, r *http.Request, p *substituter.Progress, size int64) (verified bool) {
 	ctx := r.Context()
 	gen := p.Generation()
 	w.Header().Set("Content-Length", strconv.FormatInt(size, 10))
@@ -406,13 +419,14 @@ func (d *Daemon) streamProgress(w http.ResponseWriter, r *http.Request, p *subst
 		}
 		buf = raw
 		if _, err := w.Write(raw); err != nil {
-			return
+			return false
 		}
 		off += int64(e.Size)
 		if f, ok := w.(http.Flusher); ok {
 			f.Flush()
 		}
 	}
+	return true
 }
 
 // parseRange understands the single ranges Nix sends to resume a download.
@@ -453,4 +467,31 @@ func parseRange(header string, size int64) (start, end int64, ranged bool, err e
 		return 0, 0, false, fmt.Errorf("range %q starts past the end (%d bytes)", header, size)
 	}
 	return start, end, true, nil
+}
+
+// assembled records that a version of the NAR's package is now local, so the next
+// version is priced with its manifest.
+func (d *Daemon) assembled(ni *substituter.NarInfo) {
+	if err := d.cache.PutPackage(packageName(ni.StorePath), manifest.Key(ni.NarHash)); err != nil {
+		d.log.Warn("recording package", "err", err)
+	}
+}
+
+// packageName is a store path's name without its version, split as Nix splits
+// derivation names: the name ends at the first '-' that is followed by a non-letter.
+// /nix/store/<hash>-go-1.25.0 is "go"; python3.12-numpy-2.1 is "python3.12-numpy".
+func packageName(storePath string) string {
+	base := storePath[strings.LastIndexByte(storePath, '/')+1:]
+	if _, name, ok := strings.Cut(base, "-"); ok {
+		base = name
+	}
+	for i := 0; i+1 < len(base); i++ {
+		if base[i] == '-' {
+			c := base[i+1]
+			if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z') {
+				return base[:i]
+			}
+		}
+	}
+	return base
 }

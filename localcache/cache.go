@@ -56,6 +56,7 @@ var (
 	bucketVerified   = []byte("verified")    // NAR hash key -> manifest digest
 	bucketNarInfo    = []byte("narinfo")     // store path hash part -> encoded NarInfoEntry
 	bucketRoutes     = []byte("routes")      // NAR hash key -> encoded NarRoute
+	bucketPackages   = []byte("packages")    // package name -> NAR hash key of its latest NAR here
 
 	keySchema     = []byte("schema")
 	keyChunkCount = []byte("chunk-count")
@@ -63,7 +64,7 @@ var (
 )
 
 func allBuckets() [][]byte {
-	return [][]byte{bucketMeta, bucketChunkIndex, bucketChunkBody, bucketManifests, bucketVerified, bucketNarInfo, bucketRoutes}
+	return [][]byte{bucketMeta, bucketChunkIndex, bucketChunkBody, bucketManifests, bucketVerified, bucketNarInfo, bucketRoutes, bucketPackages}
 }
 
 // Options tunes Open. The zero value gives sensible defaults.

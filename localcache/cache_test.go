@@ -706,3 +706,29 @@ func TestOpenRefusesForeignFiles(t *testing.T) {
 		})
 	}
 }
+
+func TestPackages(t *testing.T) {
+	c, path := openTemp(t)
+	if ok, err := c.HasPackage("go"); err != nil || ok {
+		t.Fatalf("empty cache has package: %v %v", ok, err)
+	}
+	if err := c.PutPackage("go", "0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c73"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.PutPackage("", "x"); err == nil {
+		t.Error("empty package name accepted")
+	}
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	c, err := Open(path, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for name, want := range map[string]bool{"go": true, "gopls": false} {
+		if ok, err := c.HasPackage(name); err != nil || ok != want {
+			t.Errorf("HasPackage(%q) = %v, %v; want %v", name, ok, err, want)
+		}
+	}
+}

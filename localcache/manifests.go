@@ -99,3 +99,29 @@ func (c *Cache) IsVerified(key string, manifestDigest [32]byte) (bool, error) {
 	}
 	return ok, nil
 }
+
+// PutPackage records that a NAR of the package called name (a store path name without
+// its version) was assembled here. The daemon uses it to tell a first install, where no
+// chunk can be local and a manifest is only overhead, from an upgrade.
+func (c *Cache) PutPackage(name, narKey string) error {
+	if err := checkKey("recording package", name); err != nil {
+		return err
+	}
+	err := c.update(context.Background(), 1, len(narKey), func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketPackages).Put([]byte(name), []byte(narKey))
+	})
+	if err != nil {
+		return fmt.Errorf("recording package %s: %w", name, err)
+	}
+	return nil
+}
+
+// HasPackage reports whether any NAR of the package called name was assembled here.
+func (c *Cache) HasPackage(name string) (bool, error) {
+	var ok bool
+	err := c.db.View(func(tx *bolt.Tx) error {
+		ok = tx.Bucket(bucketPackages).Get([]byte(name)) != nil
+		return nil
+	})
+	return ok, err
+}
