@@ -57,10 +57,14 @@ type Assembler struct {
 	// Window bounds the chunks fetched ahead of the oldest unfinished one, and so the
 	// memory a NAR in flight holds: Window x the largest chunk.
 	Window int
+	// MaxFetches bounds remote chunk requests in flight across all NARs, so sixteen
+	// Nix jobs don't open sixteen windows' worth of connections to the store.
+	MaxFetches int
 
-	fetches singleflight.Group
-	mu      sync.Mutex
-	jobs    map[string]*Progress
+	fetches  singleflight.Group
+	fetchSem chan struct{}
+	mu       sync.Mutex
+	jobs     map[string]*Progress
 }
 
 // ErrSourcesExhausted means no source could supply a correct NAR.
@@ -185,6 +189,13 @@ func (a *Assembler) Start(job NarJob) *Progress {
 	}
 	if p, ok := a.jobs[key]; ok {
 		return p
+	}
+	if a.fetchSem == nil {
+		n := a.MaxFetches
+		if n <= 0 {
+			n = 64
+		}
+		a.fetchSem = make(chan struct{}, n)
 	}
 	p := newProgress(key)
 	a.jobs[key] = p
@@ -420,6 +431,12 @@ func (a *Assembler) obtain(ctx context.Context, e manifest.Entry, needRaw bool) 
 	}
 	// Concurrent NARs sharing a chunk fetch it once.
 	v, err, _ := a.fetches.Do(e.ID.String(), func() (any, error) {
+		select {
+		case a.fetchSem <- struct{}{}:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		defer func() { <-a.fetchSem }()
 		return a.fetchRemote(ctx, e)
 	})
 	if err != nil {
