@@ -95,12 +95,7 @@ func newProgress(key string) *Progress {
 // ctx ends. ok is false when entry i will never come in this generation (the job failed,
 // or moved to another source whose chunks differ, or the NAR has fewer entries).
 func (p *Progress) Ready(ctx context.Context, gen, i int) (e manifest.Entry, ok bool, err error) {
-	stop := context.AfterFunc(ctx, func() {
-		p.mu.Lock()
-		p.cond.Broadcast()
-		p.mu.Unlock()
-	})
-	defer stop()
+	defer p.wakeOnDone(ctx)()
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for {
@@ -120,6 +115,16 @@ func (p *Progress) Ready(ctx context.Context, gen, i int) (e manifest.Entry, ok 
 	}
 }
 
+// wakeOnDone wakes the waiters when ctx ends, so a cond.Wait can notice; call the
+// returned function to stop.
+func (p *Progress) wakeOnDone(ctx context.Context) (stop func() bool) {
+	return context.AfterFunc(ctx, func() {
+		p.mu.Lock()
+		p.cond.Broadcast()
+		p.mu.Unlock()
+	})
+}
+
 // Generation returns the current generation, to pass to Ready.
 func (p *Progress) Generation() int {
 	p.mu.Lock()
@@ -129,12 +134,7 @@ func (p *Progress) Generation() int {
 
 // Wait blocks until the job ends or ctx ends, and returns the verified manifest.
 func (p *Progress) Wait(ctx context.Context) (*manifest.Manifest, error) {
-	stop := context.AfterFunc(ctx, func() {
-		p.mu.Lock()
-		p.cond.Broadcast()
-		p.mu.Unlock()
-	})
-	defer stop()
+	defer p.wakeOnDone(ctx)()
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for !p.done {
