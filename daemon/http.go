@@ -255,14 +255,17 @@ func (d *Daemon) job(ctx context.Context, narKey string) (*substituter.NarJob, e
 		return nil, fmt.Errorf("%w: %s now has NAR %s, not %s", substituter.ErrNotFound, ni.StorePath, manifest.Key(ni.NarHash), narKey)
 	}
 	job := &substituter.NarJob{Info: ni}
-	job.Whole, job.Info = d.wholeSource(ctx, ni, source)
-	if job.Info == nil {
-		job.Info = ni
-	}
 	if raw, err := d.cache.GetManifest(narKey); err == nil {
 		if m, err := manifest.Parse(raw); err == nil {
 			job.Manifest, job.ManifestRaw = m, raw
 		}
+	}
+	if job.Manifest != nil {
+		job.ResolveWhole = func(ctx context.Context) (*substituter.BinaryCache, *substituter.NarInfo) {
+			return d.wholeSource(ctx, ni, source)
+		}
+	} else if w, wni := d.wholeSource(ctx, ni, source); w != nil {
+		job.Whole, job.Info = w, wni
 	}
 	firstInstall := false
 	if job.Manifest == nil && job.Whole != nil {

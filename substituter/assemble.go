@@ -39,6 +39,10 @@ type NarJob struct {
 	Info *NarInfo
 	// Whole, when set, serves the whole NAR at Info.URL with Info's compression.
 	Whole *BinaryCache
+	// ResolveWhole, when Whole is nil, finds it (and the narinfo naming the NAR file
+	// there) on demand: asking an upstream costs a round trip that a NAR whose chunks
+	// are all local never needs.
+	ResolveWhole func(context.Context) (*BinaryCache, *NarInfo)
 	// Manifest and its encoding, when the store (or the local cache) has one. Untrusted:
 	// it is used only if the assembled bytes match Info.
 	Manifest    *manifest.Manifest
@@ -234,6 +238,9 @@ func (a *Assembler) run(ctx context.Context, job NarJob, p *Progress) (*manifest
 			if err != nil {
 				return nil, err
 			}
+			if missing > 0 {
+				a.resolveWhole(ctx, &job)
+			}
 			whole := job.Whole != nil && info.FileSize > 0 && missingBytes > info.FileSize
 			log.Info("NAR source chosen",
 				"chunks", len(m.Entries), "missing_chunks", missing, "missing_bytes", missingBytes,
@@ -243,6 +250,7 @@ func (a *Assembler) run(ctx context.Context, job NarJob, p *Progress) (*manifest
 				if err == nil {
 					return m, nil
 				}
+				a.resolveWhole(ctx, &job)
 				if job.Whole == nil {
 					log.Warn("assembling from chunks failed and no upstream serves the whole NAR", "err", err)
 					return nil, fmt.Errorf("%w: %v", ErrSourcesExhausted, err)
@@ -252,6 +260,7 @@ func (a *Assembler) run(ctx context.Context, job NarJob, p *Progress) (*manifest
 			}
 		}
 	}
+	a.resolveWhole(ctx, &job)
 	if job.Whole == nil {
 		return nil, fmt.Errorf("%w: no manifest and no upstream for %s", ErrSourcesExhausted, info.StorePath)
 	}
@@ -261,6 +270,18 @@ func (a *Assembler) run(ctx context.Context, job NarJob, p *Progress) (*manifest
 	}
 	log.Info("NAR fetched whole", "from", job.Whole.String(), "bytes", info.FileSize)
 	return m, nil
+}
+
+// resolveWhole fills in job.Whole (and the narinfo to use with it) through
+// job.ResolveWhole, once.
+func (a *Assembler) resolveWhole(ctx context.Context, job *NarJob) {
+	if job.Whole != nil || job.ResolveWhole == nil {
+		return
+	}
+	if w, ni := job.ResolveWhole(ctx); w != nil && ni != nil {
+		job.Whole, job.Info = w, ni
+	}
+	job.ResolveWhole = nil
 }
 
 // checkManifest rejects a manifest that can't describe this NAR before any chunk is
