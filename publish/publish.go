@@ -137,7 +137,7 @@ func (p *Publisher) Run(ctx context.Context, hashParts []string) (Summary, error
 	var (
 		mu      sync.Mutex
 		done    atomic.Int64
-		claimed sync.Map // chunk IDs written or found in this run
+		claimed sync.Map // chunk ID -> *claim, while its write is in flight
 	)
 	progress := func(n int64) {
 		d := done.Add(n)
@@ -244,10 +244,10 @@ func (p *Publisher) publishOne(ctx context.Context, ni *substituter.NarInfo, cla
 		writes.Go(func() error {
 			wrote, err := p.putChunk(wctx, id, obj)
 			c.err = err
-			if err != nil {
-				claimed.CompareAndDelete(id, c)
-			}
 			close(c.done)
+			// Once the chunk is in place the store answers for it, so claims last only
+			// while writes are in flight and memory doesn't grow with the run.
+			claimed.CompareAndDelete(id, c)
 			if wrote {
 				newChunks.Add(1)
 				newBytes.Add(int64(len(obj)))
