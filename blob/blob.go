@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"path/filepath"
 	"strings"
+	"time"
 )
 
 // ErrNotFound reports that an object is absent. Callers rely on it to tell a
@@ -39,13 +40,32 @@ type Backend interface {
 	// List calls fn for every key starting with prefix, in sorted order, and
 	// stops at the first error fn returns.
 	List(ctx context.Context, prefix string, fn func(key string) error) error
+	// Stat returns an object's size and modification time; the error wraps
+	// ErrNotFound when it is absent. Garbage collection uses the time to
+	// spare objects a running publish may still need.
+	Stat(ctx context.Context, key string) (Info, error)
+	// Touch sets an object's modification time to now without changing its
+	// bytes, and wraps ErrNotFound when the object is absent. A publish
+	// touches every chunk it reuses, so that a concurrent garbage collection
+	// sees it as young and spares it.
+	Touch(ctx context.Context, key string) error
+	// Delete removes an object. Deleting an absent object is not an error,
+	// so an interrupted collection can simply be run again.
+	Delete(ctx context.Context, key string) error
 	// String returns the backend's URL, for logs and errors.
 	String() string
 }
 
+// Info describes a stored object.
+type Info struct {
+	Size    int64
+	ModTime time.Time
+}
+
 // Open returns the backend for rawURL: "file:///abs/dir", a bare absolute
-// or relative directory path, "http://host[:port][/prefix]" or
-// "https://...". A nil client gets DefaultHTTPClient.
+// or relative directory path, "http://host[:port][/prefix]", "https://..."
+// or "s3://bucket[/prefix][?region=R&endpoint=URL]" (see openS3). A nil
+// client gets DefaultHTTPClient; S3 backends use their own transport.
 func Open(rawURL string, client *http.Client) (Backend, error) {
 	if rawURL == "" {
 		return nil, errors.New("blob: empty store URL")
@@ -74,8 +94,10 @@ func Open(rawURL string, client *http.Client) (Backend, error) {
 			client = DefaultHTTPClient()
 		}
 		return newHTTPBackend(u, client)
+	case "s3":
+		return openS3(u)
 	default:
-		return nil, fmt.Errorf("blob: unsupported store URL scheme %q in %q (want file://, http:// or https://, or a directory path)", u.Scheme, rawURL)
+		return nil, fmt.Errorf("blob: unsupported store URL scheme %q in %q (want file://, http://, https://, s3:// or a directory path)", u.Scheme, rawURL)
 	}
 }
 

@@ -29,7 +29,7 @@ func TestOpenURL(t *testing.T) {
 		{url: "http://127.0.0.1:8080/", want: "http://127.0.0.1:8080"},
 		{url: "https://cache.example/prefix/", want: "https://cache.example/prefix"},
 		{url: "", wantErr: "empty"},
-		{url: "s3://bucket", wantErr: "unsupported store URL scheme"},
+		{url: "s3://bucket", want: "s3://bucket"},
 		{url: "ftp://host/x", wantErr: "unsupported store URL scheme"},
 		{url: "file://host/dir", wantErr: "empty host"},
 		{url: "file://" + dir + "?compression=xz", wantErr: "query"},

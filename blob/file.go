@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"time"
 )
 
 // tempPrefix marks files that Put has not yet renamed into place. List skips
@@ -220,6 +221,58 @@ func (f *fileBackend) walk(ctx context.Context, dirKey, prefix string, fn func(k
 		if err := fn(e.key); err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+func (f *fileBackend) Stat(ctx context.Context, key string) (Info, error) {
+	if err := ValidateKey(key); err != nil {
+		return Info{}, err
+	}
+	if err := ctx.Err(); err != nil {
+		return Info{}, err
+	}
+	st, err := os.Stat(f.path(key))
+	if err == nil && st.IsDir() {
+		err = fs.ErrNotExist
+	}
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return Info{}, fmt.Errorf("stat %s in %s: %w", key, f.url, ErrNotFound)
+		}
+		return Info{}, fmt.Errorf("stat %s in %s: %w", key, f.url, err)
+	}
+	return Info{Size: st.Size(), ModTime: st.ModTime()}, nil
+}
+
+func (f *fileBackend) Touch(ctx context.Context, key string) error {
+	if err := ValidateKey(key); err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	now := time.Now()
+	if err := os.Chtimes(f.path(key), now, now); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("touching %s in %s: %w", key, f.url, ErrNotFound)
+		}
+		return fmt.Errorf("touching %s in %s: %w", key, f.url, err)
+	}
+	return nil
+}
+
+// Delete removes the file; empty fan-out directories are left in place,
+// since a publish may be about to write into them.
+func (f *fileBackend) Delete(ctx context.Context, key string) error {
+	if err := ValidateKey(key); err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := os.Remove(f.path(key)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("deleting %s in %s: %w", key, f.url, err)
 	}
 	return nil
 }

@@ -131,3 +131,15 @@ func (h *httpBackend) Put(ctx context.Context, key string, data []byte) error {
 func (h *httpBackend) List(ctx context.Context, prefix string, fn func(key string) error) error {
 	return fmt.Errorf("listing %s: %w", h.base, ErrNotSupported)
 }
+
+func (h *httpBackend) Stat(ctx context.Context, key string) (Info, error) {
+	return Info{}, fmt.Errorf("stat %s in %s: %w", key, h.base, ErrNotSupported)
+}
+
+func (h *httpBackend) Touch(ctx context.Context, key string) error {
+	return fmt.Errorf("touching %s in %s: %w", key, h.base, ErrReadOnly)
+}
+
+func (h *httpBackend) Delete(ctx context.Context, key string) error {
+	return fmt.Errorf("deleting %s in %s: %w", key, h.base, ErrReadOnly)
+}

@@ -301,9 +301,13 @@ type claim struct {
 	err  error
 }
 
-// putChunk writes a chunk object unless the store already has it.
+// putChunk writes a chunk object unless the store already has it. A chunk the store
+// has is refreshed instead (its modification time set to now): that costs the same
+// one request as asking whether it exists, and it is what keeps a garbage collection
+// running at the same time from deleting a chunk this NAR's manifest is about to
+// reference (gc spares everything younger than its grace period).
 func (p *Publisher) putChunk(ctx context.Context, id chunk.ID, obj []byte) (wrote bool, err error) {
-	have, err := p.dst.HasChunk(ctx, id)
+	have, err := p.dst.RefreshChunk(ctx, id)
 	if err != nil || have {
 		return false, err
 	}

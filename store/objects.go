@@ -1,0 +1,74 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/shoal-nix/shoal/blob"
+	"github.com/shoal-nix/shoal/chunk"
+	"github.com/shoal-nix/shoal/manifest"
+)
+
+// Key prefixes of the store's object kinds, for tools that walk the whole store.
+const (
+	ChunkPrefix    = "chunks/"
+	ManifestPrefix = "manifests/"
+	narInfoSuffix  = ".narinfo"
+)
+
+// RefreshChunk marks an existing chunk as just used, by setting its modification
+// time to now, and reports false when the store lacks it. A publish refreshes every
+// chunk it reuses, so that a garbage collection running at the same time, which
+// never deletes anything younger than its grace period, spares it.
+func (s *Store) RefreshChunk(ctx context.Context, id chunk.ID) (bool, error) {
+	err := s.b.Touch(ctx, ChunkKey(id))
+	if errors.Is(err, blob.ErrNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("refreshing chunk %s in %s: %w", id, s.b, err)
+	}
+	return true, nil
+}
+
+// ParseChunkKey returns the ID named by a chunk key, and false for keys that are
+// not chunk objects (such as stray files).
+func ParseChunkKey(key string) (chunk.ID, bool) {
+	rest, ok := strings.CutPrefix(key, ChunkPrefix)
+	if !ok || len(rest) != 2+1+64 || rest[2] != '/' {
+		return chunk.ID{}, false
+	}
+	id, err := chunk.ParseID(rest[3:])
+	if err != nil || ChunkKey(id) != key {
+		return chunk.ID{}, false
+	}
+	return id, true
+}
+
+// ParseManifestKey returns the NarHash named by a manifest key.
+func ParseManifestKey(key string) ([32]byte, bool) {
+	rest, ok := strings.CutPrefix(key, ManifestPrefix)
+	if !ok {
+		return [32]byte{}, false
+	}
+	name, ok := strings.CutSuffix(rest, ".manifest")
+	if !ok {
+		return [32]byte{}, false
+	}
+	h, err := manifest.ParseKey(name)
+	if err != nil {
+		return [32]byte{}, false
+	}
+	return h, true
+}
+
+// ParseNarInfoKey returns the hash part named by a narinfo key at the store's root.
+func ParseNarInfoKey(key string) (string, bool) {
+	hp, ok := strings.CutSuffix(key, narInfoSuffix)
+	if !ok || strings.Contains(hp, "/") || len(hp) != 32 {
+		return "", false
+	}
+	return hp, true
+}
