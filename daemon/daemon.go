@@ -172,12 +172,15 @@ func (d *Daemon) Serve(ctx context.Context, ln net.Listener) error {
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	d.log.Info("serving Nix", "listen", ln.Addr().String(), "store", d.cfg.StoreURL, "upstreams", d.cfg.Upstreams, "priority", d.cfg.Priority)
+	// The listener is bound, so connections queue from here on: Nix may be let in.
+	d.sdNotify("READY=1\nSTATUS=serving Nix on " + ln.Addr().String())
 	go d.pruneLoop(ctx)
 	select {
 	case err := <-errc:
 		return err
 	case <-ctx.Done():
 	}
+	d.sdNotify("STOPPING=1")
 	shutdown, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := srv.Shutdown(shutdown); err != nil {
