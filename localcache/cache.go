@@ -20,6 +20,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"time"
 
@@ -57,6 +58,8 @@ var (
 	bucketNarInfo    = []byte("narinfo")     // store path hash part -> encoded NarInfoEntry
 	bucketRoutes     = []byte("routes")      // NAR hash key -> encoded NarRoute
 	bucketPackages   = []byte("packages")    // package name -> NAR hash key of its latest NAR here
+	bucketNarUsed    = []byte("nar-used")    // NAR hash key -> 8-byte tick of its last use (see budget.go)
+	bucketPins       = []byte("pins")        // store path hash part -> encoded Pin
 
 	keySchema     = []byte("schema")
 	keyChunkCount = []byte("chunk-count")
@@ -64,7 +67,7 @@ var (
 )
 
 func allBuckets() [][]byte {
-	return [][]byte{bucketMeta, bucketChunkIndex, bucketChunkBody, bucketManifests, bucketVerified, bucketNarInfo, bucketRoutes, bucketPackages}
+	return [][]byte{bucketMeta, bucketChunkIndex, bucketChunkBody, bucketManifests, bucketVerified, bucketNarInfo, bucketRoutes, bucketPackages, bucketNarUsed, bucketPins}
 }
 
 // Options tunes Open. The zero value gives sensible defaults.
@@ -76,12 +79,22 @@ type Options struct {
 	// Timeout bounds the wait for the file lock (default 5s). A daemon that
 	// cannot get the lock should fail fast rather than hang at start-up.
 	Timeout time.Duration
+	// Budget, when positive, bounds the bytes the file may use: before chunks
+	// are added, least recently used chunks that no pin or lease protects are
+	// evicted so the data stays under it and freed pages are reused instead of
+	// growing the file (see budget.go).
+	Budget int64
+	// Logger receives eviction and budget warnings (default: discarded).
+	Logger *slog.Logger
 }
 
 // Cache is the daemon's bbolt-backed state. Create it with Open.
 type Cache struct {
-	db *bolt.DB
-	w  writer
+	db     *bolt.DB
+	w      writer
+	budget budget
+	leases leases
+	log    *slog.Logger
 }
 
 // Open opens or creates the cache file at path, creating any missing
@@ -105,12 +118,21 @@ func Open(path string, opts Options) (*Cache, error) {
 		}
 		return nil, fmt.Errorf("opening cache %s: %w", path, err)
 	}
+	if opts.Budget > 0 {
+		// Grow the file in steps small against the budget, so the step itself
+		// cannot carry the file past it.
+		db.AllocSize = int(min(max(opts.Budget/64, 64<<10), 16<<20))
+	}
 	if err := db.Update(initSchema); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("opening cache %s: %w", path, err)
 	}
-	c := &Cache{db: db}
+	c := &Cache{db: db, log: opts.Logger}
+	if c.log == nil {
+		c.log = slog.New(slog.DiscardHandler)
+	}
 	c.w.init()
+	c.budget.limit = opts.Budget
 	return c, nil
 }
 

@@ -21,7 +21,8 @@ type ChunkPut struct {
 // PutChunks stores objects whose IDs are not yet present; objects already
 // present are skipped, so repeating a put costs a lookup and no space.
 // A batch goes out in one transaction, or in several of at most 256 puts /
-// 64 MiB each when larger. Concurrent callers may share transactions. The
+// 64 MiB each when larger; with a budget set, room is made by eviction
+// before each. Concurrent callers may share transactions. The
 // objects must not be modified until PutChunks returns.
 func (c *Cache) PutChunks(ctx context.Context, puts []ChunkPut) error {
 	for i := range puts {
@@ -39,7 +40,13 @@ func (c *Cache) PutChunks(ctx context.Context, puts []ChunkPut) error {
 			end++
 		}
 		part := puts[start:end]
-		err := c.update(ctx, len(part), size, func(tx *bolt.Tx) error { return putChunks(tx, part) })
+		if err := c.makeRoom(ctx, int64(size)); err != nil {
+			return fmt.Errorf("making room for %d chunks: %w", len(part), err)
+		}
+		err := c.update(ctx, len(part), size, func(tx *bolt.Tx) error {
+			c.noteExisting(tx, part)
+			return putChunks(tx, part)
+		})
 		if err != nil {
 			return fmt.Errorf("storing %d chunks: %w", len(part), err)
 		}
