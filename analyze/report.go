@@ -80,9 +80,9 @@ func (r *Result) WriteTable(w io.Writer, l int) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	src, haveSrc := r.SourceFileSize()
 	srcUp, haveSrcUp := r.SourceUpgrade()
-	fmt.Fprintf(tw, "%d NARs, %s uncompressed", len(r.NARs), mb(r.NarBytes()))
+	fmt.Fprintf(tw, "%d NARs, %s MB uncompressed", len(r.NARs), mb(r.NarBytes()))
 	if haveSrc {
-		fmt.Fprintf(tw, ", %s in the source cache (upgrades after the first: %s)", mb(src), mb(srcUp))
+		fmt.Fprintf(tw, ", %s MB in the source cache (upgrades after the first: %s MB)", mb(src), mb(srcUp))
 	}
 	fmt.Fprintf(tw, "; sizes in MB (10^6 bytes); total, upgrade and ratios at zstd %s\n", r.Levels[l])
 	fmt.Fprint(tw, "strategy\tmin/avg/max\tchunks\tunique\tmean\tp50\tunique MB\t")

@@ -1,0 +1,342 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+
+	"github.com/schollz/progressbar/v3"
+	"github.com/shoal-nix/shoal/analyze"
+	"github.com/shoal-nix/shoal/blob"
+	"github.com/shoal-nix/shoal/substituter"
+	"github.com/urfave/cli/v2"
+	"golang.org/x/term"
+)
+
+// defaultSweep keeps Min and Max at a quarter and four times Avg, as the
+// format's defaults do, and moves Avg around them.
+var defaultSweep = []string{"4k/16k/64k", "8k/32k/128k", "16k/64k/256k", "32k/128k/512k", "64k/256k/1m"}
+
+func analyzeCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "analyze",
+		Usage: "measure binary caches and chunk stores",
+		Subcommands: []*cli.Command{{
+			Name:      "dedup",
+			Usage:     "measure how much chunking, deduplication and per-chunk zstd would save on a series of NARs",
+			ArgsUsage: "(--all | STORE_PATH...)",
+			Description: `Reads each NAR once, from a binary cache (--from) or from the local Nix store
+(nix-store --dump), and measures every configuration of the sweep on it without
+storing a chunk: unique chunk bytes, their size after per-chunk zstd at each level,
+manifest bytes, chunk sizes, and per NAR the bytes it adds to the NARs before it (what
+an upgrade costs a client that has them). Give the store paths in upgrade order; --all
+sorts them by name. A configuration is a strategy ("nar": chunk the whole NAR, as the
+chunk store does; "files": also cut after every file's contents) and MIN/AVG/MAX chunk
+sizes. Narinfos from --from must be signed by a trusted key, and NAR bytes are checked
+against their NarHash.
+
+Examples:
+  shoal analyze dedup --from file:///srv/cache --trusted-public-key k-1:AbC... --all --out report/
+  shoal analyze dedup --sweep 16k/64k/256k --strategy nar --level default /nix/store/...-a /nix/store/...-b`,
+			Flags: []cli.Flag{
+				&cli.StringFlag{Name: "from", Usage: "binary cache to read (file:///dir, http(s)://host); without it, store paths are read from the local store", EnvVars: env("from")},
+				&cli.StringSliceFlag{Name: "trusted-public-key", Value: cli.NewStringSlice(substituter.DefaultTrustedKey), Usage: "accept narinfos signed by this key, `NAME:BASE64` (repeatable)", EnvVars: env("trusted-public-key")},
+				&cli.BoolFlag{Name: "all", Usage: "analyze every narinfo of the (file://) cache, in store path name order", EnvVars: env("all")},
+				&cli.StringSliceFlag{Name: "sweep", Value: cli.NewStringSlice(defaultSweep...), Usage: "chunk sizes `MIN/AVG/MAX` to measure, e.g. 16k/64k/256k (repeatable)", EnvVars: env("sweep")},
+				&cli.StringSliceFlag{Name: "strategy", Value: cli.NewStringSlice("nar", "files"), Usage: "where chunks may be cut: nar (whole NAR) or files (also at file ends) (repeatable)", EnvVars: env("strategy")},
+				&cli.StringSliceFlag{Name: "level", Value: cli.NewStringSlice("fastest", "default", "better", "best"), Usage: "zstd levels to compress each unique chunk at (repeatable)", EnvVars: env("level")},
+				&cli.StringFlag{Name: "plot-level", Value: "default", Usage: "zstd level of the totals, ratios and plot; one of --level", EnvVars: env("plot-level")},
+				&cli.StringFlag{Name: "out", Usage: "directory for summary.csv, nars.csv, sizes.csv and dedup.svg", EnvVars: env("out")},
+				&cli.IntFlag{Name: "jobs", Value: runtime.NumCPU(), Usage: "NARs read at once (each feeds every configuration concurrently)", EnvVars: env("jobs")},
+			},
+			Action: runAnalyzeDedup,
+		}},
+	}
+}
+
+func runAnalyzeDedup(c *cli.Context) error {
+	ctx := c.Context
+	if c.Bool("all") == (c.NArg() > 0) {
+		return usageError("analyze dedup needs either --all or store paths, not both and not neither")
+	}
+	if c.Bool("all") && c.String("from") == "" {
+		return usageError("--all needs --from")
+	}
+	var opts analyze.Options
+	for _, s := range c.StringSlice("strategy") {
+		st, err := analyze.ParseStrategy(s)
+		if err != nil {
+			return usageError("--strategy: %v", err)
+		}
+		for _, sw := range c.StringSlice("sweep") {
+			p, err := analyze.ParseParams(sw)
+			if err != nil {
+				return usageError("--sweep: %v", err)
+			}
+			opts.Configs = append(opts.Configs, analyze.Config{Strategy: st, Params: p})
+		}
+	}
+	for _, s := range c.StringSlice("level") {
+		l, err := analyze.ParseLevel(s)
+		if err != nil {
+			return usageError("--level: %v", err)
+		}
+		if slices.Contains(opts.Levels, l) {
+			return usageError("--level %s given twice", s)
+		}
+		opts.Levels = append(opts.Levels, l)
+	}
+	plot, err := analyze.ParseLevel(c.String("plot-level"))
+	if err != nil {
+		return usageError("--plot-level: %v", err)
+	}
+	plotIdx := slices.Index(opts.Levels, plot)
+	if plotIdx < 0 {
+		return usageError("--plot-level %s is not one of --level", plot)
+	}
+	if len(opts.Configs) == 0 {
+		return usageError("nothing to measure: give --sweep and --strategy")
+	}
+	opts.Jobs = c.Int("jobs")
+	if opts.Jobs < 1 {
+		return usageError("--jobs must be at least 1")
+	}
+	out := c.String("out")
+	if out != "" {
+		if err := os.MkdirAll(out, 0o755); err != nil {
+			return fmt.Errorf("creating --out directory: %w", err)
+		}
+	}
+
+	var sources []analyze.Source
+	if c.String("from") != "" {
+		sources, err = cacheSources(ctx, c)
+	} else {
+		sources, err = localSources(c.Args().Slice())
+	}
+	if err != nil {
+		return err
+	}
+
+	var total int64
+	for _, s := range sources {
+		total += int64(s.NarSize)
+	}
+	slog.Info("analyzing", "nars", len(sources), "nar_bytes", total, "configurations", len(opts.Configs), "levels", len(opts.Levels))
+	var bar *progressbar.ProgressBar
+	if term.IsTerminal(int(os.Stderr.Fd())) {
+		if total == 0 {
+			total = -1 // local paths: size unknown until read
+		}
+		bar = progressbar.NewOptions64(total, progressbar.OptionSetWriter(os.Stderr), progressbar.OptionShowBytes(true),
+			progressbar.OptionSetDescription("analyzing"), progressbar.OptionThrottle(100_000_000), progressbar.OptionClearOnFinish())
+		var mu sync.Mutex
+		opts.Progress = func(n int64) {
+			mu.Lock()
+			defer mu.Unlock()
+			_ = bar.Add64(n)
+		}
+	}
+	res, err := analyze.Run(ctx, sources, opts)
+	if bar != nil {
+		_ = bar.Finish()
+	}
+	if ctx.Err() != nil {
+		return errInterrupted
+	}
+	if err != nil {
+		return err
+	}
+	if err := res.WriteTable(c.App.Writer, plotIdx); err != nil {
+		return fmt.Errorf("writing table: %w", err)
+	}
+	if out == "" {
+		return nil
+	}
+	for _, f := range []struct {
+		name  string
+		write func(io.Writer) error
+	}{
+		{"summary.csv", res.WriteSummaryCSV},
+		{"nars.csv", res.WriteNARsCSV},
+		{"sizes.csv", res.WriteSizesCSV},
+		{"dedup.svg", func(w io.Writer) error { return res.WriteSVG(w, plotIdx) }},
+	} {
+		if err := writeFile(filepath.Join(out, f.name), f.write); err != nil {
+			return err
+		}
+	}
+	slog.Info("wrote report", "dir", out)
+	return nil
+}
+
+// cacheSources fetches and checks the narinfos of the requested store paths
+// and returns sources that decompress and verify each NAR as it is read.
+func cacheSources(ctx context.Context, c *cli.Context) ([]analyze.Source, error) {
+	keys, err := substituter.ParseKeyring(c.StringSlice("trusted-public-key"))
+	if err != nil {
+		return nil, usageError("--trusted-public-key: %v", err)
+	}
+	b, err := blob.Open(c.String("from"), nil)
+	if err != nil {
+		return nil, usageError("--from: %v", err)
+	}
+	cache := substituter.NewBinaryCache(b)
+	var hashParts []string
+	if c.Bool("all") {
+		err := cache.List(ctx, func(hp string) error {
+			hashParts = append(hashParts, hp)
+			return nil
+		})
+		if errors.Is(err, blob.ErrNotSupported) {
+			return nil, usageError("--all needs a cache that can be listed (file://); name the store paths for %s", cache)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("listing %s: %w", cache, err)
+		}
+		if len(hashParts) == 0 {
+			return nil, fmt.Errorf("%s holds no narinfo files: is it a binary cache?", cache)
+		}
+	} else {
+		for _, a := range c.Args().Slice() {
+			hp, err := substituter.ParseHashPart(a)
+			if err != nil {
+				return nil, usageError("%q is not a store path: %v", a, err)
+			}
+			hashParts = append(hashParts, hp)
+		}
+	}
+	infos := make([]*substituter.NarInfo, 0, len(hashParts))
+	for _, hp := range hashParts {
+		ni, err := cache.NarInfo(ctx, hp)
+		if err != nil {
+			return nil, fmt.Errorf("fetching narinfo %s from %s: %w", hp, cache, err)
+		}
+		if _, err := keys.Verify(ni); err != nil {
+			return nil, fmt.Errorf("refusing %s: %w", ni.StorePath, err)
+		}
+		infos = append(infos, ni)
+	}
+	if c.Bool("all") {
+		// Store path names carry the versions; the hash before them is random.
+		slices.SortStableFunc(infos, func(a, b *substituter.NarInfo) int {
+			return strings.Compare(storePathName(a.StorePath), storePathName(b.StorePath))
+		})
+	}
+	sources := make([]analyze.Source, len(infos))
+	for i, ni := range infos {
+		sources[i] = analyze.Source{Name: ni.StorePath, NarSize: ni.NarSize, FileSize: ni.FileSize,
+			Open: func(ctx context.Context) (io.ReadCloser, error) {
+				rc, err := cache.OpenNAR(ctx, ni)
+				if err != nil {
+					return nil, err
+				}
+				return readCloser{substituter.NewVerifyingReader(rc, ni.NarHash, ni.NarSize), rc}, nil
+			}}
+	}
+	return sources, nil
+}
+
+func storePathName(p string) string {
+	base := filepath.Base(p)
+	if _, name, ok := strings.Cut(base, "-"); ok {
+		return name
+	}
+	return base
+}
+
+// localSources reads store paths from the local Nix store with nix-store --dump,
+// which serializes them as NARs.
+func localSources(paths []string) ([]analyze.Source, error) {
+	nixStore, err := exec.LookPath("nix-store")
+	if err != nil {
+		return nil, usageError("reading local store paths needs nix-store on PATH (or give --from): %v", err)
+	}
+	var sources []analyze.Source
+	for _, p := range paths {
+		if _, err := os.Stat(p); err != nil {
+			return nil, usageError("%s: %v", p, err)
+		}
+		sources = append(sources, analyze.Source{Name: p, Open: func(ctx context.Context) (io.ReadCloser, error) {
+			cmd := exec.CommandContext(ctx, nixStore, "--dump", p)
+			var stderr strings.Builder
+			cmd.Stderr = &stderr
+			out, err := cmd.StdoutPipe()
+			if err != nil {
+				return nil, err
+			}
+			if err := cmd.Start(); err != nil {
+				return nil, fmt.Errorf("starting nix-store --dump: %w", err)
+			}
+			return &dumpReader{ReadCloser: out, cmd: cmd, stderr: &stderr}, nil
+		}})
+	}
+	return sources, nil
+}
+
+// dumpReader reports a failed nix-store --dump at the end of its output, so a
+// NAR cut short never counts as a complete one.
+type dumpReader struct {
+	io.ReadCloser
+	cmd    *exec.Cmd
+	stderr *strings.Builder
+	done   bool
+}
+
+func (d *dumpReader) Read(p []byte) (int, error) {
+	n, err := d.ReadCloser.Read(p)
+	if err == io.EOF && !d.done {
+		d.done = true
+		if werr := d.cmd.Wait(); werr != nil {
+			return n, fmt.Errorf("nix-store --dump: %w: %s", werr, strings.TrimSpace(d.stderr.String()))
+		}
+	}
+	return n, err
+}
+
+func (d *dumpReader) Close() error {
+	err := d.ReadCloser.Close()
+	if !d.done {
+		d.done = true
+		_ = d.cmd.Wait()
+	}
+	return err
+}
+
+type readCloser struct {
+	io.Reader
+	io.Closer
+}
+
+// writeFile writes a report file through a temporary name, so a failed run
+// never leaves half a file under the real name.
+func writeFile(path string, write func(io.Writer) error) error {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	if err != nil {
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	defer os.Remove(f.Name())
+	if err := write(f); err != nil {
+		f.Close()
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	if err := os.Chmod(f.Name(), 0o644); err != nil {
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	if err := os.Rename(f.Name(), path); err != nil {
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	return nil
+}
