@@ -30,6 +30,15 @@ type Config struct {
 	StateDir    string
 	Priority    int
 
+	// CacheSize bounds the state directory's cache file in bytes (0: no bound); see
+	// localcache.Options.Budget.
+	CacheSize int64
+	// PinClosureOf lists store paths (such as /run/current-system) whose closures stay
+	// pinned, refreshed every PinRefresh, so the running system's upgrade base is never
+	// evicted.
+	PinClosureOf []string
+	PinRefresh   time.Duration
+
 	// VerifyWait bounds how long Nix waits for headers while a NAR is checked before the
 	// first byte; past it, verified chunks are streamed and the end is held back until
 	// the whole NAR matched. Well inside Nix's 300 s stall timeout.
@@ -70,6 +79,9 @@ func (c *Config) Defaults() {
 	}
 	if c.LookupTimeout == 0 {
 		c.LookupTimeout = 20 * time.Second
+	}
+	if c.PinRefresh == 0 {
+		c.PinRefresh = time.Hour
 	}
 	if c.Params == (chunk.Params{}) {
 		c.Params = chunk.DefaultParams()
@@ -130,7 +142,7 @@ func New(cfg Config) (*Daemon, error) {
 	if d.codec, err = chunk.NewCodec(); err != nil {
 		return nil, err
 	}
-	d.cache, err = localcache.Open(filepath.Join(cfg.StateDir, "cache.db"), localcache.Options{})
+	d.cache, err = localcache.Open(filepath.Join(cfg.StateDir, CacheFile), localcache.Options{Budget: cfg.CacheSize, Logger: d.log})
 	if err != nil {
 		d.codec.Close()
 		return nil, fmt.Errorf("opening local cache: %w", err)
@@ -147,6 +159,7 @@ func New(cfg Config) (*Daemon, error) {
 		Counters: d.metrics,
 		Log:      d.log,
 	}
+	d.metrics.setGauges(d.gauges)
 	return d, nil
 }
 
@@ -175,6 +188,7 @@ func (d *Daemon) Serve(ctx context.Context, ln net.Listener) error {
 	// The listener is bound, so connections queue from here on: Nix may be let in.
 	d.sdNotify("READY=1\nSTATUS=serving Nix on " + ln.Addr().String())
 	go d.pruneLoop(ctx)
+	go d.pinLoop(ctx)
 	select {
 	case err := <-errc:
 		return err

@@ -23,6 +23,10 @@ var (
 // Handler returns the binary-cache HTTP API Nix talks to.
 func (d *Daemon) Handler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasPrefix(r.URL.Path, adminPrefix) {
+			d.serveAdmin(w, r)
+			return
+		}
 		if r.Method != http.MethodGet && r.Method != http.MethodHead {
 			w.Header().Set("Allow", "GET, HEAD")
 			http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
@@ -30,7 +34,8 @@ func (d *Daemon) Handler() http.Handler {
 		}
 		rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
 		route := "other"
-		defer func() { d.metrics.request(route, rec.status) }()
+		began := time.Now()
+		defer func() { d.metrics.request(route, rec.status, time.Since(began)) }()
 		switch p := r.URL.Path; {
 		case p == "/nix-cache-info":
 			route = "nix-cache-info"
@@ -105,6 +110,7 @@ func (d *Daemon) serveNarInfo(w http.ResponseWriter, r *http.Request, hashPart s
 func (d *Daemon) narInfo(ctx context.Context, hashPart string) (*substituter.NarInfo, string, error) {
 	now := d.now()
 	if e, err := d.cache.GetNarInfo(hashPart, now); err == nil {
+		d.metrics.Event(eventNarInfoCacheHit)
 		if e.Negative {
 			return nil, "", fmt.Errorf("%w: %s (cached)", substituter.ErrNotFound, e.Reason)
 		}
@@ -118,6 +124,7 @@ func (d *Daemon) narInfo(ctx context.Context, hashPart string) (*substituter.Nar
 	} else if !errors.Is(err, localcache.ErrNotFound) {
 		d.log.Warn("reading narinfo cache", "err", err)
 	}
+	d.metrics.Event(eventNarInfoCacheMiss)
 	type found struct {
 		ni     *substituter.NarInfo
 		source string
@@ -313,6 +320,20 @@ func (d *Daemon) serveNAR(w http.ResponseWriter, r *http.Request, narKey string)
 		http.Error(w, err.Error(), http.StatusRequestedRangeNotSatisfiable)
 		return
 	}
+	// The NAR's chunks must outlive eviction until the last byte is sent.
+	lease, err := d.cache.Lease()
+	if err != nil {
+		d.log.Warn("NAR unavailable", "nar", narKey, "err", err)
+		http.Error(w, "not found", http.StatusNotFound)
+		return
+	}
+	defer lease.Release()
+	if job.Manifest != nil {
+		lease.Add(manifestIDs(job.Manifest)...)
+	}
+	if err := d.cache.TouchNAR(narKey, job.Info.HashPart()); err != nil {
+		d.log.Warn("recording NAR use", "nar", narKey, "err", err)
+	}
 
 	p := d.asm.Start(*job)
 	wait := d.cfg.VerifyWait
@@ -323,6 +344,9 @@ func (d *Daemon) serveNAR(w http.ResponseWriter, r *http.Request, narKey string)
 	waitCtx, cancel := context.WithTimeout(ctx, wait)
 	m, err := p.Wait(waitCtx)
 	cancel()
+	if m != nil {
+		lease.Add(manifestIDs(m)...)
+	}
 	switch {
 	case err == nil:
 		d.assembled(job.Info)
@@ -339,10 +363,14 @@ func (d *Daemon) serveNAR(w http.ResponseWriter, r *http.Request, narKey string)
 		}
 		m, err = p.Wait(ctx)
 		if err == nil {
+			lease.Add(manifestIDs(m)...)
 			d.assembled(job.Info)
 			d.streamVerified(w, r, m, start, end, ranged, size)
 			return
 		}
+	}
+	if isVerifyFailure(err) {
+		d.metrics.Event(eventNarVerifyFailure)
 	}
 	d.log.Warn("NAR unavailable", "path", job.Info.StorePath, "err", err)
 	http.Error(w, "not found", http.StatusNotFound)
@@ -373,6 +401,7 @@ func (d *Daemon) streamVerified(w http.ResponseWriter, r *http.Request, m *manif
 		}
 		raw, err := d.asm.LocalChunk(r.Context(), buf, e)
 		if err != nil {
+			d.metrics.Event(eventNarVerifyFailure)
 			d.log.Error("breaking NAR response: local chunk unusable", "nar", manifest.Key(m.NarHash), "err", err)
 			panic(http.ErrAbortHandler)
 		}
@@ -407,6 +436,7 @@ func (d *Daemon) streamProgress(w http.ResponseWriter, r *http.Request, p *subst
 		if off+int64(e.Size) >= size {
 			if _, err := p.Wait(ctx); err != nil {
 				if ctx.Err() == nil {
+					d.metrics.Event(eventNarVerifyFailure)
 					d.log.Error("breaking NAR response: NAR failed verification", "nar", p.Key, "err", err)
 				}
 				panic(http.ErrAbortHandler)
@@ -417,6 +447,7 @@ func (d *Daemon) streamProgress(w http.ResponseWriter, r *http.Request, p *subst
 		}
 		raw, err := d.asm.LocalChunk(ctx, buf, e)
 		if err != nil {
+			d.metrics.Event(eventNarVerifyFailure)
 			d.log.Error("breaking NAR response: local chunk unusable", "nar", p.Key, "err", err)
 			panic(http.ErrAbortHandler)
 		}

@@ -6,25 +6,63 @@ import (
 	"net/http"
 	"sort"
 	"sync"
+	"time"
 )
+
+// latencyBuckets are the upper bounds, in seconds, of the request latency
+// histograms: narinfo answers from the local cache take well under a
+// millisecond, NARs assembled from remote chunks take seconds.
+var latencyBuckets = [...]float64{0.001, 0.005, 0.025, 0.1, 0.5, 2.5, 10, 60}
+
+// histogram counts observations per bucket (not cumulative; WriteTo sums).
+type histogram struct {
+	counts [len(latencyBuckets) + 1]int64
+	sum    float64
+	n      int64
+}
+
+func (h *histogram) observe(v float64) {
+	i := sort.SearchFloat64s(latencyBuckets[:], v)
+	h.counts[i]++
+	h.sum += v
+	h.n++
+}
+
+// Gauge is one value read when metrics are scraped.
+type Gauge struct {
+	Name, Help string
+	Value      int64
+}
 
 // Metrics counts what the daemon did, by source, so users can see where their bytes
 // came from and tests can prove what crossed the wire.
 type Metrics struct {
 	mu       sync.Mutex
 	bytes    map[string]int64 // bytes fetched, by source
+	fetches  map[string]int64 // objects fetched, by source
 	requests map[string]int64 // requests answered, by route and status class
+	latency  map[string]*histogram
+	events   map[string]int64 // named counters: narinfo hits, verify failures
+	gauges   func() []Gauge
 }
 
 // NewMetrics returns zeroed counters.
 func NewMetrics() *Metrics {
-	return &Metrics{bytes: make(map[string]int64), requests: make(map[string]int64)}
+	return &Metrics{
+		bytes:    make(map[string]int64),
+		fetches:  make(map[string]int64),
+		requests: make(map[string]int64),
+		latency:  make(map[string]*histogram),
+		events:   make(map[string]int64),
+	}
 }
 
-// Add records n bytes fetched from source.
+// Add records n bytes fetched from source. The assembler calls it once per object it
+// fetched: a chunk from a chunk source, a whole NAR from the upstream.
 func (m *Metrics) Add(source string, n int64) {
 	m.mu.Lock()
 	m.bytes[source] += n
+	m.fetches[source]++
 	m.mu.Unlock()
 }
 
@@ -35,14 +73,69 @@ func (m *Metrics) Bytes(source string) int64 {
 	return m.bytes[source]
 }
 
-func (m *Metrics) request(route string, status int) {
+// Event counts one occurrence of a named event (see the event* constants).
+func (m *Metrics) Event(name string) {
+	m.mu.Lock()
+	m.events[name]++
+	m.mu.Unlock()
+}
+
+// Events returns how often the named event happened.
+func (m *Metrics) Events(name string) int64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.events[name]
+}
+
+// Event names.
+const (
+	eventNarInfoCacheHit  = "narinfo_cache_hit"  // answered from the local narinfo cache
+	eventNarInfoCacheMiss = "narinfo_cache_miss" // had to ask the store or the upstreams
+	eventNarVerifyFailure = "nar_verify_failure" // a NAR or a local chunk failed its check
+)
+
+// setGauges installs the function that reads the gauges at scrape time.
+func (m *Metrics) setGauges(f func() []Gauge) {
+	m.mu.Lock()
+	m.gauges = f
+	m.mu.Unlock()
+}
+
+func (m *Metrics) request(route string, status int, took time.Duration) {
 	m.mu.Lock()
 	m.requests[fmt.Sprintf("%s\x00%d", route, status)]++
+	h := m.latency[route]
+	if h == nil {
+		h = &histogram{}
+		m.latency[route] = h
+	}
+	h.observe(took.Seconds())
 	m.mu.Unlock()
+}
+
+// Snapshot returns the counters as plain maps, for `shoal status`.
+func (m *Metrics) Snapshot() (bytes, fetches, events map[string]int64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	clone := func(src map[string]int64) map[string]int64 {
+		out := make(map[string]int64, len(src))
+		for k, v := range src {
+			out[k] = v
+		}
+		return out
+	}
+	return clone(m.bytes), clone(m.fetches), clone(m.events)
 }
 
 // WriteTo writes the counters in Prometheus' text format.
 func (m *Metrics) WriteTo(w io.Writer) (int64, error) {
+	m.mu.Lock()
+	gaugeFn := m.gauges
+	m.mu.Unlock()
+	var gauges []Gauge
+	if gaugeFn != nil {
+		gauges = gaugeFn() // outside the lock: it reads the cache
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	var n int64
@@ -53,6 +146,18 @@ func (m *Metrics) WriteTo(w io.Writer) (int64, error) {
 	p("# HELP shoal_fetched_bytes_total Bytes fetched for NARs, by source (stored/compressed size).\n# TYPE shoal_fetched_bytes_total counter\n")
 	for _, k := range sortedKeys(m.bytes) {
 		p("shoal_fetched_bytes_total{source=%q} %d\n", k, m.bytes[k])
+	}
+	p("# HELP shoal_fetched_objects_total Objects fetched, by source: chunks from chunk sources, whole NARs from the upstream, manifests from the store.\n# TYPE shoal_fetched_objects_total counter\n")
+	for _, k := range sortedKeys(m.fetches) {
+		p("shoal_fetched_objects_total{source=%q} %d\n", k, m.fetches[k])
+	}
+	p("# HELP shoal_narinfo_cache_total narinfo lookups answered from the local cache (hit) or from the store and upstreams (miss).\n# TYPE shoal_narinfo_cache_total counter\n")
+	p("shoal_narinfo_cache_total{result=\"hit\"} %d\n", m.events[eventNarInfoCacheHit])
+	p("shoal_narinfo_cache_total{result=\"miss\"} %d\n", m.events[eventNarInfoCacheMiss])
+	p("# HELP shoal_nar_verify_failures_total NARs that did not match their narinfo and local chunks that failed their ID check.\n# TYPE shoal_nar_verify_failures_total counter\n")
+	p("shoal_nar_verify_failures_total %d\n", m.events[eventNarVerifyFailure])
+	for _, g := range gauges {
+		p("# HELP %s %s\n# TYPE %s gauge\n%s %d\n", g.Name, g.Help, g.Name, g.Name, g.Value)
 	}
 	p("# HELP shoal_requests_total HTTP requests answered, by route and status.\n# TYPE shoal_requests_total counter\n")
 	for _, k := range sortedKeys(m.requests) {
@@ -66,6 +171,18 @@ func (m *Metrics) WriteTo(w io.Writer) (int64, error) {
 			}
 		}
 		p("shoal_requests_total{route=%q,status=\"%d\"} %d\n", route, status, m.requests[k])
+	}
+	p("# HELP shoal_request_duration_seconds Time to answer a request, by route (for NARs, until the last byte).\n# TYPE shoal_request_duration_seconds histogram\n")
+	for _, route := range sortedKeys(m.latency) {
+		h := m.latency[route]
+		var cum int64
+		for i, le := range latencyBuckets {
+			cum += h.counts[i]
+			p("shoal_request_duration_seconds_bucket{route=%q,le=\"%g\"} %d\n", route, le, cum)
+		}
+		p("shoal_request_duration_seconds_bucket{route=%q,le=\"+Inf\"} %d\n", route, h.n)
+		p("shoal_request_duration_seconds_sum{route=%q} %g\n", route, h.sum)
+		p("shoal_request_duration_seconds_count{route=%q} %d\n", route, h.n)
 	}
 	return n, nil
 }
