@@ -31,21 +31,37 @@ so later versions can reuse them.`,
 			&cli.StringSliceFlag{Name: "trusted-public-key", Value: cli.NewStringSlice(substituter.DefaultTrustedKey), Usage: "accept narinfos signed by this key, `NAME:BASE64` (repeatable)", EnvVars: env("trusted-public-key")},
 			&cli.StringFlag{Name: "state-dir", Value: defaultStateDir(), Usage: "where the chunk cache lives (default: $STATE_DIRECTORY, else $XDG_STATE_HOME/shoal)", EnvVars: env("state-dir")},
 			&cli.IntFlag{Name: "priority", Value: 30, Usage: "Priority in nix-cache-info; lower wins (cache.nixos.org says 40)", EnvVars: env("priority")},
+			&cli.StringFlag{Name: "cache-size", Usage: "bound the state directory's cache to this size, e.g. 20GiB; least recently used unpinned chunks are evicted (default: 10% of the file system holding --state-dir; 0: no bound)", EnvVars: env("cache-size")},
+			&cli.StringSliceFlag{Name: "pin-closure-of", Usage: "keep the closure of this store path pinned, refreshed hourly, e.g. /run/current-system (repeatable)", EnvVars: env("pin-closure-of")},
 			&cli.DurationFlag{Name: "verify-wait", Value: 60_000_000_000, Usage: "how long Nix may wait for a NAR to be verified before shoal streams it with the end held back", EnvVars: env("verify-wait")},
 		},
 		Action: func(c *cli.Context) error {
 			if c.NArg() > 0 {
 				return usageError("daemon takes no arguments (got %q)", c.Args().Slice())
 			}
+			var cacheSize int64
+			var err error
+			if c.IsSet("cache-size") {
+				if cacheSize, err = parseSize(c.String("cache-size")); err != nil {
+					return usageError("--cache-size: %v", err)
+				}
+			} else if cacheSize, err = defaultCacheSize(c.String("state-dir")); err != nil {
+				return err
+			}
+			if cacheSize > 0 && cacheSize < 16<<20 {
+				return usageError("--cache-size %s is below the 16 MiB minimum", c.String("cache-size"))
+			}
 			cfg := daemon.Config{
-				Listen:      c.String("listen"),
-				StoreURL:    c.String("store"),
-				Upstreams:   c.StringSlice("upstream"),
-				TrustedKeys: c.StringSlice("trusted-public-key"),
-				StateDir:    c.String("state-dir"),
-				Priority:    c.Int("priority"),
-				VerifyWait:  c.Duration("verify-wait"),
-				Logger:      slog.Default(),
+				Listen:       c.String("listen"),
+				StoreURL:     c.String("store"),
+				Upstreams:    c.StringSlice("upstream"),
+				TrustedKeys:  c.StringSlice("trusted-public-key"),
+				StateDir:     c.String("state-dir"),
+				Priority:     c.Int("priority"),
+				VerifyWait:   c.Duration("verify-wait"),
+				CacheSize:    cacheSize,
+				PinClosureOf: c.StringSlice("pin-closure-of"),
+				Logger:       slog.Default(),
 			}
 			d, err := daemon.New(cfg)
 			if err != nil {
