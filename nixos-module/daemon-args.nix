@@ -57,6 +57,7 @@ flag "listen" (hostPort cfg.listenAddress cfg.port)
 ++ flags "upstream" cfg.upstreams
 ++ flags "trusted-public-key" cfg.trustedPublicKeys
 ++ when (cfg.cacheSize != null) (flag "cache-size" cfg.cacheSize)
+++ flags "pin-closure-of" cfg.pinClosureOf
 ++ when cfg.lan.enable (switch "lan")
 ++ when cfg.dht.enable (switch "dht")
 ++ when (cfg.dht.enable && cfg.dht.mode != null) (flag "dht-mode" cfg.dht.mode)

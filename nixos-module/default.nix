@@ -110,8 +110,20 @@ in
       default = defaults.cacheSize;
       example = "20GiB";
       description = ''
-        Budget for the local chunk cache, with units. `null` leaves it to the daemon's
-        default. Needs a daemon with `--cache-size`.
+        Budget for the local chunk cache, with units; least recently used chunks that
+        aren't pinned are evicted past it. `null` leaves it to the daemon's default (a
+        tenth of the file system holding the state directory), `"0"` means no bound.
+      '';
+    };
+
+    pinClosureOf = mkOption {
+      type = types.listOf types.str;
+      default = defaults.pinClosureOf;
+      example = [ "/run/current-system" ];
+      description = ''
+        Store paths whose closures' chunks stay in the local cache whatever `cacheSize`
+        says, refreshed hourly: with `/run/current-system`, the next upgrade finds the
+        running system's chunks.
       '';
     };
 
@@ -233,6 +245,8 @@ in
       wantedBy = [ "multi-user.target" ];
       # The daemon contacts nothing to start, so it needs no network-online.target.
       after = [ "network.target" ];
+      # nix-store answers the closure queries of pinClosureOf.
+      path = [ config.nix.package ];
       serviceConfig = {
         # shoal says READY=1 once its listener is up (sd_notify).
         Type = "notify";

@@ -15,6 +15,7 @@
   # value that has on a stock NixOS, for evaluating daemon-args.nix without NixOS.
   trustedPublicKeys = [ "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=" ];
   cacheSize = null;
+  pinClosureOf = [ ];
   lan = {
     enable = false;
   };

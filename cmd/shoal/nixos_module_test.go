@@ -33,7 +33,6 @@ const fleetKeyPath = "/run/credentials/shoal.service/fleet-key"
 // they are checked like every other. The module passes them only for options set away
 // from their defaults, which TestModuleDefaultsUseOnlyExistingFlags holds it to.
 var pendingFlags = map[string]string{
-	"cache-size":     "issue 4 (local cache budget)",
 	"lan":            "issue 3 (LAN sharing)",
 	"peer-listen":    "issue 3 (LAN sharing)",
 	"fleet-key":      "issue 3 (LAN sharing)",
@@ -90,6 +89,8 @@ var moduleCases = []struct {
 	}},
 	{"extraArgs", `{"extraArgs": ["--verify-wait", "30s"]}`, baseArgs("--verify-wait", "30s")},
 	{"cacheSize", `{"cacheSize": "20GiB"}`, baseArgs("--cache-size", "20GiB")},
+	{"pinClosureOf", `{"pinClosureOf": ["/run/current-system", "/nix/var/nix/profiles/default"]}`,
+		baseArgs("--pin-closure-of", "/run/current-system", "--pin-closure-of", "/nix/var/nix/profiles/default")},
 	{"lan.enable", `{"lan": {"enable": true}}`, baseArgs("--lan")},
 	{"peerPort", `{"lan": {"enable": true}, "peerPort": 4001}`, baseArgs("--lan",
 		"--peer-listen", "/ip4/0.0.0.0/tcp/4001", "--peer-listen", "/ip6/::/tcp/4001",
