@@ -43,10 +43,11 @@
 
       devShells = forAll systems (pkgs: {
         default = pkgs.mkShell {
-          inputsFrom = [ self.packages.${pkgs.stdenv.hostPlatform.system}.default ];
-          # What ./test.sh uses besides Go: a Nix for the end-to-end tests, and the
-          # compressors the caches are written with.
+          # Go, and what ./test.sh uses besides: a Nix for the end-to-end tests, and the
+          # compressors the caches are written with. (Not inputsFrom the package, so
+          # entering the shell never waits on a stale vendor hash.)
           packages = [
+            pkgs.go
             pkgs.nix
             pkgs.xz
             pkgs.zstd
