@@ -39,8 +39,8 @@ Examples:
 xz NARs are decoded by the xz program when it is on PATH (about twice as fast as
 the built-in decoder).`,
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "from", Required: true, Usage: "binary cache to read (file:///dir, http(s)://host)", EnvVars: env("from")},
-			&cli.StringFlag{Name: "to", Required: true, Usage: "chunk store to write (a directory or file:///dir)", EnvVars: env("to")},
+			&cli.StringFlag{Name: "from", Required: true, Usage: "binary cache to read (file:///dir, http(s)://host, s3://bucket/prefix?region=&endpoint=)", EnvVars: env("from")},
+			&cli.StringFlag{Name: "to", Required: true, Usage: "chunk store to write (a directory, file:///dir or s3://bucket/prefix?region=&endpoint=)", EnvVars: env("to")},
 			&cli.StringSliceFlag{Name: "trusted-public-key", Value: cli.NewStringSlice(substituter.DefaultTrustedKey), Usage: "accept narinfos signed by this key, `NAME:BASE64` (repeatable)", EnvVars: env("trusted-public-key")},
 			&cli.IntFlag{Name: "jobs", Value: runtime.NumCPU(), Usage: "NARs processed at once", EnvVars: env("jobs")},
 			&cli.BoolFlag{Name: "all", Usage: "publish every narinfo of the (file://) cache", EnvVars: env("all")},
