@@ -193,13 +193,15 @@ func (d *Daemon) lookup(ctx context.Context, hashPart string) (*substituter.NarI
 			continue
 		}
 		now := d.now()
-		if err := d.cache.PutNarInfo(hashPart, localcache.NarInfoEntry{Raw: ni.Raw, Source: s.name, Expires: now.Add(d.cfg.PositiveTTL)}); err != nil {
-			d.log.Warn("caching narinfo", "err", err)
-		}
+		// The route goes first: a crash between the two writes must not leave a cached
+		// narinfo whose NAR URL has no route (its NAR would 404 until the entry expires).
 		route := localcache.NarRoute{HashPart: hashPart, StorePath: ni.StorePath, Source: s.name, NarSize: ni.NarSize, LastUsed: now}
 		if err := d.cache.PutNarRoute(manifest.Key(ni.NarHash), route); err != nil {
 			// Without a route the NAR URL would 404 later: refuse the narinfo now.
 			return nil, "", fmt.Errorf("recording NAR route: %w", err)
+		}
+		if err := d.cache.PutNarInfo(hashPart, localcache.NarInfoEntry{Raw: ni.Raw, Source: s.name, Expires: now.Add(d.cfg.PositiveTTL)}); err != nil {
+			d.log.Warn("caching narinfo", "err", err)
 		}
 		d.log.Debug("narinfo found", "path", ni.StorePath, "source", s.name, "key", key)
 		return ni, s.name, nil

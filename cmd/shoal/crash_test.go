@@ -218,14 +218,19 @@ func TestSIGKILLLoop(t *testing.T) {
 		t.Fatalf("shoal verify after %d kills: %v", kills, err)
 	}
 	cmd, addr := start()
-	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	stopped := false
+	stop := func() {
+		if !stopped {
+			stopped = true
+			cmd.Process.Kill()
+			cmd.Wait()
+		}
+	}
+	defer stop()
 	for _, n := range nars {
 		if err := fetch(context.Background(), addr, n); err != nil {
 			t.Errorf("after %d kills: %v", kills, err)
 		}
-	}
-	if t.Failed() {
-		t.Logf("daemon log:\n%s", lastLog.String())
 	}
 	resp, err := http.Get("http://" + addr + "/shoal/status")
 	if err != nil {
@@ -238,6 +243,10 @@ func TestSIGKILLLoop(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("cache file %d bytes against a budget of %d after serving %d MiB of NARs; status %s", fi.Size(), budget, 70, bytes.TrimSpace(status))
+	stop() // its log is complete only once it has exited
+	if t.Failed() {
+		t.Logf("daemon log:\n%s", lastLog.String())
+	}
 	// The budget is kept by evicting before each write; the file may pass it by less
 	// than one allocation step (budget/64) when free pages are too fragmented.
 	if fi.Size() > budget+budget/64 {
