@@ -16,6 +16,7 @@ import (
 	"github.com/shoal-nix/shoal/blob"
 	"github.com/shoal-nix/shoal/chunk"
 	"github.com/shoal-nix/shoal/localcache"
+	"github.com/shoal-nix/shoal/p2p"
 	"github.com/shoal-nix/shoal/store"
 	"github.com/shoal-nix/shoal/substituter"
 	"golang.org/x/sync/singleflight"
@@ -55,6 +56,13 @@ type Config struct {
 	Params     chunk.Params
 	Logger     *slog.Logger
 	HTTPClient *http.Client
+
+	// LAN sharing (see peers.go): off unless LAN is set.
+	LAN             bool
+	PeerListen      []string // multiaddrs; empty: TCP and QUIC on port 37516 (TCP only with a fleet key)
+	FleetKeyFile    string   // pre-shared key: only daemons holding it connect
+	PeerUploadLimit int64    // bytes/s sent to peers (0: no bound)
+	Peer            PeerTuning
 }
 
 // Defaults fills zero fields with the documented defaults.
@@ -102,6 +110,7 @@ type Daemon struct {
 	codec     *chunk.Codec
 	asm       *substituter.Assembler
 	metrics   *Metrics
+	peers     *p2p.Node
 	lookups   singleflight.Group
 	now       func() time.Time
 }
@@ -160,11 +169,21 @@ func New(cfg Config) (*Daemon, error) {
 		Log:      d.log,
 	}
 	d.metrics.setGauges(d.gauges)
+	if cfg.LAN {
+		if err := d.startPeers(); err != nil {
+			d.cache.Close()
+			d.codec.Close()
+			return nil, err
+		}
+	}
 	return d, nil
 }
 
 // Close releases the local cache.
 func (d *Daemon) Close() error {
+	if d.peers != nil {
+		_ = d.peers.Close()
+	}
 	err := d.cache.Close()
 	d.codec.Close()
 	return err

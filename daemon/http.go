@@ -162,6 +162,13 @@ func (d *Daemon) lookup(ctx context.Context, hashPart string) (*substituter.NarI
 			return substituter.ParseNarInfo(raw)
 		}})
 	}
+	if d.peers != nil {
+		// After the fleet's own store, before the upstreams: LAN peers are cheap, and
+		// keep answering when the store and the upstreams are down.
+		sources = append(sources, source{peerSourceName, func(ctx context.Context) (*substituter.NarInfo, error) {
+			return d.peerNarInfo(ctx, hashPart)
+		}})
+	}
 	for _, u := range d.upstreams {
 		sources = append(sources, source{u.String(), func(ctx context.Context) (*substituter.NarInfo, error) {
 			return u.NarInfo(ctx, hashPart)
@@ -268,6 +275,9 @@ func (d *Daemon) job(ctx context.Context, narKey string) (*substituter.NarJob, e
 		if m, err := manifest.Parse(raw); err == nil {
 			job.Manifest, job.ManifestRaw = m, raw
 		}
+	}
+	if job.Manifest == nil && d.peers != nil {
+		d.peerManifest(ctx, job)
 	}
 	if job.Manifest != nil {
 		job.ResolveWhole = func(ctx context.Context) (*substituter.BinaryCache, *substituter.NarInfo) {

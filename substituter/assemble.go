@@ -27,6 +27,24 @@ type ChunkSource interface {
 	Chunk(ctx context.Context, id chunk.ID) ([]byte, error)
 }
 
+// NarSources is a ChunkSource that answers best when it knows which NAR the chunks are
+// for, as LAN peers do: they serve only chunks of NARs they verified, and are asked once
+// per NAR whether they have it. The assembler calls ForNar before fetching a NAR's
+// chunks and uses the returned source in place of this one until ctx ends.
+type NarSources interface {
+	ChunkSource
+	// ForNar returns the source to use for m's chunks, and whether it expects to supply
+	// all of them, which makes chunks cheaper than the whole NAR whatever they weigh.
+	ForNar(ctx context.Context, m *manifest.Manifest) (src ChunkSource, covers bool)
+}
+
+// BadObjectReporter is a ChunkSource that wants to hear when an object it returned
+// failed its ID check, so it can stop trusting whoever supplied it. The assembler then
+// asks the same source once more, which should answer from somewhere else.
+type BadObjectReporter interface {
+	BadObject(id chunk.ID, err error)
+}
+
 // Counters receives byte counts by source, for metrics and for tests that prove what
 // went over the wire.
 type Counters interface {
@@ -238,15 +256,22 @@ func (a *Assembler) run(ctx context.Context, job NarJob, p *Progress) (*manifest
 			if err != nil {
 				return nil, err
 			}
+			var sources []ChunkSource
+			covered := false
 			if missing > 0 {
 				a.resolveWhole(ctx, &job)
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithCancel(ctx)
+				defer cancel()
+				sources, covered = a.narSources(ctx, m)
 			}
-			whole := job.Whole != nil && info.FileSize > 0 && missingBytes > info.FileSize
+			// Chunks that LAN peers hold cost the store and the upstream nothing.
+			whole := !covered && job.Whole != nil && info.FileSize > 0 && missingBytes > info.FileSize
 			log.Info("NAR source chosen",
 				"chunks", len(m.Entries), "missing_chunks", missing, "missing_bytes", missingBytes,
-				"whole_nar_bytes", info.FileSize, "source", map[bool]string{true: "whole NAR", false: "chunks"}[whole])
+				"whole_nar_bytes", info.FileSize, "peers_cover", covered, "source", map[bool]string{true: "whole NAR", false: "chunks"}[whole])
 			if !whole {
-				err := a.fromChunks(ctx, job, m, p, gen)
+				err := a.fromChunks(ctx, job, m, p, gen, sources)
 				if err == nil {
 					return m, nil
 				}
@@ -282,6 +307,22 @@ func (a *Assembler) resolveWhole(ctx context.Context, job *NarJob) {
 		job.Whole, job.Info = w, ni
 	}
 	job.ResolveWhole = nil
+}
+
+// narSources returns the chunk sources for m in order, each NarSources narrowed to m;
+// covers is true when one of them expects to supply every chunk.
+func (a *Assembler) narSources(ctx context.Context, m *manifest.Manifest) (srcs []ChunkSource, covers bool) {
+	srcs = make([]ChunkSource, 0, len(a.Sources))
+	for _, s := range a.Sources {
+		if ns, ok := s.(NarSources); ok {
+			src, c := ns.ForNar(ctx, m)
+			srcs = append(srcs, src)
+			covers = covers || c
+			continue
+		}
+		srcs = append(srcs, s)
+	}
+	return srcs, covers
 }
 
 // checkManifest rejects a manifest that can't describe this NAR before any chunk is
@@ -329,7 +370,7 @@ type slot struct {
 // fromChunks fetches missing chunks concurrently, checks each against its ID, keeps
 // them, and hashes the NAR in order; entries are published once they are in the local
 // cache. The manifest is marked verified only when the whole NAR matched.
-func (a *Assembler) fromChunks(ctx context.Context, job NarJob, m *manifest.Manifest, p *Progress, gen int) error {
+func (a *Assembler) fromChunks(ctx context.Context, job NarJob, m *manifest.Manifest, p *Progress, gen int, sources []ChunkSource) error {
 	digest := sha256.Sum256(job.ManifestRaw)
 	verified, err := a.Cache.IsVerified(p.Key, digest)
 	if err != nil {
@@ -357,7 +398,7 @@ func (a *Assembler) fromChunks(ctx context.Context, job NarJob, m *manifest.Mani
 			}
 			g.Go(func() error {
 				s := slots[i]
-				s.raw, s.fresh, s.err = a.obtain(gctx, e, !verified)
+				s.raw, s.fresh, s.err = a.obtain(gctx, e, !verified, sources)
 				close(s.ready)
 				return nil
 			})
@@ -435,7 +476,7 @@ func (a *Assembler) fromChunks(ctx context.Context, job NarJob, m *manifest.Mani
 
 // obtain returns a chunk's raw bytes (when needRaw) and, if it came from a remote source,
 // the checked object to keep. Local objects are checked too: a disk can rot.
-func (a *Assembler) obtain(ctx context.Context, e manifest.Entry, needRaw bool) (raw, fresh []byte, err error) {
+func (a *Assembler) obtain(ctx context.Context, e manifest.Entry, needRaw bool, sources []ChunkSource) (raw, fresh []byte, err error) {
 	obj, err := a.Cache.GetChunk(ctx, e.ID)
 	if err == nil {
 		if !needRaw {
@@ -458,7 +499,7 @@ func (a *Assembler) obtain(ctx context.Context, e manifest.Entry, needRaw bool) 
 			return nil, ctx.Err()
 		}
 		defer func() { <-a.fetchSem }()
-		return a.fetchRemote(ctx, e)
+		return a.fetchRemote(ctx, e, sources)
 	})
 	if err != nil {
 		return nil, nil, err
@@ -469,9 +510,9 @@ func (a *Assembler) obtain(ctx context.Context, e manifest.Entry, needRaw bool) 
 
 type fetched struct{ raw, obj []byte }
 
-func (a *Assembler) fetchRemote(ctx context.Context, e manifest.Entry) (fetched, error) {
+func (a *Assembler) fetchRemote(ctx context.Context, e manifest.Entry, sources []ChunkSource) (fetched, error) {
 	var errs []error
-	for _, src := range a.Sources {
+	for _, src := range sources {
 		const attempts = 2
 		for try := 0; try < attempts; try++ {
 			obj, err := src.Chunk(ctx, e.ID)
@@ -490,14 +531,18 @@ func (a *Assembler) fetchRemote(ctx context.Context, e manifest.Entry) (fetched,
 			}
 			a.count(src.Name(), int64(len(obj)))
 			raw, err := a.Codec.Open(nil, e.ID, obj, int(e.Size))
+			if err == nil && len(raw) != int(e.Size) {
+				err = fmt.Errorf("chunk is %d bytes, manifest says %d", len(raw), e.Size)
+			}
 			if err != nil {
 				a.log().Warn("chunk from source failed its check", "source", src.Name(), "chunk", e.ID.String(), "err", err)
 				errs = append(errs, fmt.Errorf("%s: %w", src.Name(), err))
+				if r, ok := src.(BadObjectReporter); ok {
+					// The source drops whoever sent it and answers from elsewhere.
+					r.BadObject(e.ID, err)
+					continue
+				}
 				break // a source that lies once isn't asked again for this chunk
-			}
-			if len(raw) != int(e.Size) {
-				errs = append(errs, fmt.Errorf("%s: chunk is %d bytes, manifest says %d", src.Name(), len(raw), e.Size))
-				break
 			}
 			return fetched{raw: raw, obj: obj}, nil
 		}

@@ -6,6 +6,7 @@ import (
 	"net"
 
 	"github.com/shoal-nix/shoal/daemon"
+	"github.com/shoal-nix/shoal/p2p"
 	"github.com/shoal-nix/shoal/substituter"
 	"github.com/urfave/cli/v2"
 )
@@ -33,6 +34,10 @@ so later versions can reuse them.`,
 			&cli.IntFlag{Name: "priority", Value: 30, Usage: "Priority in nix-cache-info; lower wins (cache.nixos.org says 40)", EnvVars: env("priority")},
 			&cli.StringFlag{Name: "cache-size", Usage: "bound the state directory's cache to this size, e.g. 20GiB; least recently used unpinned chunks are evicted (default: 10% of the file system holding --state-dir; 0: no bound)", EnvVars: env("cache-size")},
 			&cli.StringSliceFlag{Name: "pin-closure-of", Usage: "keep the closure of this store path pinned, refreshed hourly, e.g. /run/current-system (repeatable)", EnvVars: env("pin-closure-of")},
+			&cli.BoolFlag{Name: "lan", Usage: "share chunks with shoal daemons on the LAN: find them with mDNS, fetch from them before the store, serve them verified NARs", EnvVars: env("lan")},
+			&cli.StringSliceFlag{Name: "peer-listen", Usage: "libp2p `MULTIADDR` to listen on for LAN peers (repeatable; default: TCP and QUIC on port 37516, TCP only with --fleet-key)", EnvVars: env("peer-listen")},
+			&cli.StringFlag{Name: "fleet-key", Usage: "pre-shared key `FILE`: only daemons holding the same key can connect (TCP only); make one with\n\t" + p2p.FleetKeyHelp, EnvVars: env("fleet-key")},
+			&cli.StringFlag{Name: "peer-upload-limit", Usage: "bound what is sent to LAN peers, in bytes per second, e.g. 20MiB (default: no bound)", EnvVars: env("peer-upload-limit")},
 			&cli.DurationFlag{Name: "verify-wait", Value: 60_000_000_000, Usage: "how long Nix may wait for a NAR to be verified before shoal streams it with the end held back", EnvVars: env("verify-wait")},
 		},
 		Action: func(c *cli.Context) error {
@@ -51,6 +56,12 @@ so later versions can reuse them.`,
 			if cacheSize > 0 && cacheSize < 16<<20 {
 				return usageError("--cache-size %s is below the 16 MiB minimum", c.String("cache-size"))
 			}
+			var uploadLimit int64
+			if c.IsSet("peer-upload-limit") {
+				if uploadLimit, err = parseSize(c.String("peer-upload-limit")); err != nil {
+					return usageError("--peer-upload-limit: %v", err)
+				}
+			}
 			cfg := daemon.Config{
 				Listen:       c.String("listen"),
 				StoreURL:     c.String("store"),
@@ -62,6 +73,11 @@ so later versions can reuse them.`,
 				CacheSize:    cacheSize,
 				PinClosureOf: c.StringSlice("pin-closure-of"),
 				Logger:       slog.Default(),
+
+				LAN:             c.Bool("lan"),
+				PeerListen:      c.StringSlice("peer-listen"),
+				FleetKeyFile:    c.String("fleet-key"),
+				PeerUploadLimit: uploadLimit,
 			}
 			d, err := daemon.New(cfg)
 			if err != nil {

@@ -1,0 +1,146 @@
+package daemon
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/shoal-nix/shoal/chunk"
+	"github.com/shoal-nix/shoal/manifest"
+	"github.com/shoal-nix/shoal/p2p"
+	"github.com/shoal-nix/shoal/substituter"
+)
+
+// peerSourceName names LAN peers in logs, metrics and narinfo sources.
+const peerSourceName = "peers"
+
+// PeerTuning overrides the LAN timeouts; zero fields keep p2p's defaults. Tests use it
+// to see a hanging peer given up on quickly.
+type PeerTuning struct {
+	StreamTimeout time.Duration
+	BatchTimeout  time.Duration
+	NarBudget     time.Duration
+	DropFor       time.Duration
+}
+
+// startPeers joins the LAN: a libp2p node with the identity kept in the state
+// directory, serving this daemon's verified NARs, and asked for chunks before the store.
+func (d *Daemon) startPeers() error {
+	key, err := p2p.LoadIdentity(d.cfg.StateDir)
+	if err != nil {
+		return err
+	}
+	pc := p2p.Config{
+		Identity:      key,
+		Listen:        d.cfg.PeerListen,
+		UploadLimit:   d.cfg.PeerUploadLimit,
+		MDNS:          true,
+		Backend:       peerBackend{d},
+		Log:           d.log.With("component", "p2p"),
+		StreamTimeout: d.cfg.Peer.StreamTimeout,
+		BatchTimeout:  d.cfg.Peer.BatchTimeout,
+		NarBudget:     d.cfg.Peer.NarBudget,
+		DropFor:       d.cfg.Peer.DropFor,
+	}
+	if d.cfg.FleetKeyFile != "" {
+		if pc.FleetKey, err = p2p.ReadFleetKey(d.cfg.FleetKeyFile); err != nil {
+			return err
+		}
+	}
+	if d.peers, err = p2p.New(pc); err != nil {
+		return err
+	}
+	d.asm.Sources = append([]substituter.ChunkSource{d.peers}, d.asm.Sources...)
+	d.metrics.setGauges(func() []Gauge {
+		s := d.peers.Stats()
+		return append(d.gauges(),
+			Gauge{"shoal_peers_connected", "LAN peers connected and not dropped.", int64(s.Peers)},
+			Gauge{"shoal_peer_served_chunks", "Chunks served to LAN peers since the daemon started.", s.ServedChunks},
+			Gauge{"shoal_peer_served_bytes", "Stored bytes of the chunks served to LAN peers since the daemon started.", s.ServedBytes},
+		)
+	})
+	return nil
+}
+
+// Peers is the daemon's LAN node, nil without --lan.
+func (d *Daemon) Peers() *p2p.Node { return d.peers }
+
+// peerNarInfo asks the LAN for a narinfo; each answer must pass the same checks as one
+// from the upstream, so a lying peer's answer is skipped for an honest one.
+func (d *Daemon) peerNarInfo(ctx context.Context, hashPart string) (*substituter.NarInfo, error) {
+	var ni *substituter.NarInfo
+	_, err := d.peers.NarInfo(ctx, hashPart, func(raw []byte) error {
+		n, err := substituter.ParseNarInfo(raw)
+		if err != nil {
+			return err
+		}
+		if n.HashPart() != hashPart {
+			return fmt.Errorf("narinfo is for another path %s", n.StorePath)
+		}
+		if _, err := d.keys.Verify(n); err != nil {
+			return err
+		}
+		ni = n
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return ni, nil
+}
+
+// peerManifest asks the LAN for the NAR's manifest. A peer serves only manifests of
+// NARs it verified, so an answer also means the chunks are on the LAN; it is still
+// checked by assembling the NAR against the trusted narinfo.
+func (d *Daemon) peerManifest(ctx context.Context, job *substituter.NarJob) {
+	var m *manifest.Manifest
+	raw, err := d.peers.Manifest(ctx, job.Info.NarHash, func(raw []byte) error {
+		pm, err := manifest.Parse(raw)
+		if err != nil {
+			return err
+		}
+		if pm.NarHash != job.Info.NarHash || pm.NarSize != job.Info.NarSize {
+			return fmt.Errorf("manifest describes %s, not %s", manifest.Key(pm.NarHash), manifest.Key(job.Info.NarHash))
+		}
+		m = pm
+		return nil
+	})
+	if err != nil {
+		if !errors.Is(err, substituter.ErrNotFound) {
+			d.log.Warn("LAN manifest unavailable", "path", job.Info.StorePath, "err", err)
+		}
+		return
+	}
+	d.metrics.Add("peer-manifest", int64(len(raw)))
+	job.Manifest, job.ManifestRaw = m, raw
+}
+
+// peerBackend serves the local cache to peers, limited to what this daemon verified.
+type peerBackend struct{ d *Daemon }
+
+func (b peerBackend) NarInfo(hashPart string) ([]byte, bool) {
+	e, err := b.d.cache.GetNarInfo(hashPart, b.d.now())
+	if err != nil || e.Negative {
+		return nil, false
+	}
+	return e.Raw, true
+}
+
+func (b peerBackend) VerifiedManifest(narHash [32]byte) ([]byte, bool) {
+	key := manifest.Key(narHash)
+	raw, err := b.d.cache.GetManifest(key)
+	if err != nil {
+		return nil, false
+	}
+	ok, err := b.d.cache.IsVerified(key, sha256.Sum256(raw))
+	if err != nil || !ok {
+		return nil, false
+	}
+	return raw, true
+}
+
+func (b peerBackend) Chunk(ctx context.Context, id chunk.ID) ([]byte, error) {
+	return b.d.cache.GetChunk(ctx, id)
+}

@@ -1,0 +1,348 @@
+// Package p2p lets shoal daemons on one LAN serve each other chunks, manifests and
+// narinfos over libp2p, found through mDNS under shoal's own service name.
+//
+// Nothing a peer sends is trusted: narinfos are checked against the daemon's trusted
+// keys, manifests by assembling the NAR they describe, chunks against their IDs. A
+// peer that sends a chunk failing its ID check, or hangs, is dropped for a while. A
+// daemon serves only what belongs to NARs it verified itself, answers "do you have
+// this NAR" but never lists its holdings, and asks specific peers, never broadcasting
+// its wants.
+package p2p
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/libp2p/go-libp2p"
+	"github.com/libp2p/go-libp2p/core/control"
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/pnet"
+	"github.com/libp2p/go-libp2p/core/protocol"
+	"github.com/libp2p/go-libp2p/p2p/host/resource-manager"
+	"github.com/libp2p/go-libp2p/p2p/net/connmgr"
+	quic "github.com/libp2p/go-libp2p/p2p/transport/quic"
+	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
+	ma "github.com/multiformats/go-multiaddr"
+	manet "github.com/multiformats/go-multiaddr/net"
+	"golang.org/x/time/rate"
+
+	"github.com/shoal-nix/shoal/chunk"
+)
+
+// DefaultPort is where daemons listen for peers unless told otherwise.
+const DefaultPort = 37516
+
+// ServiceName is shoal's mDNS service; IPFS's would mix shoal into other networks.
+const ServiceName = "_shoal-p2p._udp"
+
+// DefaultListen returns the default peer addresses: TCP and QUIC on DefaultPort, TCP
+// only with a fleet key, since libp2p's private networks can't protect QUIC.
+func DefaultListen(withFleetKey bool) []string {
+	addrs := []string{
+		fmt.Sprintf("/ip4/0.0.0.0/tcp/%d", DefaultPort),
+		fmt.Sprintf("/ip6/::/tcp/%d", DefaultPort),
+	}
+	if !withFleetKey {
+		addrs = append(addrs,
+			fmt.Sprintf("/ip4/0.0.0.0/udp/%d/quic-v1", DefaultPort),
+			fmt.Sprintf("/ip6/::/udp/%d/quic-v1", DefaultPort))
+	}
+	return addrs
+}
+
+// Backend is what a node serves to its peers: the daemon's local cache.
+type Backend interface {
+	// NarInfo returns a narinfo the daemon accepted under its trusted keys.
+	NarInfo(hashPart string) ([]byte, bool)
+	// VerifiedManifest returns the manifest of a NAR the daemon assembled and checked
+	// against a trusted narinfo, and nothing for any other NAR.
+	VerifiedManifest(narHash [32]byte) ([]byte, bool)
+	// Chunk returns a local chunk's stored object.
+	Chunk(ctx context.Context, id chunk.ID) ([]byte, error)
+}
+
+// Config sets up a Node. Zero durations take the defaults in parentheses.
+type Config struct {
+	Identity crypto.PrivKey
+	// Listen holds multiaddrs; empty means DefaultListen.
+	Listen []string
+	// FleetKey, when set, makes a private network: only nodes with the same key connect.
+	FleetKey pnet.PSK
+	// UploadLimit bounds the bytes a second sent to peers (0: no bound).
+	UploadLimit int64
+	// MDNS turns on discovery; without it the node only talks to peers added with
+	// Connect.
+	MDNS        bool
+	ServiceName string // ServiceName
+	Backend     Backend
+	Log         *slog.Logger
+
+	StreamTimeout time.Duration // one small request and its answer (10s)
+	BatchTimeout  time.Duration // one batch of chunks (30s)
+	HaveTimeout   time.Duration // the "have" round before a NAR (2s)
+	NarBudget     time.Duration // all peer requests for one NAR (2m)
+	DropFor       time.Duration // how long a misbehaving peer is shunned (10m)
+}
+
+func (c *Config) defaults() {
+	if len(c.Listen) == 0 {
+		c.Listen = DefaultListen(c.FleetKey != nil)
+	}
+	if c.ServiceName == "" {
+		c.ServiceName = ServiceName
+	}
+	if c.Log == nil {
+		c.Log = slog.New(slog.DiscardHandler)
+	}
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	def(&c.StreamTimeout, 10*time.Second)
+	def(&c.BatchTimeout, 30*time.Second)
+	def(&c.HaveTimeout, 2*time.Second)
+	def(&c.NarBudget, 2*time.Minute)
+	def(&c.DropFor, 10*time.Minute)
+}
+
+// Node is a daemon's presence on the LAN: it serves its Backend and fetches from peers.
+type Node struct {
+	cfg     Config
+	log     *slog.Logger
+	host    host.Host
+	cm      *connmgr.BasicConnMgr
+	blocks  *blocklist
+	limiter *rate.Limiter
+	mdns    *discovery
+
+	servedChunks atomic.Int64
+	servedBytes  atomic.Int64
+	fetchedBytes atomic.Int64
+	transfers    atomic.Uint64
+}
+
+// New starts the libp2p host and, with MDNS, discovery. Nothing here reaches past the
+// LAN: no bootstrap peers, no relays, no NAT port mapping, no hole punching.
+func New(cfg Config) (*Node, error) {
+	cfg.defaults()
+	if cfg.Identity == nil {
+		return nil, errors.New("p2p: no identity")
+	}
+	if cfg.Backend == nil {
+		return nil, errors.New("p2p: no backend")
+	}
+	var addrs []ma.Multiaddr
+	for _, s := range cfg.Listen {
+		a, err := ma.NewMultiaddr(s)
+		if err != nil {
+			return nil, fmt.Errorf("peer listen address %q: %w", s, err)
+		}
+		if cfg.FleetKey != nil {
+			if _, err := a.ValueForProtocol(ma.P_TCP); err != nil {
+				return nil, fmt.Errorf("peer listen address %q: with a fleet key only TCP addresses work (libp2p private networks don't support QUIC)", s)
+			}
+		}
+		addrs = append(addrs, a)
+	}
+	n := &Node{cfg: cfg, log: cfg.Log, blocks: &blocklist{until: make(map[peer.ID]time.Time)}}
+	if cfg.UploadLimit > 0 {
+		n.limiter = rate.NewLimiter(rate.Limit(cfg.UploadLimit), uploadBurst)
+	}
+	var err error
+	// Peers being fetched from are protected; others may be trimmed past 64.
+	if n.cm, err = connmgr.NewConnManager(32, 64, connmgr.WithGracePeriod(time.Minute)); err != nil {
+		return nil, fmt.Errorf("connection manager: %w", err)
+	}
+	limits := rcmgr.DefaultLimits
+	libp2p.SetDefaultServiceLimits(&limits)
+	for _, p := range []protocol.ID{ProtoNarInfo, ProtoManifest, ProtoHave, ProtoChunks} {
+		limits.AddProtocolLimit(p,
+			rcmgr.BaseLimit{Streams: 512, StreamsInbound: 256, StreamsOutbound: 256, Memory: 256 << 20},
+			rcmgr.BaseLimitIncrease{})
+		limits.AddProtocolPeerLimit(p,
+			rcmgr.BaseLimit{Streams: 64, StreamsInbound: 16, StreamsOutbound: 48, Memory: 64 << 20},
+			rcmgr.BaseLimitIncrease{})
+	}
+	rm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(limits.AutoScale()))
+	if err != nil {
+		return nil, fmt.Errorf("resource manager: %w", err)
+	}
+	opts := []libp2p.Option{
+		libp2p.Identity(cfg.Identity),
+		libp2p.ListenAddrs(addrs...),
+		libp2p.ResourceManager(rm),
+		libp2p.ConnectionManager(n.cm),
+		libp2p.ConnectionGater(n.blocks),
+		libp2p.DisableRelay(),
+		libp2p.DisableMetrics(),
+		libp2p.UserAgent("shoal"),
+		libp2p.Transport(tcp.NewTCPTransport),
+	}
+	if cfg.FleetKey != nil {
+		opts = append(opts, libp2p.PrivateNetwork(cfg.FleetKey))
+	} else {
+		opts = append(opts, libp2p.Transport(quic.NewTransport))
+	}
+	if n.host, err = libp2p.New(opts...); err != nil {
+		rm.Close()
+		return nil, fmt.Errorf("starting peer host: %w", err)
+	}
+	n.host.SetStreamHandler(ProtoNarInfo, n.handleNarInfo)
+	n.host.SetStreamHandler(ProtoManifest, n.handleManifest)
+	n.host.SetStreamHandler(ProtoHave, n.handleHave)
+	n.host.SetStreamHandler(ProtoChunks, n.handleChunks)
+	if cfg.MDNS {
+		if n.mdns, err = startDiscovery(n); err != nil {
+			n.host.Close()
+			return nil, err
+		}
+	}
+	n.log.Info("LAN sharing on", "peer_id", n.host.ID().String(), "addrs", fmt.Sprint(n.host.Addrs()),
+		"private_network", cfg.FleetKey != nil, "mdns", cfg.MDNS, "upload_limit", cfg.UploadLimit)
+	return n, nil
+}
+
+// Close stops discovery and the host, closing every connection.
+func (n *Node) Close() error {
+	if n.mdns != nil {
+		n.mdns.close()
+	}
+	return n.host.Close()
+}
+
+// ID is the node's peer ID.
+func (n *Node) ID() peer.ID { return n.host.ID() }
+
+// AddrInfo is how other nodes reach this one.
+func (n *Node) AddrInfo() peer.AddrInfo {
+	return peer.AddrInfo{ID: n.host.ID(), Addrs: n.host.Addrs()}
+}
+
+// Connect dials a peer, unless it is being shunned.
+func (n *Node) Connect(ctx context.Context, ai peer.AddrInfo) error {
+	if ai.ID == n.host.ID() {
+		return nil
+	}
+	if n.blocks.blocked(ai.ID) {
+		return fmt.Errorf("peer %s is dropped for misbehaving", ai.ID)
+	}
+	ctx, cancel := context.WithTimeout(ctx, n.cfg.StreamTimeout)
+	defer cancel()
+	if err := n.host.Connect(ctx, ai); err != nil {
+		return fmt.Errorf("connecting to peer %s: %w", ai.ID, err)
+	}
+	return nil
+}
+
+// Peers returns the connected peers that are not being shunned.
+func (n *Node) Peers() []peer.ID {
+	var out []peer.ID
+	for _, p := range n.host.Network().Peers() {
+		if !n.blocks.blocked(p) {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// Stats are the node's counters, for metrics.
+type Stats struct {
+	Peers        int
+	ServedChunks int64
+	ServedBytes  int64
+	FetchedBytes int64
+}
+
+// Stats reads the counters.
+func (n *Node) Stats() Stats {
+	return Stats{
+		Peers:        len(n.Peers()),
+		ServedChunks: n.servedChunks.Load(),
+		ServedBytes:  n.servedBytes.Load(),
+		FetchedBytes: n.fetchedBytes.Load(),
+	}
+}
+
+// drop shuns a peer for DropFor and closes its connections: it sent a chunk that failed
+// its ID check, broke the protocol, or let a request time out.
+func (n *Node) drop(p peer.ID, reason string) {
+	n.blocks.block(p, time.Now().Add(n.cfg.DropFor))
+	n.log.Warn("dropping peer", "peer", p.String(), "for", n.cfg.DropFor, "reason", reason)
+	_ = n.host.Network().ClosePeer(p)
+}
+
+// protect keeps the connection to p open while a transfer runs; call the result after.
+func (n *Node) protect(p peer.ID) func() {
+	tag := fmt.Sprintf("shoal-transfer-%d", n.transfers.Add(1))
+	n.cm.Protect(p, tag)
+	return func() { n.cm.Unprotect(p, tag) }
+}
+
+// blocklist shuns peers until a time; it is also the connection gater, so a dropped
+// peer can't simply connect again.
+type blocklist struct {
+	mu    sync.Mutex
+	until map[peer.ID]time.Time
+}
+
+func (b *blocklist) block(p peer.ID, until time.Time) {
+	b.mu.Lock()
+	b.until[p] = until
+	b.mu.Unlock()
+}
+
+func (b *blocklist) blocked(p peer.ID) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	t, ok := b.until[p]
+	if ok && time.Now().After(t) {
+		delete(b.until, p)
+		return false
+	}
+	return ok
+}
+
+func (b *blocklist) InterceptPeerDial(p peer.ID) bool                 { return !b.blocked(p) }
+func (b *blocklist) InterceptAddrDial(_ peer.ID, a ma.Multiaddr) bool { return true }
+func (b *blocklist) InterceptAccept(network.ConnMultiaddrs) bool      { return true }
+func (b *blocklist) InterceptUpgraded(network.Conn) (bool, control.DisconnectReason) {
+	return true, 0
+}
+func (b *blocklist) InterceptSecured(_ network.Direction, p peer.ID, _ network.ConnMultiaddrs) bool {
+	return !b.blocked(p)
+}
+
+// lanAddr tells whether a discovered address is worth dialling: loopback addresses
+// name the asker itself, and unspecified ones nobody.
+func lanAddr(a ma.Multiaddr) bool {
+	ip, err := manet.ToIP(a)
+	if err != nil {
+		return false
+	}
+	return !ip.IsLoopback() && !ip.IsUnspecified() && !ip.IsMulticast() && (ip.IsPrivate() || ip.IsLinkLocalUnicast() || isLocalNet(ip))
+}
+
+// isLocalNet reports whether ip is on a subnet of one of this machine's interfaces, so
+// that LANs numbered with public addresses work too.
+func isLocalNet(ip net.IP) bool {
+	ifaddrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return false
+	}
+	for _, a := range ifaddrs {
+		if n, ok := a.(*net.IPNet); ok && n.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}

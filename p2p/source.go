@@ -1,0 +1,221 @@
+package p2p
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"sync"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/shoal-nix/shoal/chunk"
+	"github.com/shoal-nix/shoal/manifest"
+	"github.com/shoal-nix/shoal/substituter"
+)
+
+// SourceName is the peers' name in logs and metrics.
+const SourceName = "peer"
+
+// Name implements substituter.ChunkSource.
+func (n *Node) Name() string { return SourceName }
+
+// Chunk implements substituter.ChunkSource for callers that don't say which NAR the
+// chunk is for: peers serve chunks only by NAR, so there is nothing to ask.
+func (n *Node) Chunk(context.Context, chunk.ID) ([]byte, error) {
+	return nil, fmt.Errorf("%w: peers are asked per NAR", substituter.ErrNotFound)
+}
+
+// ForNar implements substituter.NarSources: it asks the peers once whether they hold
+// m's NAR, and returns a source that fetches its chunks from those that do, in
+// batches spread over them, within the NarBudget.
+func (n *Node) ForNar(ctx context.Context, m *manifest.Manifest) (substituter.ChunkSource, bool) {
+	ctx, cancel := context.WithTimeout(ctx, n.cfg.NarBudget)
+	havers := n.Have(ctx, m.NarHash)
+	s := &narSource{n: n, nar: m.NarHash, ctx: ctx, peers: havers, from: map[chunk.ID]peer.ID{},
+		wants: make(chan *want, 4*MaxBatch)}
+	if len(havers) == 0 {
+		cancel()
+		return s, false
+	}
+	n.log.Info("LAN peers hold the NAR", "nar", manifest.Key(m.NarHash), "peers", len(havers))
+	go func() {
+		defer cancel()
+		s.dispatch()
+	}()
+	return s, true
+}
+
+type want struct {
+	id  chunk.ID
+	res chan result
+}
+
+type result struct {
+	obj []byte
+	err error
+}
+
+// narSource fetches one NAR's chunks from the peers that hold it. Chunk calls queue
+// wants; the dispatcher sends whatever has queued as one batch to the next peer, with
+// a few batches in flight per peer, so batches grow on their own while peers are busy.
+type narSource struct {
+	n     *Node
+	nar   [32]byte
+	ctx   context.Context
+	wants chan *want
+
+	mu    sync.Mutex
+	peers []peer.ID
+	next  int
+	from  map[chunk.ID]peer.ID // who sent each delivered object, to blame on a bad one
+}
+
+func (s *narSource) Name() string { return SourceName }
+
+func (s *narSource) livePeers() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.peers)
+}
+
+// Chunk implements substituter.ChunkSource.
+func (s *narSource) Chunk(ctx context.Context, id chunk.ID) ([]byte, error) {
+	if s.ctx.Err() != nil || s.livePeers() == 0 {
+		return nil, fmt.Errorf("%w: no LAN peer holds the NAR (or its time is up)", substituter.ErrNotFound)
+	}
+	w := &want{id: id, res: make(chan result, 1)}
+	select {
+	case s.wants <- w:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-s.ctx.Done():
+		return nil, fmt.Errorf("%w: time for LAN peers is up", substituter.ErrNotFound)
+	}
+	select {
+	case r := <-w.res:
+		return r.obj, r.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-s.ctx.Done():
+		return nil, fmt.Errorf("%w: time for LAN peers is up", substituter.ErrNotFound)
+	}
+}
+
+// BadObject implements substituter.BadObjectReporter: the peer that sent the object is
+// dropped, here and for the node, and the chunk's next request goes elsewhere.
+func (s *narSource) BadObject(id chunk.ID, err error) {
+	s.mu.Lock()
+	p, ok := s.from[id]
+	s.mu.Unlock()
+	if !ok {
+		return
+	}
+	s.remove(p)
+	s.n.drop(p, "sent chunk "+id.String()+" that failed its check: "+err.Error())
+}
+
+func (s *narSource) remove(p peer.ID) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i, q := range s.peers {
+		if q == p {
+			s.peers = append(s.peers[:i], s.peers[i+1:]...)
+			return
+		}
+	}
+}
+
+// pick returns the next peer round-robin, or false when none is left.
+func (s *narSource) pick() (peer.ID, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.peers) == 0 {
+		return "", false
+	}
+	s.next = (s.next + 1) % len(s.peers)
+	return s.peers[s.next], true
+}
+
+func (s *narSource) dispatch() {
+	// Two batches in flight per peer keep each busy while the other's answer travels.
+	slots := make(chan struct{}, 2*len(s.peers))
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		select {
+		case slots <- struct{}{}:
+		case <-s.ctx.Done():
+			return
+		}
+		var batch []*want
+		select {
+		case w := <-s.wants:
+			batch = append(batch, w)
+		case <-s.ctx.Done():
+			return
+		}
+	drain:
+		for len(batch) < MaxBatch {
+			select {
+			case w := <-s.wants:
+				batch = append(batch, w)
+			default:
+				break drain
+			}
+		}
+		p, ok := s.pick()
+		if !ok {
+			for _, w := range batch {
+				w.res <- result{err: fmt.Errorf("%w: every LAN peer holding the NAR was dropped", substituter.ErrNotFound)}
+			}
+			<-slots
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-slots }()
+			s.fetch(p, batch)
+		}()
+	}
+}
+
+// fetch asks p for a batch. A peer that times out or breaks the protocol is dropped;
+// the wants it left unanswered fail, and the assembler asks again, elsewhere.
+func (s *narSource) fetch(p peer.ID, batch []*want) {
+	ids := make([][32]byte, len(batch))
+	for i, w := range batch {
+		ids[i] = w.id
+	}
+	req := appendHashes(append([]byte(nil), s.nar[:]...), ids)
+	answered := 0
+	err := s.n.request(s.ctx, p, ProtoChunks, s.n.cfg.BatchTimeout, req, func(r *bufio.Reader) error {
+		for _, w := range batch {
+			obj, ok, err := readAnswer(r, maxObject)
+			if err != nil {
+				return err
+			}
+			answered++
+			if !ok {
+				w.res <- result{err: fmt.Errorf("%w: peer %s lacks chunk %s", substituter.ErrNotFound, p, w.id)}
+				continue
+			}
+			s.mu.Lock()
+			s.from[w.id] = p
+			s.mu.Unlock()
+			s.n.fetchedBytes.Add(int64(len(obj)))
+			w.res <- result{obj: obj}
+		}
+		return nil
+	})
+	if err == nil {
+		return
+	}
+	s.remove(p)
+	if s.ctx.Err() == nil {
+		s.n.drop(p, fmt.Sprintf("chunk batch failed: %v", err))
+	}
+	for _, w := range batch[answered:] {
+		w.res <- result{err: fmt.Errorf("peer %s: %w", p, err)}
+	}
+}
