@@ -318,22 +318,23 @@ func gcCommand() *cli.Command {
 		Name:  "gc",
 		Usage: "evict least recently used chunks now, down to a size; --compact shrinks the file",
 		Description: `Evicts unpinned chunks, least recently used first, until the cache's data takes at
-most --to bytes. The file keeps its size (bbolt reuses the freed pages); --compact then
+most --cache-size bytes (the flag and SHOAL_CACHE_SIZE are shared with the daemon's
+budget, so "shoal gc" with the daemon's environment evicts down to its budget). The file keeps its size (bbolt reuses the freed pages); --compact then
 rewrites it without them, which needs the daemon stopped.`,
 		Flags: []cli.Flag{stateDirFlag(), daemonAddrFlag(),
-			&cli.StringFlag{Name: "to", Usage: "evict down to this size (e.g. 5GiB); without it nothing is evicted", EnvVars: env("to")},
+			&cli.StringFlag{Name: "cache-size", Usage: "evict down to this size (e.g. 5GiB); without it nothing is evicted", EnvVars: env("cache-size")},
 			&cli.BoolFlag{Name: "compact", Usage: "rewrite the file without free pages (the daemon must be stopped)", EnvVars: env("compact")}},
 		Action: func(c *cli.Context) error {
 			if c.NArg() > 0 {
 				return usageError("gc takes no arguments")
 			}
-			if !c.IsSet("to") && !c.Bool("compact") {
-				return usageError("gc needs --to SIZE, --compact, or both")
+			if !c.IsSet("cache-size") && !c.Bool("compact") {
+				return usageError("gc needs --cache-size SIZE, --compact, or both")
 			}
-			if c.IsSet("to") {
-				to, err := parseSize(c.String("to"))
+			if c.IsSet("cache-size") {
+				to, err := parseSize(c.String("cache-size"))
 				if err != nil {
-					return usageError("--to: %v", err)
+					return usageError("--cache-size: %v", err)
 				}
 				var res localcache.EvictResult
 				err = withCache(c, func(lc *localcache.Cache) (err error) {
