@@ -67,7 +67,7 @@ var (
 )
 
 func allBuckets() [][]byte {
-	return [][]byte{bucketMeta, bucketChunkIndex, bucketChunkBody, bucketManifests, bucketVerified, bucketNarInfo, bucketRoutes, bucketPackages, bucketNarUsed, bucketPins}
+	return [][]byte{bucketMeta, bucketChunkIndex, bucketChunkBody, bucketManifests, bucketVerified, bucketNarInfo, bucketRoutes, bucketPackages, bucketNarUsed, bucketPins, bucketLocations, bucketSeeded}
 }
 
 // Options tunes Open. The zero value gives sensible defaults.
