@@ -339,6 +339,8 @@ func checkManifest(m *manifest.Manifest, info *NarInfo) error {
 	return m.Validate()
 }
 
+// missing counts the chunks of m absent from the local cache, and the stored bytes of
+// those that must be downloaded.
 func (a *Assembler) missing(m *manifest.Manifest) (n int, bytes uint64, err error) {
 	ids := make([]chunk.ID, len(m.Entries))
 	for i, e := range m.Entries {
@@ -348,15 +350,37 @@ func (a *Assembler) missing(m *manifest.Manifest) (n int, bytes uint64, err erro
 	if err != nil {
 		return 0, 0, fmt.Errorf("checking local chunks: %w", err)
 	}
+	free := make([]bool, len(ids))
+	for _, s := range a.Sources {
+		if h, ok := s.(ChunkHolder); ok {
+			held, err := h.Holds(ids)
+			if err != nil {
+				return 0, 0, fmt.Errorf("asking %s which chunks it holds: %w", s.Name(), err)
+			}
+			for i := range free {
+				free[i] = free[i] || held[i]
+			}
+		}
+	}
 	seen := make(map[chunk.ID]bool)
 	for i, ok := range have {
 		if !ok && !seen[ids[i]] {
 			seen[ids[i]] = true
 			n++
-			bytes += uint64(m.Entries[i].StoredSize)
+			if !free[i] {
+				bytes += uint64(m.Entries[i].StoredSize)
+			}
 		}
 	}
 	return n, bytes, nil
+}
+
+// ChunkHolder is a ChunkSource that knows without a network round trip which chunks
+// it holds, as the local /nix/store does. Its chunks cost no download, so missing
+// counts them as absent from the cache but leaves their bytes out of the price.
+type ChunkHolder interface {
+	ChunkSource
+	Holds(ids []chunk.ID) ([]bool, error)
 }
 
 // slot carries one chunk from a fetch worker to the in-order verifier.
