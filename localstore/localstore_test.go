@@ -367,7 +367,8 @@ func TestRelated(t *testing.T) {
 	}{
 		{h(3) + "-go-1.26.0", 3, []string{h(2) + "-go-1.25.10", h(1) + "-go-1.25.3", h(0) + "-go-1.25.0"}},
 		{h(3) + "-go-1.26.0", 1, []string{h(2) + "-go-1.25.10"}},
-		{h(9) + "-go-1.27.0-doc", 2, []string{h(4) + "-go-1.25.3-doc", h(3) + "-go-1.26.0"}},
+		{h(9) + "-go-1.27.0-doc", 2, []string{h(4) + "-go-1.25.3-doc"}},
+		{h(9) + "-go-1.27.0-src", 2, nil},
 		{h(9) + "-hello-2.13", 3, []string{h(7) + "-hello-2.12"}},
 		{h(9) + "-unversioned", 3, nil},
 		{h(9) + "-absent-1.0", 3, nil},

@@ -77,10 +77,9 @@ func (s *Store) byName(pname string) ([]string, error) {
 	return by[pname], nil
 }
 
-// Related returns up to max store paths with storePath's package name but another
-// version, nearest first: those with the same output suffix ("-dev", "-doc") before
-// the others, then by version, highest first, so an upgrade draws on the newest
-// version installed. Nix sets every store path's mtime to 1, so versions, not times,
+// Related returns up to max store paths with storePath's package name and output
+// suffix ("-dev", "-doc", "-src": other outputs hold other files) but another version,
+// highest version first, so an upgrade draws on the newest version installed. Nix sets every store path's mtime to 1, so versions, not times,
 // say which is newest.
 func (s *Store) Related(storePath string, max int) ([]string, error) {
 	pname, version := SplitName(baseName(filepath.Base(storePath)))
@@ -97,27 +96,18 @@ func (s *Store) Related(storePath string, max int) ([]string, error) {
 		if p == storePath {
 			continue
 		}
-		if _, v := SplitName(baseName(filepath.Base(p))); v == "" || v == version {
+		_, v := SplitName(baseName(filepath.Base(p)))
+		if _, suf := splitOutput(v); v == "" || v == version || suf != suffix {
 			continue
 		}
 		cands = append(cands, p)
 	}
-	rank := func(p string) (bool, string) {
+	ver := func(p string) string {
 		_, v := SplitName(baseName(filepath.Base(p)))
-		ver, suf := splitOutput(v)
-		return suf == suffix, ver
+		v, _ = splitOutput(v)
+		return v
 	}
-	slices.SortStableFunc(cands, func(a, b string) int {
-		sa, va := rank(a)
-		sb, vb := rank(b)
-		if sa != sb {
-			if sa {
-				return -1
-			}
-			return 1
-		}
-		return -CompareVersions(va, vb)
-	})
+	slices.SortStableFunc(cands, func(a, b string) int { return -CompareVersions(ver(a), ver(b)) })
 	return cands[:min(len(cands), max)], nil
 }
 
