@@ -269,6 +269,8 @@ func (d *Daemon) serveAdmin(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		reply(d.cache.Evict(ctx, req.ToBytes))
+	case "seed":
+		d.serveSeed(rec, r, reply)
 	default:
 		http.NotFound(rec, r)
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/shoal-nix/shoal/blob"
 	"github.com/shoal-nix/shoal/chunk"
 	"github.com/shoal-nix/shoal/localcache"
+	"github.com/shoal-nix/shoal/localstore"
 	"github.com/shoal-nix/shoal/p2p"
 	"github.com/shoal-nix/shoal/store"
 	"github.com/shoal-nix/shoal/substituter"
@@ -63,6 +64,10 @@ type Config struct {
 	FleetKeyFile    string   // pre-shared key: only daemons holding it connect
 	PeerUploadLimit int64    // bytes/s sent to peers (0: no bound)
 	Peer            PeerTuning
+
+	// SeedStore is the Nix store directory whose valid paths lend their chunks (see
+	// seed.go); empty turns seeding off.
+	SeedStore string
 }
 
 // Defaults fills zero fields with the documented defaults.
@@ -111,6 +116,7 @@ type Daemon struct {
 	asm       *substituter.Assembler
 	metrics   *Metrics
 	peers     *p2p.Node
+	local     *localstore.Store
 	lookups   singleflight.Group
 	now       func() time.Time
 }
@@ -175,6 +181,10 @@ func New(cfg Config) (*Daemon, error) {
 			d.codec.Close()
 			return nil, err
 		}
+	}
+	if err := d.startSeeding(); err != nil {
+		d.Close()
+		return nil, err
 	}
 	return d, nil
 }

@@ -286,8 +286,9 @@ func (d *Daemon) job(ctx context.Context, narKey string) (*substituter.NarJob, e
 	} else if w, wni := d.wholeSource(ctx, ni, source); w != nil {
 		job.Whole, job.Info = w, wni
 	}
+	seeded := d.seedFor(ctx, ni.StorePath)
 	firstInstall := false
-	if job.Manifest == nil && job.Whole != nil {
+	if job.Manifest == nil && job.Whole != nil && !seeded {
 		// With no version of this package here, no chunk can be local: the whole NAR
 		// is the cheapest source and the manifest would only add to the bill.
 		has, err := d.cache.HasPackage(packageName(ni.StorePath))

@@ -1,0 +1,95 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+
+	"github.com/shoal-nix/shoal/localstore"
+	"github.com/shoal-nix/shoal/substituter"
+)
+
+// seedRelated bounds the other versions of a package indexed when one of its NARs is
+// requested: the newest installed version shares the most with the next, and each path
+// indexed costs a full read of it, once.
+const seedRelated = 3
+
+// startSeeding puts the local store first among the assembler's chunk sources: its
+// chunks cost no network at all, so it goes before LAN peers and the store.
+func (d *Daemon) startSeeding() error {
+	if d.cfg.SeedStore == "" {
+		return nil
+	}
+	s, err := localstore.New(d.cache, d.codec, d.cfg.Params, localstore.Options{Dir: d.cfg.SeedStore, Log: d.log.With("component", "localstore")})
+	if err != nil {
+		return fmt.Errorf("local store source: %w", err)
+	}
+	d.local = s
+	d.asm.Sources = append([]substituter.ChunkSource{s}, d.asm.Sources...)
+	return nil
+}
+
+// seedFor indexes the installed versions of storePath's package other than itself, so
+// that pricing and assembling its NAR count their chunks as local. It reports whether
+// any such version is indexed: with one, the NAR is no first install, and chunks may
+// beat the whole NAR.
+func (d *Daemon) seedFor(ctx context.Context, storePath string) bool {
+	if d.local == nil {
+		return false
+	}
+	return d.local.SeedRelated(ctx, storePath, seedRelated) > 0
+}
+
+// SeedRequest is the body of /shoal/seed.
+type SeedRequest struct {
+	Paths []string `json:"paths"`
+}
+
+// SeedReply answers /shoal/seed, one result per path in order.
+type SeedReply struct {
+	Results []SeedResult `json:"results"`
+}
+
+// SeedResult is what seeding did with one path.
+type SeedResult struct {
+	Path    string `json:"path"`
+	Indexed bool   `json:"indexed"` // false: it was indexed already
+	NarSize uint64 `json:"nar_size,omitempty"`
+	Chunks  int    `json:"chunks,omitempty"`
+	Error   string `json:"error,omitempty"`
+}
+
+// Seed indexes the given store paths in the local store; a path that fails is reported
+// in its result and does not stop the others.
+func (d *Daemon) Seed(ctx context.Context, paths []string) (SeedReply, error) {
+	if d.local == nil {
+		return SeedReply{}, errors.New("seeding is off: the daemon runs without --seed-store")
+	}
+	return SeedPaths(ctx, d.local, paths), nil
+}
+
+// SeedPaths indexes paths with s, for the daemon's admin API and for `shoal seed` when
+// no daemon holds the cache.
+func SeedPaths(ctx context.Context, s *localstore.Store, paths []string) SeedReply {
+	var reply SeedReply
+	for _, p := range paths {
+		res, err := s.Seed(ctx, p)
+		r := SeedResult{Path: p, Indexed: res.Indexed, NarSize: res.NarSize, Chunks: res.Chunks}
+		if err != nil {
+			r.Error = err.Error()
+		}
+		reply.Results = append(reply.Results, r)
+	}
+	return reply
+}
+
+func (d *Daemon) serveSeed(w http.ResponseWriter, r *http.Request, reply func(any, error)) {
+	var req SeedRequest
+	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 16<<20)).Decode(&req); err != nil {
+		reply(nil, fmt.Errorf("reading request: %w", err))
+		return
+	}
+	reply(d.Seed(r.Context(), req.Paths))
+}
