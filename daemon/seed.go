@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"os"
 
 	"github.com/shoal-nix/shoal/localstore"
 	"github.com/shoal-nix/shoal/substituter"
@@ -20,6 +21,11 @@ const seedRelated = 3
 // chunks cost no network at all, so it goes before LAN peers and the store.
 func (d *Daemon) startSeeding() error {
 	if d.cfg.SeedStore == "" {
+		return nil
+	}
+	if fi, err := os.Stat(d.cfg.SeedStore); err != nil || !fi.IsDir() {
+		// A machine without Nix installed yet has nothing to seed from.
+		d.log.Info("not seeding from the local store: no store directory", "dir", d.cfg.SeedStore)
 		return nil
 	}
 	s, err := localstore.New(d.cache, d.codec, d.cfg.Params, localstore.Options{Dir: d.cfg.SeedStore, Log: d.log.With("component", "localstore")})
