@@ -66,8 +66,11 @@ type Config struct {
 	Peer            PeerTuning
 
 	// SeedStore is the Nix store directory whose valid paths lend their chunks (see
-	// seed.go); empty turns seeding off.
-	SeedStore string
+	// seed.go); empty turns seeding off. SeedRelated bounds the other versions of a
+	// package indexed when one of its NARs is requested (0: only paths seeded through
+	// Seed).
+	SeedStore   string
+	SeedRelated int
 }
 
 // Defaults fills zero fields with the documented defaults.

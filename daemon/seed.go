@@ -12,11 +12,6 @@ import (
 	"github.com/shoal-nix/shoal/substituter"
 )
 
-// seedRelated bounds the other versions of a package indexed when one of its NARs is
-// requested: the newest installed version shares the most with the next, and each path
-// indexed costs a full read of it, once.
-const seedRelated = 3
-
 // startSeeding puts the local store first among the assembler's chunk sources: its
 // chunks cost no network at all, so it goes before LAN peers and the store.
 func (d *Daemon) startSeeding() error {
@@ -42,10 +37,10 @@ func (d *Daemon) startSeeding() error {
 // any such version is indexed: with one, the NAR is no first install, and chunks may
 // beat the whole NAR.
 func (d *Daemon) seedFor(ctx context.Context, storePath string) bool {
-	if d.local == nil {
+	if d.local == nil || d.cfg.SeedRelated <= 0 {
 		return false
 	}
-	return d.local.SeedRelated(ctx, storePath, seedRelated) > 0
+	return d.local.SeedRelated(ctx, storePath, d.cfg.SeedRelated) > 0
 }
 
 // SeedRequest is the body of /shoal/seed.

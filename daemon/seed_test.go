@@ -59,7 +59,7 @@ func TestUpgradeSeededFromLocalStore(t *testing.T) {
 	if len(seen) == 0 || len(seen) == len(m2.Entries) {
 		t.Fatalf("fixture does not exercise seeding: %d of %d chunks new", len(seen), len(m2.Entries))
 	}
-	cfg := daemon.Config{StoreURL: f.store.URL, Upstreams: []string{f.upstream.URL}, TrustedKeys: []string{f.pk}, SeedStore: "/nix/store"}
+	cfg := daemon.Config{StoreURL: f.store.URL, Upstreams: []string{f.upstream.URL}, TrustedKeys: []string{f.pk}, SeedStore: "/nix/store", SeedRelated: 3}
 
 	d, url := startDaemon(t, cfg)
 	f.copyAndVerify(t, url, "seeddemo-1.1")
