@@ -37,10 +37,14 @@ func (d *Daemon) startSeeding() error {
 // any such version is indexed: with one, the NAR is no first install, and chunks may
 // beat the whole NAR.
 func (d *Daemon) seedFor(ctx context.Context, storePath string) bool {
-	if d.local == nil || d.cfg.SeedRelated <= 0 {
+	if d.local == nil {
 		return false
 	}
-	return d.local.SeedRelated(ctx, storePath, d.cfg.SeedRelated) > 0
+	if d.cfg.SeedRelated > 0 && d.local.SeedRelated(ctx, storePath, d.cfg.SeedRelated) > 0 {
+		return true
+	}
+	// Versions given to `shoal seed` count too.
+	return d.local.AnySeeded(storePath)
 }
 
 // SeedRequest is the body of /shoal/seed.

@@ -142,6 +142,21 @@ func (s *Store) SeedRelated(ctx context.Context, storePath string, max int) int 
 	return n
 }
 
+// AnySeeded reports whether another version of storePath's package (as Related finds
+// them) is indexed already.
+func (s *Store) AnySeeded(storePath string) bool {
+	paths, err := s.Related(storePath, 1<<20)
+	if err != nil {
+		return false
+	}
+	for _, p := range paths {
+		if _, err := s.cache.Seeded(p); err == nil {
+			return true
+		}
+	}
+	return false
+}
+
 // CompareVersions orders versions as Nix's compareVersions does: both are split into
 // components at "." and "-" and between digit and non-digit runs; numbers compare as
 // numbers, a number is newer than a word, "pre" is older than anything, and words

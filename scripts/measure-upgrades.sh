@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # measure-upgrades.sh: what a sequence of upgrades costs through shoal, against the xz NARs.
 #
-#   scripts/measure-upgrades.sh CORPUS
+#   scripts/measure-upgrades.sh [--seeded] CORPUS
 #
 # CORPUS is a directory made by make-corpus with --xz (paths, pk, cache-xz/), e.g.
 #   make-corpus --xz CORPUS golang.org/toolchain@v0.0.1-go1.25.0.linux-amd64 \
@@ -11,8 +11,14 @@
 # real Nix, each into a fresh store. For each it prints the bytes the daemon fetched (chunks
 # from the store, or the whole NAR from the upstream) and that figure as a ratio of the
 # path's xz NAR. The first path is the cold fetch; every later one is an upgrade.
+# With --seeded, each upgrade instead starts a fresh daemon with an EMPTY local cache and
+# `shoal seed`s the previous path from the local /nix/store (the corpus paths must be
+# valid there), as on a machine that has version N installed but never ran shoal before;
+# bytes read from /nix/store are not counted as fetched.
 # Runs as root with single-user Nix; touches nothing outside a temporary directory.
 set -euo pipefail
+seeded=
+if [[ ${1:-} == --seeded ]]; then seeded=1; shift; fi
 corpus=$(cd "${1:?usage: $0 CORPUS}" && pwd)
 repo=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d)
@@ -37,20 +43,34 @@ echo "== publish"
   --trusted-public-key "$pk" --all 2>&1 | grep -v '^time=' || true
 
 port=$((20000 + RANDOM % 20000))
-"$work/shoal" --log-level warn daemon --listen "127.0.0.1:$port" --store "file://$work/store" \
-  --upstream "file://$corpus/cache-xz" --trusted-public-key "$pk" --state-dir "$work/state" &
-daemon_pid=$!
-for _ in $(seq 50); do curl -sf "http://127.0.0.1:$port/nix-cache-info" >/dev/null && break; sleep 0.1; done
+# start_daemon STATE-DIR: a daemon that seeds only what it is told to, so every path it
+# reads from /nix/store is one this script chose.
+start_daemon() {
+  "$work/shoal" --log-level warn daemon --listen "127.0.0.1:$port" --store "file://$work/store" \
+    --upstream "file://$corpus/cache-xz" --trusted-public-key "$pk" --state-dir "$1" \
+    --seed-related 0 &
+  daemon_pid=$!
+  for _ in $(seq 50); do curl -sf "http://127.0.0.1:$port/nix-cache-info" >/dev/null && break; sleep 0.1; done
+}
+start_daemon "$work/state"
 
+# Bytes from the network: the local store's are read from disk.
 fetched() {
   curl -sf "http://127.0.0.1:$port/metrics" |
-    awk '/^shoal_fetched_bytes_total/ { s += $2 } END { printf "%d\n", s }'
+    awk '/^shoal_fetched_bytes_total/ && !/source="localstore"/ { s += $2 } END { printf "%d\n", s }'
 }
 
 echo "== substitute through the daemon"
 printf '%-45s %12s %12s %8s\n' "store path" "xz NAR" "fetched" "ratio"
 total_xz=0 total_fetched=0 i=0
+prev=
 for p in "${paths[@]}"; do
+  if [[ -n $seeded && -n $prev ]]; then
+    kill "$daemon_pid"; wait "$daemon_pid" 2>/dev/null || true
+    start_daemon "$work/state-$i"
+    "$work/shoal" seed --state-dir "$work/state-$i" --daemon "127.0.0.1:$port" "$prev"
+  fi
+  prev=$p
   before=$(fetched)
   XDG_CACHE_HOME=$work/xdg-$i nix copy --from "http://127.0.0.1:$port" --to "$work/root-$i" \
     --option trusted-public-keys "$pk" "$p"
