@@ -8,6 +8,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/zeroconf/v2"
@@ -85,11 +86,25 @@ func startDiscovery(n *Node) (*discovery, error) {
 				continue
 			}
 			go func() {
-				if err := n.Connect(ctx, ai); err != nil {
-					n.log.Debug("mDNS peer unreachable", "peer", ai.ID.String(), "err", err)
-					return
+				// mDNS reports a peer once: a dial that fails (the peer still starting, a
+				// loaded machine) would otherwise lose it until its record expires.
+				var err error
+				for attempt := range 6 {
+					if len(n.host.Network().ConnsToPeer(ai.ID)) > 0 {
+						return
+					}
+					if err = n.Connect(ctx, ai); err == nil {
+						n.log.Info("peer found on the LAN", "peer", ai.ID.String(), "addrs", fmt.Sprint(ai.Addrs))
+						return
+					}
+					n.log.Debug("mDNS peer unreachable; retrying", "peer", ai.ID.String(), "attempt", attempt+1, "err", err)
+					select {
+					case <-time.After(time.Second << attempt):
+					case <-ctx.Done():
+						return
+					}
 				}
-				n.log.Info("peer found on the LAN", "peer", ai.ID.String(), "addrs", fmt.Sprint(ai.Addrs))
+				n.log.Warn("mDNS peer unreachable", "peer", ai.ID.String(), "addrs", fmt.Sprint(ai.Addrs), "err", err)
 			}()
 		}
 	}()

@@ -35,19 +35,42 @@ type node struct {
 	args                  []string
 }
 
+// corpusEnv names a make-corpus directory (paths, pk, cache-xz/) to run the fleet on
+// instead of the small synthetic closure, for measurements on real data:
+//
+//	SHOAL_FLEET_CORPUS=CORPUS SHOAL_E2E=1 go test -run TestFleetSharesOverLAN -v -timeout 60m ./p2p
+const corpusEnv = "SHOAL_FLEET_CORPUS"
+
 func newFleet(t *testing.T, packages, size int) *fleet {
 	e := nixtest.NewEnv(t)
 	f := &fleet{t: t, lan: newLAN(t), bin: buildShoal(t), nix: e}
-	sk, pk := e.GenerateKey(t, "fleet-test-1")
-	f.pk = pk
-	for i := range packages {
-		f.paths = append(f.paths, e.AddPath(t, fmt.Sprintf("pkg%d-1.0", i), nixtest.PackageVersion(int64(100+i), 1, size)))
-	}
-	e.Sign(t, sk, f.paths...)
 	root := t.TempDir()
-	e.CopyToCache(t, filepath.Join(root, "cache"), "xz", f.paths...)
-	if out, err := runBin(f.bin, "publish", "--from", "file://"+filepath.Join(root, "cache"), "--to", filepath.Join(root, "store"),
-		"--trusted-public-key", pk, "--all"); err != nil {
+	cache := filepath.Join(root, "cache") // the CDN serves it there
+	if corpus := os.Getenv(corpusEnv); corpus != "" {
+		pk, err := os.ReadFile(filepath.Join(corpus, "pk"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		paths, err := os.ReadFile(filepath.Join(corpus, "paths"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.pk, f.paths = strings.TrimSpace(string(pk)), strings.Fields(string(paths))
+		if err := os.Symlink(filepath.Join(corpus, "cache-xz"), cache); err != nil {
+			t.Fatal(err)
+		}
+		cache = filepath.Join(corpus, "cache-xz") // listing does not follow the link
+	} else {
+		sk, pk := e.GenerateKey(t, "fleet-test-1")
+		f.pk = pk
+		for i := range packages {
+			f.paths = append(f.paths, e.AddPath(t, fmt.Sprintf("pkg%d-1.0", i), nixtest.PackageVersion(int64(100+i), 1, size)))
+		}
+		e.Sign(t, sk, f.paths...)
+		e.CopyToCache(t, cache, "xz", f.paths...)
+	}
+	if out, err := runBin(f.bin, "publish", "--from", "file://"+cache, "--to", filepath.Join(root, "store"),
+		"--trusted-public-key", f.pk, "--all"); err != nil {
 		t.Fatalf("publish: %v\n%s", err, out)
 	}
 	f.cdnNS, _ = f.lan.host(1)
