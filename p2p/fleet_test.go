@@ -96,6 +96,9 @@ func (f *fleet) daemon(i int, extra ...string) *node {
 	n.args = append([]string{f.bin, "--log-level", "info", "daemon", "--listen", addr + ":37515",
 		"--store", "http://10.77.0.1:8080/store", "--upstream", "http://10.77.0.1:8080/cache",
 		"--trusted-public-key", f.pk, "--state-dir", n.state, "--cache-size", "0",
+		// Every node shares this machine's /nix/store; seeding from it would hide what
+		// peers and the store serve.
+		"--seed-store", "",
 		"--lan", "--peer-listen", "/ip4/" + addr + "/tcp/37516"}, extra...)
 	f.start(n)
 	return n
