@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/shoal-nix/shoal/localcache"
+	"github.com/shoal-nix/shoal/localstore"
 	"github.com/shoal-nix/shoal/manifest"
 	"github.com/shoal-nix/shoal/substituter"
 )
@@ -525,20 +526,13 @@ func (d *Daemon) assembled(ni *substituter.NarInfo) {
 }
 
 // packageName is a store path's name without its version, split as Nix splits
-// derivation names: the name ends at the first '-' that is followed by a non-letter.
-// /nix/store/<hash>-go-1.25.0 is "go"; python3.12-numpy-2.1 is "python3.12-numpy".
+// derivation names: /nix/store/<hash>-go-1.25.0 is "go"; python3.12-numpy-2.1 is
+// "python3.12-numpy".
 func packageName(storePath string) string {
 	base := storePath[strings.LastIndexByte(storePath, '/')+1:]
 	if _, name, ok := strings.Cut(base, "-"); ok {
 		base = name
 	}
-	for i := 0; i+1 < len(base); i++ {
-		if base[i] == '-' {
-			c := base[i+1]
-			if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z') {
-				return base[:i]
-			}
-		}
-	}
-	return base
+	pname, _ := localstore.SplitName(base)
+	return pname
 }
