@@ -241,6 +241,12 @@ func (d *Daemon) serveAdmin(w http.ResponseWriter, r *http.Request) {
 		http.Error(rec, "method not allowed", http.StatusMethodNotAllowed)
 		return
 	}
+	// A web page can make a browser POST to loopback, but not with a JSON content
+	// type without a CORS preflight, which this API never grants.
+	if wantMethod == http.MethodPost && r.Header.Get("Content-Type") != "application/json" {
+		http.Error(rec, "admin requests must be application/json", http.StatusUnsupportedMediaType)
+		return
+	}
 	ctx := r.Context()
 	switch route {
 	case "status":

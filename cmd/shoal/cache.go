@@ -126,6 +126,9 @@ func adminCall(ctx context.Context, addr, route string, req, reply any) error {
 	if err != nil {
 		return err
 	}
+	if body != nil {
+		r.Header.Set("Content-Type", "application/json")
+	}
 	resp, err := http.DefaultClient.Do(r)
 	if err != nil {
 		return fmt.Errorf("the cache is locked by another process, and no shoal daemon answers at %s (set --daemon): %w", addr, err)
