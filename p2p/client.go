@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"sync"
 	"time"
 
@@ -74,10 +75,16 @@ func readAnswer(r *bufio.Reader, limit int) ([]byte, bool, error) {
 	}
 }
 
-// askPeers sends one question to up to maxAsk peers at once and returns the first
-// answer that accept takes; wrong answers are logged and the rest keep counting.
-func (n *Node) askPeers(ctx context.Context, proto protocol.ID, req []byte, limit int, accept func([]byte) error) ([]byte, error) {
-	peers := n.Peers()
+// askPeers sends one question to up to maxAsk peers at once, first those in prefer
+// (DHT providers), then other connected peers, and returns the first answer that
+// accept takes; wrong answers are logged and the rest keep counting.
+func (n *Node) askPeers(ctx context.Context, proto protocol.ID, req []byte, limit int, prefer []peer.ID, accept func([]byte) error) ([]byte, error) {
+	peers := slices.Clone(prefer)
+	for _, p := range n.Peers() {
+		if !slices.Contains(prefer, p) {
+			peers = append(peers, p)
+		}
+	}
 	if len(peers) > maxAsk {
 		peers = peers[:maxAsk]
 	}
@@ -136,18 +143,21 @@ func (n *Node) NarInfo(ctx context.Context, hashPart string, accept func([]byte)
 	if len(hashPart) != 32 {
 		return nil, fmt.Errorf("narinfo hash part %q is not 32 characters", hashPart)
 	}
-	return n.askPeers(ctx, ProtoNarInfo, []byte(hashPart), MaxNarInfo, accept)
+	return n.askPeers(ctx, ProtoNarInfo, []byte(hashPart), MaxNarInfo, nil, accept)
 }
 
-// Manifest asks the peers for the manifest of a NAR they verified; accept should parse
-// it and check it names the NAR. It is still only a claim until the NAR assembles.
+// Manifest asks the peers for the manifest of a NAR they verified, the NAR's DHT
+// providers first; accept should parse it and check it names the NAR. It is still
+// only a claim until the NAR assembles.
 func (n *Node) Manifest(ctx context.Context, narHash [32]byte, accept func([]byte) error) ([]byte, error) {
-	return n.askPeers(ctx, ProtoManifest, narHash[:], MaxManifest, accept)
+	return n.askPeers(ctx, ProtoManifest, narHash[:], MaxManifest, n.providersFor(ctx, narHash), accept)
 }
 
-// Have asks every peer whether it holds the verified NAR, and returns those that do.
-// One small question per peer and NAR: wants are never broadcast chunk by chunk.
+// Have asks every connected peer, and the NAR's DHT providers once connected, whether
+// it holds the verified NAR, and returns those that do. One small question per peer
+// and NAR: wants are never broadcast chunk by chunk.
 func (n *Node) Have(ctx context.Context, narHash [32]byte) []peer.ID {
+	n.providersFor(ctx, narHash) // connects them, so they are among the peers
 	peers := n.Peers()
 	req := appendHashes(nil, [][32]byte{narHash})
 	var mu sync.Mutex

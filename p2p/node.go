@@ -86,6 +86,10 @@ type Config struct {
 	Backend     Backend
 	Log         *slog.Logger
 
+	// DHT, when set, joins shoal's kad-DHT, to find peers holding a NAR beyond the
+	// LAN and to announce the NARs this node holds.
+	DHT *DHTConfig
+
 	StreamTimeout time.Duration // one small request and its answer (10s)
 	BatchTimeout  time.Duration // one batch of chunks (30s)
 	HaveTimeout   time.Duration // the "have" round before a NAR (2s)
@@ -124,6 +128,7 @@ type Node struct {
 	blocks  *blocklist
 	limiter *rate.Limiter
 	mdns    *discovery
+	dht     *dhtNode
 
 	servedChunks atomic.Int64
 	servedBytes  atomic.Int64
@@ -131,8 +136,9 @@ type Node struct {
 	transfers    atomic.Uint64
 }
 
-// New starts the libp2p host and, with MDNS, discovery. Nothing here reaches past the
-// LAN: no bootstrap peers, no relays, no NAT port mapping, no hole punching.
+// New starts the libp2p host and, with MDNS, discovery, and with DHT the kad-DHT.
+// Nothing reaches past the LAN unless DHT names bootstrap peers: no public bootstrap
+// peers, no relays, no NAT port mapping, no hole punching.
 func New(cfg Config) (*Node, error) {
 	cfg.defaults()
 	if cfg.Identity == nil {
@@ -207,15 +213,28 @@ func New(cfg Config) (*Node, error) {
 			return nil, err
 		}
 	}
+	if cfg.DHT != nil {
+		if n.dht, err = startDHT(n, *cfg.DHT); err != nil {
+			if n.mdns != nil {
+				n.mdns.close()
+			}
+			n.host.Close()
+			return nil, err
+		}
+	}
 	n.log.Info("LAN sharing on", "peer_id", n.host.ID().String(), "addrs", fmt.Sprint(n.host.Addrs()),
 		"private_network", cfg.FleetKey != nil, "mdns", cfg.MDNS, "upload_limit", cfg.UploadLimit)
 	return n, nil
 }
 
-// Close stops discovery and the host, closing every connection.
+// Close stops discovery, the DHT (keeping the announced list) and the host, closing
+// every connection.
 func (n *Node) Close() error {
 	if n.mdns != nil {
 		n.mdns.close()
+	}
+	if n.dht != nil {
+		n.dht.close()
 	}
 	return n.host.Close()
 }
