@@ -64,6 +64,12 @@ type Config struct {
 	FleetKeyFile    string   // pre-shared key: only daemons holding it connect
 	PeerUploadLimit int64    // bytes/s sent to peers (0: no bound)
 	Peer            PeerTuning
+	// DHT finds and announces NARs beyond the LAN (see peers.go); it starts the peer
+	// node even without LAN, then without mDNS.
+	DHT            bool
+	DHTMode        string   // server (default), client or auto
+	BootstrapPeers []string // multiaddrs ending in /p2p/<peer id>
+	AnnounceMax    int      // NARs announced, most recently used first (0: p2p's default)
 
 	// SeedStore is the Nix store directory whose valid paths lend their chunks (see
 	// seed.go); empty turns seeding off. SeedRelated bounds the other versions of a
@@ -178,7 +184,7 @@ func New(cfg Config) (*Daemon, error) {
 		Log:      d.log,
 	}
 	d.metrics.setGauges(d.gauges)
-	if cfg.LAN {
+	if cfg.LAN || cfg.DHT {
 		if err := d.startPeers(); err != nil {
 			d.cache.Close()
 			d.codec.Close()

@@ -520,6 +520,7 @@ func parseRange(header string, size int64) (start, end int64, ranged bool, err e
 // assembled records that a version of the NAR's package is now local, so the next
 // version is priced with its manifest.
 func (d *Daemon) assembled(ni *substituter.NarInfo) {
+	d.announce(ni.NarHash)
 	if err := d.cache.PutPackage(packageName(ni.StorePath), manifest.Key(ni.NarHash)); err != nil {
 		d.log.Warn("recording package", "err", err)
 	}

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"time"
 
 	"github.com/shoal-nix/shoal/chunk"
@@ -25,8 +26,9 @@ type PeerTuning struct {
 	DropFor       time.Duration
 }
 
-// startPeers joins the LAN: a libp2p node with the identity kept in the state
-// directory, serving this daemon's verified NARs, and asked for chunks before the store.
+// startPeers starts the peer node: a libp2p host with the identity kept in the state
+// directory, serving this daemon's verified NARs and asked for chunks before the
+// store, finding peers with mDNS (LAN), the DHT (DHT), or both.
 func (d *Daemon) startPeers() error {
 	key, err := p2p.LoadIdentity(d.cfg.StateDir)
 	if err != nil {
@@ -36,13 +38,21 @@ func (d *Daemon) startPeers() error {
 		Identity:      key,
 		Listen:        d.cfg.PeerListen,
 		UploadLimit:   d.cfg.PeerUploadLimit,
-		MDNS:          true,
+		MDNS:          d.cfg.LAN,
 		Backend:       peerBackend{d},
 		Log:           d.log.With("component", "p2p"),
 		StreamTimeout: d.cfg.Peer.StreamTimeout,
 		BatchTimeout:  d.cfg.Peer.BatchTimeout,
 		NarBudget:     d.cfg.Peer.NarBudget,
 		DropFor:       d.cfg.Peer.DropFor,
+	}
+	if d.cfg.DHT {
+		pc.DHT = &p2p.DHTConfig{
+			Mode:         d.cfg.DHTMode,
+			Bootstrap:    d.cfg.BootstrapPeers,
+			AnnounceMax:  d.cfg.AnnounceMax,
+			AnnounceFile: filepath.Join(d.cfg.StateDir, AnnouncedFile),
+		}
 	}
 	if d.cfg.FleetKeyFile != "" {
 		if pc.FleetKey, err = p2p.ReadFleetKey(d.cfg.FleetKeyFile); err != nil {
@@ -55,16 +65,37 @@ func (d *Daemon) startPeers() error {
 	d.asm.Sources = append([]substituter.ChunkSource{d.peers}, d.asm.Sources...)
 	d.metrics.setGauges(func() []Gauge {
 		s := d.peers.Stats()
-		return append(d.gauges(),
+		gs := append(d.gauges(),
 			Gauge{"shoal_peers_connected", "LAN peers connected and not dropped.", int64(s.Peers)},
 			Gauge{"shoal_peer_served_chunks", "Chunks served to LAN peers since the daemon started.", s.ServedChunks},
 			Gauge{"shoal_peer_served_bytes", "Stored bytes of the chunks served to LAN peers since the daemon started.", s.ServedBytes},
 		)
+		if ds, ok := d.peers.DHTStats(); ok {
+			gs = append(gs,
+				Gauge{"shoal_dht_routing_table_peers", "Peers in the DHT routing table.", int64(ds.RoutingTable)},
+				Gauge{"shoal_dht_announced_nars", "NARs on the announced list (bounded by --dht-announce-max).", int64(ds.Announced)},
+				Gauge{"shoal_dht_provides", "Successful NAR announcements since the daemon started.", ds.Provides},
+				Gauge{"shoal_dht_provide_failures", "Failed NAR announcements since the daemon started.", ds.ProvideFails},
+			)
+		}
+		return gs
 	})
 	return nil
 }
 
-// Peers is the daemon's LAN node, nil without --lan.
+// AnnouncedFile, in the state directory, lists the NARs announced on the DHT, most
+// recently used first, with when each was last announced.
+const AnnouncedFile = "dht-announced"
+
+// announce puts a NAR this daemon just served verified at the front of the DHT's
+// announced list; without the DHT it does nothing.
+func (d *Daemon) announce(narHash [32]byte) {
+	if d.peers != nil {
+		d.peers.Announce(narHash)
+	}
+}
+
+// Peers is the daemon's peer node, nil without --lan and --dht.
 func (d *Daemon) Peers() *p2p.Node { return d.peers }
 
 // peerNarInfo asks the LAN for a narinfo; each answer must pass the same checks as one

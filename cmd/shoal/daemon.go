@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
+	"strings"
 
 	"github.com/shoal-nix/shoal/daemon"
 	"github.com/shoal-nix/shoal/p2p"
@@ -40,6 +42,10 @@ so later versions can reuse them.`,
 			&cli.StringSliceFlag{Name: "peer-listen", Usage: "libp2p `MULTIADDR` to listen on for LAN peers (repeatable; default: TCP and QUIC on port 37516, TCP only with --fleet-key)", EnvVars: env("peer-listen")},
 			&cli.StringFlag{Name: "fleet-key", Usage: "pre-shared key `FILE`: only daemons holding the same key can connect (TCP only); make one with\n\t" + p2p.FleetKeyHelp, EnvVars: env("fleet-key")},
 			&cli.StringFlag{Name: "peer-upload-limit", Usage: "bound what is sent to LAN peers, in bytes per second, e.g. 20MiB (default: no bound)", EnvVars: env("peer-upload-limit")},
+			&cli.BoolFlag{Name: "dht", Usage: "find peers beyond the LAN through shoal's own kad-DHT (protocol /shoal/kad/1.0.0): announce the NARs this daemon verified, look up who holds a NAR before the store; joins only through --bootstrap-peer, never public peers", EnvVars: env("dht")},
+			&cli.StringSliceFlag{Name: "bootstrap-peer", Usage: "join the DHT through this daemon, `MULTIADDR` ending in /p2p/<peer id> (repeatable; shoal id prints a daemon's peer ID)", EnvVars: env("bootstrap-peer")},
+			&cli.StringFlag{Name: "dht-mode", Value: "server", Usage: "server: answer DHT queries and hold records for others (fleet nodes); client: only ask; auto: server only once reachable from the internet, so never among nodes of one private network", EnvVars: env("dht-mode")},
+			&cli.IntFlag{Name: "dht-announce-max", Value: p2p.DefaultAnnounceMax, Usage: "announce at most this many NARs on the DHT, most recently used first; each costs a lookup and ~20 connections every 22h", EnvVars: env("dht-announce-max")},
 			&cli.DurationFlag{Name: "verify-wait", Value: 60_000_000_000, Usage: "how long Nix may wait for a NAR to be verified before shoal streams it with the end held back", EnvVars: env("verify-wait")},
 		},
 		Action: func(c *cli.Context) error {
@@ -57,6 +63,15 @@ so later versions can reuse them.`,
 			}
 			if cacheSize > 0 && cacheSize < 16<<20 {
 				return usageError("--cache-size %s is below the 16 MiB minimum", c.String("cache-size"))
+			}
+			if !slices.Contains(p2p.DHTModes, c.String("dht-mode")) {
+				return usageError("--dht-mode %q: want one of %s", c.String("dht-mode"), strings.Join(p2p.DHTModes, ", "))
+			}
+			if c.Int("dht-announce-max") < 1 {
+				return usageError("--dht-announce-max %d: want at least 1", c.Int("dht-announce-max"))
+			}
+			if _, err := p2p.ParseBootstrap(c.StringSlice("bootstrap-peer")); err != nil {
+				return usageError("--bootstrap-peer: %v", err)
 			}
 			var uploadLimit int64
 			if c.IsSet("peer-upload-limit") {
@@ -82,6 +97,10 @@ so later versions can reuse them.`,
 				PeerListen:      c.StringSlice("peer-listen"),
 				FleetKeyFile:    c.String("fleet-key"),
 				PeerUploadLimit: uploadLimit,
+				DHT:             c.Bool("dht"),
+				DHTMode:         c.String("dht-mode"),
+				BootstrapPeers:  c.StringSlice("bootstrap-peer"),
+				AnnounceMax:     c.Int("dht-announce-max"),
 			}
 			d, err := daemon.New(cfg)
 			if err != nil {
