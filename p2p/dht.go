@@ -270,7 +270,7 @@ func (d *dhtNode) providers(ctx context.Context, narHash [32]byte) []peer.ID {
 	wg.Wait()
 	if len(peers) > 0 {
 		d.n.log.Info("DHT providers found", "nar", manifest.Key(narHash), "providers", len(peers), "records", seen,
-			"first_after", first.Round(time.Millisecond), "took", time.Since(began).Round(time.Millisecond))
+			"first_after", first.Round(time.Microsecond), "took", time.Since(began).Round(time.Microsecond))
 	} else {
 		d.n.log.Debug("no DHT provider", "nar", manifest.Key(narHash), "records", seen, "took", time.Since(began).Round(time.Millisecond))
 	}
