@@ -3,6 +3,7 @@ module github.com/shoal-nix/shoal
 go 1.26.8
 
 require (
+	github.com/ipfs/go-datastore v0.9.2
 	github.com/klauspost/compress v1.20.4
 	github.com/libp2p/go-libp2p-kad-dht v0.42.2
 	github.com/nix-community/go-nix v0.0.0-20250101154619-4bdde671e0a1
@@ -21,7 +22,7 @@ require (
 	github.com/google/gopacket v1.1.19 // indirect
 	github.com/hashicorp/golang-lru v1.0.2 // indirect
 	github.com/ipfs/boxo v0.41.0 // indirect
-	github.com/ipfs/go-datastore v0.9.2 // indirect
+	github.com/ipfs/go-detect-race v0.0.1 // indirect
 	github.com/ipfs/go-log/v2 v2.9.2 // indirect
 	github.com/ipld/go-ipld-prime v0.24.0 // indirect
 	github.com/libp2p/go-cidranger v1.1.0 // indirect

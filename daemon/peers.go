@@ -52,6 +52,7 @@ func (d *Daemon) startPeers() error {
 			Bootstrap:    d.cfg.BootstrapPeers,
 			AnnounceMax:  d.cfg.AnnounceMax,
 			AnnounceFile: filepath.Join(d.cfg.StateDir, AnnouncedFile),
+			RecordFile:   filepath.Join(d.cfg.StateDir, RecordFile),
 		}
 	}
 	if d.cfg.FleetKeyFile != "" {
@@ -86,6 +87,10 @@ func (d *Daemon) startPeers() error {
 // AnnouncedFile, in the state directory, lists the NARs announced on the DHT, most
 // recently used first, with when each was last announced.
 const AnnouncedFile = "dht-announced"
+
+// RecordFile, in the state directory, keeps the DHT provider records this daemon
+// holds for others.
+const RecordFile = "dht-records.db"
 
 // announce puts a NAR this daemon just served verified at the front of the DHT's
 // announced list; without the DHT it does nothing.

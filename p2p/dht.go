@@ -57,6 +57,9 @@ type DHTConfig struct {
 	Reprovide time.Duration
 	// FindTimeout bounds the provider lookup for one NAR (10s).
 	FindTimeout time.Duration
+	// RecordFile keeps the provider records this node holds for others (a bbolt
+	// file), so they survive a restart. Empty keeps them in memory only.
+	RecordFile string
 }
 
 func (c *DHTConfig) defaults() {
@@ -124,12 +127,13 @@ func NarCID(narHash [32]byte) cid.Cid {
 // NARs' provider records fresh, and a short memory of lookups so the manifest and the
 // chunk requests for one NAR share one lookup.
 type dhtNode struct {
-	n      *Node
-	cfg    DHTConfig
-	kad    *dht.IpfsDHT
-	ann    *announcer
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	n       *Node
+	cfg     DHTConfig
+	kad     *dht.IpfsDHT
+	ann     *announcer
+	records *recordStore // nil: records for others in memory
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
 
 	mu    sync.Mutex
 	found map[[32]byte]lookup
@@ -153,16 +157,27 @@ func startDHT(n *Node, cfg DHTConfig) (*dhtNode, error) {
 	if err != nil {
 		return nil, err
 	}
-	kad, err := dht.New(n.host,
+	opts := []dht.Option{
 		dht.Mode(mode),
 		dht.ProtocolPrefix(DHTProtocolPrefix),
 		dht.BootstrapPeers(boot...),
-	)
+	}
+	var records *recordStore
+	if cfg.RecordFile != "" {
+		if records, err = openRecordStore(cfg.RecordFile, n.log); err != nil {
+			return nil, err
+		}
+		opts = append(opts, dht.Datastore(records))
+	}
+	kad, err := dht.New(n.host, opts...)
 	if err != nil {
+		if records != nil {
+			records.Close()
+		}
 		return nil, fmt.Errorf("starting the DHT: %w", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	d := &dhtNode{n: n, cfg: cfg, kad: kad, cancel: cancel, found: map[[32]byte]lookup{}}
+	d := &dhtNode{n: n, cfg: cfg, kad: kad, records: records, cancel: cancel, found: map[[32]byte]lookup{}}
 	d.ann, err = newAnnouncer(announcerConfig{
 		max: cfg.AnnounceMax, path: cfg.AnnounceFile, rate: cfg.AnnounceRate, interval: cfg.Reprovide,
 		provide: func(ctx context.Context, h [32]byte) error { return kad.Provide(ctx, NarCID(h), true) },
@@ -171,6 +186,9 @@ func startDHT(n *Node, cfg DHTConfig) (*dhtNode, error) {
 	if err != nil {
 		cancel()
 		kad.Close()
+		if records != nil {
+			records.Close()
+		}
 		return nil, err
 	}
 	d.wg.Add(1)
@@ -224,6 +242,11 @@ func (d *dhtNode) close() {
 		d.n.log.Warn("keeping the announced NAR list", "err", err)
 	}
 	_ = d.kad.Close()
+	if d.records != nil {
+		if err := d.records.Close(); err != nil {
+			d.n.log.Warn("closing the DHT record file", "err", err)
+		}
+	}
 }
 
 // providers finds peers that announced the NAR, connects to them, and returns those
@@ -255,6 +278,16 @@ func (d *dhtNode) providers(ctx context.Context, narHash [32]byte) []peer.ID {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			if len(ai.Addrs) == 0 && len(d.n.host.Peerstore().Addrs(ai.ID)) == 0 {
+				// A record kept across a restart names the provider, not its
+				// addresses: ask the DHT where it is.
+				found, err := d.kad.FindPeer(ctx, ai.ID)
+				if err != nil {
+					d.n.log.Info("DHT provider not found", "nar", manifest.Key(narHash), "peer", ai.ID.String(), "err", err)
+					return
+				}
+				ai = found
+			}
 			if err := d.n.Connect(ctx, ai); err != nil {
 				d.n.log.Info("DHT provider unreachable", "nar", manifest.Key(narHash), "peer", ai.ID.String(), "err", err)
 				return

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	dstest "github.com/ipfs/go-datastore/test"
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -361,3 +362,71 @@ func (c *connCounter) Connected(_ network.Network, conn network.Conn) {
 	c.m.Store(conn.RemotePeer(), true)
 }
 func (c *connCounter) Disconnected(network.Network, network.Conn) {}
+
+// TestRecordStore runs go-datastore's own suite against the on-disk record store, then
+// checks that a node restarted on the same files still holds the records it kept for
+// others, and that an unreadable record file is moved aside rather than fatal.
+func TestRecordStore(t *testing.T) {
+	dir := t.TempDir()
+	s, err := openRecordStore(filepath.Join(dir, "suite.db"), slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dstest.SubtestAll(t, s)
+	s.Close()
+
+	broken := filepath.Join(dir, "broken.db")
+	if err := os.WriteFile(broken, []byte("not a bbolt file, and long enough to be read as one"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s, err = openRecordStore(broken, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatalf("a broken record file kept the store from opening: %v", err)
+	}
+	s.Close()
+	if aside, _ := filepath.Glob(broken + ".broken-*"); len(aside) != 1 {
+		t.Errorf("the broken file was not moved aside: %v", aside)
+	}
+}
+
+func TestRecordsSurviveRestart(t *testing.T) {
+	dir := t.TempDir()
+	key, _, err := crypto.GenerateEd25519Key(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := func(boot []string) *Node {
+		n, err := New(Config{
+			Identity: key, Listen: []string{"/ip4/127.0.0.1/tcp/0"},
+			Backend: &memBackend{manifests: map[[32]byte][]byte{}}, Log: slog.New(slog.DiscardHandler),
+			DHT: &DHTConfig{Bootstrap: boot, RecordFile: filepath.Join(dir, "records.db"), AnnounceFile: filepath.Join(dir, "announced")},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	holder := start(nil)
+	provider := testNode(t, nil, []string{p2pAddr(holder)}, nil)
+	waitFor(t, 10*time.Second, "routing table still empty", func() bool { s, _ := provider.DHTStats(); return s.RoutingTable > 0 })
+	nar := sha256.Sum256([]byte("kept"))
+	provider.Announce(nar)
+	has := func(n *Node) bool {
+		provs, _ := n.dht.kad.ProviderStore().GetProviders(context.Background(), NarCID(nar).Hash())
+		for _, p := range provs {
+			if p.ID == provider.ID() {
+				return true
+			}
+		}
+		return false
+	}
+	waitFor(t, 10*time.Second, "the holder never got the record", func() bool { return has(holder) })
+	if err := holder.Close(); err != nil {
+		t.Fatal(err)
+	}
+	again := start(nil)
+	defer again.Close()
+	if !has(again) {
+		t.Error("the restarted node lost the record it held for the provider")
+	}
+}
