@@ -251,7 +251,8 @@ func (d *dhtNode) close() {
 
 // providers finds peers that announced the NAR, connects to them, and returns those
 // that answered, all within FindTimeout. Dead providers (records outlive their
-// daemons by up to 48h) cost one failed dial each, in parallel with the rest.
+// daemons by up to 48h) cost one failed dial each, in parallel with the rest; once
+// one provider answered, the rest get connectGrace more.
 func (d *dhtNode) providers(ctx context.Context, narHash [32]byte) []peer.ID {
 	d.mu.Lock()
 	if l, ok := d.found[narHash]; ok && time.Since(l.at) < lookupTTL {
@@ -261,46 +262,54 @@ func (d *dhtNode) providers(ctx context.Context, narHash [32]byte) []peer.ID {
 	d.mu.Unlock()
 
 	began := time.Now()
+	parent := ctx
 	ctx, cancel := context.WithTimeout(ctx, d.cfg.FindTimeout)
 	defer cancel()
 	var (
-		mu    sync.Mutex
-		wg    sync.WaitGroup
-		peers []peer.ID
-		first time.Duration
-		seen  int
+		peers   []peer.ID
+		first   time.Duration
+		seen    int
+		pending int
+		grace   <-chan time.Time
 	)
-	for ai := range d.kad.FindProvidersAsync(ctx, NarCID(narHash), maxAsk) {
-		if ai.ID == d.n.host.ID() || d.n.blocks.blocked(ai.ID) {
-			continue
-		}
-		seen++
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if len(ai.Addrs) == 0 && len(d.n.host.Peerstore().Addrs(ai.ID)) == 0 {
-				// A record kept across a restart names the provider, not its
-				// addresses: ask the DHT where it is.
-				found, err := d.kad.FindPeer(ctx, ai.ID)
-				if err != nil {
-					d.n.log.Info("DHT provider not found", "nar", manifest.Key(narHash), "peer", ai.ID.String(), "err", err)
-					return
+	// Each dial reports here; the buffer lets a dial finish after the lookup returned.
+	results := make(chan peer.ID, maxAsk)
+	found := d.kad.FindProvidersAsync(ctx, NarCID(narHash), maxAsk)
+collect:
+	for {
+		select {
+		case ai, ok := <-found:
+			if !ok {
+				found = nil
+				if pending == 0 {
+					break collect
 				}
-				ai = found
+				continue
 			}
-			if err := d.n.Connect(ctx, ai); err != nil {
-				d.n.log.Info("DHT provider unreachable", "nar", manifest.Key(narHash), "peer", ai.ID.String(), "err", err)
-				return
+			if ai.ID == d.n.host.ID() || d.n.blocks.blocked(ai.ID) || seen == maxAsk {
+				continue
 			}
-			mu.Lock()
-			if len(peers) == 0 {
-				first = time.Since(began)
+			seen++
+			pending++
+			go func() { results <- d.dialProvider(ctx, narHash, ai) }()
+		case id := <-results:
+			pending--
+			if id != "" {
+				if len(peers) == 0 {
+					first = time.Since(began)
+					grace = time.After(connectGrace)
+				}
+				peers = append(peers, id)
 			}
-			peers = append(peers, ai.ID)
-			mu.Unlock()
-		}()
+			if found == nil && pending == 0 {
+				break collect
+			}
+		case <-grace:
+			break collect
+		case <-ctx.Done():
+			break collect
+		}
 	}
-	wg.Wait()
 	if len(peers) > 0 {
 		d.n.log.Info("DHT providers found", "nar", manifest.Key(narHash), "providers", len(peers), "records", seen,
 			"first_after", first.Round(time.Microsecond), "took", time.Since(began).Round(time.Microsecond))
@@ -313,11 +322,39 @@ func (d *dhtNode) providers(ctx context.Context, narHash [32]byte) []peer.ID {
 			delete(d.found, k)
 		}
 	}
-	if ctx.Err() == nil || len(peers) > 0 {
+	// A lookup that ran out of its own time is remembered too, so the manifest and the
+	// chunk requests for one NAR don't each wait FindTimeout; one cut short by its
+	// caller is not.
+	if parent.Err() == nil {
 		d.found[narHash] = lookup{peers: peers, at: time.Now()}
 	}
 	d.mu.Unlock()
 	return peers
+}
+
+// connectGrace is how long, once one provider answered, the lookup and the dials to
+// other providers may still take: one provider is enough to start, and a frozen
+// provider (or a DHT peer that stopped answering) must not hold up the fetch.
+const connectGrace = time.Second
+
+// dialProvider connects to a provider the lookup named, returning its ID, or "" when
+// it can't be reached.
+func (d *dhtNode) dialProvider(ctx context.Context, narHash [32]byte, ai peer.AddrInfo) peer.ID {
+	if len(ai.Addrs) == 0 && len(d.n.host.Peerstore().Addrs(ai.ID)) == 0 {
+		// A record kept across a restart names the provider, not its addresses: ask
+		// the DHT where it is.
+		found, err := d.kad.FindPeer(ctx, ai.ID)
+		if err != nil {
+			d.n.log.Info("DHT provider not found", "nar", manifest.Key(narHash), "peer", ai.ID.String(), "err", err)
+			return ""
+		}
+		ai = found
+	}
+	if err := d.n.Connect(ctx, ai); err != nil {
+		d.n.log.Info("DHT provider unreachable", "nar", manifest.Key(narHash), "peer", ai.ID.String(), "err", err)
+		return ""
+	}
+	return ai.ID
 }
 
 // Announce records that this daemon holds the verified NAR and uses it now: it is

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -151,6 +152,8 @@ func TestDHTAcrossRoutedNetworks(t *testing.T) {
 		t.Error("node B fetched nothing from peers")
 	}
 
+	waitMetric(t, b, "shoal_dht_provides", int64(len(f.paths)))
+
 	// Node C also holds the closure now; node A goes away, its records stay behind.
 	f.fetch(c)
 	waitMetric(t, c, "shoal_dht_provides", int64(len(f.paths)))
@@ -167,6 +170,21 @@ func TestDHTAcrossRoutedNetworks(t *testing.T) {
 	// round by 2 s, per NAR.
 	if limit := time.Duration(len(f.paths)) * 30 * time.Second; took > limit {
 		t.Errorf("a dead provider stalled the fetch for %v (limit %v)", took, limit)
+	}
+
+	// Node C freezes: its records stand, its connections hang. Node E still gets the
+	// closure from B (or D) without waiting out a deadline per NAR.
+	en := nodes[5]
+	if err := c.p.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	took = f.fetch(en)
+	if got := metric(t, en.ns, en.base, "shoal_fetched_bytes_total", "store", "upstream"); got != 0 {
+		t.Errorf("with a provider frozen node E fetched %d bytes from the store and upstream, want 0", got)
+	}
+	t.Logf("with one provider gone and one frozen node E fetched in %v", took.Round(time.Millisecond))
+	if limit := time.Duration(len(f.paths)) * 30 * time.Second; took > limit {
+		t.Errorf("a frozen provider stalled the fetch for %v (limit %v)", took, limit)
 	}
 }
 
