@@ -47,9 +47,7 @@ func newRouted(t *testing.T) *routed {
 
 func (r *routed) ip(args ...string) {
 	r.t.Helper()
-	if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
-		r.t.Fatalf("ip %s: %v\n%s", strings.Join(args, " "), err, out)
-	}
+	runIP(r.t, args...)
 }
 
 // host adds a namespace with address 10.78.<i>.2/24, routed through 10.78.<i>.1.

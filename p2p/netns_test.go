@@ -107,8 +107,14 @@ func newLAN(t *testing.T) *lan {
 
 func (l *lan) ip(args ...string) {
 	l.t.Helper()
+	runIP(l.t, args...)
+}
+
+// runIP runs iproute2's ip and fails the test with its output when it fails.
+func runIP(t testing.TB, args ...string) {
+	t.Helper()
 	if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
-		l.t.Fatalf("ip %s: %v\n%s", strings.Join(args, " "), err, out)
+		t.Fatalf("ip %s: %v\n%s", strings.Join(args, " "), err, out)
 	}
 }
 
