@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"os/exec"
+	"sort"
 	"strings"
 	"time"
 
@@ -87,7 +88,7 @@ type Status struct {
 	NarInfoHits    int64            `json:"narinfo_cache_hits"`
 	NarInfoMisses  int64            `json:"narinfo_cache_misses"`
 	VerifyFailures int64            `json:"nar_verify_failures"`
-	// Peers is empty until peer-to-peer sources exist.
+	// Peers are the IDs of the connected peers not being shunned (with --lan or --dht).
 	Peers []string `json:"peers"`
 }
 
@@ -140,6 +141,12 @@ func (d *Daemon) Status(ctx context.Context) (Status, error) {
 	st.FetchedBytes, st.FetchedObjects = bytes, fetches
 	st.NarInfoHits, st.NarInfoMisses = events[eventNarInfoCacheHit], events[eventNarInfoCacheMiss]
 	st.VerifyFailures = events[eventNarVerifyFailure]
+	if d.peers != nil {
+		for _, id := range d.peers.Peers() {
+			st.Peers = append(st.Peers, id.String())
+		}
+		sort.Strings(st.Peers)
+	}
 	return st, nil
 }
 

@@ -228,6 +228,9 @@ func printStatus(w io.Writer, st daemon.Status) {
 		fmt.Fprintf(w, "fetched:      %-16s %s in %d objects\n", s, formatSize(st.FetchedBytes[s]), st.FetchedObjects[s])
 	}
 	fmt.Fprintf(w, "peers:        %d\n", len(st.Peers))
+	for _, id := range st.Peers {
+		fmt.Fprintf(w, "              %s\n", id)
+	}
 }
 
 // pathArgs returns the command's store paths, expanded to their closures with
