@@ -1,0 +1,227 @@
+package p2p
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p"
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
+
+	"github.com/shoal-nix/shoal/chunk"
+	"github.com/shoal-nix/shoal/manifest"
+)
+
+// nar is a synthetic NAR cut into chunks: its bytes, manifest and stored objects.
+type nar struct {
+	data []byte
+	m    *manifest.Manifest
+	raw  []byte
+	objs map[chunk.ID][]byte
+}
+
+// makeNAR cuts size pseudo-random bytes (seeded, so runs repeat) with the default
+// chunker; the contents need not be a real NAR, only hash to the manifest's NarHash.
+func makeNAR(t testing.TB, seed uint64, size int) *nar {
+	t.Helper()
+	codec, err := chunk.NewCodec()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer codec.Close()
+	r := rand.New(rand.NewPCG(seed, seed))
+	data := make([]byte, size)
+	for i := range data {
+		data[i] = byte(r.UintN(256))
+	}
+	n := &nar{data: data, objs: map[chunk.ID][]byte{}}
+	n.m, err = manifest.Build(context.Background(), bytes.NewReader(data), chunk.DefaultParams(),
+		func(id chunk.ID, raw []byte) (int, error) {
+			obj := codec.Encode(nil, raw)
+			n.objs[id] = obj
+			return len(obj), nil
+		})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n.raw, err = n.m.MarshalBinary(); err != nil {
+		t.Fatal(err)
+	}
+	if len(n.m.Entries) < 4 {
+		t.Fatalf("want a NAR of several chunks, got %d", len(n.m.Entries))
+	}
+	return n
+}
+
+// chunkBackend is a daemon's cache as a node serves it: verified manifests, and chunk
+// objects held whether or not a verified NAR lists them.
+type chunkBackend struct {
+	narinfos  map[string][]byte
+	manifests map[[32]byte][]byte
+	objs      map[chunk.ID][]byte
+}
+
+func (b *chunkBackend) NarInfo(h string) ([]byte, bool) { v, ok := b.narinfos[h]; return v, ok }
+func (b *chunkBackend) VerifiedManifest(h [32]byte) ([]byte, bool) {
+	v, ok := b.manifests[h]
+	return v, ok
+}
+func (b *chunkBackend) Chunk(_ context.Context, id chunk.ID) ([]byte, error) {
+	if o, ok := b.objs[id]; ok {
+		return o, nil
+	}
+	return nil, errors.New("chunk not held")
+}
+
+// lanNode starts a node on loopback without discovery or DHT; peers are joined by hand.
+func lanNode(t testing.TB, b Backend, tune func(*Config)) *Node {
+	t.Helper()
+	key, _, err := crypto.GenerateEd25519Key(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := Config{Identity: key, Listen: []string{"/ip4/127.0.0.1/tcp/0"}, Backend: b, Log: slog.New(slog.DiscardHandler)}
+	if tune != nil {
+		tune(&cfg)
+	}
+	n, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.Close() })
+	return n
+}
+
+// rawHost is a bare libp2p host, to speak shoal's protocols by hand: as a client that
+// sends bad requests, or as a peer that answers badly.
+func rawHost(t testing.TB) host.Host {
+	t.Helper()
+	h, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"), libp2p.DisableRelay())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.Close() })
+	return h
+}
+
+func connect(t testing.TB, h host.Host, to peer.AddrInfo) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := h.Connect(ctx, to); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// exchange sends req on a new stream, closes its side and reads until the stream ends:
+// it returns what came back and the error that ended it (nil for a clean close).
+func exchange(t testing.TB, h host.Host, to peer.ID, proto protocol.ID, req []byte) ([]byte, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, err := h.NewStream(ctx, to, proto)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	_ = s.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := s.Write(req); err != nil {
+		return nil, err
+	}
+	if err := s.CloseWrite(); err != nil {
+		return nil, err
+	}
+	out, err := io.ReadAll(s)
+	return out, err
+}
+
+func hashes(hs ...[32]byte) []byte { return appendHashes(nil, hs) }
+
+func uvarint(v uint64) []byte { return binary.AppendUvarint(nil, v) }
+
+func cat(bs ...[]byte) []byte { return bytes.Join(bs, nil) }
+
+// TestServerRefusesBadRequests sends each protocol requests that are truncated, have a
+// count out of bounds, or announce more than the limit, and checks the node resets the
+// stream without an answer; a well-formed request on the same node is answered and
+// closed cleanly, so a reset is the refusal and not how every stream ends.
+func TestServerRefusesBadRequests(t *testing.T) {
+	a := makeNAR(t, 1, 512<<10)
+	var hp [32]byte
+	copy(hp[:], "0123456789abcdfghijklmnpqrsvwxyz")
+	b := &chunkBackend{
+		narinfos:  map[string][]byte{string(hp[:]): []byte("StorePath: x\n")},
+		manifests: map[[32]byte][]byte{a.m.NarHash: a.raw},
+		objs:      a.objs,
+	}
+	n := lanNode(t, b, nil)
+	c := rawHost(t)
+	connect(t, c, n.AddrInfo())
+
+	many := make([][32]byte, MaxBatch+1)
+	for i := range many {
+		many[i] = a.m.Entries[i%len(a.m.Entries)].ID
+	}
+	tooManyHave := make([][32]byte, MaxHave+1)
+	for i := range tooManyHave {
+		tooManyHave[i] = a.m.NarHash
+	}
+	found := cat([]byte{statusFound}, uvarint(uint64(len(a.raw))), a.raw)
+	objAnswer := func(i int) []byte {
+		o := a.objs[a.m.Entries[i].ID]
+		return cat([]byte{statusFound}, uvarint(uint64(len(o))), o)
+	}
+	tests := []struct {
+		name  string
+		proto protocol.ID
+		req   []byte
+		want  []byte // nil: the stream must be reset
+	}{
+		{"narinfo well-formed", ProtoNarInfo, hp[:], cat([]byte{statusFound}, uvarint(13), []byte("StorePath: x\n"))},
+		{"narinfo truncated hash", ProtoNarInfo, hp[:20], nil},
+		{"narinfo empty", ProtoNarInfo, nil, nil},
+		{"manifest well-formed", ProtoManifest, a.m.NarHash[:], found},
+		{"manifest truncated hash", ProtoManifest, a.m.NarHash[:31], nil},
+		{"have well-formed", ProtoHave, hashes(a.m.NarHash, [32]byte{}), []byte{1, 0}},
+		{"have zero count", ProtoHave, uvarint(0), nil},
+		{"have over MaxHave", ProtoHave, appendHashes(nil, tooManyHave), nil},
+		{"have count beyond any bound", ProtoHave, cat(uvarint(1<<62), a.m.NarHash[:]), nil},
+		{"have fewer hashes than counted", ProtoHave, cat(uvarint(3), a.m.NarHash[:]), nil},
+		{"have bad uvarint", ProtoHave, bytes.Repeat([]byte{0xff}, 11), nil},
+		{"chunks well-formed", ProtoChunks, cat(a.m.NarHash[:], hashes(a.m.Entries[0].ID, a.m.Entries[1].ID)), cat(objAnswer(0), objAnswer(1))},
+		{"chunks batch over MaxBatch", ProtoChunks, cat(a.m.NarHash[:], appendHashes(nil, many)), nil},
+		{"chunks count beyond any bound", ProtoChunks, cat(a.m.NarHash[:], uvarint(1<<40)), nil},
+		{"chunks truncated NAR hash", ProtoChunks, a.m.NarHash[:16], nil},
+		{"chunks fewer IDs than counted", ProtoChunks, cat(a.m.NarHash[:], uvarint(2), a.m.Entries[0].ID[:]), nil},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := exchange(t, c, n.ID(), tc.proto, tc.req)
+			if tc.want == nil {
+				if !errors.Is(err, network.ErrReset) {
+					t.Fatalf("stream ended with %v after %d bytes, want a reset", err, len(got))
+				}
+				if len(got) != 0 {
+					t.Fatalf("got %d answer bytes before the reset, want none", len(got))
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("well-formed request: %v", err)
+			}
+			if !bytes.Equal(got, tc.want) {
+				t.Fatalf("answer %d bytes %x..., want %d bytes %x...", len(got), got[:min(16, len(got))], len(tc.want), tc.want[:min(16, len(tc.want))])
+			}
+		})
+	}
+}
