@@ -8,6 +8,8 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -223,5 +225,77 @@ func TestServerRefusesBadRequests(t *testing.T) {
 				t.Fatalf("answer %d bytes %x..., want %d bytes %x...", len(got), got[:min(16, len(got))], len(tc.want), tc.want[:min(16, len(tc.want))])
 			}
 		})
+	}
+}
+
+// TestServesOnlyVerifiedNARs checks the privacy rule: "have" and manifests only for
+// NARs the node verified itself, and a chunk only when the verified manifest of the NAR
+// asked about lists it. Chunks held for an unverified NAR, for another verified NAR, or
+// for none, are not served; and no protocol lists what the node holds.
+func TestServesOnlyVerifiedNARs(t *testing.T) {
+	a, bn, c := makeNAR(t, 11, 512<<10), makeNAR(t, 12, 512<<10), makeNAR(t, 13, 512<<10)
+	stray := []byte("a chunk no NAR lists")
+	strayID := chunk.Sum(stray)
+	objs := map[chunk.ID][]byte{strayID: stray}
+	for _, x := range []*nar{a, bn, c} {
+		for id, o := range x.objs {
+			objs[id] = o
+		}
+	}
+	// bn's chunks are all held, but bn was never verified here.
+	b := &chunkBackend{manifests: map[[32]byte][]byte{a.m.NarHash: a.raw, c.m.NarHash: c.raw}, objs: objs}
+	n := lanNode(t, b, nil)
+	cl := rawHost(t)
+	connect(t, cl, n.AddrInfo())
+
+	id := func(x *nar, i int) [32]byte { return x.m.Entries[i].ID }
+	answer := func(x *nar, i int) []byte {
+		o := x.objs[x.m.Entries[i].ID]
+		return cat([]byte{statusFound}, uvarint(uint64(len(o))), o)
+	}
+	nf := []byte{statusNotFound}
+	var unknown [32]byte
+	unknown[0] = 7
+	tests := []struct {
+		name  string
+		proto protocol.ID
+		req   []byte
+		want  []byte
+	}{
+		{"have: verified yes, unverified and unknown no", ProtoHave, hashes(a.m.NarHash, bn.m.NarHash, c.m.NarHash, unknown), []byte{1, 0, 1, 0}},
+		{"manifest of a verified NAR", ProtoManifest, a.m.NarHash[:], cat([]byte{statusFound}, uvarint(uint64(len(a.raw))), a.raw)},
+		{"manifest of an unverified NAR whose chunks are held", ProtoManifest, bn.m.NarHash[:], nf},
+		{"manifest of an unknown NAR", ProtoManifest, unknown[:], nf},
+		{"chunks listed by the verified NAR asked about", ProtoChunks, cat(a.m.NarHash[:], hashes(id(a, 0), id(a, 2))), cat(answer(a, 0), answer(a, 2))},
+		{"chunk of another verified NAR", ProtoChunks, cat(a.m.NarHash[:], hashes(id(a, 0), id(c, 0), id(a, 1))), cat(answer(a, 0), nf, answer(a, 1))},
+		{"held chunk of an unverified NAR, asked under a verified one", ProtoChunks, cat(a.m.NarHash[:], hashes(id(bn, 0))), nf},
+		{"held chunk of an unverified NAR, asked under it", ProtoChunks, cat(bn.m.NarHash[:], hashes(id(bn, 0), id(bn, 1))), cat(nf, nf)},
+		{"held chunk no NAR lists", ProtoChunks, cat(a.m.NarHash[:], hashes(strayID)), nf},
+		{"verified NAR's chunk asked under an unknown NAR", ProtoChunks, cat(unknown[:], hashes(id(a, 0))), nf},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := exchange(t, cl, n.ID(), tc.proto, tc.req)
+			if err != nil {
+				t.Fatalf("stream ended with %v", err)
+			}
+			if !bytes.Equal(got, tc.want) {
+				t.Fatalf("answer %d bytes %x..., want %d bytes %x...", len(got), got[:min(16, len(got))], len(tc.want), tc.want[:min(16, len(tc.want))])
+			}
+		})
+	}
+
+	// Only the four question-and-answer protocols are offered under /shoal: none of
+	// them enumerates, so there is no way to list a node's holdings.
+	var offered []protocol.ID
+	for _, p := range n.host.Mux().Protocols() {
+		if strings.HasPrefix(string(p), "/shoal/") {
+			offered = append(offered, p)
+		}
+	}
+	slices.Sort(offered)
+	want := []protocol.ID{ProtoChunks, ProtoHave, ProtoManifest, ProtoNarInfo}
+	if !slices.Equal(offered, want) {
+		t.Fatalf("node offers %v under /shoal, want only %v", offered, want)
 	}
 }
