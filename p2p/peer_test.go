@@ -299,3 +299,125 @@ func TestServesOnlyVerifiedNARs(t *testing.T) {
 		t.Fatalf("node offers %v under /shoal, want only %v", offered, want)
 	}
 }
+
+// flood is what a fake peer's answer came to: the bytes it managed to write and the
+// error that stopped it.
+type flood struct {
+	written int
+	err     error
+}
+
+// fakeAnswers makes h answer proto with prefix after reading the request; with endless
+// it then writes filler until the stream breaks, and reports how that went.
+func fakeAnswers(h host.Host, proto protocol.ID, prefix []byte, endless bool) <-chan flood {
+	res := make(chan flood, 16)
+	h.SetStreamHandler(proto, func(s network.Stream) {
+		_ = s.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.ReadAll(s); err != nil {
+			_ = s.Reset()
+			return
+		}
+		w, err := s.Write(prefix)
+		if !endless {
+			_ = s.Close()
+			return
+		}
+		filler := make([]byte, 32<<10)
+		for err == nil {
+			var k int
+			k, err = s.Write(filler)
+			w += k
+		}
+		_ = s.Reset()
+		res <- flood{w, err}
+	})
+	return res
+}
+
+// TestClientRefusesBadAnswers has a fake peer answer each protocol with a frame over
+// its bound (or one announcing an absurd length, then endless filler), an unknown
+// status, or a truncated frame. The asker must refuse the answer, reset the stream
+// rather than read on, and drop a peer that sent a bad chunk batch.
+func TestClientRefusesBadAnswers(t *testing.T) {
+	a := makeNAR(t, 21, 512<<10)
+	var hp [32]byte
+	copy(hp[:], "0123456789abcdfghijklmnpqrsvwxyz")
+	found := func(n uint64) []byte { return cat([]byte{statusFound}, uvarint(n)) }
+	obj0 := a.objs[a.m.Entries[0].ID]
+	askNarInfo := func(ctx context.Context, n *Node) error {
+		_, err := n.NarInfo(ctx, string(hp[:]), func([]byte) error { return nil })
+		return err
+	}
+	askManifest := func(ctx context.Context, n *Node) error {
+		_, err := n.Manifest(ctx, a.m.NarHash, func([]byte) error { return nil })
+		return err
+	}
+	askChunk := func(ctx context.Context, n *Node) error {
+		src, covers := n.ForNar(ctx, a.m)
+		if !covers {
+			return errors.New("the fake peer's have went unheard")
+		}
+		_, err := src.Chunk(ctx, a.m.Entries[0].ID)
+		return err
+	}
+	tests := []struct {
+		name     string
+		proto    protocol.ID
+		answer   []byte
+		endless  bool
+		ask      func(context.Context, *Node) error
+		wantErr  error  // errors.Is target, or nil to match wantText
+		wantText string // in the error
+		dropped  bool
+	}{
+		{"narinfo over MaxNarInfo", ProtoNarInfo, found(MaxNarInfo + 1), true, askNarInfo, errTooLarge, "", false},
+		{"narinfo unknown status", ProtoNarInfo, []byte{9}, false, askNarInfo, nil, "unknown status 9", false},
+		{"narinfo truncated", ProtoNarInfo, cat(found(100), []byte("StorePath")), false, askNarInfo, io.ErrUnexpectedEOF, "", false},
+		{"manifest over MaxManifest", ProtoManifest, found(MaxManifest + 1), true, askManifest, errTooLarge, "", false},
+		{"manifest announcing 2^62 bytes", ProtoManifest, found(1 << 62), true, askManifest, errTooLarge, "", false},
+		{"manifest truncated", ProtoManifest, cat(found(uint64(len(a.raw))), a.raw[:len(a.raw)/2]), false, askManifest, io.ErrUnexpectedEOF, "", false},
+		{"chunk over its bound", ProtoChunks, found(maxObject + 1), true, askChunk, errTooLarge, "", true},
+		{"chunk truncated", ProtoChunks, cat(found(uint64(len(obj0))), obj0[:len(obj0)/2]), false, askChunk, io.ErrUnexpectedEOF, "", true},
+		{"chunk unknown status", ProtoChunks, []byte{2}, false, askChunk, nil, "unknown status 2", true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			n := lanNode(t, &chunkBackend{}, func(c *Config) {
+				c.StreamTimeout, c.BatchTimeout, c.HaveTimeout = 5*time.Second, 5*time.Second, 5*time.Second
+			})
+			f := rawHost(t)
+			fakeAnswers(f, ProtoHave, []byte{1}, false)
+			floods := fakeAnswers(f, tc.proto, tc.answer, tc.endless)
+			connect(t, f, n.AddrInfo())
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+
+			err := tc.ask(ctx, n)
+			switch {
+			case err == nil:
+				t.Fatal("bad answer accepted")
+			case tc.wantErr != nil && !errors.Is(err, tc.wantErr):
+				t.Fatalf("error %v, want %v", err, tc.wantErr)
+			case tc.wantText != "" && !strings.Contains(err.Error(), tc.wantText):
+				t.Fatalf("error %v, want it to say %q", err, tc.wantText)
+			}
+			if got := n.blocks.blocked(f.ID()); got != tc.dropped {
+				t.Fatalf("peer dropped: %v, want %v", got, tc.dropped)
+			}
+			if !tc.endless {
+				return
+			}
+			select {
+			case fl := <-floods:
+				// The asker stopped at the length and reset the stream; it didn't read
+				// (or hold) what the frame announced.
+				if !errors.Is(fl.err, network.ErrReset) {
+					t.Fatalf("the flooding peer stopped with %v, want a reset", fl.err)
+				}
+				t.Logf("the flooding peer got %d bytes out before the reset", fl.written)
+			case <-ctx.Done():
+				t.Fatal("the flooding peer's stream was never reset")
+			}
+		})
+	}
+}
