@@ -1,0 +1,204 @@
+package p2p
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"log/slog"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/network"
+
+	"github.com/shoal-nix/shoal/chunk"
+	"github.com/shoal-nix/shoal/localcache"
+	"github.com/shoal-nix/shoal/substituter"
+)
+
+// storeSource stands in for the central store: it has every chunk, and comes after
+// the peers in the assembler's sources.
+type storeSource struct{ objs map[chunk.ID][]byte }
+
+func (s *storeSource) Name() string { return "store" }
+func (s *storeSource) Chunk(_ context.Context, id chunk.ID) ([]byte, error) {
+	if o, ok := s.objs[id]; ok {
+		return o, nil
+	}
+	return nil, fmt.Errorf("%w: chunk %s", substituter.ErrNotFound, id)
+}
+
+// byteCounts records the assembler's bytes by source.
+type byteCounts struct {
+	mu sync.Mutex
+	m  map[string]int64
+}
+
+func (c *byteCounts) Add(source string, n int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.m[source] += n
+}
+
+func (c *byteCounts) get(source string) int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.m[source]
+}
+
+// assembleVia makes x available through an assembler whose sources are n's peers, then
+// the store; it returns the bytes by source once the NAR assembled and verified, and
+// checks the kept chunks read back as x.
+func assembleVia(t *testing.T, n *Node, x *nar) *byteCounts {
+	t.Helper()
+	cache, err := localcache.Open(filepath.Join(t.TempDir(), "cache.db"), localcache.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cache.Close()
+	codec, err := chunk.NewCodec()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer codec.Close()
+	counts := &byteCounts{m: map[string]int64{}}
+	asm := &substituter.Assembler{
+		Cache: cache, Codec: codec, Params: chunk.DefaultParams(), Counters: counts,
+		Sources: []substituter.ChunkSource{n, &storeSource{objs: x.objs}},
+		Log:     slog.New(slog.DiscardHandler),
+	}
+	info := &substituter.NarInfo{
+		StorePath: "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-test-1.0",
+		NarHash:   x.m.NarHash, NarSize: x.m.NarSize,
+	}
+	// Far below NarBudget: a fetch that waited out the NAR's budget fails here.
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if _, err := asm.Start(substituter.NarJob{Info: info, Manifest: x.m, ManifestRaw: x.raw}).Wait(ctx); err != nil {
+		t.Fatalf("assembling the NAR: %v", err)
+	}
+	var got []byte
+	for _, e := range x.m.Entries {
+		obj, err := cache.GetChunk(ctx, e.ID)
+		if err != nil {
+			t.Fatalf("chunk %s not kept: %v", e.ID, err)
+		}
+		if got, err = codec.Open(got, e.ID, obj, int(e.Size)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !bytes.Equal(got, x.data) {
+		t.Fatal("the kept chunks don't read back as the NAR")
+	}
+	return counts
+}
+
+// TestStalledPeerGivesWayToStore has a fake peer say it holds the NAR, send the first
+// chunks it is asked for, then stop halfway through the next object and hold the
+// stream open. The asker must give up on the batch at BatchTimeout, drop the peer, and
+// take the rest from the store; the NAR assembles and verifies well within NarBudget.
+func TestStalledPeerGivesWayToStore(t *testing.T) {
+	x := makeNAR(t, 31, 1<<20)
+	const batchTimeout = 750 * time.Millisecond
+	n := lanNode(t, &chunkBackend{}, func(c *Config) {
+		c.BatchTimeout, c.HaveTimeout, c.NarBudget = batchTimeout, 5*time.Second, time.Minute
+	})
+	f := rawHost(t)
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) }) // runs before the host closes
+	fakeAnswers(f, ProtoHave, []byte{1}, false)
+	var sent atomic.Int32
+	stalled := make(chan time.Time, 64)
+	f.SetStreamHandler(ProtoChunks, func(s network.Stream) {
+		defer s.Reset()
+		r := bufio.NewReader(s)
+		var narHash [32]byte
+		if _, err := io.ReadFull(r, narHash[:]); err != nil {
+			return
+		}
+		ids, err := readHashes(r, MaxBatch)
+		if err != nil {
+			return
+		}
+		w := bufio.NewWriter(s)
+		for _, id := range ids {
+			obj := x.objs[chunk.ID(id)]
+			if sent.Add(1) <= 2 {
+				if writeAnswer(w, obj, true) != nil {
+					return
+				}
+				continue
+			}
+			// Half an object, then nothing: the stream stays open.
+			_ = w.WriteByte(statusFound)
+			_, _ = w.Write(binary.AppendUvarint(nil, uint64(len(obj))))
+			_, _ = w.Write(obj[:len(obj)/2])
+			break
+		}
+		_ = w.Flush()
+		stalled <- time.Now()
+		<-release
+	})
+	connect(t, f, n.AddrInfo())
+
+	began := time.Now()
+	counts := assembleVia(t, n, x)
+	took := time.Since(began)
+	if len(stalled) == 0 {
+		t.Fatal("the fake peer never stalled")
+	}
+	if counts.get(SourceName) == 0 {
+		t.Fatal("no bytes came from the peer before it stalled")
+	}
+	if counts.get("store") == 0 {
+		t.Fatal("nothing came from the store after the peer stalled")
+	}
+	if !n.blocks.blocked(f.ID()) {
+		t.Fatal("the stalled peer was not dropped")
+	}
+	for _, p := range n.Peers() {
+		if p == f.ID() {
+			t.Fatal("the stalled peer is still among the peers")
+		}
+	}
+	t.Logf("NAR of %d chunks assembled in %v with a %v batch deadline: %d bytes from the peer, %d from the store",
+		len(x.m.Entries), took, batchTimeout, counts.get(SourceName), counts.get("store"))
+}
+
+// TestPeerLackingAChunk has a peer that verified the NAR but lost one of its chunks:
+// it answers that chunk "not found", the store supplies exactly that chunk, the peer
+// supplies the rest and stays a peer, since lacking a chunk is no misbehaviour.
+func TestPeerLackingAChunk(t *testing.T) {
+	x := makeNAR(t, 41, 1<<20)
+	lost := x.m.Entries[len(x.m.Entries)/2].ID
+	held := map[chunk.ID][]byte{}
+	var heldBytes int64
+	for id, o := range x.objs {
+		if id != lost {
+			held[id] = o
+			heldBytes += int64(len(o))
+		}
+	}
+	server := lanNode(t, &chunkBackend{manifests: map[[32]byte][]byte{x.m.NarHash: x.raw}, objs: held}, nil)
+	n := lanNode(t, &chunkBackend{}, func(c *Config) { c.BatchTimeout = 5 * time.Second })
+	connect(t, n.host, server.AddrInfo())
+
+	counts := assembleVia(t, n, x)
+	if got, want := counts.get("store"), int64(len(x.objs[lost])); got != want {
+		t.Fatalf("store supplied %d bytes, want %d (the lost chunk only)", got, want)
+	}
+	if got := counts.get(SourceName); got != heldBytes {
+		t.Fatalf("peer supplied %d bytes, want %d (every other chunk)", got, heldBytes)
+	}
+	if n.blocks.blocked(server.ID()) {
+		t.Fatal("a peer lacking a chunk was dropped")
+	}
+	if s := server.Stats(); s.ServedBytes != heldBytes {
+		t.Fatalf("server counted %d bytes served, want %d", s.ServedBytes, heldBytes)
+	}
+}
