@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
 
 	"github.com/shoal-nix/shoal/chunk"
 	"github.com/shoal-nix/shoal/localcache"
@@ -200,5 +202,46 @@ func TestPeerLackingAChunk(t *testing.T) {
 	}
 	if s := server.Stats(); s.ServedBytes != heldBytes {
 		t.Fatalf("server counted %d bytes served, want %d", s.ServedBytes, heldBytes)
+	}
+}
+
+// TestFrozenPeerDoesNotHoldUpQuestions puts a peer that reads questions and never
+// answers beside one that answers: a manifest comes from the answering peer without
+// waiting for the frozen one, and the "have" round ends at HaveTimeout with the
+// answering peer only, long before the frozen stream's own deadline.
+func TestFrozenPeerDoesNotHoldUpQuestions(t *testing.T) {
+	x := makeNAR(t, 51, 512<<10)
+	good := lanNode(t, &chunkBackend{manifests: map[[32]byte][]byte{x.m.NarHash: x.raw}, objs: x.objs}, nil)
+	n := lanNode(t, &chunkBackend{}, func(c *Config) {
+		c.StreamTimeout, c.HaveTimeout = time.Minute, 500*time.Millisecond
+	})
+	frozen := rawHost(t)
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	for _, p := range []protocol.ID{ProtoHave, ProtoManifest} {
+		frozen.SetStreamHandler(p, func(s network.Stream) {
+			defer s.Reset()
+			_, _ = io.ReadAll(s)
+			<-release
+		})
+	}
+	connect(t, n.host, good.AddrInfo())
+	connect(t, n.host, peer.AddrInfo{ID: frozen.ID(), Addrs: frozen.Addrs()})
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	raw, err := n.Manifest(ctx, x.m.NarHash, func([]byte) error { return nil })
+	if err != nil {
+		t.Fatalf("manifest: %v", err)
+	}
+	if !bytes.Equal(raw, x.raw) {
+		t.Fatal("manifest differs from the one the answering peer holds")
+	}
+	havers := n.Have(ctx, x.m.NarHash)
+	if ctx.Err() != nil {
+		t.Fatal("the have round waited for the frozen peer past HaveTimeout")
+	}
+	if len(havers) != 1 || havers[0] != good.ID() {
+		t.Fatalf("havers %v, want only %s", havers, good.ID())
 	}
 }
