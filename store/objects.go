@@ -72,3 +72,30 @@ func ParseNarInfoKey(key string) (string, bool) {
 	}
 	return hp, true
 }
+
+// Inventory is a store's objects by kind, as one listing found them.
+type Inventory struct {
+	NarInfos  []string   // hash parts
+	Manifests [][32]byte // NarHashes
+	Chunks    []chunk.ID
+}
+
+// Inventory lists every narinfo, manifest and chunk in the store in one pass, for the
+// tools that walk all of it (gc, verify). Other keys are ignored.
+func (s *Store) Inventory(ctx context.Context) (*Inventory, error) {
+	var inv Inventory
+	err := s.b.List(ctx, "", func(key string) error {
+		if hp, ok := ParseNarInfoKey(key); ok {
+			inv.NarInfos = append(inv.NarInfos, hp)
+		} else if h, ok := ParseManifestKey(key); ok {
+			inv.Manifests = append(inv.Manifests, h)
+		} else if id, ok := ParseChunkKey(key); ok {
+			inv.Chunks = append(inv.Chunks, id)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("listing %s: %w", s, err)
+	}
+	return &inv, nil
+}

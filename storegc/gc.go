@@ -122,22 +122,11 @@ func Collect(ctx context.Context, s *store.Store, opts Options) (Report, error) 
 	graceCutoff := start.Add(-opts.Grace - time.Second)
 	var rep Report
 
-	var narinfos []string
-	var manifests [][32]byte
-	var chunks []chunk.ID
-	err := b.List(ctx, "", func(key string) error {
-		if hp, ok := store.ParseNarInfoKey(key); ok {
-			narinfos = append(narinfos, hp)
-		} else if h, ok := store.ParseManifestKey(key); ok {
-			manifests = append(manifests, h)
-		} else if id, ok := store.ParseChunkKey(key); ok {
-			chunks = append(chunks, id)
-		}
-		return nil
-	})
+	inv, err := s.Inventory(ctx)
 	if err != nil {
-		return rep, fmt.Errorf("gc: listing %s: %w", s, err)
+		return rep, fmt.Errorf("gc: %w", err)
 	}
+	narinfos, manifests, chunks := inv.NarInfos, inv.Manifests, inv.Chunks
 	log.Info("gc: listed store", "store", s.String(), "narinfos", len(narinfos), "manifests", len(manifests), "chunks", len(chunks))
 
 	// Narinfos: decide, and collect the NarHashes of the kept ones.

@@ -54,21 +54,11 @@ func Verify(ctx context.Context, s *store.Store, opts VerifyOptions) (VerifyRepo
 		log = slog.New(slog.DiscardHandler)
 	}
 	var rep VerifyReport
-	var narinfos, manifests, chunks []string
-	err := s.Backend().List(ctx, "", func(key string) error {
-		if _, ok := store.ParseNarInfoKey(key); ok {
-			narinfos = append(narinfos, key)
-		} else if _, ok := store.ParseManifestKey(key); ok {
-			manifests = append(manifests, key)
-		} else if _, ok := store.ParseChunkKey(key); ok {
-			chunks = append(chunks, key)
-		}
-		return nil
-	})
+	inv, err := s.Inventory(ctx)
 	if err != nil {
-		return rep, 0, fmt.Errorf("verify: listing %s: %w", s, err)
+		return rep, 0, fmt.Errorf("verify: %w", err)
 	}
-	narinfos, manifests, chunks = sample(narinfos, opts.Sample), sample(manifests, opts.Sample), sample(chunks, opts.Sample)
+	narinfos, manifests, chunks := sample(inv.NarInfos, opts.Sample), sample(inv.Manifests, opts.Sample), sample(inv.Chunks, opts.Sample)
 	rep.NarInfos, rep.Manifests, rep.Chunks = len(narinfos), len(manifests), len(chunks)
 
 	codec, err := chunk.NewCodec()
@@ -92,9 +82,8 @@ func Verify(ctx context.Context, s *store.Store, opts VerifyOptions) (VerifyRepo
 	// data, is in trouble, and a report would be misleading.
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(jobs)
-	for _, key := range chunks {
+	for _, id := range chunks {
 		g.Go(func() error {
-			id, _ := store.ParseChunkKey(key)
 			obj, err := s.Chunk(gctx, id)
 			if errors.Is(err, blob.ErrNotFound) {
 				return nil // collected since the listing
@@ -108,10 +97,9 @@ func Verify(ctx context.Context, s *store.Store, opts VerifyOptions) (VerifyRepo
 			return nil
 		})
 	}
-	for _, key := range manifests {
+	for _, h := range manifests {
 		g.Go(func() error {
-			h, _ := store.ParseManifestKey(key)
-			raw, err := blob.ReadAll(gctx, s.Backend(), key, maxManifestSize)
+			raw, err := blob.ReadAll(gctx, s.Backend(), store.ManifestKey(manifest.Key(h)), maxManifestSize)
 			if errors.Is(err, blob.ErrNotFound) {
 				return nil
 			}
@@ -143,9 +131,8 @@ func Verify(ctx context.Context, s *store.Store, opts VerifyOptions) (VerifyRepo
 			return nil
 		})
 	}
-	for _, key := range narinfos {
+	for _, hp := range narinfos {
 		g.Go(func() error {
-			hp, _ := store.ParseNarInfoKey(key)
 			raw, err := s.NarInfo(gctx, hp)
 			if errors.Is(err, blob.ErrNotFound) {
 				return nil
@@ -176,7 +163,7 @@ func Verify(ctx context.Context, s *store.Store, opts VerifyOptions) (VerifyRepo
 
 // sample returns n randomly chosen elements of keys, or all of them when n <= 0 or
 // n >= len(keys).
-func sample(keys []string, n int) []string {
+func sample[T any](keys []T, n int) []T {
 	if n <= 0 || n >= len(keys) {
 		return keys
 	}
