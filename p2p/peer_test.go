@@ -410,7 +410,11 @@ func TestClientRefusesBadAnswers(t *testing.T) {
 			select {
 			case fl := <-floods:
 				// The asker stopped at the length and reset the stream; it didn't read
-				// (or hold) what the frame announced.
+				// (or hold) what the frame announced. A peer being dropped may see its
+				// connection close before the reset arrives: stopped either way.
+				if tc.dropped && fl.err != nil {
+					break
+				}
 				if !errors.Is(fl.err, network.ErrReset) {
 					t.Fatalf("the flooding peer stopped with %v, want a reset", fl.err)
 				}
