@@ -1,9 +1,12 @@
 package daemon
 
 import (
+	"cmp"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -38,9 +41,9 @@ type Gauge struct {
 // came from and tests can prove what crossed the wire.
 type Metrics struct {
 	mu       sync.Mutex
-	bytes    map[string]int64 // bytes fetched, by source
-	fetches  map[string]int64 // objects fetched, by source
-	requests map[string]int64 // requests answered, by route and status class
+	bytes    map[string]int64      // bytes fetched, by source
+	fetches  map[string]int64      // objects fetched, by source
+	requests map[routeStatus]int64 // requests answered, by route and status
 	latency  map[string]*histogram
 	events   map[string]int64 // named counters: narinfo hits, verify failures
 	gauges   func() []Gauge
@@ -51,7 +54,7 @@ func NewMetrics() *Metrics {
 	return &Metrics{
 		bytes:    make(map[string]int64),
 		fetches:  make(map[string]int64),
-		requests: make(map[string]int64),
+		requests: make(map[routeStatus]int64),
 		latency:  make(map[string]*histogram),
 		events:   make(map[string]int64),
 	}
@@ -103,7 +106,7 @@ func (m *Metrics) setGauges(f func() []Gauge) {
 
 func (m *Metrics) request(route string, status int, took time.Duration) {
 	m.mu.Lock()
-	m.requests[fmt.Sprintf("%s\x00%d", route, status)]++
+	m.requests[routeStatus{route, status}]++
 	h := m.latency[route]
 	if h == nil {
 		h = &histogram{}
@@ -160,17 +163,11 @@ func (m *Metrics) WriteTo(w io.Writer) (int64, error) {
 		p("# HELP %s %s\n# TYPE %s gauge\n%s %d\n", g.Name, g.Help, g.Name, g.Name, g.Value)
 	}
 	p("# HELP shoal_requests_total HTTP requests answered, by route and status.\n# TYPE shoal_requests_total counter\n")
-	for _, k := range sortedKeys(m.requests) {
-		var route string
-		var status int
-		for i := range len(k) {
-			if k[i] == 0 {
-				route = k[:i]
-				fmt.Sscanf(k[i+1:], "%d", &status)
-				break
-			}
-		}
-		p("shoal_requests_total{route=%q,status=\"%d\"} %d\n", route, status, m.requests[k])
+	reqs := slices.SortedFunc(maps.Keys(m.requests), func(a, b routeStatus) int {
+		return cmp.Or(cmp.Compare(a.route, b.route), cmp.Compare(a.status, b.status))
+	})
+	for _, k := range reqs {
+		p("shoal_requests_total{route=%q,status=\"%d\"} %d\n", k.route, k.status, m.requests[k])
 	}
 	p("# HELP shoal_request_duration_seconds Time to answer a request, by route (for NARs, until the last byte).\n# TYPE shoal_request_duration_seconds histogram\n")
 	for _, route := range sortedKeys(m.latency) {
@@ -190,6 +187,12 @@ func (m *Metrics) WriteTo(w io.Writer) (int64, error) {
 func (m *Metrics) serveHTTP(w http.ResponseWriter, _ *http.Request) {
 	w.Header().Set("Content-Type", "text/plain; version=0.0.4")
 	_, _ = m.WriteTo(w)
+}
+
+// routeStatus keys the request counter.
+type routeStatus struct {
+	route  string
+	status int
 }
 
 func sortedKeys[V any](m map[string]V) []string {
