@@ -31,10 +31,6 @@ import (
 // cacheSizeShare is the default budget's share of the state directory's file system.
 const cacheSizeShare = 10
 
-func stateDirFlag() cli.Flag {
-	return &cli.StringFlag{Name: "state-dir", Value: defaultStateDir(), Usage: "the daemon's state directory (default: $STATE_DIRECTORY, else $XDG_STATE_HOME/shoal)", EnvVars: env("state-dir")}
-}
-
 func daemonAddrFlag() cli.Flag {
 	return &cli.StringFlag{Name: "daemon", Value: "127.0.0.1:37515", Usage: "the running daemon's --listen address, used when it holds the cache", EnvVars: env("daemon")}
 }

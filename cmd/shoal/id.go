@@ -16,7 +16,7 @@ func idCommand() *cli.Command {
 		Name:  "id",
 		Usage: "print the daemon's libp2p peer ID, creating its identity in the state directory if there is none",
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "state-dir", Value: defaultStateDir(), Usage: "the daemon's state directory (default: $STATE_DIRECTORY, else $XDG_STATE_HOME/shoal)", EnvVars: env("state-dir")},
+			stateDirFlag(),
 		},
 		Action: func(c *cli.Context) error {
 			if c.NArg() > 0 {

@@ -85,6 +85,12 @@ func defaultStateDir() string {
 	return ""
 }
 
+// stateDirFlag is --state-dir, shared by every command that touches the daemon's
+// state: its chunk cache, peer identity and DHT records.
+func stateDirFlag() cli.Flag {
+	return &cli.StringFlag{Name: "state-dir", Value: defaultStateDir(), Usage: "the daemon's state directory: chunk cache, peer identity (default: $STATE_DIRECTORY, else $XDG_STATE_HOME/shoal)", EnvVars: env("state-dir")}
+}
+
 // usageError marks errors that come from how shoal was invoked.
 func usageError(format string, a ...any) error {
 	return cli.Exit(fmt.Sprintf("shoal: "+format, a...), 2)
