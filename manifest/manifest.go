@@ -20,8 +20,13 @@ import (
 const (
 	// Magic starts every encoded manifest.
 	Magic = "SHOALMAN"
-	// Version is the encoding version this package writes and reads.
+	// Version is the plain encoding: chunks only. MarshalBinary writes it
+	// for every manifest without deltas, so clients that predate deltas
+	// keep reading those.
 	Version = 1
+	// VersionDelta adds a table of base chunks and, per entry, the delta
+	// object that rebuilds it from some of them.
+	VersionDelta = 2
 	// MaxEntries bounds the chunks of one manifest: 64 Mi entries cover a
 	// NAR of at least 1 TiB at the smallest allowed Min.
 	MaxEntries = 64 << 20
@@ -36,6 +41,9 @@ const (
 	// uvarints. Parse uses it to refuse counts the input cannot hold before
 	// allocating for them.
 	minEntryLen = len(chunk.ID{}) + 2
+	// minDeltaEntryLen and minBaseLen are the same bounds for version 2.
+	minDeltaEntryLen = len(chunk.ID{}) + 3
+	minBaseLen       = len(chunk.ID{}) + 1
 )
 
 // ErrInvalid is wrapped by every error Parse and Validate return for a
@@ -50,16 +58,61 @@ type Entry struct {
 	StoredSize uint32 // length of the stored zstd object, so a client can price a NAR before fetching
 }
 
+// BaseChunk is a chunk of an older NAR (the base) that deltas decode
+// against. Its Size lets a client bound a dictionary before assembling it.
+type BaseChunk struct {
+	ID   chunk.ID
+	Size uint32
+}
+
+// Delta offers an entry as a delta object: the chunk compressed against the
+// concatenation of some base chunks. A client that holds those base chunks
+// fetches StoredSize bytes instead of the entry's full object. The zero
+// Delta means the entry has none.
+type Delta struct {
+	Bases      []uint32 // indexes into Manifest.Bases, in dictionary order
+	StoredSize uint32   // length of the delta object
+}
+
 // Manifest lists the chunks of one NAR.
 type Manifest struct {
 	NarHash [32]byte // SHA-256 digest of the uncompressed NAR
 	NarSize uint64
 	Chunker string // chunk.Params.Identity() used to cut it
 	Entries []Entry
+
+	// BaseNarHash names the NAR the base chunks were taken from (zero when
+	// there are no deltas), so a client can tell which older version to
+	// look for in its cache or /nix/store.
+	BaseNarHash [32]byte
+	// Bases lists each base chunk any delta uses, once. Empty exactly when
+	// the manifest has no deltas.
+	Bases []BaseChunk
+	// Deltas is empty, or parallel to Entries.
+	Deltas []Delta
 }
 
-// MarshalBinary encodes m in the version 1 layout documented in
-// docs/format.md. It refuses a manifest that does not Validate, so nothing
+// HasDeltas reports whether any entry can be fetched as a delta.
+func (m *Manifest) HasDeltas() bool { return len(m.Bases) > 0 }
+
+// DeltaOf returns the base chunks, in dictionary order, and the delta
+// object ID of entry i, or ok false when the entry has no delta.
+func (m *Manifest) DeltaOf(i int) (bases []BaseChunk, id chunk.ID, storedSize uint32, ok bool) {
+	if i >= len(m.Deltas) || len(m.Deltas[i].Bases) == 0 {
+		return nil, chunk.ID{}, 0, false
+	}
+	d := m.Deltas[i]
+	bases = make([]BaseChunk, len(d.Bases))
+	ids := make([]chunk.ID, len(d.Bases))
+	for j, b := range d.Bases {
+		bases[j] = m.Bases[b]
+		ids[j] = m.Bases[b].ID
+	}
+	return bases, chunk.DeltaID(m.Entries[i].ID, ids), d.StoredSize, true
+}
+
+// MarshalBinary encodes m in the layout documented in docs/format.md:
+// version 1 without deltas, version 2 with. It refuses a manifest that does not Validate, so nothing
 // shoal writes can fail to Parse.
 func (m *Manifest) MarshalBinary() ([]byte, error) {
 	if err := m.Validate(); err != nil {
@@ -68,16 +121,38 @@ func (m *Manifest) MarshalBinary() ([]byte, error) {
 	b := make([]byte, 0, len(Magic)+1+hashLen+3*binary.MaxVarintLen64+len(m.Chunker)+
 		len(m.Entries)*(len(chunk.ID{})+2*binary.MaxVarintLen32)+checksumLen)
 	b = append(b, Magic...)
-	b = append(b, Version)
+	if m.HasDeltas() {
+		b = append(b, VersionDelta)
+	} else {
+		b = append(b, Version)
+	}
 	b = append(b, m.NarHash[:]...)
 	b = binary.AppendUvarint(b, m.NarSize)
 	b = binary.AppendUvarint(b, uint64(len(m.Chunker)))
 	b = append(b, m.Chunker...)
+	if m.HasDeltas() {
+		b = append(b, m.BaseNarHash[:]...)
+		b = binary.AppendUvarint(b, uint64(len(m.Bases)))
+		for _, c := range m.Bases {
+			b = append(b, c.ID[:]...)
+			b = binary.AppendUvarint(b, uint64(c.Size))
+		}
+	}
 	b = binary.AppendUvarint(b, uint64(len(m.Entries)))
-	for _, e := range m.Entries {
+	for i, e := range m.Entries {
 		b = append(b, e.ID[:]...)
 		b = binary.AppendUvarint(b, uint64(e.Size))
 		b = binary.AppendUvarint(b, uint64(e.StoredSize))
+		if m.HasDeltas() {
+			d := m.Deltas[i]
+			b = binary.AppendUvarint(b, uint64(len(d.Bases)))
+			for _, x := range d.Bases {
+				b = binary.AppendUvarint(b, uint64(x))
+			}
+			if len(d.Bases) > 0 {
+				b = binary.AppendUvarint(b, uint64(d.StoredSize))
+			}
+		}
 	}
 	sum := blake3.Sum256(b)
 	return append(b, sum[:]...), nil
@@ -103,8 +178,9 @@ func parse(b []byte) (*Manifest, error) {
 	if len(b) < len(Magic)+1 || string(b[:len(Magic)]) != Magic {
 		return nil, errors.New("missing magic " + Magic)
 	}
-	if v := b[len(Magic)]; v != Version {
-		return nil, fmt.Errorf("unsupported version %d, want %d", v, Version)
+	version := b[len(Magic)]
+	if version != Version && version != VersionDelta {
+		return nil, fmt.Errorf("unsupported version %d, want %d or %d", version, Version, VersionDelta)
 	}
 	if len(b) < len(Magic)+1+hashLen+checksumLen {
 		return nil, fmt.Errorf("truncated: %d bytes", len(b))
@@ -120,21 +196,59 @@ func parse(b []byte) (*Manifest, error) {
 	m.NarSize = d.uvarint("NarSize", math.MaxUint64)
 	chunkerLen := d.uvarint("chunker identity length", MaxChunkerLen)
 	m.Chunker = string(d.bytes(int(chunkerLen)))
+	entryLen := minEntryLen
+	if version == VersionDelta {
+		entryLen = minDeltaEntryLen
+		copy(m.BaseNarHash[:], d.bytes(hashLen))
+		nb := d.uvarint("base count", MaxEntries)
+		if d.err != nil {
+			return nil, d.err
+		}
+		if nb == 0 {
+			return nil, errors.New("version 2 without base chunks")
+		}
+		if nb > uint64(len(d.b)/minBaseLen) {
+			return nil, fmt.Errorf("base count %d does not fit in the remaining %d bytes", nb, len(d.b))
+		}
+		m.Bases = make([]BaseChunk, nb)
+		for i := range m.Bases {
+			c := &m.Bases[i]
+			copy(c.ID[:], d.bytes(len(c.ID)))
+			c.Size = uint32(d.uvarint("base chunk size", math.MaxUint32))
+			if d.err != nil {
+				return nil, fmt.Errorf("base %d: %w", i, d.err)
+			}
+		}
+	}
 	count := d.uvarint("entry count", MaxEntries)
 	if d.err != nil {
 		return nil, d.err
 	}
-	if count > uint64(len(d.b)/minEntryLen) {
+	if count > uint64(len(d.b)/entryLen) {
 		return nil, fmt.Errorf("entry count %d does not fit in the remaining %d bytes", count, len(d.b))
 	}
 	if count > 0 {
 		m.Entries = make([]Entry, count)
+		if version == VersionDelta {
+			m.Deltas = make([]Delta, count)
+		}
 	}
 	for i := range m.Entries {
 		e := &m.Entries[i]
 		copy(e.ID[:], d.bytes(len(e.ID)))
 		e.Size = uint32(d.uvarint("chunk size", math.MaxUint32))
 		e.StoredSize = uint32(d.uvarint("stored size", math.MaxUint32))
+		if version == VersionDelta {
+			k := d.uvarint("delta base count", chunk.MaxDeltaBases)
+			if k > 0 {
+				dl := &m.Deltas[i]
+				dl.Bases = make([]uint32, k)
+				for j := range dl.Bases {
+					dl.Bases[j] = uint32(d.uvarint("delta base index", uint64(len(m.Bases)-1)))
+				}
+				dl.StoredSize = uint32(d.uvarint("delta stored size", math.MaxUint32))
+			}
+		}
 		if d.err != nil {
 			return nil, fmt.Errorf("entry %d: %w", i, d.err)
 		}
@@ -227,7 +341,80 @@ func (m *Manifest) validate() error {
 	if sum != m.NarSize {
 		return fmt.Errorf("entry sizes add up to %d, NarSize is %d", sum, m.NarSize)
 	}
+	return m.validateDeltas(p)
+}
+
+// validateDeltas requires the delta tables to be all or nothing, every base
+// chunk to be used and listed once (so the encoding stays unique), and every
+// dictionary and delta to be within the bounds a decoder accepts.
+func (m *Manifest) validateDeltas(p chunk.Params) error {
+	if len(m.Bases) == 0 {
+		if len(m.Deltas) != 0 || m.BaseNarHash != ([32]byte{}) {
+			return errors.New("deltas or a base NAR without base chunks")
+		}
+		return nil
+	}
+	if len(m.Deltas) != len(m.Entries) {
+		return fmt.Errorf("%d delta records for %d entries", len(m.Deltas), len(m.Entries))
+	}
+	if len(m.Bases) > MaxEntries {
+		return fmt.Errorf("%d base chunks, limit %d", len(m.Bases), MaxEntries)
+	}
+	seen := make(map[chunk.ID]bool, len(m.Bases))
+	for i, c := range m.Bases {
+		if c.Size == 0 || c.Size > uint32(p.Max) {
+			return fmt.Errorf("base %d: size %d outside 1..%d", i, c.Size, p.Max)
+		}
+		if seen[c.ID] {
+			return fmt.Errorf("base %d: chunk %s listed twice", i, c.ID)
+		}
+		seen[c.ID] = true
+	}
+	used := make([]bool, len(m.Bases))
+	for i, d := range m.Deltas {
+		if len(d.Bases) == 0 {
+			if d.StoredSize != 0 {
+				return fmt.Errorf("entry %d: delta size %d without bases", i, d.StoredSize)
+			}
+			continue
+		}
+		if len(d.Bases) > chunk.MaxDeltaBases {
+			return fmt.Errorf("entry %d: %d delta bases, limit %d", i, len(d.Bases), chunk.MaxDeltaBases)
+		}
+		if d.StoredSize == 0 {
+			return fmt.Errorf("entry %d: delta with stored size 0", i)
+		}
+		if m.Entries[i].Size > chunk.MaxDeltaChunk {
+			return fmt.Errorf("entry %d: chunk of %d bytes is too large for a delta", i, m.Entries[i].Size)
+		}
+		var dict uint64
+		for _, b := range d.Bases {
+			if int(b) >= len(m.Bases) {
+				return fmt.Errorf("entry %d: base index %d out of %d", i, b, len(m.Bases))
+			}
+			used[b] = true
+			dict += uint64(m.Bases[b].Size)
+		}
+		if dict > chunk.MaxDictSize {
+			return fmt.Errorf("entry %d: dictionary of %d bytes, limit %d", i, dict, chunk.MaxDictSize)
+		}
+	}
+	for i, u := range used {
+		if !u {
+			return fmt.Errorf("base %d is used by no delta", i)
+		}
+	}
 	return nil
+}
+
+// DeltaStoredSize is what fetching entry i costs for a client that holds
+// its base chunks: the delta's size when it has one and it is smaller, else
+// the full object's.
+func (m *Manifest) DeltaStoredSize(i int) uint32 {
+	if i < len(m.Deltas) && len(m.Deltas[i].Bases) > 0 {
+		return min(m.Deltas[i].StoredSize, m.Entries[i].StoredSize)
+	}
+	return m.Entries[i].StoredSize
 }
 
 // StoredSize is the total size of the stored chunk objects, what fetching

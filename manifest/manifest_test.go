@@ -34,6 +34,27 @@ func sample(n int) *Manifest {
 	return m
 }
 
+// deltaSample returns sample(n) with deltas on every other entry, against
+// base chunks shared between neighbouring entries.
+func deltaSample(n int) *Manifest {
+	m := sample(n)
+	m.BaseNarHash = sha256.Sum256([]byte("base"))
+	m.Deltas = make([]Delta, n)
+	for i := 0; i < n; i += 2 {
+		b := uint32(len(m.Bases))
+		m.Bases = append(m.Bases, BaseChunk{ID: chunk.Sum([]byte(fmt.Sprint("base", i))), Size: uint32(64 + i%900)})
+		d := Delta{Bases: []uint32{b}, StoredSize: uint32(1 + i*300)}
+		if b > 0 {
+			d.Bases = append([]uint32{b - 1}, d.Bases...)
+		}
+		m.Deltas[i] = d
+	}
+	if len(m.Bases) == 0 {
+		m.Deltas, m.BaseNarHash = nil, [32]byte{}
+	}
+	return m
+}
+
 func mustMarshal(t testing.TB, m *Manifest) []byte {
 	t.Helper()
 	b, err := m.MarshalBinary()
@@ -155,7 +176,7 @@ func TestParseRejects(t *testing.T) {
 		{"empty", nil, "magic"},
 		{"wrong magic", body(func(b []byte) []byte { b[0] = 's'; return b }), "magic"},
 		{"version 0", body(func(b []byte) []byte { b[8] = 0; return b }), "version"},
-		{"version 2", body(func(b []byte) []byte { b[8] = 2; return b }), "version"},
+		{"version 3", body(func(b []byte) []byte { b[8] = 3; return b }), "version"},
 		{"checksum", append(bytes.Clone(good[:len(good)-1]), good[len(good)-1]^1), "checksum"},
 		{"trailing bytes", body(func(b []byte) []byte { return append(b, 0, 0) }), "unexpected bytes"},
 		{"non-minimal uvarint", body(func(b []byte) []byte {
@@ -226,6 +247,85 @@ func TestValidate(t *testing.T) {
 	}
 }
 
+func TestDeltaRoundTrip(t *testing.T) {
+	for _, n := range []int{1, 2, 7, 300} {
+		m := deltaSample(n)
+		b := mustMarshal(t, m)
+		if b[len(Magic)] != VersionDelta {
+			t.Fatalf("n=%d: version %d, want %d", n, b[len(Magic)], VersionDelta)
+		}
+		got, err := Parse(b)
+		if err != nil {
+			t.Fatalf("n=%d: %v", n, err)
+		}
+		if fmt.Sprint(got) != fmt.Sprint(m) {
+			t.Fatalf("n=%d: round trip differs:\n got %+v\nwant %+v", n, got, m)
+		}
+		for i := range m.Entries {
+			bases, id, size, ok := got.DeltaOf(i)
+			if ok != (i%2 == 0) {
+				t.Fatalf("n=%d entry %d: DeltaOf ok=%v", n, i, ok)
+			}
+			if !ok {
+				if got.DeltaStoredSize(i) != m.Entries[i].StoredSize {
+					t.Fatalf("entry %d: DeltaStoredSize without delta = %d", i, got.DeltaStoredSize(i))
+				}
+				continue
+			}
+			ids := make([]chunk.ID, len(bases))
+			for j, b := range bases {
+				ids[j] = b.ID
+			}
+			if id != chunk.DeltaID(m.Entries[i].ID, ids) || size != m.Deltas[i].StoredSize {
+				t.Fatalf("entry %d: DeltaOf = %s, %d", i, id, size)
+			}
+			if want := min(size, m.Entries[i].StoredSize); got.DeltaStoredSize(i) != want {
+				t.Fatalf("entry %d: DeltaStoredSize = %d, want %d", i, got.DeltaStoredSize(i), want)
+			}
+		}
+	}
+	// Without deltas the writer keeps to version 1, which older readers know.
+	if b := mustMarshal(t, sample(3)); b[len(Magic)] != Version {
+		t.Fatalf("plain manifest written as version %d", b[len(Magic)])
+	}
+}
+
+func TestValidateDeltas(t *testing.T) {
+	tests := []struct {
+		name string
+		edit func(m *Manifest)
+		want string // empty: valid
+	}{
+		{"valid", func(*Manifest) {}, ""},
+		{"deltas without bases", func(m *Manifest) { m.Bases = nil }, "without base chunks"},
+		{"base NAR without bases", func(m *Manifest) { m.Bases, m.Deltas = nil, nil }, "without base chunks"},
+		{"short delta table", func(m *Manifest) { m.Deltas = m.Deltas[:1] }, "delta records"},
+		{"unused base", func(m *Manifest) { m.Bases = append(m.Bases, BaseChunk{ID: chunk.Sum([]byte("x")), Size: 1}) }, "used by no delta"},
+		{"duplicate base", func(m *Manifest) { m.Bases[1].ID = m.Bases[0].ID }, "twice"},
+		{"base size zero", func(m *Manifest) { m.Bases[0].Size = 0 }, "outside"},
+		{"base index out of range", func(m *Manifest) { m.Deltas[2].Bases[0] = 99 }, "out of"},
+		{"size without bases", func(m *Manifest) { m.Deltas[1].StoredSize = 5 }, "without bases"},
+		{"bases without size", func(m *Manifest) { m.Deltas[0].StoredSize = 0 }, "stored size 0"},
+		{"too many bases", func(m *Manifest) { m.Deltas[2].Bases = make([]uint32, chunk.MaxDeltaBases+1) }, "limit"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m := deltaSample(6)
+			tt.edit(m)
+			err := m.Validate()
+			if tt.want == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if err == nil || !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("Validate = %v, want an ErrInvalid mentioning %q", err, tt.want)
+			}
+		})
+	}
+}
+
 func TestOffsetsAndStoredSize(t *testing.T) {
 	m := &Manifest{Entries: []Entry{{Size: 10, StoredSize: 4}, {Size: 20, StoredSize: 1<<32 - 1}, {Size: 5, StoredSize: 6}}}
 	if got, want := fmt.Sprint(m.Offsets()), "[0 10 30]"; got != want {
@@ -276,6 +376,8 @@ func FuzzParse(f *testing.F) {
 	for _, n := range []int{0, 1, 3, 40} {
 		f.Add(mustMarshal(f, sample(n)))
 		f.Add(unsealed(f, sample(n)))
+		f.Add(mustMarshal(f, deltaSample(n)))
+		f.Add(unsealed(f, deltaSample(n)))
 	}
 	f.Add([]byte(Magic + "\x01"))
 	f.Fuzz(func(t *testing.T, b []byte) {

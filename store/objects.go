@@ -14,6 +14,7 @@ import (
 // Key prefixes of the store's object kinds, for tools that walk the whole store.
 const (
 	ChunkPrefix    = "chunks/"
+	DeltaPrefix    = "deltas/"
 	ManifestPrefix = "manifests/"
 	narInfoSuffix  = ".narinfo"
 )

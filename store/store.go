@@ -79,6 +79,12 @@ func ChunkKey(id chunk.ID) string {
 	return "chunks/" + h[:2] + "/" + h
 }
 
+// DeltaKey names a delta object by its chunk.DeltaID, fanned out like chunks.
+func DeltaKey(id chunk.ID) string {
+	h := id.String()
+	return DeltaPrefix + h[:2] + "/" + h
+}
+
 // ManifestKey names the manifest of the NAR whose nix32 NarHash is narKey.
 func ManifestKey(narKey string) string { return "manifests/" + narKey + ".manifest" }
 
