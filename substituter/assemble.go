@@ -27,6 +27,15 @@ type ChunkSource interface {
 	Chunk(ctx context.Context, id chunk.ID) ([]byte, error)
 }
 
+// DeltaSource is a ChunkSource that can also send a chunk as a delta object (see
+// chunk.DeltaCodec): the chunk compressed against the concatenation of bases, chunks
+// the caller already holds. The store serves the deltas its manifests name; a peer
+// that holds the chunk and the bases may compute one. Errors as for Chunk; the
+// assembler checks the decoded delta against id and falls back to the full chunk.
+type DeltaSource interface {
+	Delta(ctx context.Context, id chunk.ID, bases []chunk.ID) ([]byte, error)
+}
+
 // NarSources is a ChunkSource that answers best when it knows which NAR the chunks are
 // for, as LAN peers do: they serve only chunks of NARs they verified, and are asked once
 // per NAR whether they have it. The assembler calls ForNar before fetching a NAR's
