@@ -61,8 +61,12 @@ type LineParser struct {
 	scratch []byte
 }
 
-// NewLineParser returns a parser for format (FormatAuto detects each line's).
+// NewLineParser returns a parser for format (FormatAuto, or "", detects
+// each line's).
 func NewLineParser(format LogFormat) *LineParser {
+	if format == "" {
+		format = FormatAuto
+	}
 	return &LineParser{format: format, cf: defaultCFColumns()}
 }
 

@@ -1,0 +1,130 @@
+package analyze
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/klauspost/compress/gzip"
+	"github.com/klauspost/compress/zstd"
+)
+
+func TestReadKeepList(t *testing.T) {
+	const hp = "nrmgqvzm195ynrwfx6b0bpv3g5vsaf9d"
+	k, err := ReadKeepList(strings.NewReader(`# comment
+/nix/store/`+hp+`-go-1.25.0
+
+mjf9dkc79kb7whbvlih5x4manql0y0qk.narinfo
+  lpaa6r1qw9dp6i9ikzkya2cbrr8hhfk7-go-1.25.2
+w1by9f2x45lliz424xd028mjvch9jfn1
+nar/1rr0skp07zik7dc0yjl738jfryg72lhwpn934zz25m1gdwg9n1a3.nar.zst
+https://cache.example.org/nar/0mkakw2fd5bll1c1srr60vgwq9pqzqd79mkrpdsvm14xrj2hw8h9.nar.xz
+`), "keep.txt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		key, storePath string
+		want           bool
+	}{
+		{"nar/a.nar", "/nix/store/" + hp + "-go-1.25.0", true},
+		{"nar/a.nar", "/nix/store/mjf9dkc79kb7whbvlih5x4manql0y0qk-go-1.25.1", true},
+		{"nar/a.nar", "/nix/store/lpaa6r1qw9dp6i9ikzkya2cbrr8hhfk7-go-1.25.2", true},
+		{"nar/a.nar", "/nix/store/w1by9f2x45lliz424xd028mjvch9jfn1-go-1.25.3", true},
+		{"nar/1rr0skp07zik7dc0yjl738jfryg72lhwpn934zz25m1gdwg9n1a3.nar.zst", "", true},
+		{"nar/0mkakw2fd5bll1c1srr60vgwq9pqzqd79mkrpdsvm14xrj2hw8h9.nar.xz", "", true},
+		{"nar/a.nar", "/nix/store/p942bb0f0vdrdk97r5dkkiwdzsqwlkwr-go-1.25.5", false},
+		{"nar/a.nar", "", false},
+	} {
+		if got := k.Has(tc.key, tc.storePath); got != tc.want {
+			t.Errorf("Has(%q, %q) = %v, want %v", tc.key, tc.storePath, got, tc.want)
+		}
+	}
+	if !k.NeedsStorePaths() || k.Len() != 6 {
+		t.Errorf("NeedsStorePaths %v, Len %d; want true, 6", k.NeedsStorePaths(), k.Len())
+	}
+	for _, bad := range []string{"go-1.25.0\n", "/nix/store/short-x\n", "w1by9f2x45lliz424xd028mjvch9jfn1.nar\n"} {
+		if _, err := ReadKeepList(strings.NewReader(bad), "bad.txt"); err == nil || !strings.Contains(err.Error(), "bad.txt line 1") {
+			t.Errorf("%q: %v, want an error naming the line", bad, err)
+		}
+	}
+}
+
+// Rotated logs come plain, gzipped (often several members concatenated) or
+// zstd-compressed; all read the same, whatever their names.
+func TestOpenLogDecompresses(t *testing.T) {
+	const text = "line one\nline two\n"
+	var gz bytes.Buffer
+	for _, part := range []string{"line one\n", "line two\n"} {
+		zw := gzip.NewWriter(&gz)
+		zw.Write([]byte(part))
+		zw.Close()
+	}
+	enc, _ := zstd.NewWriter(nil)
+	zst := enc.EncodeAll([]byte(text), nil)
+	enc.Close()
+	dir := t.TempDir()
+	for name, data := range map[string][]byte{"plain.gz": []byte(text), "access.log.1": gz.Bytes(), "access.log.2": zst} {
+		path := filepath.Join(dir, name)
+		if err := os.WriteFile(path, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		rc, err := OpenLog(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got bytes.Buffer
+		_, err = got.ReadFrom(rc)
+		rc.Close()
+		if err != nil || got.String() != text {
+			t.Errorf("%s: %q, %v", name, got.String(), err)
+		}
+	}
+	// A truncated gzip file is an error naming the file, not a silent end.
+	path := filepath.Join(dir, "cut.gz")
+	os.WriteFile(path, gz.Bytes()[:len(gz.Bytes())-10], 0o644)
+	rc, err := OpenLog(path)
+	if err == nil {
+		_, err = new(bytes.Buffer).ReadFrom(rc)
+		rc.Close()
+	}
+	if err == nil || !strings.Contains(err.Error(), "cut.gz") {
+		t.Errorf("truncated gzip: %v", err)
+	}
+}
+
+// An overlong line is one malformed line; the lines around it still count.
+func TestAnalyzeLogsLongLine(t *testing.T) {
+	line := `192.0.2.1 - - [01/Oct/2026:00:00:00 +0000] "GET /nar/a.nar HTTP/1.1" 200 100 "-" "-"` + "\n"
+	log := line + strings.Repeat("x", 3*maxLine) + "\n" + line + "no newline at the end"
+	path := filepath.Join(t.TempDir(), "access.log")
+	if err := os.WriteFile(path, []byte(log), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := AnalyzeLogs(context.Background(), []string{path}, LogOptions{OlderThan: []time.Duration{0}, Examples: 5})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.NAR.Requests != 2 || rep.Malformed != 2 || len(rep.Examples) != 2 || rep.Examples[0].Line != 2 || rep.Examples[1].Line != 4 {
+		t.Errorf("NAR requests %d, malformed %d, examples %+v", rep.NAR.Requests, rep.Malformed, rep.Examples)
+	}
+	if s := rep.Scenarios[0]; s.Retired.Requests != 2 || s.Retired.Bytes != 200 || s.PeakRequests != 2 {
+		t.Errorf("older than 0: %+v", s)
+	}
+}
+
+func TestAnalyzeLogsCancelled(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "access.log")
+	if err := os.WriteFile(path, benchLog(200_000), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := AnalyzeLogs(ctx, []string{path}, LogOptions{OlderThan: []time.Duration{time.Hour}}); err == nil {
+		t.Error("a cancelled analysis finished")
+	}
+}
