@@ -268,6 +268,11 @@ func (p *LineParser) parseS3(line []byte) (Request, error) {
 		_, r.Path = p.requestLine(req)
 	}
 	status, s, _ := cutField(s)
+	if string(status) == "-" {
+		// S3's own operations (lifecycle transitions, expirations) have no
+		// HTTP status: they are no client's request.
+		return Request{}, errSkip
+	}
 	if r.Status, err = parseStatus(status); err != nil {
 		return r, err
 	}
@@ -342,6 +347,10 @@ func (p *LineParser) parseCloudFront(line []byte) (Request, error) {
 	}
 	r.Method = fields[c.method]
 	r.Path = p.unescape(fields[c.uri])
+	if string(fields[c.status]) == "000" {
+		// The viewer went away before CloudFront answered: nothing was served.
+		return Request{}, errSkip
+	}
 	if r.Status, err = parseStatus(fields[c.status]); err != nil {
 		return r, err
 	}

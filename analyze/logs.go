@@ -217,6 +217,13 @@ func AnalyzeLogs(ctx context.Context, files []string, opts LogOptions) (*LogRepo
 			}
 			rep.NAR.add(r.Bytes)
 			n := nars[string(key)]
+			if n == nil {
+				// Appended to a live log after the first pass: first seen now,
+				// and never looked up in the cache.
+				n = &narStat{key: string(key), born: r.Unix, known: opts.Resolver == nil, retired: make([]Count, len(scens))}
+				n.keepRetired = opts.Keep != nil && !opts.Keep.Has(n.key, "") && n.known
+				nars[n.key] = n
+			}
 			m := minutes[r.Unix/60]
 			if m == nil {
 				m = &Minute{At: time.Unix(r.Unix/60*60, 0).UTC(), Retired: make([]Count, len(scens))}
