@@ -11,6 +11,9 @@ import (
 
 	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
+	"github.com/shoal-nix/shoal/blob"
+	"github.com/shoal-nix/shoal/internal/cachetest"
+	"github.com/shoal-nix/shoal/internal/s3test"
 )
 
 func TestReadKeepList(t *testing.T) {
@@ -126,5 +129,110 @@ func TestAnalyzeLogsCancelled(t *testing.T) {
 	cancel()
 	if _, err := AnalyzeLogs(ctx, []string{path}, LogOptions{OlderThan: []time.Duration{time.Hour}}); err == nil {
 		t.Error("a cancelled analysis finished")
+	}
+}
+
+// The resolver names NARs by the narinfos of the cache and dates them by
+// the NAR files, on a directory and on a real S3 server alike.
+func TestCacheResolver(t *testing.T) {
+	backends := map[string]func(t *testing.T) blob.Backend{
+		"file": func(t *testing.T) blob.Backend {
+			b, err := blob.Open(t.TempDir(), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return b
+		},
+		"s3": func(t *testing.T) blob.Backend {
+			srv := s3test.Start(t)
+			b, err := blob.Open(srv.URL(srv.Bucket(t, "main-cache"), "cache"), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return b
+		},
+	}
+	for name, open := range backends {
+		t.Run(name, func(t *testing.T) {
+			ctx := context.Background()
+			b := open(t)
+			src := cachetest.New(t, "resolver-1")
+			a := src.Add(t, cachetest.HashPart("a"), "a-1", []byte("nar a"), "none")
+			c := src.Add(t, cachetest.HashPart("c"), "c-1", []byte("nar c"), "zstd")
+			before := time.Now().Add(-time.Second)
+			err := filepath.WalkDir(src.Dir, func(path string, d os.DirEntry, err error) error {
+				if err != nil || d.IsDir() {
+					return err
+				}
+				data, err := os.ReadFile(path)
+				if err != nil {
+					return err
+				}
+				rel, _ := filepath.Rel(src.Dir, path)
+				return b.Put(ctx, filepath.ToSlash(rel), data)
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			// A broken narinfo is skipped, not fatal; an orphan NAR has an age but no name.
+			if err := b.Put(ctx, cachetest.HashPart("broken")+".narinfo", []byte("StorePath: nonsense\n")); err != nil {
+				t.Fatal(err)
+			}
+			if err := b.Put(ctx, "nar/orphan.nar", []byte("x")); err != nil {
+				t.Fatal(err)
+			}
+			after := time.Now().Add(time.Second)
+			facts, err := CacheResolver{Backend: b, Jobs: 4}.Resolve(ctx, []string{a.URL, c.URL, "nar/orphan.nar", "nar/gone.nar", "nar/../escape"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := map[string]string{a.URL: a.StorePath, c.URL: c.StorePath, "nar/orphan.nar": ""}
+			if len(facts) != len(want) {
+				t.Errorf("facts for %d NARs, want %d: %v", len(facts), len(want), facts)
+			}
+			for k, sp := range want {
+				f, ok := facts[k]
+				if !ok || f.StorePath != sp || f.Modified.Before(before) || f.Modified.After(after) {
+					t.Errorf("%s: %+v (found %v), want store path %q modified between %v and %v", k, f, ok, sp, before, after)
+				}
+			}
+		})
+	}
+}
+
+// growingResolver appends a line to the log while the analysis sits between
+// its passes, as a web server writing its live log would.
+type growingResolver struct {
+	log, line string
+}
+
+func (g growingResolver) Resolve(ctx context.Context, keys []string) (map[string]NarFacts, error) {
+	f, err := os.OpenFile(g.log, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	if _, err := f.WriteString(g.line); err != nil {
+		return nil, err
+	}
+	out := map[string]NarFacts{}
+	for _, k := range keys {
+		out[k] = NarFacts{StorePath: "/nix/store/" + cachetest.HashPart(k) + "-x", Modified: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	}
+	return out, nil
+}
+
+func TestAnalyzeLogsLiveLog(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "access.log")
+	if err := os.WriteFile(path, []byte(`192.0.2.1 - - [01/Oct/2026:00:00:00 +0000] "GET /nar/a.nar HTTP/1.1" 200 100 "-" "-"`+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	res := growingResolver{log: path, line: `192.0.2.1 - - [01/Oct/2026:00:00:01 +0000] "GET /nar/new.nar HTTP/1.1" 200 7 "-" "-"` + "\n"}
+	rep, err := AnalyzeLogs(context.Background(), []string{path}, LogOptions{OlderThan: []time.Duration{0}, Resolver: res})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.NAR.Requests != 2 || rep.NotInCache.Requests != 1 || rep.NotInCache.Bytes != 7 || rep.Scenarios[0].Retired.Requests != 1 {
+		t.Errorf("NAR %+v, not in cache %+v, retired %+v", rep.NAR, rep.NotInCache, rep.Scenarios[0].Retired)
 	}
 }
