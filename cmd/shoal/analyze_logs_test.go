@@ -229,6 +229,16 @@ func TestAnalyzeLogsCommand(t *testing.T) {
 		}
 		return w
 	}
+	first, last := events[0].at, events[0].at
+	for _, e := range events {
+		if e.at.Before(first) {
+			first = e.at
+		}
+		if e.at.After(last) {
+			last = e.at
+		}
+	}
+	spanMinutes := int64(last.Sub(first)/time.Minute) + 1
 	var narReqs, narBytes int64
 	for _, e := range events {
 		if isNARTraffic(e) {
@@ -271,6 +281,9 @@ func TestAnalyzeLogsCommand(t *testing.T) {
 		}
 		if got != wantS {
 			t.Errorf("summary:\n got  %s\n want %s", got, wantS)
+		}
+		if mean := strconv.FormatFloat(float64(w.requests)/float64(spanMinutes), 'f', 3, 64); row[14] != mean {
+			t.Errorf("%s: mean requests per minute %s, want %s", sc.name, row[14], mean)
 		}
 		var gotHot []string
 		for _, r := range hottest[1:] {
