@@ -35,7 +35,7 @@ func TestGeneratedLogIsAnalyzable(t *testing.T) {
 	}
 	for _, format := range []string{"combined", "s3"} {
 		log := filepath.Join(out, format+".log.gz")
-		lines, err := writeLog(log, nars, end, 14, 2000, format, rand.New(rand.NewPCG(1, 2)))
+		lines, err := writeLog(log, nars, end, 7, 1000, format, rand.New(rand.NewPCG(1, 2)))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -47,7 +47,7 @@ func TestGeneratedLogIsAnalyzable(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if rep.Lines+rep.Malformed != uint64(lines) || rep.NAR.Requests < 20000 || rep.NARs != len(nars) {
+		if rep.Lines+rep.Malformed != uint64(lines) || rep.NAR.Requests < 5000 || rep.NARs != len(nars) {
 			t.Errorf("%s: %d lines written; read %d requests and %d malformed, %d NAR requests of %d NARs",
 				format, lines, rep.Lines, rep.Malformed, rep.NAR.Requests, rep.NARs)
 		}
