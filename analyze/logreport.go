@@ -54,6 +54,9 @@ func (r *LogReport) WriteTable(w io.Writer) error {
 		fmt.Fprintf(bw, " from %s to %s UTC (%.1f days)", r.First.Format(minuteLayout), r.Last.Format(minuteLayout), r.span().Hours()/24)
 	}
 	fmt.Fprintf(bw, ", %d malformed lines\n", r.Malformed)
+	if r.Malformed > r.Lines {
+		fmt.Fprintf(bw, "MOST LINES DID NOT PARSE: are these access logs, and is --format right? (the first malformed lines are quoted at the end)\n")
+	}
 	fmt.Fprintf(bw, "NAR traffic (GET/HEAD of /nar/ answered 200/206): %d requests, %s GB, %d NARs", r.NAR.Requests, gb(r.NAR.Bytes), r.NARs)
 	fmt.Fprintf(bw, "; other /nar/ requests: %d\n", r.NARFailed.Requests)
 	fmt.Fprintf(bw, "narinfo requests (stay on the main cache): %d hits, %d misses, %d other; other requests: %d\n",

@@ -237,3 +237,29 @@ func TestAnalyzeLogsLiveLog(t *testing.T) {
 		t.Errorf("NAR %+v, not in cache %+v, retired %+v", rep.NAR, rep.NotInCache, rep.Scenarios[0].Retired)
 	}
 }
+
+// A run over files that are not access logs (or in another --format) says
+// so before any number, not just in a count at the end.
+func TestTableWarnsWhenMostLinesAreMalformed(t *testing.T) {
+	dir := t.TempDir()
+	for name, text := range map[string]string{
+		"access.log": `192.0.2.1 - - [01/Oct/2026:00:00:00 +0000] "GET /nar/a.nar HTTP/1.1" 200 100 "-" "-"` + "\nnot a log line\n",
+		"other.txt":  "a\nb\n",
+	} {
+		path := filepath.Join(dir, name)
+		if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		rep, err := AnalyzeLogs(context.Background(), []string{path}, LogOptions{OlderThan: []time.Duration{time.Hour}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var table bytes.Buffer
+		if err := rep.WriteTable(&table); err != nil {
+			t.Fatal(err)
+		}
+		if warned, want := strings.Contains(table.String(), "MOST LINES DID NOT PARSE"), name == "other.txt"; warned != want {
+			t.Errorf("%s: warned %v, want %v:\n%s", name, warned, want, table.String())
+		}
+	}
+}
