@@ -87,7 +87,12 @@ type ScenarioResult struct {
 	// PeakRequestsAt; PeakBytes likewise for bytes.
 	PeakRequests, PeakBytes     uint64
 	PeakRequestsAt, PeakBytesAt time.Time
-	HotByRequests, HotByBytes   []HotNAR
+	// P99Requests is the 99th percentile of retired requests per minute
+	// over every minute the logs span, quiet ones included: a service sized
+	// for it is short of capacity in only 1% of minutes, where the peak may
+	// be one burst.
+	P99Requests               uint64
+	HotByRequests, HotByBytes []HotNAR
 }
 
 // Minute is the NAR traffic of one clock minute, in all and per scenario.
@@ -104,6 +109,9 @@ type LogReport struct {
 	Malformed   uint64
 	Examples    []Malformed
 	First, Last time.Time
+	// SpanMinutes counts the clock minutes from the first request's to the
+	// last one's, both included.
+	SpanMinutes int64
 	// NAR is the NAR traffic: successful (200/206) GET and HEAD of /nar/
 	// URLs. NARFailed counts the other requests for /nar/ URLs.
 	NAR, NARFailed Count
@@ -224,10 +232,11 @@ func AnalyzeLogs(ctx context.Context, files []string, opts LogOptions) (*LogRepo
 				n.keepRetired = opts.Keep != nil && !opts.Keep.Has(n.key, "") && n.known
 				nars[n.key] = n
 			}
-			m := minutes[r.Unix/60]
+			minute := floorDiv(r.Unix, 60)
+			m := minutes[minute]
 			if m == nil {
-				m = &Minute{At: time.Unix(r.Unix/60*60, 0).UTC(), Retired: make([]Count, len(scens))}
-				minutes[r.Unix/60] = m
+				m = &Minute{At: time.Unix(minute*60, 0).UTC(), Retired: make([]Count, len(scens))}
+				minutes[minute] = m
 			}
 			m.All.add(r.Bytes)
 			if !n.known {
@@ -263,6 +272,7 @@ func AnalyzeLogs(ctx context.Context, files []string, opts LogOptions) (*LogRepo
 	}
 	if rep.Lines > 0 {
 		rep.First, rep.Last = time.Unix(first, 0).UTC(), time.Unix(last, 0).UTC()
+		rep.SpanMinutes = floorDiv(last, 60) - floorDiv(first, 60) + 1
 	}
 
 	rep.Minutes = make([]Minute, 0, len(minutes))
@@ -287,7 +297,9 @@ func AnalyzeLogs(ctx context.Context, files []string, opts LogOptions) (*LogRepo
 		sr.NARs = len(hot)
 		sr.HotByRequests = topN(hot, opts.Top, func(h HotNAR) uint64 { return h.Requests })
 		sr.HotByBytes = topN(hot, opts.Top, func(h HotNAR) uint64 { return h.Bytes })
-		for _, m := range rep.Minutes {
+		perMinute := make([]uint64, max(rep.SpanMinutes, int64(len(rep.Minutes))))
+		for j, m := range rep.Minutes {
+			perMinute[j] = m.Retired[i].Requests
 			if c := m.Retired[i]; c.Requests > sr.PeakRequests {
 				sr.PeakRequests, sr.PeakRequestsAt = c.Requests, m.At
 			}
@@ -295,9 +307,24 @@ func AnalyzeLogs(ctx context.Context, files []string, opts LogOptions) (*LogRepo
 				sr.PeakBytes, sr.PeakBytesAt = c.Bytes, m.At
 			}
 		}
+		if len(perMinute) > 0 {
+			// Nearest rank; the minutes without NAR traffic are the zeros.
+			slices.Sort(perMinute)
+			sr.P99Requests = perMinute[int(math.Ceil(0.99*float64(len(perMinute))))-1]
+		}
 		rep.Scenarios = append(rep.Scenarios, sr)
 	}
 	return rep, nil
+}
+
+// floorDiv divides rounding down, so times before 1970 fall in the right
+// minute too.
+func floorDiv(a, b int64) int64 {
+	q := a / b
+	if a%b != 0 && a < 0 {
+		q--
+	}
+	return q
 }
 
 // topN returns the n largest by key, ties broken by name so reports are

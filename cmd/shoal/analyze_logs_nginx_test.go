@@ -171,12 +171,19 @@ http {
 	io.Copy(io.Discard, c)
 	c.Close()
 	requests++
-	stop()
-
-	log, err := os.ReadFile(filepath.Join(prefix, "access.log"))
-	if err != nil {
-		t.Fatal(err)
+	// nginx logs a request after its connection is done with, which the
+	// client may see first: wait for every line before stopping it.
+	var log []byte
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		log, err = os.ReadFile(filepath.Join(prefix, "access.log"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Count(string(log), "\n") >= requests || time.Now().After(deadline) {
+			break
+		}
 	}
+	stop()
 	if lines := strings.Count(string(log), "\n"); lines != requests {
 		t.Fatalf("nginx logged %d lines for %d requests:\n%s", lines, requests, log)
 	}

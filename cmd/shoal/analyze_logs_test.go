@@ -168,6 +168,16 @@ func TestAnalyzeLogsCommand(t *testing.T) {
 		}
 	}
 
+	first, last := events[0].at, events[0].at
+	for _, e := range events {
+		if e.at.Before(first) {
+			first = e.at
+		}
+		if e.at.After(last) {
+			last = e.at
+		}
+	}
+	spanMinutes := last.Unix()/60 - first.Unix()/60 + 1
 	// Expected answers, from the events.
 	type scen struct {
 		name    string
@@ -190,6 +200,7 @@ func TestAnalyzeLogsCommand(t *testing.T) {
 	}
 	type want struct {
 		requests, bytes, peakReq, peakBytes int64
+		p99                                 int64
 		peakAt                              time.Time
 		nars                                int
 		hot                                 []string // by requests: key,requests,bytes
@@ -218,6 +229,16 @@ func TestAnalyzeLogsCommand(t *testing.T) {
 			}
 			w.peakBytes = max(w.peakBytes, perMinBytes[m])
 		}
+		// The 99th percentile by nearest rank over every minute of the logs,
+		// those without retired requests as zeros.
+		counts := make([]int64, spanMinutes)
+		i := 0
+		for _, c := range perMin {
+			counts[i] = c
+			i++
+		}
+		slices.Sort(counts)
+		w.p99 = counts[(99*len(counts)+99)/100-1]
 		w.nars = len(perNAR)
 		keys := make([]string, 0, len(perNAR))
 		for k := range perNAR {
@@ -229,16 +250,6 @@ func TestAnalyzeLogsCommand(t *testing.T) {
 		}
 		return w
 	}
-	first, last := events[0].at, events[0].at
-	for _, e := range events {
-		if e.at.Before(first) {
-			first = e.at
-		}
-		if e.at.After(last) {
-			last = e.at
-		}
-	}
-	spanMinutes := int64(last.Sub(first)/time.Minute) + 1
 	var narReqs, narBytes int64
 	for _, e := range events {
 		if isNARTraffic(e) {
@@ -284,6 +295,9 @@ func TestAnalyzeLogsCommand(t *testing.T) {
 		}
 		if mean := strconv.FormatFloat(float64(w.requests)/float64(spanMinutes), 'f', 3, 64); row[14] != mean {
 			t.Errorf("%s: mean requests per minute %s, want %s", sc.name, row[14], mean)
+		}
+		if row[15] != fmt.Sprint(w.p99) {
+			t.Errorf("%s: p99 requests per minute %s, want %d", sc.name, row[15], w.p99)
 		}
 		var gotHot []string
 		for _, r := range hottest[1:] {
