@@ -59,7 +59,7 @@ Examples:
 				&cli.IntFlag{Name: "jobs", Value: runtime.NumCPU(), Usage: "NARs read at once (each feeds every configuration concurrently)", EnvVars: env("jobs")},
 			},
 			Action: runAnalyzeDedup,
-		}},
+		}, analyzeLogsCommand()},
 	}
 }
 
