@@ -17,8 +17,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -78,10 +80,13 @@ type Server struct {
 	prefetch int
 
 	queued   atomic.Int64
-	chunks   *lru[chunk.ID, []byte]     // verified chunk objects
-	resolved *lru[string, *nar]         // URL -> narinfo and manifest
-	proven   *lru[provenKey, struct{}]  // manifests proven to make their NarHash
-	flight   singleflight.Group         // one resolution and verification per URL at a time
+	chunks   *lru[chunk.ID, []byte]    // verified chunk objects
+	resolved *lru[string, *nar]        // URL -> narinfo and manifest
+	proven   *lru[provenKey, struct{}] // manifests proven to make their NarHash
+	flight   singleflight.Group        // one resolution and verification per URL at a time
+	life     context.Context           // cancelled by Close
+	end      context.CancelFunc
+	work     sync.WaitGroup // shared verifications in flight
 }
 
 // provenKey names a proof that a manifest (by its BLAKE3 trailer) assembles to NarHash.
@@ -123,14 +128,20 @@ func New(st *store.Store, opts Options) (*Server, error) {
 		resolved: newLRU[string, *nar](64<<20, resolvedTTL),
 		proven:   newLRU[provenKey, struct{}](8<<20, 0),
 	}
+	s.life, s.end = context.WithCancel(context.Background())
 	s.metrics.mu.Lock()
 	s.metrics.gauges = s.gauges
 	s.metrics.mu.Unlock()
 	return s, nil
 }
 
-// Close releases the server's decoder.
-func (s *Server) Close() { s.codec.Close() }
+// Close stops shared verifications still running and releases the server's decoder.
+// Requests must have ended (http.Server.Shutdown) before.
+func (s *Server) Close() {
+	s.end()
+	s.work.Wait()
+	s.codec.Close()
+}
 
 // Metrics returns the server's counters.
 func (s *Server) Metrics() *Metrics { return s.metrics }
@@ -239,8 +250,11 @@ func (s *Server) prepare(ctx context.Context, key string) (*nar, error) {
 		return n, nil
 	}
 	ch := s.flight.DoChan(key, func() (any, error) {
-		// The work outlives the request that started it: others may be waiting.
-		wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), verifyTimeout)
+		// The work outlives the request that started it (others may be waiting), not
+		// the server: Close cancels it and waits.
+		s.work.Add(1)
+		defer s.work.Done()
+		wctx, cancel := context.WithTimeout(s.life, verifyTimeout)
 		defer cancel()
 		n, err := s.resolve(wctx, key)
 		if err != nil {
@@ -272,7 +286,9 @@ func (s *Server) prepare(ctx context.Context, key string) (*nar, error) {
 // verify assembles the NAR from its chunks and checks it against the narinfo.
 func (s *Server) verify(ctx context.Context, n *nar) error {
 	pr, pw := io.Pipe()
+	done := make(chan struct{})
 	go func() {
+		defer close(done)
 		pw.CloseWithError(s.each(ctx, n.man, 0, true, func(_ int, _, raw []byte) error {
 			_, err := pw.Write(raw)
 			return err
@@ -280,6 +296,7 @@ func (s *Server) verify(ctx context.Context, n *nar) error {
 	}()
 	_, err := io.Copy(io.Discard, substituter.NewVerifyingReader(pr, n.info.NarHash, n.info.NarSize))
 	pr.Close()
+	<-done
 	if err != nil {
 		var se *statusError
 		if errors.As(err, &se) {
@@ -293,6 +310,10 @@ func (s *Server) verify(ctx context.Context, n *nar) error {
 // each calls fn with entry i's verified stored object and, with needRaw, its bytes,
 // for the entries from first on in order, fetching up to Prefetch ahead.
 func (s *Server) each(ctx context.Context, m *manifest.Manifest, first int, needRaw bool, fn func(i int, obj, raw []byte) error) error {
+	// Fetches still running when this returns early are cancelled and waited for: none
+	// may outlive the request (or the server's codec).
+	var wg sync.WaitGroup
+	defer wg.Wait()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	type result struct {
@@ -307,7 +328,9 @@ func (s *Server) each(ctx context.Context, m *manifest.Manifest, first int, need
 		}
 		e := m.Entries[next]
 		ch := make(chan result, 1)
+		wg.Add(1)
 		go func() {
+			defer wg.Done()
 			obj, raw, err := s.chunk(ctx, e, needRaw)
 			ch <- result{obj, raw, err}
 		}()
@@ -513,3 +536,43 @@ func routeOf(path string) string {
 	}
 	return "other"
 }
+
+// Serve answers requests on ln until ctx ends, then drains in-flight requests for up to
+// drain (NAR bodies can be long; the CDN retries the rest).
+func (s *Server) Serve(ctx context.Context, ln net.Listener, drain time.Duration) error {
+	srv := &http.Server{
+		Handler:           s.Handler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+		BaseContext:       func(net.Listener) context.Context { return ctx },
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	s.log.Info("serving NARs", "listen", ln.Addr().String(), "store", s.st.String(), "trusted_keys", s.keys.Names())
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	shutdown, cancel := context.WithTimeout(context.Background(), drain)
+	defer cancel()
+	if err := srv.Shutdown(shutdown); err != nil {
+		return fmt.Errorf("shutting down HTTP server: %w", err)
+	}
+	return nil
+}
+
+// Check does for the NAR at narURL everything a request does before its first byte:
+// index lookup, narinfo signature, manifest, every chunk and the NarHash. nil means the
+// server would answer narURL with that NAR. `shoal store retire` deletes a NAR from
+// the main cache only after this passes, so that nothing is retired that serve would
+// then refuse.
+func (s *Server) Check(ctx context.Context, narURL string) error {
+	_, err := s.prepare(ctx, narURL)
+	return err
+}
+
+// IsNotFound reports whether err from Check means the store does not hold the URL (or
+// holds it under an untrusted narinfo), as opposed to holding it damaged.
+func IsNotFound(err error) bool { return statusOf(err) == http.StatusNotFound }

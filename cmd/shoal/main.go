@@ -57,7 +57,7 @@ SHOAL_STORE=https://chunks.example.org for --store.`,
 			slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})))
 			return nil
 		},
-		Commands: []*cli.Command{daemonCommand(), publishCommand(), analyzeCommand(), storeCommand(), statusCommand(), pinCommand(), unpinCommand(), gcCommand(), verifyCommand(), seedCommand(), idCommand()},
+		Commands: []*cli.Command{daemonCommand(), publishCommand(), analyzeCommand(), storeCommand(), serveCommand(), statusCommand(), pinCommand(), unpinCommand(), gcCommand(), verifyCommand(), seedCommand(), idCommand()},
 		// main decides how to exit, so the app can run inside tests.
 		ExitErrHandler: func(*cli.Context, error) {},
 	}
