@@ -19,7 +19,7 @@ fi
 command -v go >/dev/null || { echo "test.sh: go not found (expected on PATH or in /usr/local/go/bin)" >&2; exit 1; }
 
 # Debian package -> a command it provides, to tell cheaply whether it is installed.
-declare -A provides=([nix-bin]=nix-store [xz-utils]=xz [zstd]=zstd [bzip2]=bzip2 [iproute2]=ip)
+declare -A provides=([nix-bin]=nix-store [nginx]=nginx [xz-utils]=xz [zstd]=zstd [bzip2]=bzip2 [iproute2]=ip)
 missing=()
 for pkg in "${!provides[@]}"; do
   command -v "${provides[$pkg]}" >/dev/null || missing+=("$pkg")
