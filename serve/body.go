@@ -95,7 +95,6 @@ func (s *Server) writeFrom(ctx context.Context, n *nar, w io.Writer, start int64
 		for _, e := range n.man.Entries[:first] {
 			narOff += uint64(e.Size)
 		}
-		var hdr [3]byte
 		err := s.each(ctx, n.man, first, n.enc != encZstd, func(i int, obj, raw []byte) error {
 			switch n.enc {
 			case encZstd:
@@ -103,21 +102,7 @@ func (s *Server) writeFrom(ctx context.Context, n *nar, w io.Writer, start int64
 			case encNone:
 				return sw.emit(raw, &pos, start)
 			}
-			for len(raw) > 0 {
-				if narOff%xzPieceSize == 0 {
-					hdr = xzChunkHeader(narOff, n.info.NarSize)
-					if err := sw.emit(hdr[:], &pos, start); err != nil {
-						return err
-					}
-				}
-				k := min(uint64(len(raw)), xzPieceSize-narOff%xzPieceSize)
-				if err := sw.emit(raw[:k], &pos, start); err != nil {
-					return err
-				}
-				raw = raw[k:]
-				narOff += k
-			}
-			return nil
+			return xzFrame(raw, &narOff, n.info.NarSize, func(b []byte) error { return sw.emit(b, &pos, start) })
 		})
 		if err != nil {
 			return err

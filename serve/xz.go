@@ -91,3 +91,23 @@ func xzChunkHeader(p, narSize uint64) [3]byte {
 	}
 	return [3]byte{ctl, byte((n - 1) >> 8), byte(n - 1)}
 }
+
+// xzFrame emits raw, the NAR bytes from offset *narOff on, with an LZMA2 chunk header
+// before each 64 KiB piece, and advances *narOff.
+func xzFrame(raw []byte, narOff *uint64, narSize uint64, emit func([]byte) error) error {
+	for len(raw) > 0 {
+		if *narOff%xzPieceSize == 0 {
+			hdr := xzChunkHeader(*narOff, narSize)
+			if err := emit(hdr[:]); err != nil {
+				return err
+			}
+		}
+		k := min(uint64(len(raw)), xzPieceSize-*narOff%xzPieceSize)
+		if err := emit(raw[:k]); err != nil {
+			return err
+		}
+		raw = raw[k:]
+		*narOff += k
+	}
+	return nil
+}

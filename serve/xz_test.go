@@ -10,17 +10,21 @@ import (
 	"github.com/ulikunitz/xz"
 )
 
-// xzBody makes the whole xz body of nar the way the server does, piece by piece.
+// xzBody makes the whole xz body of nar with the framing the server streams, fed in
+// pieces of varying size as chunks would arrive.
 func xzBody(nar []byte) []byte {
-	out := xzHeader()
 	size := uint64(len(nar))
-	for p := uint64(0); p < size; p += xzPieceSize {
-		h := xzChunkHeader(p, size)
-		out = append(out, h[:]...)
-		out = append(out, nar[p:min(p+xzPieceSize, size)]...)
+	out := bytes.NewBuffer(make([]byte, 0, xzSize(size)))
+	out.Write(xzHeader())
+	var off uint64
+	for rest, step := nar, 1; len(rest) > 0; step = step*7%100_003 + 1 {
+		k := min(len(rest), step)
+		xzFrame(rest[:k], &off, size, func(b []byte) error { out.Write(b); return nil })
+		rest = rest[k:]
 	}
-	out = append(out, 0x00)
-	return append(out, xzTrailer(size)...)
+	out.WriteByte(0x00)
+	out.Write(xzTrailer(size))
+	return out.Bytes()
 }
 
 func randomNAR(seed uint64, n int) []byte {
