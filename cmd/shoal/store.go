@@ -141,11 +141,12 @@ func runStoreGC(c *cli.Context) error {
   narinfos:  %d deleted (%d bytes), %d kept
   manifests: %d deleted (%d bytes), %d kept
   chunks:    %d deleted (%d bytes), %d kept
+  NAR URL index entries: %d deleted
   spared as younger than --grace: %d
 `, verb, rep.FreedObjects(), rep.FreedBytes(), rep.Elapsed.Round(1e6),
 		rep.NarInfos.Deleted, rep.NarInfos.DeletedBytes, rep.NarInfos.Kept,
 		rep.Manifests.Deleted, rep.Manifests.DeletedBytes, rep.Manifests.Kept,
-		rep.Chunks.Deleted, rep.Chunks.DeletedBytes, rep.Chunks.Kept, rep.Young)
+		rep.Chunks.Deleted, rep.Chunks.DeletedBytes, rep.Chunks.Kept, rep.NarURLs.Deleted, rep.Young)
 	return err
 }
 
