@@ -79,6 +79,13 @@ func (m *Metrics) verified(ok bool) {
 	}
 }
 
+// untrusted counts a narinfo refused for its signature as a verify failure.
+func (m *Metrics) untrusted() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.verifyFails++
+}
+
 func (m *Metrics) chunkLookup(hit bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -89,7 +96,8 @@ func (m *Metrics) chunkLookup(hit bool) {
 	}
 }
 
-// Verifications returns how many NAR verifications ran and how many failed. Concurrent
+// Verifications returns how many NAR verifications ran and how many NARs were refused
+// (a failed verification or an untrusted narinfo). Concurrent
 // first requests for one NAR share one verification.
 func (m *Metrics) Verifications() (total, failed int64) {
 	m.mu.Lock()
@@ -135,7 +143,7 @@ func (m *Metrics) WriteTo(w io.Writer) (int64, error) {
 	}
 	p("# HELP shoal_serve_nar_verifications_total NARs assembled from the store and checked against their signed narinfo before serving.\n# TYPE shoal_serve_nar_verifications_total counter\n")
 	p("shoal_serve_nar_verifications_total %d\n", m.verifications)
-	p("# HELP shoal_serve_nar_verify_failures_total NAR verifications that failed: a chunk missing or corrupt, or NarHash/NarSize mismatch.\n# TYPE shoal_serve_nar_verify_failures_total counter\n")
+	p("# HELP shoal_serve_nar_verify_failures_total NARs refused: narinfo not signed by a trusted key, a chunk missing or corrupt, or NarHash/NarSize mismatch.\n# TYPE shoal_serve_nar_verify_failures_total counter\n")
 	p("shoal_serve_nar_verify_failures_total %d\n", m.verifyFails)
 	p("# HELP shoal_serve_chunk_cache_total Chunk lookups in the in-memory cache of hot chunks.\n# TYPE shoal_serve_chunk_cache_total counter\n")
 	p("shoal_serve_chunk_cache_total{result=\"hit\"} %d\n", m.chunkHits)

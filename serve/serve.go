@@ -63,6 +63,9 @@ const (
 	// resolvedTTL bounds how long a resolved narinfo and manifest are reused without
 	// asking the store, so a garbage collection is noticed within a minute.
 	resolvedTTL = time.Minute
+	// missTTL is how long a miss is remembered: a CDN edge asks again for each client
+	// until it caches the 404 itself, and a URL's first publish may wait this long.
+	missTTL = 10 * time.Second
 	// verifyTimeout bounds the shared verification of a NAR, which outlives the
 	// request that started it (others may be waiting for it).
 	verifyTimeout = 30 * time.Minute
@@ -83,6 +86,8 @@ type Server struct {
 	chunks   *lru[chunk.ID, []byte]    // verified chunk objects
 	resolved *lru[string, *nar]        // URL -> narinfo and manifest
 	proven   *lru[provenKey, struct{}] // manifests proven to make their NarHash
+	missing  *lru[string, error]       // URLs found absent, for missTTL
+	bufs     sync.Pool                 // *[]byte for decoded chunks
 	flight   singleflight.Group        // one resolution and verification per URL at a time
 	life     context.Context           // cancelled by Close
 	end      context.CancelFunc
@@ -127,6 +132,7 @@ func New(st *store.Store, opts Options) (*Server, error) {
 		chunks:   newLRU[chunk.ID, []byte](max(opts.ChunkCacheBytes, 0), 0),
 		resolved: newLRU[string, *nar](64<<20, resolvedTTL),
 		proven:   newLRU[provenKey, struct{}](8<<20, 0),
+		missing:  newLRU[string, error](4<<20, missTTL),
 	}
 	s.life, s.end = context.WithCancel(context.Background())
 	s.metrics.mu.Lock()
@@ -221,7 +227,7 @@ func (s *Server) resolve(ctx context.Context, key string) (*nar, error) {
 		return nil, notHere("%s: %s.narinfo names %s (URL %s)", key, hp, info.StorePath, info.URL)
 	}
 	if _, err := s.keys.Verify(info); err != nil {
-		s.metrics.verified(false)
+		s.metrics.untrusted()
 		return nil, notHere("%s: %w", key, err)
 	}
 	enc, err := encodingOf(info)
@@ -249,6 +255,9 @@ func (s *Server) prepare(ctx context.Context, key string) (*nar, error) {
 	if n, ok := s.resolved.get(key); ok {
 		return n, nil
 	}
+	if err, ok := s.missing.get(key); ok {
+		return nil, err
+	}
 	ch := s.flight.DoChan(key, func() (any, error) {
 		// The work outlives the request that started it (others may be waiting), not
 		// the server: Close cancels it and waits.
@@ -258,6 +267,9 @@ func (s *Server) prepare(ctx context.Context, key string) (*nar, error) {
 		defer cancel()
 		n, err := s.resolve(wctx, key)
 		if err != nil {
+			if statusOf(err) == http.StatusNotFound {
+				s.missing.add(key, err, int64(100+len(key)))
+			}
 			return nil, err
 		}
 		pk := provenKey{n.info.NarHash, n.manSum}
@@ -352,7 +364,10 @@ func (s *Server) each(ctx context.Context, m *manifest.Manifest, first int, need
 			return r.err
 		}
 		start()
-		if err := fn(i, r.obj, r.raw); err != nil {
+		err := fn(i, r.obj, r.raw)
+		// fn is done with the decoded bytes (pipes copy before Write returns).
+		s.release(r.raw)
+		if err != nil {
 			return err
 		}
 	}
@@ -368,7 +383,7 @@ func (s *Server) chunk(ctx context.Context, e manifest.Entry, needRaw bool) (obj
 	s.metrics.chunkLookup(hit)
 	if hit {
 		if needRaw {
-			if raw, err = s.codec.Decode(nil, obj, int(e.Size)); err != nil {
+			if raw, err = s.codec.Decode(s.buffer(), obj, int(e.Size)); err != nil {
 				return nil, nil, fmt.Errorf("decoding cached chunk %s: %w", e.ID, err)
 			}
 		}
@@ -388,7 +403,7 @@ func (s *Server) chunk(ctx context.Context, e manifest.Entry, needRaw bool) (obj
 	if err := h.Decode(obj); err != nil || h.DictionaryID != 0 {
 		return nil, nil, broken("chunk %s is not a plain zstd frame (dictionary %d): %v", e.ID, h.DictionaryID, err)
 	}
-	raw, err = s.codec.Open(nil, e.ID, obj, int(e.Size))
+	raw, err = s.codec.Open(s.buffer(), e.ID, obj, int(e.Size))
 	if err != nil {
 		return nil, nil, broken("%w", err)
 	}
@@ -576,3 +591,21 @@ func (s *Server) Check(ctx context.Context, narURL string) error {
 // IsNotFound reports whether err from Check means the store does not hold the URL (or
 // holds it under an untrusted narinfo), as opposed to holding it damaged.
 func IsNotFound(err error) bool { return statusOf(err) == http.StatusNotFound }
+
+// buffer returns an empty slice to decode a chunk into, reused across requests so the
+// xz and uncompressed routes do not allocate every chunk anew.
+func (s *Server) buffer() []byte {
+	if b, ok := s.bufs.Get().(*[]byte); ok {
+		return (*b)[:0]
+	}
+	return nil
+}
+
+// release returns a buffer from buffer once nothing refers to it.
+func (s *Server) release(b []byte) {
+	if cap(b) == 0 || cap(b) > chunk.MaxChunkSize {
+		return
+	}
+	b = b[:0]
+	s.bufs.Put(&b)
+}
