@@ -95,7 +95,8 @@ func (s *Server) writeFrom(ctx context.Context, n *nar, w io.Writer, start int64
 		for _, e := range n.man.Entries[:first] {
 			narOff += uint64(e.Size)
 		}
-		err := s.each(ctx, n.man, first, n.enc != encZstd, func(i int, obj, raw []byte) error {
+		wantRaw := n.enc != encZstd
+		err := s.each(ctx, n.man, first, wantRaw, wantRaw, func(i int, obj, raw []byte) error {
 			switch n.enc {
 			case encZstd:
 				return sw.emit(obj, &pos, start)

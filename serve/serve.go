@@ -83,7 +83,7 @@ type Server struct {
 	prefetch int
 
 	queued   atomic.Int64
-	chunks   *lru[chunk.ID, []byte]    // verified chunk objects
+	chunks   *lru[chunk.ID, *cached]   // verified chunks
 	resolved *lru[string, *nar]        // URL -> narinfo and manifest
 	proven   *lru[provenKey, struct{}] // manifests proven to make their NarHash
 	missing  *lru[string, error]       // URLs found absent, for missTTL
@@ -129,7 +129,7 @@ func New(st *store.Store, opts Options) (*Server, error) {
 	s := &Server{
 		st: st, keys: opts.Keys, codec: codec, metrics: opts.Metrics, log: opts.Logger,
 		slots: make(chan struct{}, opts.MaxActive), queueMax: opts.QueueTimeout, prefetch: opts.Prefetch,
-		chunks:   newLRU[chunk.ID, []byte](max(opts.ChunkCacheBytes, 0), 0),
+		chunks:   newLRU[chunk.ID, *cached](max(opts.ChunkCacheBytes, 0), 0),
 		resolved: newLRU[string, *nar](64<<20, resolvedTTL),
 		proven:   newLRU[provenKey, struct{}](8<<20, 0),
 		missing:  newLRU[string, error](4<<20, missTTL),
@@ -301,7 +301,7 @@ func (s *Server) verify(ctx context.Context, n *nar) error {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		pw.CloseWithError(s.each(ctx, n.man, 0, true, func(_ int, _, raw []byte) error {
+		pw.CloseWithError(s.each(ctx, n.man, 0, true, n.enc != encZstd, func(_ int, _, raw []byte) error {
 			_, err := pw.Write(raw)
 			return err
 		}))
@@ -321,7 +321,9 @@ func (s *Server) verify(ctx context.Context, n *nar) error {
 
 // each calls fn with entry i's verified stored object and, with needRaw, its bytes,
 // for the entries from first on in order, fetching up to Prefetch ahead.
-func (s *Server) each(ctx context.Context, m *manifest.Manifest, first int, needRaw bool, fn func(i int, obj, raw []byte) error) error {
+// keepRaw keeps the decoded bytes with the chunk in the in-memory cache, for the routes
+// that send them.
+func (s *Server) each(ctx context.Context, m *manifest.Manifest, first int, needRaw, keepRaw bool, fn func(i int, obj, raw []byte) error) error {
 	// Fetches still running when this returns early are cancelled and waited for: none
 	// may outlive the request (or the server's codec).
 	var wg sync.WaitGroup
@@ -330,6 +332,7 @@ func (s *Server) each(ctx context.Context, m *manifest.Manifest, first int, need
 	defer cancel()
 	type result struct {
 		obj, raw []byte
+		pooled   bool
 		err      error
 	}
 	pending := make([]chan result, 0, s.prefetch)
@@ -343,8 +346,8 @@ func (s *Server) each(ctx context.Context, m *manifest.Manifest, first int, need
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			obj, raw, err := s.chunk(ctx, e, needRaw)
-			ch <- result{obj, raw, err}
+			obj, raw, pooled, err := s.chunk(ctx, e, needRaw, keepRaw)
+			ch <- result{obj, raw, pooled, err}
 		}()
 		pending = append(pending, ch)
 		next++
@@ -366,7 +369,9 @@ func (s *Server) each(ctx context.Context, m *manifest.Manifest, first int, need
 		start()
 		err := fn(i, r.obj, r.raw)
 		// fn is done with the decoded bytes (pipes copy before Write returns).
-		s.release(r.raw)
+		if r.pooled {
+			s.release(r.raw)
+		}
 		if err != nil {
 			return err
 		}
@@ -378,41 +383,63 @@ func (s *Server) each(ctx context.Context, m *manifest.Manifest, first int, need
 // as long as the manifest says (the zstd body's Content-Length is their sum), decoding
 // to the bytes e's ID names. Objects from the in-memory cache were checked when they
 // went in.
-func (s *Server) chunk(ctx context.Context, e manifest.Entry, needRaw bool) (obj, raw []byte, err error) {
-	obj, hit := s.chunks.get(e.ID)
+func (s *Server) chunk(ctx context.Context, e manifest.Entry, needRaw, keepRaw bool) (obj, raw []byte, pooled bool, err error) {
+	c, hit := s.chunks.get(e.ID)
 	s.metrics.chunkLookup(hit)
 	if hit {
-		if needRaw {
-			if raw, err = s.codec.Decode(s.buffer(), obj, int(e.Size)); err != nil {
-				return nil, nil, fmt.Errorf("decoding cached chunk %s: %w", e.ID, err)
-			}
+		if !needRaw || c.raw != nil {
+			return c.obj, c.raw, false, nil
 		}
-		return obj, raw, nil
+		if !keepRaw {
+			if raw, err = s.codec.Decode(s.buffer(), c.obj, int(e.Size)); err != nil {
+				return nil, nil, false, fmt.Errorf("decoding cached chunk %s: %w", e.ID, err)
+			}
+			return c.obj, raw, true, nil
+		}
+		// The xz and uncompressed routes want the bytes: keep them with the object, so
+		// a hot chunk is decoded once, not once per request.
+		if raw, err = s.codec.Decode(nil, c.obj, int(e.Size)); err != nil {
+			return nil, nil, false, fmt.Errorf("decoding cached chunk %s: %w", e.ID, err)
+		}
+		s.chunks.add(e.ID, &cached{obj: c.obj, raw: raw}, int64(len(c.obj)+len(raw))+64)
+		return c.obj, raw, false, nil
 	}
 	obj, err = s.st.Chunk(ctx, e.ID)
 	if err != nil {
 		if ctx.Err() != nil {
-			return nil, nil, ctx.Err()
+			return nil, nil, false, ctx.Err()
 		}
-		return nil, nil, broken("%w", err)
+		return nil, nil, false, broken("%w", err)
 	}
 	if len(obj) != int(e.StoredSize) {
-		return nil, nil, broken("chunk %s is %d bytes, its manifest entry says %d", e.ID, len(obj), e.StoredSize)
+		return nil, nil, false, broken("chunk %s is %d bytes, its manifest entry says %d", e.ID, len(obj), e.StoredSize)
 	}
 	var h zstd.Header
 	if err := h.Decode(obj); err != nil || h.DictionaryID != 0 {
-		return nil, nil, broken("chunk %s is not a plain zstd frame (dictionary %d): %v", e.ID, h.DictionaryID, err)
+		return nil, nil, false, broken("chunk %s is not a plain zstd frame (dictionary %d): %v", e.ID, h.DictionaryID, err)
 	}
-	raw, err = s.codec.Open(s.buffer(), e.ID, obj, int(e.Size))
+	// Decoded only to check the ID, the bytes go back to the pool; wanted, they stay.
+	var dst []byte
+	if !keepRaw {
+		dst = s.buffer()
+	}
+	raw, err = s.codec.Open(dst, e.ID, obj, int(e.Size))
 	if err != nil {
-		return nil, nil, broken("%w", err)
+		return nil, nil, false, broken("%w", err)
 	}
 	if len(raw) != int(e.Size) {
-		return nil, nil, broken("chunk %s is %d bytes, its manifest entry says %d", e.ID, len(raw), e.Size)
+		return nil, nil, false, broken("chunk %s is %d bytes, its manifest entry says %d", e.ID, len(raw), e.Size)
 	}
-	s.chunks.add(e.ID, obj, int64(len(obj))+64)
-	return obj, raw, nil
+	if keepRaw {
+		s.chunks.add(e.ID, &cached{obj: obj, raw: raw}, int64(len(obj)+len(raw))+64)
+		return obj, raw, false, nil
+	}
+	s.chunks.add(e.ID, &cached{obj: obj}, int64(len(obj))+64)
+	return obj, raw, true, nil
 }
+
+// cached is a verified chunk in memory: its object, and its bytes once a route needed them.
+type cached struct{ obj, raw []byte }
 
 // Handler returns the HTTP handler: /metrics, /healthz, and NAR URLs everywhere else.
 func (s *Server) Handler() http.Handler {
