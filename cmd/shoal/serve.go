@@ -3,6 +3,8 @@ package main
 import (
 	"log/slog"
 	"net"
+	"os"
+	"runtime/debug"
 	"time"
 
 	"github.com/shoal-nix/shoal/serve"
@@ -44,6 +46,7 @@ Example:
 			&cli.IntFlag{Name: "max-active", Value: 64, Usage: "NAR requests verified or streamed at once; more wait in line (each holds up to --prefetch chunks, 256 KiB each at most, in memory)", EnvVars: env("max-active")},
 			&cli.DurationFlag{Name: "queue-timeout", Value: 30 * time.Second, Usage: "how long a request may wait for a slot before it gets 503 Service Unavailable", EnvVars: env("queue-timeout")},
 			&cli.StringFlag{Name: "chunk-cache-size", Value: "256MiB", Usage: "memory for hot chunks shared between requests, e.g. 1GiB (0: none)", EnvVars: env("chunk-cache-size")},
+			&cli.StringFlag{Name: "memory-limit", Usage: "soft limit on the Go heap (runtime/debug.SetMemoryLimit), e.g. 1GiB: the garbage collector works harder near it (default: twice --chunk-cache-size plus 256MiB; GOMEMLIMIT, if set, wins)", EnvVars: env("memory-limit")},
 			&cli.IntFlag{Name: "prefetch", Value: 8, Usage: "chunks each request fetches ahead of what it sends; more hides store latency (S3), costs memory", EnvVars: env("prefetch")},
 		},
 		Action: runServe,
@@ -68,6 +71,18 @@ func runServe(c *cli.Context) error {
 	}
 	if cacheSize == 0 {
 		cacheSize = -1
+	}
+	// Chunks evicted from the cache while requests still stream them become garbage at
+	// the rate NARs are served; without a limit the heap may grow to several times the
+	// cache before the collector catches up.
+	memLimit := 2*max(cacheSize, 0) + 256<<20
+	if c.IsSet("memory-limit") {
+		if memLimit, err = parseSize(c.String("memory-limit")); err != nil || memLimit <= 0 {
+			return usageError("--memory-limit %q: want a size such as 1GiB", c.String("memory-limit"))
+		}
+	}
+	if os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(memLimit)
 	}
 	if c.Int("max-active") < 1 || c.Int("prefetch") < 1 || c.Duration("queue-timeout") <= 0 {
 		return usageError("--max-active and --prefetch must be at least 1, --queue-timeout positive")
