@@ -176,6 +176,12 @@ func TestServeEncodingsRangeHead(t *testing.T) {
 					t.Fatalf("Range %v: %s, %d bytes, equal %t", r, resp.Status, len(part), bytes.Equal(part, body[r[0]:r[1]+1]))
 				}
 			}
+			// Several ranges: a multipart answer whose parts are the same bytes.
+			resp, multi := get(t, "GET", hs.URL+"/"+url, "Range", fmt.Sprintf("bytes=0-9,%d-%d", n/2, n/2+99))
+			if resp.StatusCode != http.StatusPartialContent || !strings.HasPrefix(resp.Header.Get("Content-Type"), "multipart/byteranges") ||
+				!bytes.Contains(multi, body[:10]) || !bytes.Contains(multi, body[n/2:n/2+100]) {
+				t.Fatalf("multiple ranges: %s, %s", resp.Status, resp.Header.Get("Content-Type"))
+			}
 			resp, part := get(t, "GET", hs.URL+"/"+url, "Range", "bytes=1000-", "If-Range", etag)
 			if resp.StatusCode != http.StatusPartialContent || !bytes.Equal(part, body[1000:]) {
 				t.Fatalf("open Range with If-Range: %s", resp.Status)
