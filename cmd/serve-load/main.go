@@ -80,7 +80,7 @@ func run(c *cli.Context) error {
 	}
 	fmt.Printf("%d NARs (%.1f MB of NAR) from %s, %d requests, %d clients\n", len(targets), float64(narBytes)/1e6, c.String("cache"), cfg.Requests, cfg.Concurrency)
 	if n := c.Int("burst"); n > 0 {
-		if err := burst(ctx, base, targets[len(targets)-1], n); err != nil {
+		if err := burst(ctx, base, targets[len(targets)-1], n, cfg.AccessLog); err != nil {
 			return err
 		}
 	}
@@ -115,12 +115,12 @@ func run(c *cli.Context) error {
 
 // burst sends n simultaneous first requests for t and reports how many verifications
 // the server ran for them, from its metrics.
-func burst(ctx context.Context, base string, t loadgen.Target, n int) error {
+func burst(ctx context.Context, base string, t loadgen.Target, n int, accessLog io.Writer) error {
 	before, err := verifications(ctx, base)
 	if err != nil {
 		return err
 	}
-	res, err := loadgen.Run(ctx, loadgen.Config{BaseURL: base, Targets: []loadgen.Target{t}, Concurrency: n, Requests: n})
+	res, err := loadgen.Run(ctx, loadgen.Config{BaseURL: base, Targets: []loadgen.Target{t}, Concurrency: n, Requests: n, AccessLog: accessLog})
 	if err != nil {
 		return err
 	}
