@@ -274,11 +274,13 @@ func (s *Server) prepare(ctx context.Context, key string) (*nar, error) {
 		}
 		pk := provenKey{n.info.NarHash, n.manSum}
 		if _, ok := s.proven.get(pk); !ok {
+			start := time.Now()
 			if err := s.verify(wctx, n); err != nil {
 				s.metrics.verified(false)
 				return nil, err
 			}
 			s.metrics.verified(true)
+			s.log.Info("NAR verified", "url", key, "path", n.info.StorePath, "nar_bytes", n.info.NarSize, "chunks", len(n.man.Entries), "took", time.Since(start).Round(time.Millisecond))
 			s.proven.add(pk, struct{}{}, 100)
 		}
 		s.resolved.add(key, n, int64(200+len(n.info.Raw)+48*len(n.man.Entries)))
@@ -448,11 +450,22 @@ func (s *Server) Handler() http.Handler {
 		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
 		_, _ = s.metrics.WriteTo(w)
 	})
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
-		_, _ = io.WriteString(w, "ok\n")
-	})
+	mux.HandleFunc("GET /healthz", s.healthz)
 	mux.HandleFunc("/", s.serveNAR)
 	return mux
+}
+
+// healthz answers a load balancer's or CDN's health check: 200 while the store answers,
+// 503 when it does not, so traffic moves to a replica that can reach it.
+func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+	defer cancel()
+	w.Header().Set("Cache-Control", "no-store")
+	if _, err := s.st.Meta(ctx); err != nil {
+		http.Error(w, "store unavailable: "+err.Error(), http.StatusServiceUnavailable)
+		return
+	}
+	_, _ = io.WriteString(w, "ok\n")
 }
 
 // countingWriter records the status and body bytes of a response.

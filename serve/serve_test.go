@@ -383,7 +383,14 @@ func (failing) Open(context.Context, string) (io.ReadCloser, error) {
 func TestServeStoreUnreachable(t *testing.T) {
 	f := newFixture(t, "zstd")
 	b, _ := blob.Open(f.store, nil)
+	_, ok := f.server(t, b, serve.Options{})
+	if resp, body := get(t, "GET", ok.URL+"/healthz"); resp.StatusCode != 200 || string(body) != "ok\n" {
+		t.Errorf("healthz with a reachable store: %s %q", resp.Status, body)
+	}
 	_, hs := f.server(t, failing{b}, serve.Options{})
+	if resp, _ := get(t, "GET", hs.URL+"/healthz"); resp.StatusCode != http.StatusServiceUnavailable {
+		t.Errorf("healthz with an unreachable store: %s", resp.Status)
+	}
 	for url := range f.nars {
 		if resp, _ := get(t, "GET", hs.URL+"/"+url); resp.StatusCode != http.StatusBadGateway || resp.Header.Get("Cache-Control") != "no-store" {
 			t.Errorf("unreachable store: %s, Cache-Control %q", resp.Status, resp.Header.Get("Cache-Control"))

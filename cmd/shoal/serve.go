@@ -31,7 +31,7 @@ original narinfos name, in the compression they state:
 Every NAR is checked before its first byte: its narinfo must be signed by a
 --trusted-public-key and the chunks must make its NarHash and NarSize. A URL the store
 does not hold (or holds unsigned) is a 404; an unreachable or damaged store is a 502;
-a full queue is a 503. Metrics are at /metrics, a liveness check at /healthz.
+a full queue is a 503. Metrics are at /metrics; /healthz answers 503 while the store is unreachable.
 
 The store must have the NAR URL index publish writes (nar-urls/); for a store
 published by an older shoal, run ` + "`shoal store index`" + ` once.
