@@ -397,3 +397,39 @@ func TestServeStoreUnreachable(t *testing.T) {
 		}
 	}
 }
+
+// A chunk lost after its NAR was verified: the next response has started (200 and
+// Content-Length are out) when the loss shows, so the server cuts the connection and
+// the client sees a short body, never a whole wrong one.
+func TestServeChunkLostAfterVerification(t *testing.T) {
+	f := newFixture(t, "zstd")
+	var url string
+	for u := range f.nars {
+		url = u
+	}
+	_, hs := f.server(t, nil, serve.Options{ChunkCacheBytes: -1})
+	if resp, _ := get(t, "GET", hs.URL+"/"+url); resp.StatusCode != 200 {
+		t.Fatalf("first GET: %s", resp.Status)
+	}
+	// The NAR's last chunk: everything before it is sent first.
+	st, _ := store.Open(f.store, nil)
+	m, _, err := st.Manifest(context.Background(), f.infos[url].NarHash)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(f.store, filepath.FromSlash(store.ChunkKey(m.Entries[len(m.Entries)-1].ID)))); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.Get(hs.URL + "/" + url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err == nil {
+		t.Fatalf("a NAR missing chunks arrived whole: %s, %d of %d bytes", resp.Status, len(body), resp.ContentLength)
+	}
+	if int64(len(body)) >= resp.ContentLength {
+		t.Fatalf("%d bytes of %d", len(body), resp.ContentLength)
+	}
+}
