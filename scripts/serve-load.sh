@@ -8,6 +8,7 @@
 #   scripts/serve-load.sh CACHE_DIR PUBLIC_KEY_FILE STORE_DIR [CONCURRENCY [REQUESTS [ACCESS_LOG]]]
 #
 # ACCESS_LOG, if given, receives an nginx combined log of the requests sent to serve.
+# SERVE_FLAGS adds flags to shoal serve, e.g. SERVE_FLAGS="--chunk-cache-size 1GiB".
 set -euo pipefail
 cache=$1 pk=$2 st=$3 conc=${4:-32} reqs=${5:-200} log=${6:-}
 work=$(mktemp -d)
