@@ -109,10 +109,13 @@ func (s *Server) writeFrom(ctx context.Context, n *nar, w io.Writer, start int64
 			return err
 		}
 	} else {
-		pos = max(pos, n.size()-trailerLen(n))
+		// start is past every entry's bytes (or there are none): only a trailer is left.
+		pos = n.size()
+		if n.enc == encXZ {
+			pos = int64(xzPos(n.info.NarSize))
+		}
 	}
 	if n.enc == encXZ {
-		pos = int64(xzPos(n.info.NarSize))
 		if err := sw.emit(append([]byte{0x00}, xzTrailer(n.info.NarSize)...), &pos, start); err != nil {
 			return err
 		}
@@ -121,13 +124,6 @@ func (s *Server) writeFrom(ctx context.Context, n *nar, w io.Writer, start int64
 		return fmt.Errorf("internal error: %s body ended at %d of %d bytes", n.enc.name, pos, n.size())
 	}
 	return nil
-}
-
-func trailerLen(n *nar) int64 {
-	if n.enc == encXZ {
-		return 1 + int64(len(xzTrailer(n.info.NarSize)))
-	}
-	return 0
 }
 
 // skipWriter writes the part of each piece at or after the body offset start.
