@@ -31,7 +31,16 @@ if ((${#missing[@]})); then
     exit 1
   fi
   apt-get update -qq </dev/null >/dev/null
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" </dev/null >/dev/null
+  # Packages such as nginx start a system service when installed; the tests run their own
+  # instances, so keep the package scripts from starting anything (policy-rc.d, as in
+  # Debian containers), and put back whatever policy was there before.
+  policy=/usr/sbin/policy-rc.d
+  [[ -e $policy ]] && cp -p "$policy" "$policy.shoal-saved"
+  printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy"
+  status=0
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" </dev/null >/dev/null || status=$?
+  if [[ -e $policy.shoal-saved ]]; then mv "$policy.shoal-saved" "$policy"; else rm -f "$policy"; fi
+  ((status == 0)) || { echo "test.sh: apt-get install ${missing[*]} failed" >&2; exit 1; }
 fi
 # Use the Go that is installed rather than fetching another toolchain, and never let
 # a command rewrite go.mod or go.sum. On a clean clone the pinned modules come from

@@ -202,7 +202,12 @@ func (p *Publisher) publishOne(ctx context.Context, ni *substituter.NarInfo, cla
 		return r, err
 	}
 	if same {
-		// The narinfo is written last, so its presence means the rest is there.
+		// The narinfo is written last, so its presence means the rest is there, except
+		// the NAR URL index for stores published before it existed: adding it here
+		// makes a rerun of publish bring an old store up to date.
+		if err := p.ensureNarURL(ctx, ni); err != nil {
+			return r, err
+		}
 		progress(int64(ni.NarSize))
 		r.skipped = true
 		return r, nil
@@ -271,11 +276,25 @@ func (p *Publisher) publishOne(ctx context.Context, ni *substituter.NarInfo, cla
 	if err := p.dst.PutManifest(ctx, m); err != nil {
 		return r, err
 	}
+	// Between manifest and narinfo: a narinfo in the store always has its index entry,
+	// and an entry without a narinfo is a miss for readers.
+	if err := p.dst.PutNarURL(ctx, ni.URL, hp); err != nil {
+		return r, err
+	}
 	if err := p.dst.PutNarInfo(ctx, hp, ni.Raw); err != nil {
 		return r, err
 	}
 	p.log.Info("published", "path", ni.StorePath, "nar_bytes", ni.NarSize, "chunks", r.chunks, "new_chunks", r.newChunks, "new_bytes", r.newBytes)
 	return r, nil
+}
+
+// ensureNarURL writes the NAR URL index entry of a published narinfo when it is missing.
+func (p *Publisher) ensureNarURL(ctx context.Context, ni *substituter.NarInfo) error {
+	have, err := p.dst.HasNarURL(ctx, ni.URL)
+	if err != nil || have {
+		return err
+	}
+	return p.dst.PutNarURL(ctx, ni.URL, ni.HashPart())
 }
 
 // countingReader reports progress as bytes flow, in steps so the callback isn't hot.

@@ -231,3 +231,38 @@ func BenchmarkPublish(b *testing.B) {
 	b.ReportMetric(float64(size)*float64(b.N)/limit.Seconds()/1e6, "cut+hash+compress-MB/s")
 	b.ReportMetric(limit.Seconds()/publishTime.Seconds(), "publish/limit")
 }
+
+// The NAR URL index lets `shoal serve` answer the URLs the original narinfos name; a
+// rerun of publish writes the entries a store published before the index lacks.
+func TestPublishIndexesNarURLs(t *testing.T) {
+	cache := cachetest.New(t, "test-1")
+	a := cache.Add(t, cachetest.HashPart("a"), "pkg-1", randomBytes(3, 50<<10), "zstd")
+	b := cache.Add(t, cachetest.HashPart("b"), "pkg-2", randomBytes(4, 50<<10), "none")
+	storeDir := t.TempDir()
+	if _, err := run(t, cache, storeDir, []string{cache.PublicKey}, a.HashPart(), b.HashPart()); err != nil {
+		t.Fatal(err)
+	}
+	s, _ := store.Open(storeDir, nil)
+	ctx := context.Background()
+	for _, ni := range []*substituter.NarInfo{a, b} {
+		hp, err := s.NarURL(ctx, ni.URL)
+		if err != nil || hp != ni.HashPart() {
+			t.Fatalf("index of %s: %q, %v; want %s", ni.URL, hp, err, ni.HashPart())
+		}
+	}
+	// A store from before the index: the entry is gone, the narinfo is there.
+	key, _ := store.NarURLKey(a.URL)
+	if err := s.Backend().Delete(ctx, key); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.NarURL(ctx, a.URL); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("deleted index entry still answers: %v", err)
+	}
+	sum, err := run(t, cache, storeDir, []string{cache.PublicKey}, a.HashPart(), b.HashPart())
+	if err != nil || sum.Skipped != 2 {
+		t.Fatalf("rerun: %+v, %v", sum, err)
+	}
+	if hp, err := s.NarURL(ctx, a.URL); err != nil || hp != a.HashPart() {
+		t.Fatalf("rerun did not restore the index of %s: %q, %v", a.URL, hp, err)
+	}
+}

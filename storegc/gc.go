@@ -1,6 +1,7 @@
 // Package storegc keeps a central chunk store in shape: Collect deletes the narinfos
-// an operator no longer wants and every manifest and chunk nothing kept refers to;
-// Verify re-checks chunk objects against their IDs and manifests against their chunks.
+// an operator no longer wants (with their NAR URL index entries) and every manifest and
+// chunk nothing kept refers to; Verify re-checks chunk objects against their IDs and
+// manifests against their chunks; Index writes the NAR URL index entries a store lacks.
 // Both work on any writable blob backend (a directory or an S3 bucket).
 //
 // # Collection and concurrent publishes
@@ -72,6 +73,8 @@ type Counts struct {
 // Report is what a collection did (or, in a dry run, would have done).
 type Report struct {
 	NarInfos, Manifests, Chunks Counts
+	// NarURLs are the NAR URL index entries of the narinfos deleted.
+	NarURLs Counts
 	// Young counts objects spared only because they are within the grace period.
 	Young   int64
 	Elapsed time.Duration
@@ -79,12 +82,12 @@ type Report struct {
 
 // FreedObjects is the number of objects deleted.
 func (r Report) FreedObjects() int64 {
-	return r.NarInfos.Deleted + r.Manifests.Deleted + r.Chunks.Deleted
+	return r.NarInfos.Deleted + r.Manifests.Deleted + r.Chunks.Deleted + r.NarURLs.Deleted
 }
 
 // FreedBytes is the number of bytes deleted.
 func (r Report) FreedBytes() int64 {
-	return r.NarInfos.DeletedBytes + r.Manifests.DeletedBytes + r.Chunks.DeletedBytes
+	return r.NarInfos.DeletedBytes + r.Manifests.DeletedBytes + r.Chunks.DeletedBytes + r.NarURLs.DeletedBytes
 }
 
 // Collect marks the chunks reachable from the kept narinfos and sweeps the rest,
@@ -133,6 +136,7 @@ func Collect(ctx context.Context, s *store.Store, opts Options) (Report, error) 
 	var mu sync.Mutex
 	keptNars := map[[32]byte]bool{}
 	var dropNarinfos []string
+	dropURLs := map[string]string{} // hash part -> NAR URL, of the narinfos dropped
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(jobs)
 	for _, hp := range narinfos {
@@ -148,8 +152,20 @@ func Collect(ctx context.Context, s *store.Store, opts Options) (Report, error) 
 			keep := (opts.Keep != nil && opts.Keep(hp)) || (opts.KeepSince > 0 && info.ModTime.After(start.Add(-opts.KeepSince-time.Second)))
 			young := info.ModTime.After(graceCutoff)
 			if !keep && !young {
+				// Its URL names its index entry, which goes with it. A narinfo that
+				// cannot be read now leaves its entry: serve treats an entry without
+				// its narinfo as a miss.
+				var url string
+				if raw, err := s.NarInfo(gctx, hp); err == nil {
+					if ni, err := substituter.ParseNarInfo(raw); err == nil {
+						url = ni.URL
+					}
+				}
 				mu.Lock()
 				dropNarinfos = append(dropNarinfos, hp)
+				if url != "" {
+					dropURLs[hp] = url
+				}
 				mu.Unlock()
 				return nil
 			}
@@ -291,6 +307,24 @@ func Collect(ctx context.Context, s *store.Store, opts Options) (Report, error) 
 		keys[i] = store.NarInfoKey(hp)
 	}
 	if err := sweepKeys("narinfos", keys, &rep.NarInfos); err != nil {
+		return rep, err
+	}
+	// Index entries still naming a dropped narinfo (not one a publish has pointed the
+	// URL to since). A narinfo spared as young was just rewritten, and so was its
+	// entry, which del spares as young too.
+	keys = keys[:0]
+	for _, hp := range dropNarinfos {
+		url, ok := dropURLs[hp]
+		if !ok {
+			continue
+		}
+		if names, err := s.NarURL(ctx, url); err == nil && names == hp {
+			if key, err := store.NarURLKey(url); err == nil {
+				keys = append(keys, key)
+			}
+		}
+	}
+	if err := sweepKeys("NAR URL index entries", keys, &rep.NarURLs); err != nil {
 		return rep, err
 	}
 	keys = make([]string, len(dropManifests))

@@ -169,8 +169,8 @@ func TestCollect(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if dry.NarInfos.Deleted != 2 || dry.Manifests.Deleted != 2 || dry.Chunks.Deleted != int64(len(unique)) {
-				t.Fatalf("dry run: %+v, want 2 narinfos, 2 manifests, %d chunks", dry, len(unique))
+			if dry.NarInfos.Deleted != 2 || dry.Manifests.Deleted != 2 || dry.Chunks.Deleted != int64(len(unique)) || dry.NarURLs.Deleted != 2 {
+				t.Fatalf("dry run: %+v, want 2 narinfos, 2 manifests, %d chunks, 2 index entries", dry, len(unique))
 			}
 			f.complete(t, v1) // the dry run deleted nothing
 
@@ -189,6 +189,14 @@ func TestCollect(t *testing.T) {
 				}
 				if ok, _ := f.store.HasManifest(ctx, f.nis[hp].NarHash); ok {
 					t.Errorf("manifest of dropped %s survived", hp)
+				}
+				if ok, err := f.store.HasNarURL(ctx, f.nis[hp].URL); ok || err != nil {
+					t.Errorf("NAR URL index entry of dropped %s survived (%v)", hp, err)
+				}
+			}
+			for _, hp := range []string{v3, other} {
+				if names, err := f.store.NarURL(ctx, f.nis[hp].URL); err != nil || names != hp {
+					t.Errorf("NAR URL index entry of kept %s: %q, %v", hp, names, err)
 				}
 			}
 			for _, id := range unique {

@@ -43,6 +43,8 @@ NarHash and NarSize of a narinfo signed by a key you trust before Nix sees a byt
   shoal daemon                    serve Nix on 127.0.0.1:37515 (add it to substituters)
   shoal publish --from URL --to DIR --all
                                   build a chunk store from a binary cache
+  shoal serve --store URL         answer a cache's NAR URLs from the store, behind a CDN,
+                                  for NARs shoal store retire deleted from the cache
 
 Every flag can also be set through the environment as SHOAL_<FLAG>, e.g.
 SHOAL_STORE=https://chunks.example.org for --store.`,
@@ -57,7 +59,7 @@ SHOAL_STORE=https://chunks.example.org for --store.`,
 			slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})))
 			return nil
 		},
-		Commands: []*cli.Command{daemonCommand(), publishCommand(), analyzeCommand(), storeCommand(), statusCommand(), pinCommand(), unpinCommand(), gcCommand(), verifyCommand(), seedCommand(), idCommand()},
+		Commands: []*cli.Command{daemonCommand(), publishCommand(), analyzeCommand(), storeCommand(), serveCommand(), statusCommand(), pinCommand(), unpinCommand(), gcCommand(), verifyCommand(), seedCommand(), idCommand()},
 		// main decides how to exit, so the app can run inside tests.
 		ExitErrHandler: func(*cli.Context, error) {},
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"github.com/urfave/cli/v2"
 	"os"
 	"path/filepath"
 	"strings"
@@ -34,10 +35,64 @@ func TestEveryFlagHasAnEnvVar(t *testing.T) {
 	for _, f := range app.Flags {
 		check("shoal", f.Names(), f.(withEnv).GetEnvVars())
 	}
-	for _, c := range app.Commands {
-		for _, f := range c.Flags {
-			check(c.Name, f.Names(), f.(withEnv).GetEnvVars())
+	var walk func(prefix string, cmds []*cli.Command)
+	walk = func(prefix string, cmds []*cli.Command) {
+		for _, c := range cmds {
+			for _, f := range c.Flags {
+				check(prefix+c.Name, f.Names(), f.(withEnv).GetEnvVars())
+			}
+			walk(prefix+c.Name+" ", c.Subcommands)
 		}
+	}
+	walk("", app.Commands)
+}
+
+func TestServeAndRetireRefuseBadInvocations(t *testing.T) {
+	dir := t.TempDir()
+	tests := []struct {
+		name string
+		args []string
+	}{
+		{"serve: bad key", []string{"serve", "--store", dir, "--trusted-public-key", "nonsense"}},
+		{"serve: bad cache size", []string{"serve", "--store", dir, "--chunk-cache-size", "lots"}},
+		{"serve: arguments", []string{"serve", "--store", dir, "extra"}},
+		{"serve: no slots", []string{"serve", "--store", dir, "--max-active", "0"}},
+		{"serve: not a store", []string{"serve", "--store", dir, "--listen", "127.0.0.1:0"}},
+		{"retire: no rule", []string{"store", "retire", "--from", dir, "--store", dir}},
+		{"retire: negative age", []string{"store", "retire", "--from", dir, "--store", dir, "--older-than", "-1h"}},
+		{"retire: missing keep list", []string{"store", "retire", "--from", dir, "--store", dir, "--keep-narinfos-from", filepath.Join(dir, "absent")}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if err := newApp().RunContext(context.Background(), append([]string{"shoal", "--log-level", "error"}, tc.args...)); err == nil {
+				t.Fatal("accepted")
+			}
+		})
+	}
+}
+
+func TestRetireCommandDryRun(t *testing.T) {
+	cache := cachetest.New(t, "cli-1")
+	ni := cache.Add(t, cachetest.HashPart("old"), "old-1.0", []byte(strings.Repeat("shoal ", 50000)), "zstd")
+	storeDir := t.TempDir()
+	t.Setenv("SHOAL_TRUSTED_PUBLIC_KEY", cache.PublicKey)
+	var out strings.Builder
+	run := func(args ...string) error {
+		app := newApp()
+		app.Writer = &out
+		return app.RunContext(context.Background(), append([]string{"shoal", "--log-level", "warn"}, args...))
+	}
+	if err := run("publish", "--from", cache.Dir, "--to", storeDir, "--all"); err != nil {
+		t.Fatal(err)
+	}
+	if err := run("store", "retire", "--from", cache.Dir, "--store", storeDir, "--older-than", "1ns"); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), "would retire (dry run; --apply deletes) 1 NAR files") {
+		t.Errorf("dry run report:\n%s", out.String())
+	}
+	if _, err := os.Stat(filepath.Join(cache.Dir, ni.URL)); err != nil {
+		t.Errorf("the dry run deleted the NAR: %v", err)
 	}
 }
 

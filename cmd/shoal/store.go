@@ -8,6 +8,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/shoal-nix/shoal/blob"
+	"github.com/shoal-nix/shoal/retire"
 	"github.com/shoal-nix/shoal/store"
 	"github.com/shoal-nix/shoal/storegc"
 	"github.com/shoal-nix/shoal/substituter"
@@ -17,7 +19,7 @@ import (
 func storeCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "store",
-		Usage: "maintain a chunk store: collect garbage, verify",
+		Usage: "maintain a chunk store: collect garbage, verify, index NAR URLs, retire NARs from the main cache",
 		Subcommands: []*cli.Command{
 			{
 				Name:  "gc",
@@ -51,6 +53,51 @@ Examples:
 					&cli.IntFlag{Name: "jobs", Value: 16, Usage: "requests in flight", EnvVars: env("jobs")},
 				},
 				Action: runStoreVerify,
+			},
+			{
+				Name:  "index",
+				Usage: "write the NAR URL index shoal serve needs, for a store published by an older shoal",
+				Description: `shoal serve finds a narinfo by the NAR URL a client asks for through the index
+publish writes (nar-urls/<URL>, holding the narinfo's hash part). Stores published
+before it have none; this reads every narinfo in the store and writes the entries that
+are missing. Rerunning publish on the same paths does the same while the source cache
+is still there. Safe to run at any time and to repeat.
+
+Example:
+  shoal store index --store /srv/shoal-store`,
+				Flags: []cli.Flag{
+					&cli.StringFlag{Name: "store", Required: true, Usage: "chunk store (a directory, file:///dir or s3://bucket/prefix?region=&endpoint=)", EnvVars: env("store")},
+					&cli.IntFlag{Name: "jobs", Value: 16, Usage: "requests in flight", EnvVars: env("jobs")},
+				},
+				Action: runStoreIndex,
+			},
+			{
+				Name:  "retire",
+				Usage: "delete NAR files from the main binary cache that the chunk store holds verified",
+				Description: `For each narinfo of the main cache (--from) that the rules select, deletes its
+NAR file once the chunk store (--store) holds the same narinfo, signed by a
+--trusted-public-key, and the NAR reassembled from the store's chunks matches its
+NarHash and NarSize: exactly the check shoal serve makes before answering. The
+narinfos stay in the main cache; clients that ask for a retired NAR must reach
+shoal serve through the web server's or CDN's 404 fallback (docs/serve.md).
+
+Select with --older-than (the NAR file's last modification) and/or
+--keep-narinfos-from (store paths or hash parts, one a line: their NARs stay). Without
+--apply nothing is deleted: the report says what would be freed.
+
+Examples:
+  shoal store retire --from /srv/cache --store /srv/shoal-store --older-than 2160h
+  shoal store retire --from s3://cache --store s3://chunks/store --keep-narinfos-from live.txt --apply`,
+				Flags: []cli.Flag{
+					&cli.StringFlag{Name: "from", Required: true, Usage: "the main binary cache whose NAR files are deleted (a directory, file:///dir or s3://bucket/prefix?region=&endpoint=)", EnvVars: env("from")},
+					&cli.StringFlag{Name: "store", Required: true, Usage: "the chunk store shoal serve reads", EnvVars: env("store")},
+					&cli.DurationFlag{Name: "older-than", Usage: "retire only NAR files last modified longer ago than this, e.g. 2160h", EnvVars: env("older-than")},
+					&cli.StringFlag{Name: "keep-narinfos-from", Usage: "never retire the NARs of the store paths listed in `FILE`", EnvVars: env("keep-narinfos-from")},
+					&cli.StringSliceFlag{Name: "trusted-public-key", Value: cli.NewStringSlice(substituter.DefaultTrustedKey), Usage: "the keys shoal serve trusts, `NAME:BASE64` (repeatable): a NAR it would refuse is never retired", EnvVars: env("trusted-public-key")},
+					&cli.BoolFlag{Name: "apply", Usage: "delete; without it, only report", EnvVars: env("apply")},
+					&cli.IntFlag{Name: "jobs", Value: 4, Usage: "NARs checked at once", EnvVars: env("jobs")},
+				},
+				Action: runStoreRetire,
 			},
 		},
 	}
@@ -94,11 +141,12 @@ func runStoreGC(c *cli.Context) error {
   narinfos:  %d deleted (%d bytes), %d kept
   manifests: %d deleted (%d bytes), %d kept
   chunks:    %d deleted (%d bytes), %d kept
+  NAR URL index entries: %d deleted
   spared as younger than --grace: %d
 `, verb, rep.FreedObjects(), rep.FreedBytes(), rep.Elapsed.Round(1e6),
 		rep.NarInfos.Deleted, rep.NarInfos.DeletedBytes, rep.NarInfos.Kept,
 		rep.Manifests.Deleted, rep.Manifests.DeletedBytes, rep.Manifests.Kept,
-		rep.Chunks.Deleted, rep.Chunks.DeletedBytes, rep.Chunks.Kept, rep.Young)
+		rep.Chunks.Deleted, rep.Chunks.DeletedBytes, rep.Chunks.Kept, rep.NarURLs.Deleted, rep.Young)
 	return err
 }
 
@@ -128,6 +176,65 @@ func readKeepList(name string) (map[string]bool, error) {
 		return nil, fmt.Errorf("reading %s: %w", name, err)
 	}
 	return keep, nil
+}
+
+func runStoreIndex(c *cli.Context) error {
+	s, err := store.Open(c.String("store"), nil)
+	if err != nil {
+		return usageError("--store: %v", err)
+	}
+	rep, err := storegc.Index(c.Context, s, c.Int("jobs"), slog.Default())
+	fmt.Fprintf(c.App.Writer, "%d narinfos: %d index entries added, %d narinfos not indexable\n", rep.NarInfos, rep.Added, rep.Refused)
+	return err
+}
+
+func runStoreRetire(c *cli.Context) error {
+	keys, err := substituter.ParseKeyring(c.StringSlice("trusted-public-key"))
+	if err != nil {
+		return usageError("--trusted-public-key: %v", err)
+	}
+	cache, err := blob.Open(c.String("from"), nil)
+	if err != nil {
+		return usageError("--from: %v", err)
+	}
+	s, err := store.Open(c.String("store"), nil)
+	if err != nil {
+		return usageError("--store: %v", err)
+	}
+	opts := retire.Options{OlderThan: c.Duration("older-than"), Keys: keys, Apply: c.Bool("apply"), Jobs: c.Int("jobs"), Logger: slog.Default()}
+	if opts.OlderThan < 0 {
+		return usageError("--older-than must not be negative")
+	}
+	if f := c.String("keep-narinfos-from"); f != "" {
+		keep, err := readKeepList(f)
+		if err != nil {
+			return usageError("--keep-narinfos-from: %v", err)
+		}
+		opts.Keep = func(hp string) bool { return keep[hp] }
+	}
+	if opts.Keep == nil && opts.OlderThan == 0 {
+		return usageError("store retire needs --older-than or --keep-narinfos-from: without either it would retire every NAR")
+	}
+	rep, err := retire.Run(c.Context, cache, s, opts)
+	if rep == nil {
+		return err
+	}
+	verb := "retired"
+	if !opts.Apply {
+		verb = "would retire (dry run; --apply deletes)"
+	}
+	fmt.Fprintf(c.App.Writer, `%s %d NAR files, %d bytes, in %s
+  narinfos in the cache:            %d
+  kept (keep list or too young):    %d
+  NAR file already gone:            %d
+  not in the store:                 %d
+  store check failed:               %d
+  NAR file shared with a kept path: %d
+`, verb, rep.Retired, rep.FreedBytes, rep.Elapsed.Round(1e6), rep.NarInfos, rep.Kept, rep.Gone, rep.NotInStore, rep.Failed, rep.Shared)
+	for _, f := range rep.Failures {
+		fmt.Fprintln(c.App.Writer, "  "+f)
+	}
+	return err
 }
 
 func runStoreVerify(c *cli.Context) error {

@@ -17,6 +17,7 @@ import (
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 	"github.com/nix-community/go-nix/pkg/nixbase32"
 	"github.com/shoal-nix/shoal/substituter"
+	"github.com/ulikunitz/xz"
 )
 
 // Cache is a binary cache directory and the key that signs it.
@@ -44,7 +45,7 @@ func New(t testing.TB, keyName string) *Cache {
 }
 
 // Add stores nar (any bytes: shoal never parses NARs) as store path hashPart-name with
-// compression "none" or "zstd", signs it, and returns the parsed narinfo.
+// compression "none", "zstd" or "xz", signs it, and returns the parsed narinfo.
 func (c *Cache) Add(t testing.TB, hashPart, name string, nar []byte, compression string) *substituter.NarInfo {
 	t.Helper()
 	file := nar
@@ -57,14 +58,30 @@ func (c *Cache) Add(t testing.TB, hashPart, name string, nar []byte, compression
 		}
 		file = enc.EncodeAll(nar, nil)
 		enc.Close()
+	case "xz":
+		var buf bytes.Buffer
+		w, err := xz.NewWriter(&buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := w.Write(nar); err != nil {
+			t.Fatal(err)
+		}
+		if err := w.Close(); err != nil {
+			t.Fatal(err)
+		}
+		file = buf.Bytes()
 	default:
 		t.Fatalf("cachetest: unsupported compression %q", compression)
 	}
 	narHash := sha256.Sum256(nar)
 	fileHash := sha256.Sum256(file)
 	fileName := nixbase32.EncodeToString(fileHash[:]) + ".nar"
-	if compression == "zstd" {
+	switch compression {
+	case "zstd":
 		fileName += ".zst"
+	case "xz":
+		fileName += ".xz"
 	}
 	if err := os.WriteFile(filepath.Join(c.Dir, "nar", fileName), file, 0o644); err != nil {
 		t.Fatal(err)

@@ -1,0 +1,122 @@
+package retire_test
+
+import (
+	"context"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/shoal-nix/shoal/blob"
+	"github.com/shoal-nix/shoal/chunk"
+	"github.com/shoal-nix/shoal/internal/cachetest"
+	"github.com/shoal-nix/shoal/publish"
+	"github.com/shoal-nix/shoal/retire"
+	"github.com/shoal-nix/shoal/store"
+	"github.com/shoal-nix/shoal/substituter"
+)
+
+func randomBytes(seed uint64, n int) []byte {
+	r := rand.New(rand.NewPCG(seed, seed))
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(r.Uint32())
+	}
+	return b
+}
+
+func TestRetire(t *testing.T) {
+	ctx := context.Background()
+	cache := cachetest.New(t, "test-1")
+	add := func(name, compression string, seed uint64) *substituter.NarInfo {
+		return cache.Add(t, cachetest.HashPart(name), name, randomBytes(seed, 60<<10), compression)
+	}
+	old := add("old", "xz", 1)         // published, old: retired
+	kept := add("kept", "zstd", 2)     // published, on the keep list
+	young := add("young", "zstd", 3)   // published, too young
+	unpub := add("unpub", "zstd", 4)   // never published
+	damaged := add("damaged", "xz", 5) // published, then a chunk lost
+	storeDir := t.TempDir()
+	src, _ := blob.Open(cache.Dir, nil)
+	st, _ := store.Open(storeDir, nil)
+	kr, _ := substituter.ParseKeyring([]string{cache.PublicKey})
+	p, err := publish.New(substituter.NewBinaryCache(src), st, kr, publish.Options{Params: chunk.Params{Min: 1 << 10, Avg: 4 << 10, Max: 16 << 10}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Run(ctx, []string{old.HashPart(), kept.HashPart(), young.HashPart(), damaged.HashPart()}); err != nil {
+		t.Fatal(err)
+	}
+	p.Close()
+	m, _, err := st.Manifest(ctx, damaged.NarHash)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A chunk only the damaged NAR has (the NARs share nothing: different seeds).
+	if err := st.Backend().Delete(ctx, store.ChunkKey(m.Entries[len(m.Entries)/2].ID)); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	for _, ni := range []*substituter.NarInfo{old, kept, unpub, damaged} {
+		if err := os.Chtimes(filepath.Join(cache.Dir, ni.URL), now, now.Add(-100*24*time.Hour)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	opts := retire.Options{
+		OlderThan: 30 * 24 * time.Hour,
+		Keep:      func(hp string) bool { return hp == kept.HashPart() },
+		Keys:      kr,
+	}
+	exists := func(ni *substituter.NarInfo) bool {
+		_, err := os.Stat(filepath.Join(cache.Dir, ni.URL))
+		return err == nil
+	}
+	oldSize, _ := os.Stat(filepath.Join(cache.Dir, old.URL))
+
+	rep, err := retire.Run(ctx, src, st, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := retire.Report{NarInfos: 5, Kept: 2, NotInStore: 1, Failed: 1, Retired: 1, FreedBytes: oldSize.Size()}
+	if rep.NarInfos != want.NarInfos || rep.Kept != want.Kept || rep.NotInStore != want.NotInStore || rep.Failed != want.Failed || rep.Retired != want.Retired || rep.FreedBytes != want.FreedBytes {
+		t.Fatalf("dry run report %+v, want %+v", rep, want)
+	}
+	for _, ni := range []*substituter.NarInfo{old, kept, young, unpub, damaged} {
+		if !exists(ni) {
+			t.Fatalf("dry run deleted %s", ni.URL)
+		}
+	}
+	if !strings.Contains(strings.Join(rep.Failures, "\n"), damaged.HashPart()) {
+		t.Errorf("failures do not name the damaged path: %q", rep.Failures)
+	}
+
+	opts.Apply = true
+	if rep, err = retire.Run(ctx, src, st, opts); err != nil || rep.Retired != 1 {
+		t.Fatalf("apply: %+v, %v", rep, err)
+	}
+	if exists(old) {
+		t.Error("the old, verified NAR is still in the cache")
+	}
+	for _, ni := range []*substituter.NarInfo{kept, young, unpub, damaged} {
+		if !exists(ni) {
+			t.Errorf("%s was deleted", ni.StorePath)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(cache.Dir, old.HashPart()+".narinfo")); err != nil {
+		t.Errorf("the narinfo must stay: %v", err)
+	}
+	// Again: the retired NAR is gone, nothing more to do.
+	if rep, err = retire.Run(ctx, src, st, opts); err != nil || rep.Retired != 0 || rep.Gone != 1 {
+		t.Fatalf("second apply: %+v, %v", rep, err)
+	}
+}
+
+func TestRetireNeedsARule(t *testing.T) {
+	kr, _ := substituter.ParseKeyring([]string{substituter.DefaultTrustedKey})
+	b, _ := blob.Open(t.TempDir(), nil)
+	if _, err := retire.Run(context.Background(), b, store.New(b), retire.Options{Keys: kr}); err == nil {
+		t.Fatal("retire without a keep list or an age limit ran")
+	}
+}
