@@ -292,7 +292,7 @@ func (a *Assembler) run(ctx context.Context, job NarJob, p *Progress) (*manifest
 			// Chunks that LAN peers hold cost the store and the upstream nothing.
 			whole := !covered && job.Whole != nil && info.FileSize > 0 && missingBytes > info.FileSize
 			log.Info("NAR source chosen",
-				"chunks", len(m.Entries), "missing_chunks", price.Missing, "missing_bytes", missingBytes,
+				"chunks", len(m.Entries), "missing_chunks", price.Missing, "download_chunks", price.Download, "missing_bytes", missingBytes,
 				"delta_chunks", price.Deltas, "delta_bytes", price.DeltaBytes, "delta_share", fmt.Sprintf("%.2f", price.DeltaShare()),
 				"delta_saves_bytes", price.FullBytes-price.DeltaBytes,
 				"whole_nar_bytes", info.FileSize, "peers_cover", covered, "source", map[bool]string{true: "whole NAR", false: "chunks"}[whole])

@@ -37,6 +37,7 @@ type RawChunkHolder interface {
 // else the full object; nothing for chunks the local /nix/store holds.
 type narPrice struct {
 	Missing    int    // distinct chunks absent from the local cache
+	Download   int    // those of them no ChunkHolder holds: fetched from afar
 	Bytes      uint64 // bytes to download, deltas and full objects
 	Deltas     int    // distinct missing chunks priced as deltas
 	DeltaBytes uint64 // their deltas' bytes
@@ -45,12 +46,12 @@ type narPrice struct {
 	useDelta []bool
 }
 
-// DeltaShare is the fraction of the missing chunks that come as deltas.
+// DeltaShare is the fraction of the chunks to download that come as deltas.
 func (p narPrice) DeltaShare() float64 {
-	if p.Missing == 0 {
+	if p.Download == 0 {
 		return 0
 	}
-	return float64(p.Deltas) / float64(p.Missing)
+	return float64(p.Deltas) / float64(p.Download)
 }
 
 // priceNar prices m's entries. have says which entries the local cache holds, held
@@ -70,6 +71,9 @@ func priceNar(m *manifest.Manifest, have, held, baseLocal []bool) narPrice {
 		}
 		if held[i] {
 			continue
+		}
+		if first {
+			p.Download++
 		}
 		cost := uint64(e.StoredSize)
 		if d, ok := deltaUsable(m, i, baseLocal); ok {

@@ -37,17 +37,17 @@ func TestPriceNar(t *testing.T) {
 		want             narPrice
 	}{
 		{name: "v1 manifest, nothing local", m: plain, have: none, held: none,
-			want: narPrice{Missing: 3, Bytes: 1200, useDelta: none}},
+			want: narPrice{Missing: 3, Download: 3, Bytes: 1200, useDelta: none}},
 		{name: "no base local", m: m, have: none, held: none, base: []bool{false, false},
-			want: narPrice{Missing: 3, Bytes: 1200, useDelta: none}},
+			want: narPrice{Missing: 3, Download: 3, Bytes: 1200, useDelta: none}},
 		{name: "all bases local", m: m, have: none, held: none, base: []bool{true, true},
-			want: narPrice{Missing: 3, Bytes: 50 + 40 + 100, Deltas: 2, DeltaBytes: 90, FullBytes: 1100,
+			want: narPrice{Missing: 3, Download: 3, Bytes: 50 + 40 + 100, Deltas: 2, DeltaBytes: 90, FullBytes: 1100,
 				useDelta: []bool{true, true, false, true}}},
 		{name: "one base local", m: m, have: none, held: none, base: []bool{true, false},
-			want: narPrice{Missing: 3, Bytes: 50 + 600 + 100, Deltas: 1, DeltaBytes: 50, FullBytes: 500,
+			want: narPrice{Missing: 3, Download: 3, Bytes: 50 + 600 + 100, Deltas: 1, DeltaBytes: 50, FullBytes: 500,
 				useDelta: []bool{true, false, false, true}}},
 		{name: "entries cached or held cost nothing", m: m, have: []bool{true, false, false, true}, held: []bool{false, true, false, false}, base: []bool{true, true},
-			want: narPrice{Missing: 2, Bytes: 100, useDelta: none}},
+			want: narPrice{Missing: 2, Download: 1, Bytes: 100, useDelta: none}},
 		{name: "everything cached", m: m, have: []bool{true, true, true, true}, held: none, base: []bool{true, true},
 			want: narPrice{useDelta: none}},
 	}
@@ -58,7 +58,7 @@ func TestPriceNar(t *testing.T) {
 				base = make([]bool, len(tc.m.Bases))
 			}
 			got := priceNar(tc.m, tc.have, tc.held, base)
-			if got.Missing != tc.want.Missing || got.Bytes != tc.want.Bytes || got.Deltas != tc.want.Deltas ||
+			if got.Missing != tc.want.Missing || got.Download != tc.want.Download || got.Bytes != tc.want.Bytes || got.Deltas != tc.want.Deltas ||
 				got.DeltaBytes != tc.want.DeltaBytes || got.FullBytes != tc.want.FullBytes || !slices.Equal(got.useDelta, tc.want.useDelta) {
 				t.Errorf("priceNar = %+v\nwant        %+v", got, tc.want)
 			}
