@@ -11,6 +11,10 @@
 # real Nix, each into a fresh store. For each it prints the bytes the daemon fetched (chunks
 # from the store, or the whole NAR from the upstream) and that figure as a ratio of the
 # path's xz NAR. The first path is the cold fetch; every later one is an upgrade.
+# Where the store's manifests offer deltas (manifest version 2, written by publish), the
+# daemon fetches those whose base chunks it holds; the "deltas" column shows how many of
+# the fetched bytes were delta objects, and the figures are the wire cost with deltas.
+# A store without deltas gives 0 there and the plain-chunk cost.
 # With --seeded, each upgrade instead starts a fresh daemon with an EMPTY local cache and
 # `shoal seed`s the previous path from the local /nix/store (the corpus paths must be
 # valid there), as on a machine that has version N installed but never ran shoal before;
@@ -59,10 +63,17 @@ fetched() {
   curl -sf "http://127.0.0.1:$port/metrics" |
     awk '/^shoal_fetched_bytes_total/ && !/source="localstore"/ { s += $2 } END { printf "%d\n", s }'
 }
+# Of those, the delta objects ("store-delta", "peers-delta").
+delta_bytes() {
+  curl -sf "http://127.0.0.1:$port/metrics" |
+    awk '/^shoal_fetched_bytes_total/ && /-delta"/ { s += $2 } END { printf "%d\n", s }'
+}
 
 echo "== substitute through the daemon"
-printf '%-45s %12s %12s %8s\n' "store path" "xz NAR" "fetched" "ratio"
-total_xz=0 total_fetched=0 i=0
+if [[ -n $seeded ]]; then echo "(base only in /nix/store: each upgrade starts with an empty chunk cache)"
+else echo "(base in the chunk cache: one daemon substitutes every path in turn)"; fi
+printf '%-45s %12s %12s %12s %8s\n' "store path" "xz NAR" "fetched" "deltas" "ratio"
+total_xz=0 total_fetched=0 total_deltas=0 i=0
 prev=
 for p in "${paths[@]}"; do
   if [[ -n $seeded && -n $prev ]]; then
@@ -71,18 +82,20 @@ for p in "${paths[@]}"; do
     "$work/shoal" seed --state-dir "$work/state-$i" --daemon "127.0.0.1:$port" "$prev"
   fi
   prev=$p
-  before=$(fetched)
+  before=$(fetched) before_deltas=$(delta_bytes)
   XDG_CACHE_HOME=$work/xdg-$i nix copy --from "http://127.0.0.1:$port" --to "$work/root-$i" \
     --option trusted-public-keys "$pk" "$p"
   nix store verify --store "$work/root-$i" --option trusted-public-keys "$pk" "$p"
-  after=$(fetched)
+  after=$(fetched) after_deltas=$(delta_bytes)
   xz=$(sed -n 's/^FileSize: //p' "$corpus/cache-xz/$(basename "$p" | cut -c1-32).narinfo")
-  got=$((after - before))
-  printf '%-45s %12d %12d %8.3f\n' "$(basename "$p" | cut -c34-)" "$xz" "$got" "$(echo "$got / $xz" | bc -l)"
-  if ((i > 0)); then total_xz=$((total_xz + xz)); total_fetched=$((total_fetched + got)); fi
+  got=$((after - before)) deltas=$((after_deltas - before_deltas))
+  printf '%-45s %12d %12d %12d %8.3f\n' "$(basename "$p" | cut -c34-)" "$xz" "$got" "$deltas" "$(echo "$got / $xz" | bc -l)"
+  if ((i > 0)); then
+    total_xz=$((total_xz + xz)) total_fetched=$((total_fetched + got)) total_deltas=$((total_deltas + deltas))
+  fi
   chmod -R u+w "$work/root-$i"; rm -rf "$work/root-$i"
   i=$((i + 1))
 done
 if ((total_xz > 0)); then
-  printf '%-45s %12d %12d %8.3f\n' "upgrades (all but the first)" "$total_xz" "$total_fetched" "$(echo "$total_fetched / $total_xz" | bc -l)"
+  printf '%-45s %12d %12d %12d %8.3f\n' "upgrades (all but the first)" "$total_xz" "$total_fetched" "$total_deltas" "$(echo "$total_fetched / $total_xz" | bc -l)"
 fi
