@@ -102,6 +102,7 @@ type Assembler struct {
 	fetches  singleflight.Group
 	fetchSem chan struct{}
 	deltaSem chan struct{}
+	bases    baseCache
 	mu       sync.Mutex
 	jobs     map[string]*Progress
 }

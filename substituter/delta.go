@@ -1,9 +1,11 @@
 package substituter
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 
 	"github.com/shoal-nix/shoal/chunk"
 	"github.com/shoal-nix/shoal/localcache"
@@ -193,6 +195,18 @@ func (a *Assembler) dictionary(ctx context.Context, dr *deltaReq, sources []Chun
 
 // baseChunk appends base chunk b's raw bytes to dst.
 func (a *Assembler) baseChunk(ctx context.Context, dst []byte, b manifest.BaseChunk, sources []ChunkSource) ([]byte, error) {
+	if raw, ok := a.bases.get(b.ID); ok {
+		return append(dst, raw...), nil
+	}
+	n := len(dst)
+	out, err := a.readBaseChunk(ctx, dst, b, sources)
+	if err == nil {
+		a.bases.put(b.ID, out[n:])
+	}
+	return out, err
+}
+
+func (a *Assembler) readBaseChunk(ctx context.Context, dst []byte, b manifest.BaseChunk, sources []ChunkSource) ([]byte, error) {
 	obj, err := a.Cache.GetChunk(ctx, b.ID)
 	if err == nil {
 		if out, err := a.Codec.Open(dst, b.ID, obj, int(b.Size)); err == nil {
@@ -226,4 +240,47 @@ func (a *Assembler) baseChunk(ctx context.Context, dst []byte, b manifest.BaseCh
 		}
 	}
 	return nil, errors.Join(errs...)
+}
+
+// baseCache keeps the raw bytes of recently used base chunks. Neighbouring chunks of a
+// NAR are usually deltas against overlapping bases (the base chunks at the same place
+// and their neighbours), so each base would otherwise be read and decompressed once per
+// delta that uses it. Bounded by bytes, oldest out first; safe for concurrent use.
+type baseCache struct {
+	mu    sync.Mutex
+	max   int
+	size  int
+	raw   map[chunk.ID][]byte
+	order []chunk.ID
+}
+
+// baseCacheBytes bounds the base cache: a few dictionaries' worth, small against the
+// NAR window's chunks.
+const baseCacheBytes = 8 << 20
+
+func (c *baseCache) get(id chunk.ID) ([]byte, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	raw, ok := c.raw[id]
+	return raw, ok
+}
+
+func (c *baseCache) put(id chunk.ID, raw []byte) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.raw == nil {
+		c.raw, c.max = make(map[chunk.ID][]byte), baseCacheBytes
+	}
+	if _, ok := c.raw[id]; ok || len(raw) > c.max {
+		return
+	}
+	for c.size+len(raw) > c.max && len(c.order) > 0 {
+		old := c.order[0]
+		c.order = c.order[1:]
+		c.size -= len(c.raw[old])
+		delete(c.raw, old)
+	}
+	c.raw[id] = bytes.Clone(raw)
+	c.order = append(c.order, id)
+	c.size += len(raw)
 }

@@ -254,7 +254,7 @@ func (f *deltaFixture) rewriteDeltas(t testing.TB, bad func(raw, dict []byte) []
 // TestAssemblerDeltas assembles the newer NAR with and without its base and with broken
 // deltas, and checks both the bytes and what went over the wire.
 func TestAssemblerDeltas(t *testing.T) {
-	f := newDeltaFixture(t, 2<<20)
+	f := newDeltaFixture(t, 1<<20)
 	var newFull, newFullWithDelta, deltaBytes int64
 	newChunks := 0
 	seen := map[chunk.ID]bool{}

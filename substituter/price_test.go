@@ -65,3 +65,36 @@ func TestPriceNar(t *testing.T) {
 		})
 	}
 }
+
+func TestBaseCacheBoundsBytes(t *testing.T) {
+	c := baseCache{}
+	chunkOf := func(n byte, size int) (chunk.ID, []byte) {
+		b := make([]byte, size)
+		b[0] = n
+		return chunk.Sum(b), b
+	}
+	size := baseCacheBytes / 4
+	var ids []chunk.ID
+	for n := range byte(6) {
+		id, raw := chunkOf(n, size)
+		c.put(id, raw)
+		ids = append(ids, id)
+	}
+	for i, id := range ids {
+		raw, ok := c.get(id)
+		if want := i >= 2; ok != want {
+			t.Errorf("chunk %d cached = %v, want %v (the oldest go first)", i, ok, want)
+		}
+		if ok && (len(raw) != size || raw[0] != byte(i)) {
+			t.Errorf("chunk %d: cached bytes differ", i)
+		}
+	}
+	if c.size > baseCacheBytes {
+		t.Errorf("cache holds %d bytes, bound %d", c.size, baseCacheBytes)
+	}
+	big, raw := chunkOf(9, baseCacheBytes+1)
+	c.put(big, raw)
+	if _, ok := c.get(big); ok {
+		t.Error("a chunk larger than the whole cache was kept")
+	}
+}
