@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # measure-upgrades.sh: what a sequence of upgrades costs through shoal, against the xz NARs.
 #
-#   scripts/measure-upgrades.sh [--seeded] CORPUS
+#   scripts/measure-upgrades.sh [--seeded] [--store DIR] CORPUS
 #
 # CORPUS is a directory made by make-corpus with --xz (paths, pk, cache-xz/), e.g.
 #   make-corpus --xz CORPUS golang.org/toolchain@v0.0.1-go1.25.0.linux-amd64 \
@@ -15,15 +15,24 @@
 # daemon fetches those whose base chunks it holds; the "deltas" column shows how many of
 # the fetched bytes were delta objects, and the figures are the wire cost with deltas.
 # A store without deltas gives 0 there and the plain-chunk cost.
+# With --store DIR, the chunk store in DIR (published from CORPUS's cache-xz, e.g. by an
+# earlier run or with other publish options) is used as it is instead of a fresh one, so
+# both modes can be measured against the same store. The script only reads it.
 # With --seeded, each upgrade instead starts a fresh daemon with an EMPTY local cache and
 # `shoal seed`s the previous path from the local /nix/store (the corpus paths must be
 # valid there), as on a machine that has version N installed but never ran shoal before;
 # bytes read from /nix/store are not counted as fetched.
 # Runs as root with single-user Nix; touches nothing outside a temporary directory.
 set -euo pipefail
-seeded=
-if [[ ${1:-} == --seeded ]]; then seeded=1; shift; fi
-corpus=$(cd "${1:?usage: $0 CORPUS}" && pwd)
+seeded= store=
+while [[ ${1:-} == --* ]]; do
+  case $1 in
+  --seeded) seeded=1; shift ;;
+  --store) store=$(cd "${2:?--store needs a directory}" && pwd); shift 2 ;;
+  *) echo "unknown option $1" >&2; exit 2 ;;
+  esac
+done
+corpus=$(cd "${1:?usage: $0 [--seeded] [--store DIR] CORPUS}" && pwd)
 repo=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d)
 daemon_pid=
@@ -42,15 +51,18 @@ pk=$(cat "$corpus/pk")
 mapfile -t paths <"$corpus/paths"
 
 (cd "$repo" && go build -o "$work/shoal" ./cmd/shoal)
-echo "== publish"
-"$work/shoal" publish --from "file://$corpus/cache-xz" --to "$work/store" \
-  --trusted-public-key "$pk" --all 2>&1 | grep -v '^time=' || true
+if [[ -z $store ]]; then
+  store=$work/store
+  echo "== publish"
+  "$work/shoal" publish --from "file://$corpus/cache-xz" --to "$store" \
+    --trusted-public-key "$pk" --all 2>&1 | grep -v '^time=' || true
+fi
 
 port=$((20000 + RANDOM % 20000))
 # start_daemon STATE-DIR: a daemon that seeds only what it is told to, so every path it
 # reads from /nix/store is one this script chose.
 start_daemon() {
-  "$work/shoal" --log-level warn daemon --listen "127.0.0.1:$port" --store "file://$work/store" \
+  "$work/shoal" --log-level warn daemon --listen "127.0.0.1:$port" --store "file://$store" \
     --upstream "file://$corpus/cache-xz" --trusted-public-key "$pk" --state-dir "$1" \
     --seed-related 0 &
   daemon_pid=$!
