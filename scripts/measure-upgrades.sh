@@ -42,6 +42,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# Built before XDG_CACHE_HOME moves: Go keeps its build cache there, and an empty one
+# rebuilds every dependency.
+(cd "$repo" && go build -o "$work/shoal" ./cmd/shoal)
 export NIX_CONFIG="experimental-features = nix-command
 sandbox = false
 build-users-group =
@@ -50,7 +53,6 @@ export XDG_CACHE_HOME=$work/xdg-cache
 pk=$(cat "$corpus/pk")
 mapfile -t paths <"$corpus/paths"
 
-(cd "$repo" && go build -o "$work/shoal" ./cmd/shoal)
 if [[ -z $store ]]; then
   store=$work/store
   echo "== publish"
