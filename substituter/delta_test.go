@@ -13,6 +13,7 @@ import (
 
 	"github.com/shoal-nix/shoal/blob"
 	"github.com/shoal-nix/shoal/chunk"
+	"github.com/shoal-nix/shoal/internal/cachetest"
 	"github.com/shoal-nix/shoal/internal/deltatest"
 	"github.com/shoal-nix/shoal/localcache"
 	"github.com/shoal-nix/shoal/manifest"
@@ -358,33 +359,52 @@ func dupBytes(m *manifest.Manifest) int64 {
 	return n
 }
 
-// BenchmarkAssembleDeltas assembles the same NAR from deltas against a local base and
-// from full chunks, in the same run, and reports MB/s of NAR for each and their ratio:
-// what decoding deltas (building each dictionary from local chunks, decoding, then
-// compressing the result for the local cache) costs against plain chunks.
+// BenchmarkAssembleDeltas assembles the same NAR from deltas against a local base, from
+// full chunks, and from the whole uncompressed NAR, in the same run, and reports MB/s of
+// NAR for each and the ratios: what decoding deltas (building each dictionary from local
+// chunks, decoding, then compressing the result for the local cache) costs against plain
+// chunks, and against cutting and compressing a whole NAR, which deltas replace.
 func BenchmarkAssembleDeltas(b *testing.B) {
 	size := 32 << 20
 	if testing.Short() {
 		size = 2 << 20
 	}
 	f := newDeltaFixture(b, size)
-	run := func(m *manifest.Manifest) float64 {
+	up := cachetest.New(b, "bench-1")
+	ni := up.Add(b, cachetest.HashPart("bench"), "demo-1.1", f.newer, "none")
+	whole, err := blob.Open(up.Dir, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	run := func(job substituter.NarJob) float64 {
 		var total float64
 		for range b.N {
 			b.StopTimer()
 			a := f.assembler(b, true, newCounters())
 			b.StartTimer()
 			start := time.Now()
-			assemble(b, a, m, f.newer)
+			if _, err := a.Start(job).Wait(context.Background()); err != nil {
+				b.Fatal(err)
+			}
 			total += time.Since(start).Seconds()
 		}
 		return float64(len(f.newer)) * float64(b.N) / total / 1e6
 	}
-	plain := run(f.mNewPlain)
-	deltas := run(f.mNew)
+	withManifest := func(m *manifest.Manifest) substituter.NarJob {
+		raw, err := m.MarshalBinary()
+		if err != nil {
+			b.Fatal(err)
+		}
+		return substituter.NarJob{Info: ni, Manifest: m, ManifestRaw: raw}
+	}
+	plain := run(withManifest(f.mNewPlain))
+	deltas := run(withManifest(f.mNew))
+	wholeNAR := run(substituter.NarJob{Info: ni, Whole: substituter.NewBinaryCache(whole)})
 	b.ReportMetric(plain, "plain-MB/s")
 	b.ReportMetric(deltas, "delta-MB/s")
+	b.ReportMetric(wholeNAR, "whole-MB/s")
 	b.ReportMetric(deltas/plain, "delta/plain")
-	fmt.Printf("assemble %d MiB NAR: plain chunks %.0f MB/s, deltas %.0f MB/s, ratio %.2f (%d of %d chunks as deltas)\n",
-		len(f.newer)>>20, plain, deltas, deltas/plain, f.deltas.Deltas, len(f.mNew.Entries))
+	b.ReportMetric(deltas/wholeNAR, "delta/whole")
+	fmt.Printf("assemble %d MiB NAR: plain chunks %.0f MB/s, deltas %.0f MB/s (%d of %d chunks), whole NAR %.0f MB/s; deltas/plain %.2f, deltas/whole %.2f\n",
+		len(f.newer)>>20, plain, deltas, f.deltas.Deltas, len(f.mNew.Entries), wholeNAR, deltas/plain, deltas/wholeNAR)
 }
