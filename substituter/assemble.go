@@ -593,7 +593,7 @@ func (a *Assembler) fetchRemote(ctx context.Context, e manifest.Entry, dr *delta
 			if ctx.Err() != nil {
 				return fetched{}, ctx.Err()
 			}
-			a.deltaFailed(a.log().Debug, "delta unusable; fetching the full chunk", "chunk", e.ID.String(), "err", err)
+			a.deltaFailed(e.ID, err)
 			errs = append(errs, err)
 		}
 		const attempts = 2

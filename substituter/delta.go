@@ -131,8 +131,10 @@ func newDeltaReq(m *manifest.Manifest, i int) *deltaReq {
 	return r
 }
 
-func (a *Assembler) deltaFailed(log func(msg string, args ...any), msg string, args ...any) {
-	log(msg, args...)
+// deltaFailed notes a delta that could not be used. Debug only: the full chunk follows,
+// and a store without the delta is normal; the counter shows when it is not.
+func (a *Assembler) deltaFailed(id chunk.ID, err error) {
+	a.log().Debug("delta unusable; fetching the full chunk", "chunk", id.String(), "err", err)
 	if ec, ok := a.Counters.(EventCounter); ok {
 		ec.Event(EventDeltaFailed)
 	}
