@@ -23,10 +23,15 @@ import (
 // CacheFile is the name of the cache file in the state directory.
 const CacheFile = "cache.db"
 
+// manifestIDs lists the chunks a NAR in flight needs kept: its entries, and the base
+// chunks its deltas decode against, which eviction must not take mid-assembly.
 func manifestIDs(m *manifest.Manifest) []chunk.ID {
-	ids := make([]chunk.ID, len(m.Entries))
+	ids := make([]chunk.ID, len(m.Entries), len(m.Entries)+len(m.Bases))
 	for i, e := range m.Entries {
 		ids[i] = e.ID
+	}
+	for _, b := range m.Bases {
+		ids = append(ids, b.ID)
 	}
 	return ids
 }

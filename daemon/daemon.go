@@ -178,10 +178,13 @@ func New(cfg Config) (*Daemon, error) {
 	d.asm = &substituter.Assembler{
 		Cache:    d.cache,
 		Codec:    d.codec,
+		Deltas:   chunk.NewDeltaCodec(0, deltaDecodes),
 		Sources:  sources,
 		Params:   cfg.Params,
 		Counters: d.metrics,
 		Log:      d.log,
+
+		MaxDeltaDecodes: deltaDecodes,
 	}
 	d.metrics.setGauges(d.gauges)
 	if cfg.LAN || cfg.DHT {
@@ -198,6 +201,11 @@ func New(cfg Config) (*Daemon, error) {
 	return d, nil
 }
 
+// deltaDecodes bounds the delta objects decoded at once: decoding runs at hundreds of
+// MB/s, so a few keep up with any link, and each holds up to 8 MiB (dictionary and
+// chunk).
+const deltaDecodes = 4
+
 // Close releases the local cache.
 func (d *Daemon) Close() error {
 	if d.peers != nil {
@@ -205,6 +213,7 @@ func (d *Daemon) Close() error {
 	}
 	err := d.cache.Close()
 	d.codec.Close()
+	d.asm.Deltas.Close()
 	return err
 }
 
@@ -258,10 +267,27 @@ func (d *Daemon) pruneLoop(ctx context.Context) {
 	}
 }
 
-// storeSource offers the central store's chunks to the assembler.
+// storeSource offers the central store's chunks, and the deltas its manifests name, to
+// the assembler.
 type storeSource struct{ s *store.Store }
+
+// maxDeltaObjectSize bounds a delta object read from the store: a delta rebuilds at
+// most chunk.MaxDeltaChunk bytes and is worth fetching only when smaller than the
+// chunk, so anything past zstd's worst case for that is not a delta.
+const maxDeltaObjectSize = chunk.MaxDeltaChunk + chunk.MaxDeltaChunk/64 + 1<<10
 
 func (s storeSource) Name() string { return "store" }
 func (s storeSource) Chunk(ctx context.Context, id chunk.ID) ([]byte, error) {
 	return s.s.Chunk(ctx, id)
+}
+
+// Delta implements substituter.DeltaSource: the store keeps deltas under the name
+// chunk.DeltaID gives (target, bases), the pair a manifest entry records.
+func (s storeSource) Delta(ctx context.Context, id chunk.ID, bases []chunk.ID) ([]byte, error) {
+	key := store.DeltaKey(chunk.DeltaID(id, bases))
+	b, err := blob.ReadAll(ctx, s.s.Backend(), key, maxDeltaObjectSize)
+	if err != nil {
+		return nil, fmt.Errorf("reading delta for chunk %s from %s: %w", id, s.s, err)
+	}
+	return b, nil
 }

@@ -98,6 +98,16 @@ func (s *Store) Holds(ids []chunk.ID) ([]bool, error) { return s.cache.HasLocati
 // location names and returns it as a stored object. Bytes that no longer match the ID
 // drop the location and answer ErrNotFound, so the assembler goes on to the next source.
 func (s *Store) Chunk(ctx context.Context, id chunk.ID) ([]byte, error) {
+	raw, err := s.RawChunk(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	return s.codec.Encode(nil, raw), nil
+}
+
+// RawChunk implements substituter.RawChunkHolder: Chunk without the compression, for
+// a delta's dictionary, which needs the raw bytes.
+func (s *Store) RawChunk(ctx context.Context, id chunk.ID) ([]byte, error) {
 	loc, err := s.cache.ChunkLocation(id)
 	if errors.Is(err, localcache.ErrNotFound) {
 		return nil, fmt.Errorf("chunk %s: %w", id, substituter.ErrNotFound)
@@ -121,7 +131,7 @@ func (s *Store) Chunk(ctx context.Context, id chunk.ID) ([]byte, error) {
 		}
 		return nil, fmt.Errorf("chunk %s from %s: %v: %w", id, loc.StorePath, err, substituter.ErrNotFound)
 	}
-	return s.codec.Encode(nil, raw), nil
+	return raw, nil
 }
 
 func (s *Store) read(loc localcache.ChunkLocation) ([]byte, error) {

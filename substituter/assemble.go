@@ -1,6 +1,7 @@
 package substituter
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -91,9 +92,17 @@ type Assembler struct {
 	// MaxFetches bounds remote chunk requests in flight across all NARs, so sixteen
 	// Nix jobs don't open sixteen windows' worth of connections to the store.
 	MaxFetches int
+	// Deltas decodes delta objects (see DeltaSource); nil makes one on first use.
+	Deltas *chunk.DeltaCodec
+	// MaxDeltaDecodes bounds the deltas being decoded at once across all NARs (default
+	// 4). Each holds a dictionary and a chunk of up to 4 MiB, so this keeps the memory
+	// a NAR in flight may take close to the window's.
+	MaxDeltaDecodes int
 
 	fetches  singleflight.Group
 	fetchSem chan struct{}
+	deltaSem chan struct{}
+	bases    baseCache
 	mu       sync.Mutex
 	jobs     map[string]*Progress
 }
@@ -228,6 +237,12 @@ func (a *Assembler) Start(job NarJob) *Progress {
 		}
 		a.fetchSem = make(chan struct{}, n)
 	}
+	if a.deltaSem == nil {
+		a.deltaSem = make(chan struct{}, cmp.Or(max(a.MaxDeltaDecodes, 0), 4))
+	}
+	if a.Deltas == nil {
+		a.Deltas = chunk.NewDeltaCodec(0, cap(a.deltaSem))
+	}
 	p := newProgress(key)
 	a.jobs[key] = p
 	go func() {
@@ -261,13 +276,14 @@ func (a *Assembler) run(ctx context.Context, job NarJob, p *Progress) (*manifest
 		if err := checkManifest(m, info); err != nil {
 			log.Warn("ignoring manifest", "err", err)
 		} else {
-			missing, missingBytes, err := a.missing(m)
+			price, err := a.missing(m)
 			if err != nil {
 				return nil, err
 			}
+			missingBytes := price.Bytes
 			var sources []ChunkSource
 			covered := false
-			if missing > 0 {
+			if price.Missing > 0 {
 				a.resolveWhole(ctx, &job)
 				var cancel context.CancelFunc
 				ctx, cancel = context.WithCancel(ctx)
@@ -277,10 +293,12 @@ func (a *Assembler) run(ctx context.Context, job NarJob, p *Progress) (*manifest
 			// Chunks that LAN peers hold cost the store and the upstream nothing.
 			whole := !covered && job.Whole != nil && info.FileSize > 0 && missingBytes > info.FileSize
 			log.Info("NAR source chosen",
-				"chunks", len(m.Entries), "missing_chunks", missing, "missing_bytes", missingBytes,
+				"chunks", len(m.Entries), "missing_chunks", price.Missing, "download_chunks", price.Download, "missing_bytes", missingBytes,
+				"delta_chunks", price.Deltas, "delta_bytes", price.DeltaBytes, "delta_share", fmt.Sprintf("%.2f", price.DeltaShare()),
+				"delta_saves_bytes", price.FullBytes-price.DeltaBytes,
 				"whole_nar_bytes", info.FileSize, "peers_cover", covered, "source", map[bool]string{true: "whole NAR", false: "chunks"}[whole])
 			if !whole {
-				err := a.fromChunks(ctx, job, m, p, gen, sources)
+				err := a.fromChunks(ctx, job, m, p, gen, sources, price.useDelta)
 				if err == nil {
 					return m, nil
 				}
@@ -348,40 +366,52 @@ func checkManifest(m *manifest.Manifest, info *NarInfo) error {
 	return m.Validate()
 }
 
-// missing counts the chunks of m absent from the local cache, and the stored bytes of
-// those that must be downloaded.
-func (a *Assembler) missing(m *manifest.Manifest) (n int, bytes uint64, err error) {
+// missing prices m against what is local: the chunks absent from the local cache, and
+// the bytes that must be downloaded for them, as deltas where their base chunks are
+// local (see priceNar).
+func (a *Assembler) missing(m *manifest.Manifest) (narPrice, error) {
 	ids := make([]chunk.ID, len(m.Entries))
 	for i, e := range m.Entries {
 		ids[i] = e.ID
 	}
 	have, err := a.Cache.HasChunks(ids)
 	if err != nil {
-		return 0, 0, fmt.Errorf("checking local chunks: %w", err)
+		return narPrice{}, fmt.Errorf("checking local chunks: %w", err)
+	}
+	baseIDs := make([]chunk.ID, len(m.Bases))
+	for i, b := range m.Bases {
+		baseIDs[i] = b.ID
+	}
+	baseLocal := make([]bool, len(baseIDs))
+	if len(baseIDs) > 0 {
+		if baseLocal, err = a.Cache.HasChunks(baseIDs); err != nil {
+			return narPrice{}, fmt.Errorf("checking local base chunks: %w", err)
+		}
 	}
 	free := make([]bool, len(ids))
 	for _, s := range a.Sources {
-		if h, ok := s.(ChunkHolder); ok {
-			held, err := h.Holds(ids)
-			if err != nil {
-				return 0, 0, fmt.Errorf("asking %s which chunks it holds: %w", s.Name(), err)
-			}
-			for i := range free {
-				free[i] = free[i] || held[i]
-			}
+		h, ok := s.(ChunkHolder)
+		if !ok {
+			continue
+		}
+		held, err := h.Holds(ids)
+		if err != nil {
+			return narPrice{}, fmt.Errorf("asking %s which chunks it holds: %w", s.Name(), err)
+		}
+		for i := range free {
+			free[i] = free[i] || held[i]
+		}
+		if len(baseIDs) == 0 {
+			continue
+		}
+		if held, err = h.Holds(baseIDs); err != nil {
+			return narPrice{}, fmt.Errorf("asking %s which base chunks it holds: %w", s.Name(), err)
+		}
+		for i := range baseLocal {
+			baseLocal[i] = baseLocal[i] || held[i]
 		}
 	}
-	seen := make(map[chunk.ID]bool)
-	for i, ok := range have {
-		if !ok && !seen[ids[i]] {
-			seen[ids[i]] = true
-			n++
-			if !free[i] {
-				bytes += uint64(m.Entries[i].StoredSize)
-			}
-		}
-	}
-	return n, bytes, nil
+	return priceNar(m, have, free, baseLocal), nil
 }
 
 // ChunkHolder is a ChunkSource that knows without a network round trip which chunks
@@ -403,7 +433,8 @@ type slot struct {
 // fromChunks fetches missing chunks concurrently, checks each against its ID, keeps
 // them, and hashes the NAR in order; entries are published once they are in the local
 // cache. The manifest is marked verified only when the whole NAR matched.
-func (a *Assembler) fromChunks(ctx context.Context, job NarJob, m *manifest.Manifest, p *Progress, gen int, sources []ChunkSource) error {
+// useDelta, parallel to m.Entries, says which missing chunks to ask for as deltas first.
+func (a *Assembler) fromChunks(ctx context.Context, job NarJob, m *manifest.Manifest, p *Progress, gen int, sources []ChunkSource, useDelta []bool) error {
 	digest := sha256.Sum256(job.ManifestRaw)
 	verified, err := a.Cache.IsVerified(p.Key, digest)
 	if err != nil {
@@ -429,9 +460,13 @@ func (a *Assembler) fromChunks(ctx context.Context, job NarJob, m *manifest.Mani
 			case <-gctx.Done():
 				return gctx.Err()
 			}
+			var dr *deltaReq
+			if i < len(useDelta) && useDelta[i] {
+				dr = newDeltaReq(m, i)
+			}
 			g.Go(func() error {
 				s := slots[i]
-				s.raw, s.fresh, s.err = a.obtain(gctx, e, !verified, sources)
+				s.raw, s.fresh, s.err = a.obtain(gctx, e, dr, !verified, sources)
 				close(s.ready)
 				return nil
 			})
@@ -508,8 +543,9 @@ func (a *Assembler) fromChunks(ctx context.Context, job NarJob, m *manifest.Mani
 }
 
 // obtain returns a chunk's raw bytes (when needRaw) and, if it came from a remote source,
-// the checked object to keep. Local objects are checked too: a disk can rot.
-func (a *Assembler) obtain(ctx context.Context, e manifest.Entry, needRaw bool, sources []ChunkSource) (raw, fresh []byte, err error) {
+// the checked object to keep. Local objects are checked too: a disk can rot. With dr
+// set, sources are asked for a delta against dr's bases before the full chunk.
+func (a *Assembler) obtain(ctx context.Context, e manifest.Entry, dr *deltaReq, needRaw bool, sources []ChunkSource) (raw, fresh []byte, err error) {
 	obj, err := a.Cache.GetChunk(ctx, e.ID)
 	if err == nil {
 		if !needRaw {
@@ -532,7 +568,7 @@ func (a *Assembler) obtain(ctx context.Context, e manifest.Entry, needRaw bool, 
 			return nil, ctx.Err()
 		}
 		defer func() { <-a.fetchSem }()
-		return a.fetchRemote(ctx, e, sources)
+		return a.fetchRemote(ctx, e, dr, sources)
 	})
 	if err != nil {
 		return nil, nil, err
@@ -543,9 +579,23 @@ func (a *Assembler) obtain(ctx context.Context, e manifest.Entry, needRaw bool, 
 
 type fetched struct{ raw, obj []byte }
 
-func (a *Assembler) fetchRemote(ctx context.Context, e manifest.Entry, sources []ChunkSource) (fetched, error) {
+// fetchRemote asks each source in turn for e: for its delta first when dr is set and
+// the source serves deltas, then for the full chunk. A delta that fails in any way is
+// only a failed attempt; a peer that sends a wrong delta may just hold other bases.
+func (a *Assembler) fetchRemote(ctx context.Context, e manifest.Entry, dr *deltaReq, sources []ChunkSource) (fetched, error) {
 	var errs []error
 	for _, src := range sources {
+		if ds, ok := src.(DeltaSource); ok && dr != nil {
+			f, err := a.fetchDelta(ctx, e, dr, src, ds, sources)
+			if err == nil {
+				return f, nil
+			}
+			if ctx.Err() != nil {
+				return fetched{}, ctx.Err()
+			}
+			a.deltaFailed(e.ID, err)
+			errs = append(errs, err)
+		}
 		const attempts = 2
 		for try := 0; try < attempts; try++ {
 			obj, err := src.Chunk(ctx, e.ID)
