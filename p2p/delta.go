@@ -2,12 +2,14 @@ package p2p
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"slices"
+	"sync"
 
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -132,48 +134,30 @@ func (n *Node) answerDelta(ctx context.Context, q *deltaRequest) ([]byte, byte) 
 // bound the decoding before any chunk is read, and false when anything is not listed
 // or the delta would exceed the format's limits.
 func (n *Node) deltaSizes(q *deltaRequest) (target uint32, bases []uint32, ok bool) {
-	found := map[chunk.ID]uint32{}
-	want := map[chunk.ID]bool{q.target: true}
-	for _, b := range q.bases {
-		want[b] = true
-	}
-	targetListed := false
-	scan := func(narHash [32]byte, forTarget bool) {
+	listed := func(narHash [32]byte) map[chunk.ID]uint32 {
 		raw, ok := n.cfg.Backend.VerifiedManifest(narHash)
 		if !ok {
-			return
+			return nil
 		}
-		m, err := manifest.Parse(raw)
-		if err != nil {
-			return
-		}
-		for _, e := range m.Entries {
-			if !want[e.ID] {
-				continue
-			}
-			found[e.ID] = e.Size
-			if forTarget && e.ID == q.target {
-				targetListed = true
-			}
-		}
+		return n.manifests.sizes(narHash, raw)
 	}
-	scan(q.nar, true)
+	inNar := listed(q.nar)
+	target, ok = inNar[q.target]
+	if !ok || target == 0 || target > chunk.MaxDeltaChunk {
+		return 0, nil, false
+	}
+	var inBase map[chunk.ID]uint32
 	if q.baseNar != ([32]byte{}) && q.baseNar != q.nar {
-		scan(q.baseNar, false)
-	}
-	if !targetListed {
-		return 0, nil, false
-	}
-	target = found[q.target]
-	if target == 0 || target > chunk.MaxDeltaChunk {
-		return 0, nil, false
+		inBase = listed(q.baseNar)
 	}
 	bases = make([]uint32, len(q.bases))
 	var dict int64
 	for i, b := range q.bases {
-		size, ok := found[b]
+		size, ok := inNar[b]
 		if !ok {
-			return 0, nil, false
+			if size, ok = inBase[b]; !ok {
+				return 0, nil, false
+			}
 		}
 		bases[i] = size
 		dict += int64(size)
@@ -320,4 +304,55 @@ func misbehaved(err error) bool {
 	return errors.Is(err, errTooLarge) || errors.Is(err, errUnknownStatus) ||
 		errors.Is(err, io.ErrUnexpectedEOF) ||
 		errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded)
+}
+
+// manifestIndexSize bounds the manifests indexed: the NARs of an upgrade wave and
+// their bases, a few hundred KiB each for the largest packages.
+const manifestIndexSize = 16
+
+// manifestIndex keeps the chunk sizes of recently used verified manifests, so that a
+// delta request's privacy check is a few lookups rather than parsing two manifests of
+// thousands of entries, which measured a tenth of the cost of the delta itself.
+type manifestIndex struct {
+	mu    sync.Mutex
+	byNar map[[32]byte]*indexedManifest
+	order [][32]byte // oldest first
+}
+
+type indexedManifest struct {
+	raw   []byte // what the sizes were read from; a different manifest is indexed anew
+	sizes map[chunk.ID]uint32
+}
+
+// sizes returns the chunk sizes raw lists, raw being the verified manifest of narHash
+// as the backend returned it just now, or nil when it does not parse.
+func (x *manifestIndex) sizes(narHash [32]byte, raw []byte) map[chunk.ID]uint32 {
+	x.mu.Lock()
+	im, ok := x.byNar[narHash]
+	x.mu.Unlock()
+	if ok && bytes.Equal(im.raw, raw) {
+		return im.sizes
+	}
+	m, err := manifest.Parse(raw)
+	if err != nil {
+		return nil
+	}
+	im = &indexedManifest{raw: raw, sizes: make(map[chunk.ID]uint32, len(m.Entries))}
+	for _, e := range m.Entries {
+		im.sizes[e.ID] = e.Size
+	}
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if x.byNar == nil {
+		x.byNar = map[[32]byte]*indexedManifest{}
+	}
+	if _, ok := x.byNar[narHash]; !ok {
+		x.order = append(x.order, narHash)
+	}
+	x.byNar[narHash] = im
+	for len(x.order) > manifestIndexSize {
+		delete(x.byNar, x.order[0])
+		x.order = x.order[1:]
+	}
+	return im.sizes
 }

@@ -322,6 +322,20 @@ func TestDeltaPrivacyRule(t *testing.T) {
 	if s := n.Stats(); s.DeltasComputed != 2 || s.ServedDeltas != 2 || s.DeltaCacheHits != 0 {
 		t.Fatalf("stats %+v, want exactly the two allowed deltas computed and served, no cache hit", s)
 	}
+
+	// Once the base NAR is no longer verified (evicted, say), neither the cached delta
+	// nor the node's index of that manifest lets its chunks serve as bases.
+	b.mu.Lock()
+	delete(b.manifests, v2.m.NarHash)
+	b.mu.Unlock()
+	req := (&deltaRequest{nar: v3.m.NarHash, baseNar: v2.m.NarHash, target: target(0), bases: basesIn(v2, 0)}).append(nil)
+	got, err := exchange(t, cl, n.ID(), ProtoDelta, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, []byte{statusNotFound}) {
+		t.Fatalf("answer %x... once the base NAR is unverified, want not found", got[:min(16, len(got))])
+	}
 }
 
 // TestDeltaBusyIsNotAQueue holds the node's only encoder, as a long encode would, and

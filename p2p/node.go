@@ -154,6 +154,7 @@ type Node struct {
 	deltas     *chunk.DeltaCodec
 	deltaSem   chan struct{}
 	deltaCache *deltaCache
+	manifests  manifestIndex
 
 	servedChunks     atomic.Int64
 	servedBytes      atomic.Int64
