@@ -40,7 +40,7 @@ func (n *Node) ForNar(ctx context.Context, m *manifest.Manifest) (substituter.Ch
 	n.log.Info("LAN peers hold the NAR", "nar", manifest.Key(m.NarHash), "peers", len(havers))
 	go func() {
 		defer cancel()
-		s.dispatch()
+		s.dispatch(len(havers))
 	}()
 	return s, true
 }
@@ -142,9 +142,12 @@ func (s *narSource) pick() (peer.ID, bool) {
 	return s.peers[s.next], true
 }
 
-func (s *narSource) dispatch() {
+// dispatch sends the queued wants in batches to the holders, of which there were
+// peers at the start (s.peers shrinks under s.mu as holders are dropped, by Delta
+// calls too).
+func (s *narSource) dispatch(peers int) {
 	// Two batches in flight per peer keep each busy while the other's answer travels.
-	slots := make(chan struct{}, 2*len(s.peers))
+	slots := make(chan struct{}, 2*peers)
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	for {
