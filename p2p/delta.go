@@ -216,6 +216,10 @@ func (s *narSource) Delta(ctx context.Context, id chunk.ID, bases []chunk.ID) ([
 	if len(bases) == 0 || len(bases) > chunk.MaxDeltaBases {
 		return nil, fmt.Errorf("delta for chunk %s: %d bases, want 1 to %d", id, len(bases), chunk.MaxDeltaBases)
 	}
+	if s.ctx.Err() != nil {
+		return nil, fmt.Errorf("%w: time for LAN peers is up", substituter.ErrNotFound)
+	}
+	outer := ctx
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	defer context.AfterFunc(s.ctx, cancel)()
@@ -236,8 +240,11 @@ func (s *narSource) Delta(ctx context.Context, id chunk.ID, bases []chunk.ID) ([
 			s.n.fetchedBytes.Add(int64(len(body)))
 			return body, nil
 		}
-		if ctx.Err() != nil {
+		if outer.Err() != nil {
 			return nil, fmt.Errorf("delta for chunk %s: %w", id, err)
+		}
+		if s.ctx.Err() != nil {
+			return nil, fmt.Errorf("%w: time for LAN peers is up (%w)", substituter.ErrNotFound, err)
 		}
 		errs = append(errs, err)
 		lacking = lacking && errors.Is(err, substituter.ErrNotFound)

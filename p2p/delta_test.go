@@ -177,7 +177,7 @@ func deltaSourceFor(t *testing.T, ctx context.Context, n *Node, m *manifest.Mani
 // TestPeerServesDelta has a peer holding releases 1 and 2 answer deltas of release 2's
 // new chunks against release 1's chunks at the same place: each decodes to its chunk,
 // is smaller than the chunk's object, and is counted; asking again is a cache hit, not
-// a second encode.
+// a second encode. Once the NAR's time is up, the source asks nothing more.
 func TestPeerServesDelta(t *testing.T) {
 	rs := releases(t, 61, 1<<20, 2)
 	v1, v2 := rs[0], rs[1]
@@ -241,6 +241,18 @@ func TestPeerServesDelta(t *testing.T) {
 		t.Fatalf("after a repeat: %+v, want 1 cache hit, still 4 computed, 5 served", s)
 	}
 	t.Logf("4 deltas: %d bytes against %d bytes of chunk objects (%.1f%%)", deltaBytes, objBytes, 100*float64(deltaBytes)/float64(objBytes))
+
+	// Once the NAR's time with the peers is up (here: the assembly it was for ended),
+	// the source sends nothing more and says so as "not found".
+	narCtx, endNar := context.WithCancel(ctx)
+	late, _ := deltaSourceFor(t, narCtx, n, upgrade(v1, v2))
+	endNar()
+	if _, err := late.Delta(ctx, e.ID, basesFor(v1, v2, targets[0])); !errors.Is(err, substituter.ErrNotFound) {
+		t.Fatalf("delta after the NAR's time: %v, want not found", err)
+	}
+	if got := server.Stats().ServedDeltas; got != 5 {
+		t.Fatalf("%d deltas served, want still 5", got)
+	}
 }
 
 // TestDeltaPrivacyRule asks a node by hand for deltas: it answers only when the
