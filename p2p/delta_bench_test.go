@@ -116,6 +116,7 @@ func BenchmarkServeDelta(b *testing.B) {
 	b.ReportMetric(float64(deltaBytes)/float64(objBytes), "delta/obj-bytes")
 	b.ReportMetric(float64(deltaTime.Microseconds())/float64(b.N*len(reqs)), "µs/delta")
 	b.ReportMetric(float64(check.Microseconds())/float64(b.N*len(reqs)), "µs/check")
-	b.Logf("%d new chunks, %d MB raw, %d MB as objects, %d MB as deltas (%d sent whole, no smaller as a delta)",
-		len(reqs), chunkBytes>>20, objBytes>>20, deltaBytes>>20, refused)
+	mb := func(n int64) float64 { return float64(n) / 1e6 }
+	b.Logf("%d new chunks, %.1f MB raw, %.1f MB as objects, %.2f MB as deltas (%d sent whole, no smaller as a delta)",
+		len(reqs), mb(chunkBytes), mb(objBytes), mb(deltaBytes), refused)
 }
