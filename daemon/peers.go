@@ -38,6 +38,7 @@ func (d *Daemon) startPeers() error {
 		Identity:      key,
 		Listen:        d.cfg.PeerListen,
 		UploadLimit:   d.cfg.PeerUploadLimit,
+		DeltaEncoders: d.cfg.PeerDeltaEncoders,
 		MDNS:          d.cfg.LAN,
 		Backend:       peerBackend{d},
 		Log:           d.log.With("component", "p2p"),
