@@ -115,6 +115,7 @@ func (n *Node) answerDelta(ctx context.Context, q *deltaRequest) ([]byte, byte) 
 		return nil, statusBusy
 	}
 	body, err := n.computeDelta(ctx, q, targetSize, baseSizes)
+	n.releaseEncoders.Reset(encoderIdle)
 	<-n.deltaSem
 	if err != nil {
 		n.log.Debug("not computing a delta", "chunk", q.target.String(), "err", err)
@@ -196,7 +197,7 @@ func (n *Node) computeDelta(ctx context.Context, q *deltaRequest, targetSize uin
 			return nil, err
 		}
 	}
-	body, err := n.deltas.EncodeDelta(nil, raw, dict)
+	body, err := n.deltas.Load().EncodeDelta(nil, raw, dict)
 	if err != nil {
 		return nil, err
 	}

@@ -52,12 +52,12 @@ func BenchmarkServeDelta(b *testing.B) {
 	}
 	defer codec.Close()
 	n := &Node{
-		cfg:    Config{Backend: backendOf([]*nar{v1, v2}, v1, v2)},
-		log:    slog.New(slog.DiscardHandler),
-		codec:  codec,
-		deltas: chunk.NewDeltaCodec(0, 1),
+		cfg:   Config{Backend: backendOf([]*nar{v1, v2}, v1, v2)},
+		log:   slog.New(slog.DiscardHandler),
+		codec: codec,
 	}
-	defer n.deltas.Close()
+	n.deltas.Store(chunk.NewDeltaCodec(0, 1))
+	defer n.deltas.Load().Close()
 	var reqs []*deltaRequest
 	var chunkBytes, objBytes int64
 	for _, i := range newChunks(v1, v2) {

@@ -406,6 +406,7 @@ func TestDeltaBusyIsNotAQueue(t *testing.T) {
 	}
 
 	<-server.deltaSem
+	server.freeEncoders() // as after a quiet spell: new encoders are made as needed
 	for k := range waiting {
 		if _, err := ask(targets[k]); err != nil {
 			t.Fatalf("request %d once free: %v", k, err)

@@ -137,6 +137,11 @@ func (c *Config) defaults() {
 // the rest of the machine stays with its owner.
 const DefaultDeltaEncoders = 1
 
+// encoderIdle is how long delta encoders are kept after the last encode. Each holds
+// about 30 MiB (an 8 MiB window and tables for a 4 MiB dictionary): worth keeping
+// through an upgrade wave, not for the days between releases.
+const encoderIdle = 2 * time.Minute
+
 // Node is a daemon's presence on the LAN: it serves its Backend and fetches from peers.
 type Node struct {
 	cfg     Config
@@ -149,12 +154,14 @@ type Node struct {
 	dht     *dhtNode
 
 	// Serving deltas: codec checks the local chunks a delta is made of, deltaSem
-	// holds one token per encode running.
-	codec      *chunk.Codec
-	deltas     *chunk.DeltaCodec
-	deltaSem   chan struct{}
-	deltaCache *deltaCache
-	manifests  manifestIndex
+	// holds one token per encode running, releaseEncoders swaps deltas for a fresh
+	// codec, freeing the encoders kept, once deltas stop being asked for.
+	codec           *chunk.Codec
+	deltas          atomic.Pointer[chunk.DeltaCodec]
+	releaseEncoders *time.Timer
+	deltaSem        chan struct{}
+	deltaCache      *deltaCache
+	manifests       manifestIndex
 
 	servedChunks     atomic.Int64
 	servedBytes      atomic.Int64
@@ -243,7 +250,8 @@ func New(cfg Config) (*Node, error) {
 			n.host.Close()
 			return nil, err
 		}
-		n.deltas = chunk.NewDeltaCodec(0, cfg.DeltaEncoders)
+		n.deltas.Store(chunk.NewDeltaCodec(0, cfg.DeltaEncoders))
+		n.releaseEncoders = time.AfterFunc(encoderIdle, n.freeEncoders)
 		n.deltaSem = make(chan struct{}, cfg.DeltaEncoders)
 		n.deltaCache = newDeltaCache(cfg.DeltaCacheSize)
 		n.host.SetStreamHandler(ProtoDelta, n.handleDelta)
@@ -276,10 +284,17 @@ func (n *Node) Close() error {
 	}
 	err := n.host.Close()
 	if n.codec != nil {
+		n.releaseEncoders.Stop()
 		n.codec.Close()
-		n.deltas.Close()
+		n.deltas.Load().Close()
 	}
 	return err
+}
+
+// freeEncoders lets the delta encoders kept go: encodes running finish with theirs,
+// later ones make new ones.
+func (n *Node) freeEncoders() {
+	n.deltas.Swap(chunk.NewDeltaCodec(0, n.cfg.DeltaEncoders)).Close()
 }
 
 // ID is the node's peer ID.
