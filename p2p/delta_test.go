@@ -575,3 +575,40 @@ func TestDeltaCacheEvictsLeastRecentlyUsed(t *testing.T) {
 }
 
 func bufioOf(b []byte) *bufio.Reader { return bufio.NewReader(bytes.NewReader(b)) }
+
+// TestBusyPeerGivesWayToAnother has two peers hold both releases, one with its
+// encoder taken: every delta still comes, from the free one, without waiting for the
+// busy one, and neither peer is dropped.
+func TestBusyPeerGivesWayToAnother(t *testing.T) {
+	rs := releases(t, 121, 1<<20, 2)
+	v1, v2 := rs[0], rs[1]
+	busy := lanNode(t, backendOf([]*nar{v1, v2}, v1, v2), func(c *Config) { c.StreamTimeout = time.Minute })
+	free := lanNode(t, backendOf([]*nar{v1, v2}, v1, v2), nil)
+	n := lanNode(t, &chunkBackend{}, func(c *Config) { c.StreamTimeout = time.Minute })
+	connect(t, n.host, busy.AddrInfo())
+	connect(t, n.host, free.AddrInfo())
+	busy.deltaSem <- struct{}{}
+	t.Cleanup(func() { <-busy.deltaSem })
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	src, _ := deltaSourceFor(t, ctx, n, upgrade(v1, v2))
+
+	targets := newChunks(v1, v2)[:4]
+	for _, i := range targets {
+		if _, err := src.Delta(ctx, v2.m.Entries[i].ID, basesFor(v1, v2, i)); err != nil {
+			t.Fatalf("entry %d: %v", i, err)
+		}
+	}
+	if got := free.Stats().ServedDeltas; got != int64(len(targets)) {
+		t.Fatalf("the free peer served %d deltas, want %d", got, len(targets))
+	}
+	// Peers are asked in turn, so about half the deltas went to the busy one first.
+	if got := busy.Stats(); got.DeltaBusy == 0 || got.ServedDeltas != 0 {
+		t.Fatalf("busy peer: %+v, want some busy answers and nothing served", got)
+	}
+	for _, p := range []*Node{busy, free} {
+		if n.blocks.blocked(p.ID()) {
+			t.Fatalf("peer %s was dropped", p.ID())
+		}
+	}
+}
