@@ -314,9 +314,15 @@ func misbehaved(err error) bool {
 		errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded)
 }
 
-// manifestIndexSize bounds the manifests indexed: the NARs of an upgrade wave and
-// their bases, a few hundred KiB each for the largest packages.
-const manifestIndexSize = 16
+// The manifest index holds at most manifestIndexSize manifests, the NARs of an upgrade
+// wave and their bases, and at most manifestIndexBytes in all: a few hundred KiB each
+// for the largest packages, but a manifest may be far larger.
+const (
+	manifestIndexSize  = 16
+	manifestIndexBytes = 32 << 20
+	// indexEntryCost estimates a map entry's memory: key, value and the map's share.
+	indexEntryCost = 64
+)
 
 // manifestIndex keeps the chunk sizes of recently used verified manifests, so that a
 // delta request's privacy check is a few lookups rather than parsing two manifests of
@@ -325,11 +331,16 @@ type manifestIndex struct {
 	mu    sync.Mutex
 	byNar map[[32]byte]*indexedManifest
 	order [][32]byte // oldest first
+	bytes int64
 }
 
 type indexedManifest struct {
 	raw   []byte // what the sizes were read from; a different manifest is indexed anew
 	sizes map[chunk.ID]uint32
+}
+
+func (im *indexedManifest) cost() int64 {
+	return int64(len(im.raw)) + int64(len(im.sizes))*indexEntryCost
 }
 
 // sizes returns the chunk sizes raw lists, raw being the verified manifest of narHash
@@ -349,16 +360,23 @@ func (x *manifestIndex) sizes(narHash [32]byte, raw []byte) map[chunk.ID]uint32 
 	for _, e := range m.Entries {
 		im.sizes[e.ID] = e.Size
 	}
+	if im.cost() > manifestIndexBytes {
+		return im.sizes // used once, not kept
+	}
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	if x.byNar == nil {
 		x.byNar = map[[32]byte]*indexedManifest{}
 	}
-	if _, ok := x.byNar[narHash]; !ok {
+	if old, ok := x.byNar[narHash]; ok {
+		x.bytes -= old.cost()
+	} else {
 		x.order = append(x.order, narHash)
 	}
 	x.byNar[narHash] = im
-	for len(x.order) > manifestIndexSize {
+	x.bytes += im.cost()
+	for len(x.order) > manifestIndexSize || x.bytes > manifestIndexBytes {
+		x.bytes -= x.byNar[x.order[0]].cost()
 		delete(x.byNar, x.order[0])
 		x.order = x.order[1:]
 	}

@@ -612,3 +612,47 @@ func TestBusyPeerGivesWayToAnother(t *testing.T) {
 		}
 	}
 }
+
+// TestManifestIndex checks the privacy check's index of verified manifests: it gives
+// the sizes the manifest lists, reads a different manifest under the same NAR hash
+// anew rather than trusting the old one, refuses garbage, and stays within its bound.
+func TestManifestIndex(t *testing.T) {
+	a, b := makeNAR(t, 131, 256<<10), makeNAR(t, 132, 256<<10)
+	var x manifestIndex
+	check := func(sizes map[chunk.ID]uint32, want *nar) {
+		t.Helper()
+		if len(sizes) != len(want.m.Entries) {
+			t.Fatalf("%d sizes, want %d", len(sizes), len(want.m.Entries))
+		}
+		for _, e := range want.m.Entries {
+			if sizes[e.ID] != e.Size {
+				t.Fatalf("chunk %s: size %d, want %d", e.ID, sizes[e.ID], e.Size)
+			}
+		}
+	}
+	check(x.sizes(a.m.NarHash, a.raw), a)
+	check(x.sizes(a.m.NarHash, a.raw), a)
+	// The backend's manifest for the NAR changed: the index must follow it.
+	check(x.sizes(a.m.NarHash, b.raw), b)
+	if got := x.sizes(b.m.NarHash, []byte("not a manifest")); got != nil {
+		t.Fatalf("garbage indexed as %d sizes", len(got))
+	}
+	for i := range manifestIndexSize + 4 {
+		var h [32]byte
+		h[0] = byte(i + 1)
+		x.sizes(h, a.raw)
+	}
+	if len(x.byNar) != manifestIndexSize || len(x.order) != manifestIndexSize {
+		t.Fatalf("index holds %d manifests (%d in order), want at most %d", len(x.byNar), len(x.order), manifestIndexSize)
+	}
+	if _, ok := x.byNar[a.m.NarHash]; ok {
+		t.Fatal("the oldest manifest was not evicted")
+	}
+	var want int64
+	for _, im := range x.byNar {
+		want += im.cost()
+	}
+	if x.bytes != want {
+		t.Fatalf("index charges %d bytes, its entries cost %d", x.bytes, want)
+	}
+}
