@@ -212,7 +212,8 @@ func (n *Node) computeDelta(ctx context.Context, q *deltaRequest, targetSize uin
 // the base NAR its manifest names. It checks only the framing: the caller decodes the
 // delta against its own copy of the bases and checks the result against id, and
 // reports a wrong one through BadObject (under id or the delta's ID), which drops the
-// peer that sent it.
+// peer that sent it. That blames the peer, so the caller must have checked its own
+// bases against their IDs first, as it does any local chunk.
 func (s *narSource) Delta(ctx context.Context, id chunk.ID, bases []chunk.ID) ([]byte, error) {
 	if len(bases) == 0 || len(bases) > chunk.MaxDeltaBases {
 		return nil, fmt.Errorf("delta for chunk %s: %d bases, want 1 to %d", id, len(bases), chunk.MaxDeltaBases)
