@@ -656,3 +656,69 @@ func TestManifestIndex(t *testing.T) {
 		t.Fatalf("index charges %d bytes, its entries cost %d", x.bytes, want)
 	}
 }
+
+// TestDeltaNoSmallerThanChunk asks for deltas between unrelated random chunks: each
+// comes out no smaller than the chunk, so the node answers "not found" (the asker is
+// better off with the chunk), and remembers that rather than encoding it again.
+func TestDeltaNoSmallerThanChunk(t *testing.T) {
+	a := makeNAR(t, 141, 512<<10)
+	n := lanNode(t, backendOf([]*nar{a}, a), nil)
+	cl := rawHost(t)
+	connect(t, cl, n.AddrInfo())
+	req := (&deltaRequest{nar: a.m.NarHash, target: a.m.Entries[1].ID, bases: []chunk.ID{a.m.Entries[0].ID}}).append(nil)
+	for try := range 2 {
+		got, err := exchange(t, cl, n.ID(), ProtoDelta, req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, []byte{statusNotFound}) {
+			t.Fatalf("try %d: answer %x..., want not found", try, got[:min(16, len(got))])
+		}
+	}
+	if s := n.Stats(); s.DeltasComputed != 1 || s.DeltaCacheHits != 1 || s.ServedDeltas != 0 {
+		t.Fatalf("stats %+v, want 1 computed, 1 cache hit, none served", s)
+	}
+}
+
+// TestDeltaContention sends more delta requests at once than the node has encoders,
+// with nothing held artificially: however they interleave, each is answered with a
+// delta or "busy", never an error or a wait past the request, and the node's counters
+// account for every one.
+func TestDeltaContention(t *testing.T) {
+	rs := releases(t, 151, 2<<20, 2)
+	v1, v2 := rs[0], rs[1]
+	server := lanNode(t, backendOf([]*nar{v1, v2}, v1, v2), func(c *Config) { c.DeltaEncoders = 1 })
+	cl := rawHost(t)
+	connect(t, cl, server.AddrInfo())
+	targets := newChunks(v1, v2)
+	if len(targets) < 16 {
+		t.Fatalf("release 2 has %d new chunks, want at least 16", len(targets))
+	}
+	targets = targets[:16]
+	answers := make([][]byte, len(targets))
+	errs := make([]error, len(targets))
+	var wg sync.WaitGroup
+	for k, i := range targets {
+		req := (&deltaRequest{nar: v2.m.NarHash, baseNar: v1.m.NarHash, target: v2.m.Entries[i].ID, bases: basesFor(v1, v2, i)}).append(nil)
+		wg.Go(func() { answers[k], errs[k] = tryExchange(cl, server.ID(), ProtoDelta, req) })
+	}
+	wg.Wait()
+	var found, busy int64
+	for k, got := range answers {
+		switch {
+		case errs[k] != nil:
+			t.Fatalf("request %d: %v", k, errs[k])
+		case bytes.Equal(got, []byte{statusBusy}):
+			busy++
+		case len(got) > 1 && got[0] == statusFound:
+			found++
+		default:
+			t.Fatalf("request %d: answer %x..., want a delta or busy", k, got[:min(16, len(got))])
+		}
+	}
+	s := server.Stats()
+	if s.DeltasComputed != found || s.ServedDeltas != found || s.DeltaBusy != busy {
+		t.Fatalf("stats %+v, want %d computed and served, %d busy", s, found, busy)
+	}
+	t.Logf("%d requests at once, 1 encoder: %d deltas, %d busy", len(targets), found, busy)
+}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"math/rand/v2"
@@ -139,11 +140,23 @@ func connect(t testing.TB, h host.Host, to peer.AddrInfo) {
 // it returns what came back and the error that ended it (nil for a clean close).
 func exchange(t testing.TB, h host.Host, to peer.ID, proto protocol.ID, req []byte) ([]byte, error) {
 	t.Helper()
+	out, err := tryExchange(h, to, proto, req)
+	if errors.Is(err, errNoStream) {
+		t.Fatal(err)
+	}
+	return out, err
+}
+
+var errNoStream = errors.New("no stream")
+
+// tryExchange is exchange for goroutines other than the test's: a stream that can't
+// be opened is an error wrapping errNoStream.
+func tryExchange(h host.Host, to peer.ID, proto protocol.ID, req []byte) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	s, err := h.NewStream(ctx, to, proto)
 	if err != nil {
-		t.Fatal(err)
+		return nil, fmt.Errorf("%w: %w", errNoStream, err)
 	}
 	defer s.Close()
 	_ = s.SetDeadline(time.Now().Add(10 * time.Second))
