@@ -64,6 +64,11 @@ type Config struct {
 	FleetKeyFile    string   // pre-shared key: only daemons holding it connect
 	PeerUploadLimit int64    // bytes/s sent to peers (0: no bound)
 	Peer            PeerTuning
+
+	// PeerDeltaEncoders bounds the deltas computed for peers at once (0: p2p's
+	// default; negative: none served).
+	PeerDeltaEncoders int
+
 	// DHT finds and announces NARs beyond the LAN (see peers.go); it starts the peer
 	// node even without LAN, then without mDNS.
 	DHT            bool

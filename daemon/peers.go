@@ -38,6 +38,7 @@ func (d *Daemon) startPeers() error {
 		Identity:      key,
 		Listen:        d.cfg.PeerListen,
 		UploadLimit:   d.cfg.PeerUploadLimit,
+		DeltaEncoders: d.cfg.PeerDeltaEncoders,
 		MDNS:          d.cfg.LAN,
 		Backend:       peerBackend{d},
 		Log:           d.log.With("component", "p2p"),
@@ -70,6 +71,11 @@ func (d *Daemon) startPeers() error {
 			Gauge{"shoal_peers_connected", "LAN peers connected and not dropped.", int64(s.Peers)},
 			Gauge{"shoal_peer_served_chunks", "Chunks served to LAN peers since the daemon started.", s.ServedChunks},
 			Gauge{"shoal_peer_served_bytes", "Stored bytes of the chunks served to LAN peers since the daemon started.", s.ServedBytes},
+			Gauge{"shoal_peer_served_deltas", "Deltas served to LAN peers since the daemon started, computed or cached.", s.ServedDeltas},
+			Gauge{"shoal_peer_served_delta_bytes", "Bytes of the deltas served to LAN peers since the daemon started.", s.ServedDeltaBytes},
+			Gauge{"shoal_peer_deltas_computed", "Deltas encoded for LAN peers since the daemon started.", s.DeltasComputed},
+			Gauge{"shoal_peer_delta_cache_hits", "Delta requests from LAN peers answered from the delta cache.", s.DeltaCacheHits},
+			Gauge{"shoal_peer_delta_busy", "Delta requests from LAN peers refused because every delta encoder was taken.", s.DeltaBusy},
 		)
 		if ds, ok := d.peers.DHTStats(); ok {
 			gs = append(gs,

@@ -71,7 +71,7 @@ func readAnswer(r *bufio.Reader, limit int) ([]byte, bool, error) {
 		b, err := readFrame(r, nil, limit)
 		return b, err == nil, err
 	default:
-		return nil, false, fmt.Errorf("unknown status %d", st)
+		return nil, false, fmt.Errorf("%w %d", errUnknownStatus, st)
 	}
 }
 

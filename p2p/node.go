@@ -95,6 +95,12 @@ type Config struct {
 	HaveTimeout   time.Duration // the "have" round before a NAR (2s)
 	NarBudget     time.Duration // all peer requests for one NAR (2m)
 	DropFor       time.Duration // how long a misbehaving peer is shunned (10m)
+
+	// DeltaEncoders bounds the deltas computed for peers at once (1); requests beyond
+	// it are answered "busy" at once. Negative turns delta serving off.
+	DeltaEncoders int
+	// DeltaCacheSize bounds the memory kept for computed deltas (32 MiB).
+	DeltaCacheSize int64
 }
 
 func (c *Config) defaults() {
@@ -117,7 +123,24 @@ func (c *Config) defaults() {
 	def(&c.HaveTimeout, 2*time.Second)
 	def(&c.NarBudget, 2*time.Minute)
 	def(&c.DropFor, 10*time.Minute)
+	if c.DeltaEncoders == 0 {
+		c.DeltaEncoders = DefaultDeltaEncoders
+	}
+	if c.DeltaCacheSize <= 0 {
+		c.DeltaCacheSize = 32 << 20
+	}
 }
+
+// DefaultDeltaEncoders is one: a delta against three 64 KiB bases takes a few
+// milliseconds of one core (see BenchmarkServeDelta), so one encoder answers a few
+// hundred deltas a second, more chunk bytes than most LAN links carry in full, while
+// the rest of the machine stays with its owner.
+const DefaultDeltaEncoders = 1
+
+// encoderIdle is how long delta encoders are kept after the last encode. Each holds
+// about 30 MiB (an 8 MiB window and tables for a 4 MiB dictionary): worth keeping
+// through an upgrade wave, not for the days between releases.
+const encoderIdle = 2 * time.Minute
 
 // Node is a daemon's presence on the LAN: it serves its Backend and fetches from peers.
 type Node struct {
@@ -130,10 +153,25 @@ type Node struct {
 	mdns    *discovery
 	dht     *dhtNode
 
-	servedChunks atomic.Int64
-	servedBytes  atomic.Int64
-	fetchedBytes atomic.Int64
-	transfers    atomic.Uint64
+	// Serving deltas: codec checks the local chunks a delta is made of, deltaSem
+	// holds one token per encode running, releaseEncoders swaps deltas for a fresh
+	// codec, freeing the encoders kept, once deltas stop being asked for.
+	codec           *chunk.Codec
+	deltas          atomic.Pointer[chunk.DeltaCodec]
+	releaseEncoders *time.Timer
+	deltaSem        chan struct{}
+	deltaCache      *deltaCache
+	manifests       manifestIndex
+
+	servedChunks     atomic.Int64
+	servedBytes      atomic.Int64
+	fetchedBytes     atomic.Int64
+	transfers        atomic.Uint64
+	servedDeltas     atomic.Int64
+	servedDeltaBytes atomic.Int64
+	deltasComputed   atomic.Int64
+	deltaCacheHits   atomic.Int64
+	deltaBusy        atomic.Int64
 }
 
 // New starts the libp2p host and, with MDNS, discovery, and with DHT the kad-DHT.
@@ -171,7 +209,7 @@ func New(cfg Config) (*Node, error) {
 	}
 	limits := rcmgr.DefaultLimits
 	libp2p.SetDefaultServiceLimits(&limits)
-	for _, p := range []protocol.ID{ProtoNarInfo, ProtoManifest, ProtoHave, ProtoChunks} {
+	for _, p := range []protocol.ID{ProtoNarInfo, ProtoManifest, ProtoHave, ProtoChunks, ProtoDelta} {
 		limits.AddProtocolLimit(p,
 			rcmgr.BaseLimit{Streams: 512, StreamsInbound: 256, StreamsOutbound: 256, Memory: 256 << 20},
 			rcmgr.BaseLimitIncrease{})
@@ -207,18 +245,26 @@ func New(cfg Config) (*Node, error) {
 	n.host.SetStreamHandler(ProtoManifest, n.handleManifest)
 	n.host.SetStreamHandler(ProtoHave, n.handleHave)
 	n.host.SetStreamHandler(ProtoChunks, n.handleChunks)
+	if cfg.DeltaEncoders > 0 {
+		if n.codec, err = chunk.NewCodec(); err != nil {
+			n.host.Close()
+			return nil, err
+		}
+		n.deltas.Store(chunk.NewDeltaCodec(0, cfg.DeltaEncoders))
+		n.releaseEncoders = time.AfterFunc(encoderIdle, n.freeEncoders)
+		n.deltaSem = make(chan struct{}, cfg.DeltaEncoders)
+		n.deltaCache = newDeltaCache(cfg.DeltaCacheSize)
+		n.host.SetStreamHandler(ProtoDelta, n.handleDelta)
+	}
 	if cfg.MDNS {
 		if n.mdns, err = startDiscovery(n); err != nil {
-			n.host.Close()
+			n.Close()
 			return nil, err
 		}
 	}
 	if cfg.DHT != nil {
 		if n.dht, err = startDHT(n, *cfg.DHT); err != nil {
-			if n.mdns != nil {
-				n.mdns.close()
-			}
-			n.host.Close()
+			n.Close()
 			return nil, err
 		}
 	}
@@ -236,7 +282,19 @@ func (n *Node) Close() error {
 	if n.dht != nil {
 		n.dht.close()
 	}
-	return n.host.Close()
+	err := n.host.Close()
+	if n.codec != nil {
+		n.releaseEncoders.Stop()
+		n.codec.Close()
+		n.deltas.Load().Close()
+	}
+	return err
+}
+
+// freeEncoders lets the delta encoders kept go: encodes running finish with theirs,
+// later ones make new ones.
+func (n *Node) freeEncoders() {
+	n.deltas.Swap(chunk.NewDeltaCodec(0, n.cfg.DeltaEncoders)).Close()
 }
 
 // ID is the node's peer ID.
@@ -280,6 +338,16 @@ type Stats struct {
 	ServedChunks int64
 	ServedBytes  int64
 	FetchedBytes int64
+
+	// ServedDeltas and ServedDeltaBytes count deltas sent to peers, from the cache
+	// or computed; DeltasComputed the encodes run (including those that came out no
+	// smaller than the chunk and were refused); DeltaCacheHits the answers the cache
+	// gave; DeltaBusy the requests refused because every encoder was taken.
+	ServedDeltas     int64
+	ServedDeltaBytes int64
+	DeltasComputed   int64
+	DeltaCacheHits   int64
+	DeltaBusy        int64
 }
 
 // Stats reads the counters.
@@ -289,6 +357,12 @@ func (n *Node) Stats() Stats {
 		ServedChunks: n.servedChunks.Load(),
 		ServedBytes:  n.servedBytes.Load(),
 		FetchedBytes: n.fetchedBytes.Load(),
+
+		ServedDeltas:     n.servedDeltas.Load(),
+		ServedDeltaBytes: n.servedDeltaBytes.Load(),
+		DeltasComputed:   n.deltasComputed.Load(),
+		DeltaCacheHits:   n.deltaCacheHits.Load(),
+		DeltaBusy:        n.deltaBusy.Load(),
 	}
 }
 

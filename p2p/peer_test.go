@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"math/rand/v2"
@@ -22,35 +23,45 @@ import (
 
 	"github.com/shoal-nix/shoal/chunk"
 	"github.com/shoal-nix/shoal/manifest"
+	"github.com/shoal-nix/shoal/substituter"
 )
 
-// nar is a synthetic NAR cut into chunks: its bytes, manifest and stored objects.
+// nar is a synthetic NAR cut into chunks: its bytes, manifest, stored objects and the
+// chunks' raw bytes.
 type nar struct {
-	data []byte
-	m    *manifest.Manifest
-	raw  []byte
-	objs map[chunk.ID][]byte
+	data  []byte
+	m     *manifest.Manifest
+	raw   []byte
+	objs  map[chunk.ID][]byte
+	chunk map[chunk.ID][]byte
 }
 
 // makeNAR cuts size pseudo-random bytes (seeded, so runs repeat) with the default
 // chunker; the contents need not be a real NAR, only hash to the manifest's NarHash.
 func makeNAR(t testing.TB, seed uint64, size int) *nar {
 	t.Helper()
-	codec, err := chunk.NewCodec()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer codec.Close()
 	r := rand.New(rand.NewPCG(seed, seed))
 	data := make([]byte, size)
 	for i := range data {
 		data[i] = byte(r.UintN(256))
 	}
-	n := &nar{data: data, objs: map[chunk.ID][]byte{}}
+	return narOf(t, data)
+}
+
+// narOf cuts data with the default chunker into a nar.
+func narOf(t testing.TB, data []byte) *nar {
+	t.Helper()
+	codec, err := chunk.NewCodec()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer codec.Close()
+	n := &nar{data: data, objs: map[chunk.ID][]byte{}, chunk: map[chunk.ID][]byte{}}
 	n.m, err = manifest.Build(context.Background(), bytes.NewReader(data), chunk.DefaultParams(),
 		func(id chunk.ID, raw []byte) (int, error) {
 			obj := codec.Encode(nil, raw)
 			n.objs[id] = obj
+			n.chunk[id] = bytes.Clone(raw)
 			return len(obj), nil
 		})
 	if err != nil {
@@ -129,11 +140,23 @@ func connect(t testing.TB, h host.Host, to peer.AddrInfo) {
 // it returns what came back and the error that ended it (nil for a clean close).
 func exchange(t testing.TB, h host.Host, to peer.ID, proto protocol.ID, req []byte) ([]byte, error) {
 	t.Helper()
+	out, err := tryExchange(h, to, proto, req)
+	if errors.Is(err, errNoStream) {
+		t.Fatal(err)
+	}
+	return out, err
+}
+
+var errNoStream = errors.New("no stream")
+
+// tryExchange is exchange for goroutines other than the test's: a stream that can't
+// be opened is an error wrapping errNoStream.
+func tryExchange(h host.Host, to peer.ID, proto protocol.ID, req []byte) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	s, err := h.NewStream(ctx, to, proto)
 	if err != nil {
-		t.Fatal(err)
+		return nil, fmt.Errorf("%w: %w", errNoStream, err)
 	}
 	defer s.Close()
 	_ = s.SetDeadline(time.Now().Add(10 * time.Second))
@@ -174,6 +197,7 @@ func TestServerRefusesBadRequests(t *testing.T) {
 	for i := range many {
 		many[i] = a.m.Entries[i%len(a.m.Entries)].ID
 	}
+	var zero [32]byte
 	tooManyHave := make([][32]byte, MaxHave+1)
 	for i := range tooManyHave {
 		tooManyHave[i] = a.m.NarHash
@@ -205,6 +229,12 @@ func TestServerRefusesBadRequests(t *testing.T) {
 		{"chunks count beyond any bound", ProtoChunks, cat(a.m.NarHash[:], uvarint(1<<40)), nil},
 		{"chunks truncated NAR hash", ProtoChunks, a.m.NarHash[:16], nil},
 		{"chunks fewer IDs than counted", ProtoChunks, cat(a.m.NarHash[:], uvarint(2), a.m.Entries[0].ID[:]), nil},
+		// Random chunks make no delta smaller than the chunk: answered "not found".
+		{"delta well-formed", ProtoDelta, cat(a.m.NarHash[:], zero[:], a.m.Entries[1].ID[:], hashes(a.m.Entries[0].ID)), []byte{statusNotFound}},
+		{"delta without bases", ProtoDelta, cat(a.m.NarHash[:], zero[:], a.m.Entries[1].ID[:], uvarint(0)), nil},
+		{"delta over MaxDeltaBases", ProtoDelta, cat(a.m.NarHash[:], zero[:], a.m.Entries[1].ID[:], appendHashes(nil, many[:chunk.MaxDeltaBases+1])), nil},
+		{"delta truncated target", ProtoDelta, cat(a.m.NarHash[:], zero[:], a.m.Entries[1].ID[:8]), nil},
+		{"delta fewer bases than counted", ProtoDelta, cat(a.m.NarHash[:], zero[:], a.m.Entries[1].ID[:], uvarint(2), a.m.Entries[0].ID[:]), nil},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -285,7 +315,7 @@ func TestServesOnlyVerifiedNARs(t *testing.T) {
 		})
 	}
 
-	// Only the four question-and-answer protocols are offered under /shoal: none of
+	// Only the five question-and-answer protocols are offered under /shoal: none of
 	// them enumerates, so there is no way to list a node's holdings.
 	var offered []protocol.ID
 	for _, p := range n.host.Mux().Protocols() {
@@ -294,7 +324,7 @@ func TestServesOnlyVerifiedNARs(t *testing.T) {
 		}
 	}
 	slices.Sort(offered)
-	want := []protocol.ID{ProtoChunks, ProtoHave, ProtoManifest, ProtoNarInfo}
+	want := []protocol.ID{ProtoChunks, ProtoDelta, ProtoHave, ProtoManifest, ProtoNarInfo}
 	if !slices.Equal(offered, want) {
 		t.Fatalf("node offers %v under /shoal, want only %v", offered, want)
 	}
@@ -337,7 +367,7 @@ func fakeAnswers(h host.Host, proto protocol.ID, prefix []byte, endless bool) <-
 // TestClientRefusesBadAnswers has a fake peer answer each protocol with a frame over
 // its bound (or one announcing an absurd length, then endless filler), an unknown
 // status, or a truncated frame. The asker must refuse the answer, reset the stream
-// rather than read on, and drop a peer that sent a bad chunk batch.
+// rather than read on, and drop a peer that sent a bad chunk batch or delta.
 func TestClientRefusesBadAnswers(t *testing.T) {
 	a := makeNAR(t, 21, 512<<10)
 	var hp [32]byte
@@ -360,6 +390,14 @@ func TestClientRefusesBadAnswers(t *testing.T) {
 		_, err := src.Chunk(ctx, a.m.Entries[0].ID)
 		return err
 	}
+	askDelta := func(ctx context.Context, n *Node) error {
+		src, covers := n.ForNar(ctx, a.m)
+		if !covers {
+			return errors.New("the fake peer's have went unheard")
+		}
+		_, err := src.(substituter.DeltaSource).Delta(ctx, a.m.Entries[0].ID, []chunk.ID{a.m.Entries[1].ID})
+		return err
+	}
 	tests := []struct {
 		name     string
 		proto    protocol.ID
@@ -379,6 +417,9 @@ func TestClientRefusesBadAnswers(t *testing.T) {
 		{"chunk over its bound", ProtoChunks, found(maxObject + 1), true, askChunk, errTooLarge, "", true},
 		{"chunk truncated", ProtoChunks, cat(found(uint64(len(obj0))), obj0[:len(obj0)/2]), false, askChunk, io.ErrUnexpectedEOF, "", true},
 		{"chunk unknown status", ProtoChunks, []byte{2}, false, askChunk, nil, "unknown status 2", true},
+		{"delta over its bound", ProtoDelta, found(maxDeltaObject + 1), true, askDelta, errTooLarge, "", true},
+		{"delta truncated", ProtoDelta, cat(found(100), []byte("(zstd")), false, askDelta, io.ErrUnexpectedEOF, "", true},
+		{"delta unknown status", ProtoDelta, []byte{7}, false, askDelta, nil, "unknown status 7", true},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -31,7 +31,7 @@ func (n *Node) Chunk(context.Context, chunk.ID) ([]byte, error) {
 func (n *Node) ForNar(ctx context.Context, m *manifest.Manifest) (substituter.ChunkSource, bool) {
 	ctx, cancel := context.WithTimeout(ctx, n.cfg.NarBudget)
 	havers := n.Have(ctx, m.NarHash)
-	s := &narSource{n: n, nar: m.NarHash, ctx: ctx, peers: havers, from: map[chunk.ID]peer.ID{},
+	s := &narSource{n: n, nar: m.NarHash, baseNar: m.BaseNarHash, ctx: ctx, peers: havers, from: map[chunk.ID]peer.ID{},
 		wants: make(chan *want, 4*MaxBatch)}
 	if len(havers) == 0 {
 		cancel()
@@ -40,7 +40,7 @@ func (n *Node) ForNar(ctx context.Context, m *manifest.Manifest) (substituter.Ch
 	n.log.Info("LAN peers hold the NAR", "nar", manifest.Key(m.NarHash), "peers", len(havers))
 	go func() {
 		defer cancel()
-		s.dispatch()
+		s.dispatch(len(havers))
 	}()
 	return s, true
 }
@@ -59,15 +59,18 @@ type result struct {
 // wants; the dispatcher sends whatever has queued as one batch to the next peer, with
 // a few batches in flight per peer, so batches grow on their own while peers are busy.
 type narSource struct {
-	n     *Node
-	nar   [32]byte
-	ctx   context.Context
-	wants chan *want
+	n       *Node
+	nar     [32]byte
+	baseNar [32]byte // the NAR the manifest's delta bases come from, named in delta requests
+	ctx     context.Context
+	wants   chan *want
 
 	mu    sync.Mutex
 	peers []peer.ID
 	next  int
-	from  map[chunk.ID]peer.ID // who sent each delivered object, to blame on a bad one
+	// from says who sent each delivered object, to blame on a bad one: chunks by
+	// their ID, deltas by the target chunk's ID and by the delta's ID.
+	from map[chunk.ID]peer.ID
 }
 
 func (s *narSource) Name() string { return SourceName }
@@ -102,7 +105,10 @@ func (s *narSource) Chunk(ctx context.Context, id chunk.ID) ([]byte, error) {
 }
 
 // BadObject implements substituter.BadObjectReporter: the peer that sent the object is
-// dropped, here and for the node, and the chunk's next request goes elsewhere.
+// dropped, here and for the node, and the chunk's next request goes elsewhere. id is
+// the chunk's ID, or a delta's ID, for a chunk or a delta that failed its check: a
+// peer computes a delta from chunks it checked against their IDs, so a delta that
+// does not rebuild the chunk is a lie (or a broken peer) either way.
 func (s *narSource) BadObject(id chunk.ID, err error) {
 	s.mu.Lock()
 	p, ok := s.from[id]
@@ -111,7 +117,7 @@ func (s *narSource) BadObject(id chunk.ID, err error) {
 		return
 	}
 	s.remove(p)
-	s.n.drop(p, "sent chunk "+id.String()+" that failed its check: "+err.Error())
+	s.n.drop(p, "sent an object for "+id.String()+" that failed its check: "+err.Error())
 }
 
 func (s *narSource) remove(p peer.ID) {
@@ -136,9 +142,12 @@ func (s *narSource) pick() (peer.ID, bool) {
 	return s.peers[s.next], true
 }
 
-func (s *narSource) dispatch() {
+// dispatch sends the queued wants in batches to the holders, of which there were
+// peers at the start (s.peers shrinks under s.mu as holders are dropped, by Delta
+// calls too).
+func (s *narSource) dispatch(peers int) {
 	// Two batches in flight per peer keep each busy while the other's answer travels.
-	slots := make(chan struct{}, 2*len(s.peers))
+	slots := make(chan struct{}, 2*peers)
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	for {

@@ -27,6 +27,12 @@ const (
 	// ProtoChunks: request = NarHash, uvarint n, n chunk IDs of that NAR; answer = per
 	// ID a status, then (if found) the stored zstd object as a frame.
 	ProtoChunks protocol.ID = "/shoal/chunks/1.0.0"
+	// ProtoDelta: request = NarHash, base NarHash (zeros: none), target chunk ID,
+	// uvarint n, n base chunk IDs (1..chunk.MaxDeltaBases) in dictionary order; answer
+	// = a status, then (if found) the delta object (see chunk.DeltaCodec) as a frame.
+	// Served only when the target is listed by the NAR's verified manifest and each
+	// base by that one or the base NAR's; "busy" when every encoder is taken.
+	ProtoDelta protocol.ID = "/shoal/delta/1.0.0"
 )
 
 // Bounds on every message, so a peer can't make another allocate without limit.
@@ -38,15 +44,23 @@ const (
 	// maxObject bounds a chunk object: the largest chunk zstd may carry, plus zstd's
 	// worst-case expansion for incompressible data.
 	maxObject = chunk.MaxChunkSize + chunk.MaxChunkSize/128 + 1<<10
+	// maxDeltaObject bounds a delta object likewise: a server sends one only when it
+	// is smaller than the chunk's object, and rebuilds at most MaxDeltaChunk bytes.
+	maxDeltaObject = chunk.MaxDeltaChunk + chunk.MaxDeltaChunk/128 + 1<<10
 )
 
 // Answer statuses.
 const (
 	statusFound    byte = 0
 	statusNotFound byte = 1
+	// statusBusy: ProtoDelta only; the server's delta encoders are all taken.
+	statusBusy byte = 2
 )
 
-var errTooLarge = errors.New("message exceeds its bound")
+var (
+	errTooLarge      = errors.New("message exceeds its bound")
+	errUnknownStatus = errors.New("unknown status")
+)
 
 func writeFrame(w io.Writer, b []byte) error {
 	var hdr [binary.MaxVarintLen64]byte

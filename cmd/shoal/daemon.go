@@ -42,6 +42,7 @@ so later versions can reuse them.`,
 			&cli.StringSliceFlag{Name: "peer-listen", Usage: "libp2p `MULTIADDR` to listen on for LAN peers (repeatable; default: TCP and QUIC on port 37516, TCP only with --fleet-key)", EnvVars: env("peer-listen")},
 			&cli.StringFlag{Name: "fleet-key", Usage: "pre-shared key `FILE`: only daemons holding the same key can connect (TCP only); make one with\n\t" + p2p.FleetKeyHelp, EnvVars: env("fleet-key")},
 			&cli.StringFlag{Name: "peer-upload-limit", Usage: "bound what is sent to LAN peers, in bytes per second, e.g. 20MiB (default: no bound)", EnvVars: env("peer-upload-limit")},
+			&cli.IntFlag{Name: "peer-delta-encoders", Value: p2p.DefaultDeltaEncoders, Usage: "deltas computed at once for peers upgrading a package whose old and new chunks this daemon holds, a few ms of one core each; requests beyond are answered busy and peers fetch whole chunks (0: serve no deltas)", EnvVars: env("peer-delta-encoders")},
 			&cli.BoolFlag{Name: "dht", Usage: "find peers beyond the LAN through shoal's own kad-DHT (protocol /shoal/kad/1.0.0): announce the NARs this daemon verified, look up who holds a NAR before the store; joins only through --bootstrap-peer, never public peers", EnvVars: env("dht")},
 			&cli.StringSliceFlag{Name: "bootstrap-peer", Usage: "join the DHT through this daemon, `MULTIADDR` ending in /p2p/<peer id> (repeatable; shoal id prints a daemon's peer ID)", EnvVars: env("bootstrap-peer")},
 			&cli.StringFlag{Name: "dht-mode", Value: "server", Usage: "server: answer DHT queries and hold records for others (fleet nodes); client: only ask; auto: server only once reachable from the internet, so never among nodes of one private network", EnvVars: env("dht-mode")},
@@ -73,6 +74,13 @@ so later versions can reuse them.`,
 			if _, err := p2p.ParseBootstrap(c.StringSlice("bootstrap-peer")); err != nil {
 				return usageError("--bootstrap-peer: %v", err)
 			}
+			if c.Int("peer-delta-encoders") < 0 {
+				return usageError("--peer-delta-encoders %d: want 0 (none) or more", c.Int("peer-delta-encoders"))
+			}
+			deltaEncoders := c.Int("peer-delta-encoders")
+			if deltaEncoders == 0 {
+				deltaEncoders = -1 // p2p's "off"; its 0 means the default
+			}
 			var uploadLimit int64
 			if c.IsSet("peer-upload-limit") {
 				if uploadLimit, err = parseSize(c.String("peer-upload-limit")); err != nil {
@@ -101,6 +109,8 @@ so later versions can reuse them.`,
 				DHTMode:         c.String("dht-mode"),
 				BootstrapPeers:  c.StringSlice("bootstrap-peer"),
 				AnnounceMax:     c.Int("dht-announce-max"),
+
+				PeerDeltaEncoders: deltaEncoders,
 			}
 			d, err := daemon.New(cfg)
 			if err != nil {

@@ -171,3 +171,13 @@ func TestDaemonRefusesBadConfig(t *testing.T) {
 		})
 	}
 }
+
+// TestDaemonRefusesNegativeDeltaEncoders: 0 turns delta serving off, so a negative
+// count is a mistake worth naming rather than a second way to say "off".
+func TestDaemonRefusesNegativeDeltaEncoders(t *testing.T) {
+	err := newApp().RunContext(context.Background(), []string{"shoal", "--log-level", "error", "daemon",
+		"--state-dir", t.TempDir(), "--peer-delta-encoders", "-1"})
+	if err == nil || !strings.Contains(err.Error(), "--peer-delta-encoders -1") {
+		t.Fatalf("daemon --peer-delta-encoders -1: %v, want it refused by name", err)
+	}
+}
