@@ -163,9 +163,10 @@ func tryExchange(h host.Host, to peer.ID, proto protocol.ID, req []byte) ([]byte
 	if _, err := s.Write(req); err != nil {
 		return nil, err
 	}
-	if err := s.CloseWrite(); err != nil {
-		return nil, err
-	}
+	// A reset that arrives while closing the write side comes back from CloseWrite as
+	// the muxer's own error type rather than network.ErrReset; the read that follows
+	// reports the same reset as network.ErrReset, so the error is left to it.
+	_ = s.CloseWrite()
 	out, err := io.ReadAll(s)
 	return out, err
 }
