@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -11,11 +12,13 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -220,6 +223,8 @@ func TestFaultMatrix(t *testing.T) {
 	const (
 		wantNAR = "NAR"
 		want404 = "404"
+		// The daemon refuses to start: Nix's connection is refused and it moves on.
+		wantNoStart = "no start"
 	)
 	tests := []struct {
 		name    string
@@ -229,7 +234,8 @@ func TestFaultMatrix(t *testing.T) {
 		noStore bool
 		want    string
 		wantLog string
-		narinfo int // status of v2's narinfo; 0: 200
+		narinfo int                                 // status of v2's narinfo; 0: 200
+		disk    func(t *testing.T, stateDir string) // breaks the state directory
 	}{
 		// The store breaks while the upstream is fine: the whole NAR comes from it.
 		{name: "store chunks 500", store: edge{chunks, statusFault(500)}, want: wantNAR, wantLog: "assembling from chunks failed; trying the whole NAR"},
@@ -261,13 +267,21 @@ func TestFaultMatrix(t *testing.T) {
 		{name: "upstream NAR stall, no store", noStore: true, up1: edge{nars, stall}, want: want404, wantLog: "response body stalled"},
 		// Both the store's chunks and the upstream's NAR are broken.
 		{name: "store chunks garbage, upstream NAR truncated", store: edge{chunks, garbage}, up1: edge{nars, hijackHalf(false)}, want: want404, wantLog: "NAR unavailable"},
+		// The state directory fills up or turns read-only under a running daemon: every
+		// source is healthy, but nothing can be kept. A clean 404 sends Nix on to its next
+		// substituter; the log names the file system's error.
+		{name: "state dir full", disk: diskFull, want: want404, wantLog: "no space left on device"},
+		// A read-only state directory can't be remounted under an open cache file; it
+		// happens at start (a unit's ReadOnlyPaths, a full-disk remount), and the daemon
+		// must refuse to start with the reason rather than serve without a cache.
+		{name: "state dir read-only at start", disk: readOnly, want: wantNoStart, wantLog: "read-only file system"},
 		// Everything is down: the narinfo is a clean 404, never a 5xx.
 		{name: "everything 503", store: edge{anyPath, statusFault(503)}, up1: edge{anyPath, statusFault(503)}, want: want404, narinfo: 404, wantLog: "narinfo source failed"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			g0, fd0 := resources(t)
-			logs := runFault(t, fc, tc.store, tc.up1, tc.second, tc.noStore, tc.narinfo, tc.want)
+			logs := runFault(t, fc, tc.store, tc.up1, tc.second, tc.noStore, tc.narinfo, tc.want, tc.disk)
 			if !strings.Contains(logs, tc.wantLog) {
 				t.Errorf("no log line contains %q:\n%s", tc.wantLog, logs)
 			}
@@ -279,14 +293,18 @@ func TestFaultMatrix(t *testing.T) {
 // runFault serves v1 with every fault off (so the package is local and v2 is priced as
 // chunks), then turns the faults on and asks for v2 as Nix would. It stops everything
 // before returning the daemon's log.
-func runFault(t *testing.T, fc *faultCache, store, up1 edge, second, noStore bool, narinfoStatus int, want string) string {
+func runFault(t *testing.T, fc *faultCache, store, up1 edge, second, noStore bool, narinfoStatus int, want string, disk func(*testing.T, string)) string {
 	t.Helper()
+	stateDir := t.TempDir()
+	if disk != nil {
+		smallFS(t, stateDir)
+	}
 	logs := &syncBuffer{}
 	var servers []*faultyServer
 	up := newFaultyServer(fc.cache.Dir, up1.match, up1.f)
 	servers = append(servers, up)
 	cfg := daemon.Config{
-		StateDir:      t.TempDir(),
+		StateDir:      stateDir,
 		Upstreams:     []string{up.URL},
 		TrustedKeys:   []string{fc.cache.PublicKey},
 		LookupTimeout: 30 * time.Second,
@@ -303,6 +321,18 @@ func runFault(t *testing.T, fc *faultCache, store, up1 edge, second, noStore boo
 		st = newFaultyServer(fc.storeDir, store.match, store.f)
 		servers = append(servers, st)
 		cfg.StoreURL = st.URL
+	}
+	if want == "no start" {
+		disk(t, stateDir)
+		d, err := daemon.New(cfg)
+		if err == nil {
+			d.Close()
+			t.Fatal("the daemon started on a broken state directory")
+		}
+		for _, s := range servers {
+			s.shutdown()
+		}
+		return err.Error()
 	}
 	transport := &http.Transport{}
 	cfg.HTTPClient = &http.Client{Transport: blob.StallTimeout(transport, 500*time.Millisecond)}
@@ -341,6 +371,9 @@ func runFault(t *testing.T, fc *faultCache, store, up1 edge, second, noStore boo
 	for _, s := range servers {
 		s.on.Store(true)
 	}
+	if disk != nil {
+		disk(t, stateDir)
+	}
 	status, body, err := get(client, url+"/nar/"+manifest.Key(fc.v2.NarHash)+".nar", url+"/"+fc.v2.HashPart()+".narinfo")
 	switch {
 	case narinfoStatus != 0:
@@ -364,7 +397,7 @@ func runFault(t *testing.T, fc *faultCache, store, up1 edge, second, noStore boo
 	for _, s := range servers {
 		hits += s.hits.Load()
 	}
-	if hits == 0 {
+	if hits == 0 && disk == nil {
 		t.Error("no request met the fault: the row tests nothing")
 	}
 	return logs.String()
@@ -389,4 +422,47 @@ func get(client *http.Client, narURL, narinfoURL string) (int, []byte, error) {
 	defer resp.Body.Close()
 	body, err := io.ReadAll(resp.Body)
 	return resp.StatusCode, body, err
+}
+
+// smallFS mounts a 16 MiB tmpfs on dir for the rest of the test, so a row can fill it
+// or make it read-only under the daemon. It needs root, as CI has; elsewhere the row is
+// skipped.
+func smallFS(t *testing.T, dir string) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("mounting a small file system for the state directory needs root")
+	}
+	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size=16m,mode=0700"); err != nil {
+		t.Fatalf("mounting a tmpfs on the state directory: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := syscall.Unmount(dir, 0); err != nil {
+			t.Errorf("unmounting the state directory: %v", err)
+		}
+	})
+}
+
+// diskFull fills the state directory's file system to the last byte.
+func diskFull(t *testing.T, dir string) {
+	f, err := os.Create(filepath.Join(dir, "filler"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	buf := make([]byte, 1<<20)
+	for {
+		if _, err := f.Write(buf); err != nil {
+			if !errors.Is(err, syscall.ENOSPC) {
+				t.Fatalf("filling the state directory: %v", err)
+			}
+			return
+		}
+	}
+}
+
+// readOnly remounts the state directory's file system read-only.
+func readOnly(t *testing.T, dir string) {
+	if err := syscall.Mount("", dir, "", syscall.MS_REMOUNT|syscall.MS_RDONLY, ""); err != nil {
+		t.Fatalf("remounting the state directory read-only: %v", err)
+	}
 }
