@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Drive a shoal daemon with many concurrent Nix-like clients and print throughput,
 # narinfo hit/miss latency (p50/p99), NAR MB/s (cold through the upstream, warm from the
-# local cache) and the daemon's peak RSS.
+# local cache) and the daemon's peak RSS, each with a ratio against the same load sent
+# straight to the binary cache in the same run (NARs decompressed and hashed, as Nix does).
 #
 #   scripts/daemon-load.sh CACHE_DIR PUBLIC_KEY_FILE [daemon-load flags...]
 #

@@ -32,6 +32,8 @@ type Path struct {
 	HashPart string
 	NarHash  [32]byte
 	NarSize  uint64
+	// URL and Compression of the NAR file in the binary cache, for Direct runs.
+	URL, Compression string
 }
 
 // Config says what load to apply.
@@ -52,6 +54,10 @@ type Config struct {
 	NarRounds int
 	// Client is the HTTP client; nil gets one with enough idle connections per host.
 	Client *http.Client
+	// Direct makes URL a plain binary cache instead of a daemon: NARs are fetched at
+	// their narinfo URL and decompressed, as Nix does without shoal. It gives a
+	// baseline measured the same way.
+	Direct bool
 }
 
 // Latencies summarises one kind of request.
@@ -135,7 +141,7 @@ func ReadCache(dir string) ([]Path, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", name, err)
 		}
-		paths = append(paths, Path{HashPart: ni.HashPart(), NarHash: ni.NarHash, NarSize: ni.NarSize})
+		paths = append(paths, Path{HashPart: ni.HashPart(), NarHash: ni.NarHash, NarSize: ni.NarSize, URL: ni.URL, Compression: ni.EffectiveCompression()})
 	}
 	if len(paths) == 0 {
 		return nil, fmt.Errorf("no narinfos in %s", dir)
@@ -340,7 +346,11 @@ func (d *driver) narInfo(ctx context.Context, rec *recorder, hashPart, method st
 // nar fetches one NAR and checks it against its NarHash and NarSize.
 func (d *driver) nar(ctx context.Context, rec *recorder, p Path) error {
 	began := time.Now()
-	resp, err := d.get(ctx, http.MethodGet, d.cfg.URL+"/nar/"+manifest.Key(p.NarHash)+".nar")
+	url, compression := d.cfg.URL+"/nar/"+manifest.Key(p.NarHash)+".nar", "none"
+	if d.cfg.Direct {
+		url, compression = d.cfg.URL+"/"+p.URL, p.Compression
+	}
+	resp, err := d.get(ctx, http.MethodGet, url)
 	if err != nil {
 		return err
 	}
@@ -348,8 +358,13 @@ func (d *driver) nar(ctx context.Context, rec *recorder, p Path) error {
 	if resp.StatusCode != http.StatusOK {
 		return fmt.Errorf("NAR of %s: status %d", p.HashPart, resp.StatusCode)
 	}
+	body, err := substituter.Decompress(ctx, resp.Body, compression)
+	if err != nil {
+		return fmt.Errorf("NAR of %s: %w", p.HashPart, err)
+	}
+	defer body.Close()
 	h := sha256.New()
-	n, err := io.Copy(h, resp.Body)
+	n, err := io.Copy(h, body)
 	if err != nil {
 		return fmt.Errorf("NAR of %s: %w after %d bytes", p.HashPart, err, n)
 	}

@@ -26,7 +26,7 @@ func TestLoadSmall(t *testing.T) {
 			nar[j] = byte(j*7 + i*13 + j>>9)
 		}
 		ni := c.Add(t, cachetest.HashPart(fmt.Sprint("load", i)), fmt.Sprintf("load-%d", i), nar, "zstd")
-		paths = append(paths, loadtest.Path{HashPart: ni.HashPart(), NarHash: ni.NarHash, NarSize: ni.NarSize})
+		paths = append(paths, loadtest.Path{HashPart: ni.HashPart(), NarHash: ni.NarHash, NarSize: ni.NarSize, URL: ni.URL, Compression: ni.EffectiveCompression()})
 	}
 	upstream := httptest.NewServer(http.FileServer(http.Dir(c.Dir)))
 	defer upstream.Close()
@@ -54,6 +54,12 @@ func TestLoadSmall(t *testing.T) {
 		}
 	}()
 
+	// The baseline mode, straight at the cache, checks its answers the same way.
+	if _, err := loadtest.Run(context.Background(), loadtest.Config{
+		URL: upstream.URL, Direct: true, Paths: paths, Clients: 4, NarInfoOps: 10, MissRatio: 0.3, NarRounds: 1,
+	}); err != nil {
+		t.Fatalf("direct from the cache: %v", err)
+	}
 	rep, err := loadtest.Run(context.Background(), loadtest.Config{
 		URL:        "http://" + ln.Addr().String(),
 		Paths:      paths,

@@ -1,8 +1,9 @@
 // Command daemon-load measures a shoal daemon under Nix-like load: it serves a binary
 // cache directory on loopback as the daemon's only upstream, starts the daemon binary
 // with a fresh state directory, drives it with internal/loadtest, and prints
-// throughput, narinfo latencies and the daemon's peak RSS (VmHWM). scripts/daemon-load.sh
-// builds shoal and runs it.
+// throughput, narinfo latencies and the daemon's peak RSS (VmHWM), each against a
+// baseline: the same load straight at the binary cache, in the same run.
+// scripts/daemon-load.sh builds shoal and runs it.
 package main
 
 import (
@@ -90,18 +91,37 @@ func run() error {
 	}
 	fmt.Printf("%d store paths, %.1f MB of NARs; %d clients, %d narinfo requests each (%.0f%% misses), %d warm rounds\n",
 		len(paths), float64(total)/1e6, *clients, *ops, *miss*100, *rounds)
-	rep, err := loadtest.Run(context.Background(), loadtest.Config{
-		URL: url, Paths: paths, Clients: *clients, NarInfoOps: *ops, MissRatio: *miss, NarRounds: *rounds,
-	})
+	cfg := loadtest.Config{Paths: paths, Clients: *clients, NarInfoOps: *ops, MissRatio: *miss, NarRounds: *rounds}
+	// The baseline: the same load straight at the binary cache, NARs decompressed and
+	// hashed as Nix does without shoal, in this run and on this machine.
+	direct := cfg
+	direct.URL, direct.Direct = "http://"+up.Addr().String(), true
+	base, err := loadtest.Run(context.Background(), direct)
+	if err != nil {
+		return fmt.Errorf("baseline: %w", err)
+	}
+	fmt.Print("== baseline: the binary cache directly (static file server, NARs decompressed and hashed)\n", base)
+	cfg.URL = url
+	rep, err := loadtest.Run(context.Background(), cfg)
 	if err != nil {
 		return err
 	}
-	fmt.Print(rep)
+	fmt.Print("== shoal daemon\n", rep)
 	hwm, err := peakRSS(cmd.Process.Pid)
 	if err != nil {
 		return err
 	}
 	fmt.Printf("daemon peak RSS (VmHWM): %s\n", hwm)
+	ratio := func(a, b float64) string {
+		if b == 0 {
+			return "n/a"
+		}
+		return fmt.Sprintf("%.2f", a/b)
+	}
+	fmt.Printf("ratios daemon/baseline: narinfo hit p50 %s, p99 %s; miss p50 %s, p99 %s; cold NAR MB/s %s; warm NAR MB/s %s\n",
+		ratio(float64(rep.NarInfoHit.P50), float64(base.NarInfoHit.P50)), ratio(float64(rep.NarInfoHit.P99), float64(base.NarInfoHit.P99)),
+		ratio(float64(rep.NarInfoMiss.P50), float64(base.NarInfoMiss.P50)), ratio(float64(rep.NarInfoMiss.P99), float64(base.NarInfoMiss.P99)),
+		ratio(rep.Cold.NARMBps(), base.Cold.NARMBps()), ratio(rep.Warm.NARMBps(), base.Warm.NARMBps()))
 	return nil
 }
 
