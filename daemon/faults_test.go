@@ -466,3 +466,31 @@ func readOnly(t *testing.T, dir string) {
 		t.Fatalf("remounting the state directory read-only: %v", err)
 	}
 }
+
+// TestNixSubstitutesPastAStalledStore is the fault matrix's one row with a real Nix: the
+// store sends half of each chunk and then nothing. Nix must still get a correct upgrade,
+// from the upstream, well before its own stall timeout.
+func TestNixSubstitutesPastAStalledStore(t *testing.T) {
+	f := newFixture(t)
+	st := newFaultyServer(f.storeDir, chunks, stall)
+	defer st.shutdown()
+	transport := &http.Transport{}
+	defer transport.CloseIdleConnections()
+	logs := &syncBuffer{}
+	_, url := startDaemon(t, daemon.Config{
+		StoreURL:    st.URL,
+		Upstreams:   []string{f.upstream.URL},
+		TrustedKeys: []string{f.pk},
+		HTTPClient:  &http.Client{Transport: blob.StallTimeout(transport, time.Second)},
+		Logger:      slog.New(slog.NewTextHandler(logs, nil)),
+	})
+	f.copyAndVerify(t, url, "demo-1.0")
+	st.on.Store(true)
+	f.copyAndVerify(t, url, "demo-1.1")
+	if st.hits.Load() == 0 {
+		t.Fatal("the store was never asked for a chunk: the test tests nothing")
+	}
+	if !strings.Contains(logs.String(), "response body stalled") {
+		t.Errorf("no log line names the stall:\n%s", logs)
+	}
+}
