@@ -113,13 +113,13 @@ type Report struct {
 
 func (r Report) String() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "cold NARs (first fetch, through the upstream): %d NARs, %.1f MB in %v: %.1f MB/s\n",
+	fmt.Fprintf(&b, "first round of NARs (cold: a daemon fetches them from its sources): %d NARs, %.1f MB in %v: %.1f MB/s\n",
 		r.Cold.NARs, float64(r.Cold.NARBytes)/1e6, r.Cold.Elapsed.Round(time.Millisecond), r.Cold.NARMBps())
 	fmt.Fprintf(&b, "narinfo storm: %d requests in %v: %.0f requests/s\n",
 		r.Storm.Requests, r.Storm.Elapsed.Round(time.Millisecond), r.Storm.RequestsPerSecond())
 	fmt.Fprintf(&b, "  narinfo hits:   %v\n", r.NarInfoHit)
 	fmt.Fprintf(&b, "  narinfo misses: %v\n", r.NarInfoMiss)
-	fmt.Fprintf(&b, "warm NARs (from the local cache, in parallel): %d NARs, %.1f MB in %v: %.1f MB/s\n",
+	fmt.Fprintf(&b, "later rounds of NARs (warm: a daemon serves them from its local cache): %d NARs, %.1f MB in %v: %.1f MB/s\n",
 		r.Warm.NARs, float64(r.Warm.NARBytes)/1e6, r.Warm.Elapsed.Round(time.Millisecond), r.Warm.NARMBps())
 	fmt.Fprintf(&b, "  NAR requests:   %v\n", r.NAR)
 	return b.String()
