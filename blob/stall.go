@@ -19,10 +19,11 @@ const DefaultStallTimeout = 60 * time.Second
 // ErrStalled reports a response body that stopped sending bytes.
 var ErrStalled = errors.New("response body stalled")
 
-// StallTimeout wraps rt so that a response body that delivers no byte for idle fails
-// with ErrStalled instead of blocking its reader forever. Headers are bounded by the
-// transport's ResponseHeaderTimeout; a body can take minutes, so there is no overall
-// deadline, only this bound on silence.
+// StallTimeout wraps rt so that a Read of a response body that waits more than idle
+// for bytes fails with ErrStalled instead of blocking forever. Headers are bounded by
+// the transport's ResponseHeaderTimeout; a body can take minutes, so there is no overall
+// deadline, only this bound on the server's silence. Time the reader spends between
+// Reads does not count.
 func StallTimeout(rt http.RoundTripper, idle time.Duration) http.RoundTripper {
 	return &stallTransport{next: rt, idle: idle}
 }
@@ -40,31 +41,58 @@ func (s *stallTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		return nil, err
 	}
 	b := &stallBody{rc: resp.Body, ctx: ctx, cancel: cancel, idle: s.idle}
-	b.timer = time.AfterFunc(s.idle, func() { cancel(ErrStalled) })
+	b.timer = time.AfterFunc(s.idle, b.expire)
+	b.timer.Stop() // armed only while a Read waits
 	resp.Body = b
 	return resp, nil
 }
 
-// stallBody re-arms its timer whenever bytes arrive; when the timer fires, the request's
-// context is cancelled, which unblocks the pending Read.
+// stallBody bounds the time each Read waits for bytes. Only time spent inside Read
+// counts: a reader that is slow to come back (busy writing what it read) is not a
+// silent server. When the bound passes, the request's context is cancelled, which
+// unblocks the pending Read.
 type stallBody struct {
 	rc     io.ReadCloser
 	ctx    context.Context
 	cancel context.CancelCauseFunc
 	idle   time.Duration
 	timer  *time.Timer
-	once   sync.Once
+
+	mu       sync.Mutex
+	reading  bool
+	deadline time.Time
+	once     sync.Once
 }
 
 func (b *stallBody) Read(p []byte) (int, error) {
+	b.mu.Lock()
+	b.reading, b.deadline = true, time.Now().Add(b.idle)
+	b.timer.Reset(b.idle)
+	b.mu.Unlock()
 	n, err := b.rc.Read(p)
-	if n > 0 {
-		b.timer.Reset(b.idle)
-	}
+	b.mu.Lock()
+	b.reading = false
+	b.timer.Stop()
+	b.mu.Unlock()
 	if err != nil && err != io.EOF && errors.Is(context.Cause(b.ctx), ErrStalled) {
 		err = fmt.Errorf("%w: no bytes for %s", ErrStalled, b.idle)
 	}
 	return n, err
+}
+
+// expire runs when the timer fires. A timer armed by an earlier Read may fire late,
+// after a new Read began: only a Read past its own deadline counts as a stall.
+func (b *stallBody) expire() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !b.reading {
+		return
+	}
+	if left := time.Until(b.deadline); left > 0 {
+		b.timer.Reset(left)
+		return
+	}
+	b.cancel(ErrStalled)
 }
 
 func (b *stallBody) Close() error {

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"testing"
 	"time"
 
@@ -18,6 +19,9 @@ func TestStallTimeout(t *testing.T) {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Length", "1000")
 		switch r.URL.Path {
+		case "/whole":
+			w.Header().Set("Content-Length", strconv.Itoa(1<<20)) // more than the buffers between
+			_, _ = w.Write(make([]byte, 1<<20))
 		case "/stalls":
 			_, _ = w.Write(make([]byte, 100))
 			w.(http.Flusher).Flush()
@@ -44,6 +48,31 @@ func TestStallTimeout(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A reader slower than the bound between its Reads is not a stalled server.
+	t.Run("slow reader", func(t *testing.T) {
+		quick := &http.Client{Transport: blob.StallTimeout(tr, 100*time.Millisecond)}
+		resp, err := quick.Get(srv.URL + "/whole")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var got []byte
+		buf := make([]byte, 64<<10)
+		for {
+			n, err := resp.Body.Read(buf)
+			got = append(got, buf[:n]...)
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				t.Fatalf("after %d bytes: %v", len(got), err)
+			}
+			time.Sleep(120 * time.Millisecond) // busy elsewhere, longer than the bound
+		}
+		if len(got) != 1<<20 {
+			t.Fatalf("read %d bytes", len(got))
+		}
+	})
 	for _, tc := range []struct {
 		key     string
 		stalled bool
