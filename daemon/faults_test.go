@@ -296,11 +296,16 @@ func TestFaultMatrix(t *testing.T) {
 // before returning the daemon's log.
 func runFault(t *testing.T, fc *faultCache, store, up1 edge, second, noStore bool, narinfoStatus int, want string, disk func(*testing.T, string)) string {
 	t.Helper()
+	logs := &syncBuffer{}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("daemon log:\n%s", logs)
+		}
+	})
 	stateDir := t.TempDir()
 	if disk != nil {
 		smallFS(t, stateDir)
 	}
-	logs := &syncBuffer{}
 	var servers []*faultyServer
 	up := newFaultyServer(fc.cache.Dir, up1.match, up1.f)
 	servers = append(servers, up)
