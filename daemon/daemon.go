@@ -127,6 +127,7 @@ type Daemon struct {
 	peers     *p2p.Node
 	local     *localstore.Store
 	lookups   singleflight.Group
+	narInfos  *narInfoWriter
 	now       func() time.Time
 }
 
@@ -195,11 +196,15 @@ func New(cfg Config) (*Daemon, error) {
 		d.Close()
 		return nil, err
 	}
+	d.narInfos = newNarInfoWriter(d.cache.PutNarInfo, d.log)
 	return d, nil
 }
 
-// Close releases the local cache.
+// Close releases the local cache, once the narinfo lookups recorded so far are written.
 func (d *Daemon) Close() error {
+	if d.narInfos != nil {
+		d.narInfos.close()
+	}
 	if d.peers != nil {
 		_ = d.peers.Close()
 	}
