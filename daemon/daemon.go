@@ -200,8 +200,9 @@ func New(cfg Config) (*Daemon, error) {
 	return d, nil
 }
 
-// Close releases the local cache, once the narinfo lookups recorded so far are written.
+// Close releases the local cache.
 func (d *Daemon) Close() error {
+	// The narinfo lookups recorded so far are written before the cache closes.
 	if d.narInfos != nil {
 		d.narInfos.close()
 	}
