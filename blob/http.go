@@ -12,9 +12,9 @@ import (
 )
 
 // DefaultHTTPClient returns the client used when Open is given none. It
-// bounds connecting and waiting for response headers but sets no overall
-// timeout, because a NAR body can take minutes to stream; callers bound whole
-// transfers with their context instead.
+// bounds connecting, waiting for response headers and silence within a body
+// (DefaultStallTimeout) but sets no overall timeout, because a NAR body can
+// take minutes to stream; callers bound whole transfers with their context.
 func DefaultHTTPClient() *http.Client {
 	t := http.DefaultTransport.(*http.Transport).Clone()
 	t.DialContext = (&net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}).DialContext
@@ -22,7 +22,7 @@ func DefaultHTTPClient() *http.Client {
 	t.ResponseHeaderTimeout = 60 * time.Second
 	// Many small chunk requests are kept in flight against one store.
 	t.MaxIdleConnsPerHost = 64
-	return &http.Client{Transport: t}
+	return &http.Client{Transport: StallTimeout(t, DefaultStallTimeout)}
 }
 
 // httpBackend reads objects from a static HTTP server such as a binary cache

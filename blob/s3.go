@@ -96,7 +96,8 @@ func openS3(u *url.URL) (*s3Backend, error) {
 		Secure:       secure,
 		Region:       region,
 		BucketLookup: lookup,
-		Transport:    t,
+		// A silent body must fail like one from an HTTP store, not hang its reader.
+		Transport: StallTimeout(t, DefaultStallTimeout),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("blob: S3 client for %q: %w", u.String(), err)

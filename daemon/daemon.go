@@ -132,6 +132,7 @@ type Daemon struct {
 	peers     *p2p.Node
 	local     *localstore.Store
 	lookups   singleflight.Group
+	narInfos  *narInfoWriter
 	now       func() time.Time
 }
 
@@ -203,6 +204,7 @@ func New(cfg Config) (*Daemon, error) {
 		d.Close()
 		return nil, err
 	}
+	d.narInfos = newNarInfoWriter(d.cache.PutNarInfo, d.log)
 	return d, nil
 }
 
@@ -213,6 +215,10 @@ const deltaDecodes = 4
 
 // Close releases the local cache.
 func (d *Daemon) Close() error {
+	// The narinfo lookups recorded so far are written before the cache closes.
+	if d.narInfos != nil {
+		d.narInfos.close()
+	}
 	if d.peers != nil {
 		_ = d.peers.Close()
 	}

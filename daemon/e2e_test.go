@@ -193,7 +193,9 @@ func startDaemon(t *testing.T, cfg daemon.Config) (*daemon.Daemon, string) {
 	if cfg.StateDir == "" {
 		cfg.StateDir = t.TempDir()
 	}
-	cfg.Logger = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
 	d, err := daemon.New(cfg)
 	if err != nil {
 		t.Fatal(err)

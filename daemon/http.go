@@ -208,9 +208,7 @@ func (d *Daemon) lookup(ctx context.Context, hashPart string) (*substituter.NarI
 			// Without a route the NAR URL would 404 later: refuse the narinfo now.
 			return nil, "", fmt.Errorf("recording NAR route: %w", err)
 		}
-		if err := d.cache.PutNarInfo(hashPart, localcache.NarInfoEntry{Raw: ni.Raw, Source: s.name, Expires: now.Add(d.cfg.PositiveTTL)}); err != nil {
-			d.log.Warn("caching narinfo", "err", err)
-		}
+		d.narInfos.record(hashPart, localcache.NarInfoEntry{Raw: ni.Raw, Source: s.name, Expires: now.Add(d.cfg.PositiveTTL)})
 		d.log.Debug("narinfo found", "path", ni.StorePath, "source", s.name, "key", key)
 		return ni, s.name, nil
 	}
@@ -222,9 +220,7 @@ func (d *Daemon) lookup(ctx context.Context, hashPart string) (*substituter.NarI
 	if reason == "" {
 		reason = "no sources"
 	}
-	if err := d.cache.PutNarInfo(hashPart, localcache.NarInfoEntry{Negative: true, Reason: reason, Expires: d.now().Add(ttl)}); err != nil {
-		d.log.Warn("caching narinfo miss", "err", err)
-	}
+	d.narInfos.record(hashPart, localcache.NarInfoEntry{Negative: true, Reason: reason, Expires: d.now().Add(ttl)})
 	return nil, "", fmt.Errorf("%w: %s", substituter.ErrNotFound, reason)
 }
 

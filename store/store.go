@@ -180,6 +180,9 @@ func (s *Store) Meta(ctx context.Context) (*Meta, error) {
 	if err := json.Unmarshal(raw, &m); err != nil {
 		return nil, fmt.Errorf("parsing %s from %s: %w", MetaKey, s.b, err)
 	}
+	if m.Version < 1 {
+		return nil, fmt.Errorf("store %s: %s has format version %d, which no shoal writes: not a shoal store", s.b, MetaKey, m.Version)
+	}
 	if m.Version > FormatVersion {
 		return nil, fmt.Errorf("store %s has format version %d; this shoal reads up to %d: upgrade shoal", s.b, m.Version, FormatVersion)
 	}

@@ -65,6 +65,9 @@ so later versions can reuse them.`,
 			if cacheSize > 0 && cacheSize < 16<<20 {
 				return usageError("--cache-size %s is below the 16 MiB minimum", c.String("cache-size"))
 			}
+			if c.Duration("verify-wait") < 0 {
+				return usageError("--verify-wait %s: want a duration of at least 0s", c.Duration("verify-wait"))
+			}
 			if !slices.Contains(p2p.DHTModes, c.String("dht-mode")) {
 				return usageError("--dht-mode %q: want one of %s", c.String("dht-mode"), strings.Join(p2p.DHTModes, ", "))
 			}

@@ -153,6 +153,7 @@ func TestDaemonRefusesBadConfig(t *testing.T) {
 		{"bad key", []string{"--trusted-public-key", "nonsense", "--state-dir", t.TempDir()}},
 		{"bad listen", []string{"--listen", "not-an-address", "--state-dir", t.TempDir(), "--upstream", t.TempDir()}},
 		{"arguments", []string{"--state-dir", t.TempDir(), "extra"}},
+		{"negative verify wait", []string{"--state-dir", t.TempDir(), "--upstream", t.TempDir(), "--listen", "127.0.0.1:0", "--verify-wait", "-1s"}},
 		{"bad log level", []string{"--state-dir", t.TempDir()}},
 	}
 	for _, tc := range tests {
@@ -165,8 +166,12 @@ func TestDaemonRefusesBadConfig(t *testing.T) {
 				}
 				return
 			}
-			if err := run(args...); err == nil {
+			err := run(args...)
+			if err == nil {
 				t.Fatal("daemon started")
+			}
+			if strings.Contains(strings.Join(args, " "), "--verify-wait") && !strings.Contains(err.Error(), "--verify-wait") {
+				t.Fatalf("error %q does not name --verify-wait", err)
 			}
 		})
 	}
