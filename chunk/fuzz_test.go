@@ -86,3 +86,42 @@ func FuzzParseIdentity(f *testing.F) {
 		}
 	})
 }
+
+// FuzzOpenDelta feeds arbitrary delta objects, as a store or a lying peer could send
+// them, against a fixed dictionary. decodeDelta must refuse or stay within maxSize,
+// and OpenDelta must never return bytes that do not hash to the ID asked for.
+func FuzzOpenDelta(f *testing.F) {
+	c := NewDeltaCodec(0, 1)
+	f.Cleanup(c.Close)
+	dict := randomBytes(11, 64<<10)
+	for _, raw := range [][]byte{[]byte("a"), revision(dict, 12)[:40000], randomInput(5000)} {
+		obj, err := c.EncodeDelta(nil, raw, dict)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(obj, uint32(len(raw)))
+	}
+	f.Add([]byte{0x28, 0xb5, 0x2f, 0xfd}, uint32(10))
+	f.Fuzz(func(t *testing.T, obj []byte, limit uint32) {
+		maxSize := int(limit % (2 * MaxDeltaChunk))
+		out, err := c.decodeDelta(nil, obj, dict, maxSize)
+		if err != nil {
+			if out != nil {
+				t.Fatalf("decodeDelta returned %d bytes with error %v", len(out), err)
+			}
+			return
+		}
+		if len(out) > maxSize {
+			t.Fatalf("decodeDelta returned %d bytes, limit %d", len(out), maxSize)
+		}
+		id := Sum(out)
+		if _, err := c.OpenDelta(nil, id, obj, dict, maxSize); err != nil {
+			t.Fatalf("OpenDelta under the content's own ID: %v", err)
+		}
+		wrong := id
+		wrong[0] ^= 1
+		if got, err := c.OpenDelta(nil, wrong, obj, dict, maxSize); err == nil {
+			t.Fatalf("OpenDelta accepted %d bytes under a wrong ID", len(got))
+		}
+	})
+}

@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/shoal-nix/shoal/chunk"
 )
 
 // The p2p decoders read bytes a peer chose. These targets feed them arbitrary input
@@ -165,6 +167,29 @@ func FuzzReadFleetKey(f *testing.F) {
 		}
 		if len(psk) != 32 || bytes.Equal(psk, make([]byte, 32)) {
 			t.Fatalf("accepted a weak key %x", []byte(psk))
+		}
+	})
+}
+
+// FuzzReadDeltaRequest covers the delta request a server reads from an asking peer:
+// what it accepts names 1..MaxDeltaBases bases and encodes back to the bytes read.
+func FuzzReadDeltaRequest(f *testing.F) {
+	id := chunk.Sum([]byte("target"))
+	q := deltaRequest{nar: [32]byte{1}, target: id, bases: []chunk.ID{chunk.Sum([]byte("base"))}}
+	f.Add(q.append(nil))
+	f.Add(append(q.append(nil)[:96], 0))
+	f.Add(append(q.append(nil)[:96], 0xff, 0xff, 0xff, 0xff, 0x0f))
+	f.Fuzz(func(t *testing.T, in []byte) {
+		r := bufio.NewReader(bytes.NewReader(in))
+		got, err := readDeltaRequest(r)
+		if err != nil {
+			return
+		}
+		if len(got.bases) == 0 || len(got.bases) > chunk.MaxDeltaBases {
+			t.Fatalf("%d bases accepted, want 1..%d", len(got.bases), chunk.MaxDeltaBases)
+		}
+		if enc := got.append(nil); !bytes.HasPrefix(in, enc[:96]) {
+			t.Fatalf("request fields do not match the bytes read")
 		}
 	})
 }
