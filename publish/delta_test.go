@@ -246,3 +246,48 @@ func TestPublishWithoutDeltas(t *testing.T) {
 		t.Fatalf("deltas without Deltas (err %v)", err)
 	}
 }
+
+// BenchmarkPublishDeltas publishes two versions of a package, the second a small edit
+// of the first, with and without deltas in the same run, and reports both
+// throughputs (MB/s of NAR) and their ratio: the publish cost of deltas.
+func BenchmarkPublishDeltas(b *testing.B) {
+	size := 16 << 20
+	if testing.Short() {
+		size = 1 << 20
+	}
+	v0 := randomBytes(30, size)
+	for i := 0; i < size; i += 8 << 10 {
+		clear(v0[i : i+2<<10]) // compressible stretches, as in real NARs
+	}
+	v1 := nextRelease(v0, 1, 5000)
+	cache := cachetest.New(b, "bench-1")
+	hps := []string{
+		cache.Add(b, cachetest.HashPart("a"), "pkg-1.0", v0, "zstd").HashPart(),
+		cache.Add(b, cachetest.HashPart("b"), "pkg-1.1", v1, "zstd").HashPart(),
+	}
+	narBytes := float64(len(v0) + len(v1))
+	var with, without time.Duration
+	var sum publish.Summary
+	for range b.N {
+		for _, deltas := range []bool{false, true} {
+			start := time.Now()
+			s, err := runWith(b, cache, b.TempDir(), publish.Options{Params: chunk.DefaultParams(), Jobs: 2, Deltas: deltas}, hps...)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if deltas {
+				with += time.Since(start)
+				sum = s
+			} else {
+				without += time.Since(start)
+			}
+		}
+	}
+	if sum.Deltas == 0 {
+		b.Fatal("no deltas written")
+	}
+	b.ReportMetric(narBytes*float64(b.N)/without.Seconds()/1e6, "plain-MB/s")
+	b.ReportMetric(narBytes*float64(b.N)/with.Seconds()/1e6, "deltas-MB/s")
+	b.ReportMetric(without.Seconds()/with.Seconds(), "deltas/plain-speed")
+	b.ReportMetric(float64(sum.DeltaBytes)/float64(sum.NewBytes), "delta/new-chunk-bytes")
+}
