@@ -107,6 +107,9 @@ func (l Layout) Around(narSize, off uint64, size uint32, n int) []int {
 	i := sort.Search(len(l.Offsets), func(j int) bool { return l.Offsets[j] > rel }) - 1
 	i = max(i, 0)
 	lo := i - (n-1)/2
+	if n%2 == 0 && rel-l.Offsets[i] < uint64(l.Sizes[i])/2 {
+		lo = i - n/2 // an even count leans towards the nearer neighbour
+	}
 	lo = max(0, min(lo, len(l.Offsets)-n))
 	hi := lo + n // exclusive
 	var dict uint64

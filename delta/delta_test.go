@@ -79,6 +79,8 @@ func TestAround(t *testing.T) {
 		{"relative, not absolute", 2000, 900, 20, 3, []int{3, 4, 5}},
 		{"five", 1000, 450, 10, 5, []int{2, 3, 4, 5, 6}},
 		{"one", 1000, 450, 10, 1, []int{4}},
+		{"two, middle in the second half", 1000, 460, 10, 2, []int{4, 5}},
+		{"two, middle in the first half", 1000, 420, 10, 2, []int{3, 4}},
 		{"clamped at the start", 1000, 0, 10, 3, []int{0, 1, 2}},
 		{"clamped at the end", 1000, 990, 10, 3, []int{7, 8, 9}},
 		{"past the end of a smaller base", 5000, 4990, 10, 3, []int{7, 8, 9}},
