@@ -9,8 +9,9 @@
 #   make-corpus --xz --zstd CORPUS golang.org/x/tools@v0.49.0 golang.org/x/tools@v0.50.0 ...
 # For each corpus the script publishes the whole cache once per variant, each into a
 # fresh store, and prints publish throughput (MB/s of NAR) and the store bytes the
-# delta objects add. A variant is "off" (no deltas) or BASES[:LEVEL] (--delta-bases,
-# --delta-level); the first delta variant is the one the upgrade table uses. Then, per
+# delta objects add, and what all upgrades together fetch. A variant is "off" (no
+# deltas) or BASES[:LEVEL] (--delta-bases, --delta-level); the first delta variant is
+# the one the upgrade table uses. Then, per
 # upgrade (each path from the previous one), it prints what a client holding the
 # previous path fetches, read from the published manifests: the new chunks as full
 # objects, the same with deltas where they are smaller, and for reference the source
@@ -44,8 +45,8 @@ for c in "$@"; do
   echo "== $(basename "$corpus"): ${#paths[@]} paths from $(basename "$cache")"
 
   echo
-  echo "| variant | publish MB/s of NAR | delta objects | delta store bytes | store bytes | deltas / store |"
-  echo "|---|---|---|---|---|---|"
+  echo "| variant | publish MB/s of NAR | delta objects | delta store bytes | store bytes | deltas / store | all upgrades, bytes fetched | / full new chunks |"
+  echo "|---|---|---|---|---|---|---|---|"
   table_store=
   for v in $variants; do
     store=$work/store-$(basename "$corpus")-${v/:/-}
@@ -61,7 +62,9 @@ for c in "$@"; do
     ndeltas=$( (find "$store/deltas" -type f 2>/dev/null || true) | wc -l)
     dbytes=$(bytes "$store/deltas")
     sbytes=$(bytes "$store")
-    echo "| $v | $speed | $ndeltas | $dbytes | $sbytes | $(ratio "$dbytes" "$sbytes") |"
+    # What every upgrade together fetches, new chunks as deltas where offered.
+    up=$("$work/upgradecost" "$store" "${hps[@]}" | awk -F'\t' 'NR > 1 { d += $7 + $8; c += $5 + $8 } END { printf "%d %d\n", d, c }')
+    echo "| $v | $speed | $ndeltas | $dbytes | $sbytes | $(ratio "$dbytes" "$sbytes") | ${up% *} | $(ratio "${up% *}" "${up#* }") |"
   done
   [[ -n $table_store ]] || continue
 
