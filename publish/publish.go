@@ -67,7 +67,7 @@ type Summary struct {
 	Chunks      int64 // chunks in the NARs published
 	NewChunks   int64 // chunks the store did not have
 	NewBytes    int64 // stored (compressed) bytes written for those chunks
-	WithBase    int   // NARs published with deltas against a base
+	WithBase    int   // NARs published with deltas against a base (version 2 manifests)
 	Deltas      int64 // delta objects in the manifests published
 	DeltaBytes  int64 // their stored size
 	DeltaSaved  int64 // full chunk objects minus deltas, over the chunks that have one
@@ -230,7 +230,7 @@ func (p *Publisher) Run(ctx context.Context, hashParts []string) (Summary, error
 			sum.Chunks += r.chunks
 			sum.NewChunks += r.newChunks
 			sum.NewBytes += r.newBytes
-			if r.base != "" {
+			if r.deltas > 0 {
 				sum.WithBase++
 			}
 			sum.Deltas += r.deltas
