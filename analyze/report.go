@@ -131,7 +131,7 @@ func (r *Result) writeDeltaTable(w io.Writer, l int) error {
 		}
 		chunks, deltas, src, ok := r.DeltaUpgrades(c, l)
 		fmt.Fprintf(tw, "%s\t%s/%s/%s\t%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t\n", c.Strategy, FormatSize(c.Params.Min), FormatSize(c.Params.Avg), FormatSize(c.Params.Max),
-			nNew, nDeltas, mb(chunks), mb(deltas), optionalMB(src, ok), ratio(chunks, src, ok), ratio(deltas, src, ok), ratio(deltas, chunks, true))
+			nNew, nDeltas, mb3(chunks), mb3(deltas), optionalMB(src, ok), ratio(chunks, src, ok), ratio(deltas, src, ok), ratio(deltas, chunks, true))
 	}
 	return tw.Flush()
 }
@@ -140,8 +140,11 @@ func optionalMB(n uint64, ok bool) string {
 	if !ok {
 		return "-"
 	}
-	return mb(n)
+	return mb3(n)
 }
+
+// mb3 prints megabytes to the kilobyte: deltas of small upgrades are a few of them.
+func mb3(n uint64) string { return strconv.FormatFloat(float64(n)/1e6, 'f', 3, 64) }
 
 func mb(n uint64) string { return strconv.FormatFloat(float64(n)/1e6, 'f', 1, 64) }
 
