@@ -210,14 +210,14 @@ func (s *configState) cut(r io.Reader, fn func(off uint64, raw []byte) error) er
 
 // deltaCost cuts the base and the new NAR as this configuration does and prices
 // each chunk of the new NAR the base lacks, as a full object (sizes measured by Run)
-// and as a delta against the base chunks publish would choose.
+// and as a delta against the base chunks publish would choose (delta.Aligner).
 // worthLevel is the index of the level whose full object a delta must beat to be
 // kept (publish compares with its zstd default objects).
 func (s *configState) deltaCost(ctx context.Context, base, nar *os.File, narSize uint64, dc *chunk.DeltaCodec, nBases, worthLevel int, out *DeltaCost) error {
 	var layout delta.Layout
-	have := map[chunk.ID]bool{}
+	var ids []chunk.ID
 	err := s.cut(io.NewSectionReader(base, 0, 1<<62), func(off uint64, raw []byte) error {
-		have[chunk.Sum(raw)] = true
+		ids = append(ids, chunk.Sum(raw))
 		layout.Offsets = append(layout.Offsets, off)
 		layout.Sizes = append(layout.Sizes, uint32(len(raw)))
 		layout.NarSize = off + uint64(len(raw))
@@ -226,16 +226,19 @@ func (s *configState) deltaCost(ctx context.Context, base, nar *os.File, narSize
 	if err != nil {
 		return fmt.Errorf("cutting the base: %w", err)
 	}
+	align := layout.NewAligner(ids, narSize)
+	seen := map[chunk.ID]bool{}
 	var dict, obj []byte
 	return s.cut(io.NewSectionReader(nar, 0, 1<<62), func(off uint64, raw []byte) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
 		id := chunk.Sum(raw)
-		if have[id] {
+		idx, inBase := align.Next(id, off, uint32(len(raw)), nBases)
+		if inBase || seen[id] {
 			return nil
 		}
-		have[id] = true
+		seen[id] = true
 		s.mu.Lock()
 		info := s.seen[id]
 		s.mu.Unlock()
@@ -246,7 +249,7 @@ func (s *configState) deltaCost(ctx context.Context, base, nar *os.File, narSize
 		out.NewBytes += uint64(len(raw))
 		deltaSize := -1
 		if len(raw) <= chunk.MaxDeltaChunk {
-			if idx := layout.Around(narSize, off, uint32(len(raw)), nBases); len(idx) > 0 {
+			if len(idx) > 0 {
 				first, last := idx[0], idx[len(idx)-1]
 				start, end := layout.Offsets[first], layout.Offsets[last]+uint64(layout.Sizes[last])
 				dict = slices.Grow(dict[:0], int(end-start))[:end-start]

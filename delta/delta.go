@@ -93,17 +93,25 @@ type Layout struct {
 
 // Around returns the indexes, ascending, of up to n base chunks around the place in
 // the base that corresponds to a new chunk at off (size bytes) of a NAR of narSize
-// bytes: the base chunk holding the same relative offset of the chunk's middle, and
-// its neighbours. Releases insert and delete, so absolute offsets drift; relative
-// ones stay close for the small edits between versions. The dictionary they make
-// stays within chunk.MaxDictSize and n within chunk.MaxDeltaBases.
+// bytes, by relative offset: the base chunk holding the same relative offset of the
+// chunk's middle, and its neighbours. An Aligner does better where the two NARs share
+// chunks; this is its fallback before the first shared chunk.
 func (l Layout) Around(narSize, off uint64, size uint32, n int) []int {
-	n = min(n, chunk.MaxDeltaBases, len(l.Offsets))
-	if n <= 0 || narSize == 0 {
+	if narSize == 0 || len(l.Offsets) == 0 {
 		return nil
 	}
 	mid := float64(off) + float64(size)/2
-	rel := uint64(math.Min(mid*float64(l.NarSize)/float64(narSize), float64(l.NarSize-1)))
+	return l.At(uint64(math.Min(mid*float64(l.NarSize)/float64(narSize), float64(l.NarSize-1))), n)
+}
+
+// At returns the indexes, ascending, of up to n base chunks around base offset rel:
+// the chunk holding it and its neighbours, nearer ones first. The dictionary they
+// make stays within chunk.MaxDictSize and n within chunk.MaxDeltaBases.
+func (l Layout) At(rel uint64, n int) []int {
+	n = min(n, chunk.MaxDeltaBases, len(l.Offsets))
+	if n <= 0 {
+		return nil
+	}
 	i := sort.Search(len(l.Offsets), func(j int) bool { return l.Offsets[j] > rel }) - 1
 	i = max(i, 0)
 	lo := i - (n-1)/2
@@ -134,4 +142,48 @@ func (l Layout) Around(narSize, off uint64, size uint32, n int) []int {
 		out = append(out, j)
 	}
 	return out
+}
+
+// Aligner follows a new NAR chunk by chunk, in order, and says which base chunks
+// each new chunk most likely came from. Chunks both NARs have are anchors: after
+// one, a new chunk maps to the same distance past the anchor's end in the base. Where
+// files were added or removed, relative offsets drift by megabytes, while the distance
+// from the last unchanged chunk stays right; on consecutive Go toolchains this halved
+// the deltas of an upgrade that added files (docs/deltas.md). Before the first anchor
+// the relative offset is the guess.
+type Aligner struct {
+	base    Layout
+	at      map[chunk.ID]uint64 // base offset of each base chunk, its first occurrence
+	narSize uint64
+
+	anchored        bool
+	newEnd, baseEnd uint64 // where the last shared chunk ends, in each NAR
+}
+
+// NewAligner returns an aligner for a new NAR of narSize bytes against the base laid
+// out as l, whose chunk IDs are ids (parallel to l.Offsets).
+func (l Layout) NewAligner(ids []chunk.ID, narSize uint64) *Aligner {
+	at := make(map[chunk.ID]uint64, len(ids))
+	for i, id := range ids {
+		if _, ok := at[id]; !ok {
+			at[id] = l.Offsets[i]
+		}
+	}
+	return &Aligner{base: l, at: at, narSize: narSize}
+}
+
+// Next is told the new NAR's chunks in order, each with its offset and size. For a
+// chunk the base has it reports inBase (a client holding the base has it: no delta);
+// for any other it returns up to n base chunk indexes for its dictionary.
+func (a *Aligner) Next(id chunk.ID, off uint64, size uint32, n int) (bases []int, inBase bool) {
+	if b, ok := a.at[id]; ok {
+		a.anchored, a.newEnd, a.baseEnd = true, off+uint64(size), b+uint64(size)
+		return nil, true
+	}
+	if !a.anchored || len(a.base.Offsets) == 0 {
+		return a.base.Around(a.narSize, off, size, n), false
+	}
+	mid := off + uint64(size)/2
+	rel := a.baseEnd + (mid - min(mid, a.newEnd))
+	return a.base.At(min(rel, a.base.NarSize-1), n), false
 }

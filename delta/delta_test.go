@@ -119,3 +119,40 @@ func TestWorth(t *testing.T) {
 		}
 	}
 }
+
+func TestAligner(t *testing.T) {
+	l := Layout{NarSize: 1000}
+	var ids []chunk.ID
+	for i := range 10 {
+		l.Offsets = append(l.Offsets, uint64(100*i))
+		l.Sizes = append(l.Sizes, 100)
+		ids = append(ids, chunk.Sum([]byte{byte(i)}))
+	}
+	fresh := func(s string) chunk.ID { return chunk.Sum([]byte(s)) }
+	a := l.NewAligner(ids, 1300)
+	steps := []struct {
+		name   string
+		id     chunk.ID
+		off    uint64
+		size   uint32
+		bases  []int
+		inBase bool
+	}{
+		// Before any shared chunk: the relative offset (50 of 1300 is 38 of 1000).
+		{"no anchor yet", fresh("x"), 0, 100, []int{0, 1, 2}, false},
+		{"shared", ids[1], 100, 100, nil, true},
+		// 300 bytes inserted after base chunk 1: relative offsets would say chunk 3,
+		// the distance from the anchor says chunk 2.
+		{"after an anchor", fresh("y"), 200, 100, []int{1, 2, 3}, false},
+		{"inserted", fresh("z"), 300, 300, []int{3, 4, 5}, false},
+		{"shared again", ids[5], 600, 100, nil, true},
+		{"after the second anchor", fresh("w"), 700, 100, []int{5, 6, 7}, false},
+		{"past the base's end", fresh("v"), 1200, 100, []int{7, 8, 9}, false},
+	}
+	for _, s := range steps {
+		bases, in := a.Next(s.id, s.off, s.size, 3)
+		if in != s.inBase || !slices.Equal(bases, s.bases) {
+			t.Errorf("%s: Next = %v, %v; want %v, %v", s.name, bases, in, s.bases, s.inBase)
+		}
+	}
+}

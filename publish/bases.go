@@ -139,13 +139,12 @@ func (p *Publisher) storeIndex(ctx context.Context, names map[string]bool) (map[
 }
 
 // deltaBase is a base NAR ready for making deltas: its manifest, where its chunks
-// lie, and which chunks it has (those need no delta: a client holding the base has
-// them).
+// lie and their IDs.
 type deltaBase struct {
 	nar    delta.NAR
 	m      *manifest.Manifest
 	layout delta.Layout
-	has    map[chunk.ID]bool
+	ids    []chunk.ID
 }
 
 // loadBase waits for a base published earlier in this run and reads its manifest.
@@ -176,11 +175,11 @@ func (p *Publisher) loadBase(ctx context.Context, j *job) (*deltaBase, error) {
 		p.log.Warn("no deltas: the base was cut with another chunker", "path", j.ni.StorePath, "base", ref.nar.StorePath, "chunker", m.Chunker)
 		return nil, nil
 	}
-	b := &deltaBase{nar: ref.nar, m: m, has: make(map[chunk.ID]bool, len(m.Entries))}
+	b := &deltaBase{nar: ref.nar, m: m, ids: make([]chunk.ID, len(m.Entries))}
 	b.layout = delta.Layout{NarSize: m.NarSize, Offsets: m.Offsets(), Sizes: make([]uint32, len(m.Entries))}
 	for i, e := range m.Entries {
 		b.layout.Sizes[i] = e.Size
-		b.has[e.ID] = true
+		b.ids[i] = e.ID
 	}
 	return b, nil
 }

@@ -14,9 +14,11 @@ import (
 
 // deltaSet collects the deltas of one NAR while its chunks are written.
 type deltaSet struct {
-	base    *deltaBase
-	narSize uint64
-	seen    map[chunk.ID]bool // chunks already given a delta job; used by the chunker's goroutine only
+	base *deltaBase
+	// align and seen are used by the chunker's goroutine only.
+	align *delta.Aligner
+	seen  map[chunk.ID]bool // chunks already given a delta job
+	n     int               // base chunks per delta
 
 	mu                  sync.Mutex
 	recs                map[int]deltaRec // by entry index
@@ -31,25 +33,27 @@ type deltaRec struct {
 	size  uint32
 }
 
-// wants reports whether a chunk should get a delta: the base lacks it (a client
-// holding the base would download it), it is the first time this NAR has it, and it
-// is small enough for a delta. Chunks the store already had from other NARs count
-// too: a client upgrading from the base does not have those either.
-func (d *deltaSet) wants(id chunk.ID, raw []byte) bool {
-	if d.base.has[id] || d.seen[id] || len(raw) > chunk.MaxDeltaChunk {
-		return false
-	}
-	d.seen[id] = true
-	return true
+func newDeltaSet(base *deltaBase, narSize uint64, n int) *deltaSet {
+	return &deltaSet{base: base, align: base.layout.NewAligner(base.ids, narSize), seen: map[chunk.ID]bool{}, n: n, recs: map[int]deltaRec{}}
 }
 
-// makeDelta makes (or finds, after an interrupted run) the delta of entry idx, a
-// chunk at offset off, and records it when it is worth keeping.
-func (p *Publisher) makeDelta(ctx context.Context, d *deltaSet, idx int, off uint64, id chunk.ID, raw []byte, fullSize int) error {
-	idxs := d.base.layout.Around(d.narSize, off, uint32(len(raw)), p.opts.DeltaBases)
-	if len(idxs) == 0 {
+// next is told every chunk of the NAR in order, at offset off, and returns the base
+// chunks (indexes into the base manifest) of its delta, or nil when it gets none:
+// when the base has it (a client holding the base has it too), when this NAR had it
+// before, or when it is too large for a delta. Chunks the store already had from other
+// NARs do get one: a client upgrading from the base does not have those either.
+func (d *deltaSet) next(id chunk.ID, off uint64, raw []byte) []int {
+	bases, inBase := d.align.Next(id, off, uint32(len(raw)), d.n)
+	if inBase || d.seen[id] || len(raw) > chunk.MaxDeltaChunk {
 		return nil
 	}
+	d.seen[id] = true
+	return bases
+}
+
+// makeDelta makes (or finds, after an interrupted run) the delta of entry idx against
+// the base chunks idxs, and records it when it is worth keeping.
+func (p *Publisher) makeDelta(ctx context.Context, d *deltaSet, idx int, idxs []int, id chunk.ID, raw []byte, fullSize int) error {
 	ids := make([]chunk.ID, len(idxs))
 	for k, bi := range idxs {
 		ids[k] = d.base.m.Entries[bi].ID

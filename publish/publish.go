@@ -10,8 +10,9 @@
 // A NAR's base is an older NAR of the same package (see delta.PickBase), from the
 // store or published earlier in the same run. Every chunk of the NAR that the base
 // lacks, which is what a client upgrading from the base would download, also gets a
-// delta object against the base chunks at the same relative place in the base
-// (delta.Layout.Around), kept when clearly smaller than the chunk's own object.
+// delta object against the base chunks at the same place in the base (delta.Aligner:
+// the same distance past the last chunk both NARs share), kept when clearly smaller
+// than the chunk's own object.
 package publish
 
 import (
@@ -295,7 +296,7 @@ func (p *Publisher) publishOne(ctx context.Context, j *job, claimed *sync.Map, p
 	var newChunks, newBytes atomic.Int64
 	var deltas *deltaSet
 	if base != nil {
-		deltas = &deltaSet{base: base, narSize: ni.NarSize, recs: map[int]deltaRec{}, seen: map[chunk.ID]bool{}}
+		deltas = newDeltaSet(base, ni.NarSize, p.opts.DeltaBases)
 	}
 	var off uint64
 	m, err := manifest.Build(ctx, counted, p.opts.Params, func(id chunk.ID, raw []byte) (int, error) {
@@ -303,9 +304,11 @@ func (p *Publisher) publishOne(ctx context.Context, j *job, claimed *sync.Map, p
 		r.chunks++
 		off += uint64(len(raw))
 		obj := p.codec.Encode(nil, raw)
-		if deltas != nil && deltas.wants(id, raw) {
-			raw, full := bytes.Clone(raw), len(obj)
-			writes.Go(func() error { return p.makeDelta(wctx, deltas, idx, at, id, raw, full) })
+		if deltas != nil {
+			if bases := deltas.next(id, at, raw); len(bases) > 0 {
+				raw, full := bytes.Clone(raw), len(obj)
+				writes.Go(func() error { return p.makeDelta(wctx, deltas, idx, bases, id, raw, full) })
+			}
 		}
 		// NARs published at once often share chunks: the first to claim one checks
 		// the store and writes it; the others wait until it is in place (their

@@ -43,8 +43,8 @@ Nix splits it, same output) with the highest version at or below its own, else t
 newest, found among the store's narinfos and the NARs published earlier in the same
 run (a run publishes each package's versions in version order). Every chunk the base
 lacks also gets a delta object: the chunk compressed against --delta-bases chunks of
-the base at the same relative NAR offset, kept when at most 90% of the chunk's own
-object. A client that holds the base downloads the deltas instead of the chunks. Full
+the base at the same place (as far past the last chunk both share as the new chunk
+is), kept when at most 90% of the chunk's own object. A client that holds the base downloads the deltas instead of the chunks. Full
 chunk objects are still written, so clients without the base lose nothing. Deltas
 cost publish time (see docs/deltas.md) and a few percent of extra store space;
 --deltas=false turns them off. A NAR without a base gets a version 1 manifest.
@@ -61,7 +61,7 @@ the built-in decoder).`,
 			&cli.IntFlag{Name: "chunk-avg", Value: chunk.DefaultParams().Avg, Usage: "FastCDC average chunk size in bytes, a power of two", EnvVars: env("chunk-avg")},
 			&cli.IntFlag{Name: "chunk-max", Value: chunk.DefaultParams().Max, Usage: "FastCDC maximum chunk size in bytes", EnvVars: env("chunk-max")},
 			&cli.BoolFlag{Name: "deltas", Value: true, Usage: "also write delta objects of each NAR's new chunks against the previous version of its package (--deltas=false to turn off)", EnvVars: env("deltas")},
-			&cli.IntFlag{Name: "delta-bases", Value: delta.DefaultBases, Usage: fmt.Sprintf("base chunks around the same relative offset that make a delta's dictionary (1..%d): more find more moved content and encode slower", chunk.MaxDeltaBases), EnvVars: env("delta-bases")},
+			&cli.IntFlag{Name: "delta-bases", Value: delta.DefaultBases, Usage: fmt.Sprintf("base chunks around the same place in the base that make a delta's dictionary (1..%d): more find more moved content and encode slower", chunk.MaxDeltaBases), EnvVars: env("delta-bases")},
 			&cli.StringFlag{Name: "delta-level", Value: "default", Usage: "zstd level of delta objects: fastest, default, better or best (better: about 3% smaller, 40% slower)", EnvVars: env("delta-level")},
 		},
 		Action: runPublish,
