@@ -2,7 +2,7 @@
 # measure-deltas.sh: what delta objects save an upgrading client, and what they cost
 # to publish and store.
 #
-#   scripts/measure-deltas.sh [--variants "off 3 1 5 3:better"] CORPUS...
+#   scripts/measure-deltas.sh [--variants "off 3 1 5 3:better"] [--patch-cache DIR] CORPUS...
 #
 # CORPUS is a directory made by make-corpus (paths, pk, and cache-xz/ or cache-zstd/),
 # its paths consecutive versions of one package in version order, e.g.
@@ -17,12 +17,21 @@
 # objects, the same with deltas where they are smaller, and for reference the source
 # cache's compressed NAR and `zstd -19 --long=27 --patch-from=OLD NEW` on the whole
 # NARs. Decode speeds are MB/s of new chunk bytes, plain chunks vs deltas (bases
-# already in memory, as on a client), in the same process.
+# already in memory, as on a client), in the same process. zstd -19 on large NARs takes
+# minutes per upgrade: with --patch-cache, each patch size is kept in DIR (named by the
+# two store path hashes) and reused by later runs.
 # Touches nothing outside a temporary directory.
 set -euo pipefail
-variants="off 3"
-if [[ ${1:-} == --variants ]]; then variants=$2; shift 2; fi
-(($# > 0)) || { sed -n '2,22p' "$0" >&2; exit 2; }
+variants="off 3" patch_cache=
+while [[ ${1:-} == --* ]]; do
+  case $1 in
+    --variants) variants=$2 ;;
+    --patch-cache) patch_cache=$(mkdir -p "$2" && cd "$2" && pwd) ;;
+    *) echo "measure-deltas.sh: unknown option $1" >&2; exit 2 ;;
+  esac
+  shift 2
+done
+(($# > 0)) || { sed -n '2,23p' "$0" >&2; exit 2; }
 repo=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -90,8 +99,14 @@ for c in "$@"; do
       hp=${path##*/}; hp=${hp:0:32}
       i=0; for h in "${hps[@]}"; do [[ $h == "$hp" ]] && break; i=$((i + 1)); done
       old=${hps[$((i - 1))]}
-      zstd -19 --long=27 -q -f --patch-from="$work/$old.nar" "$work/$hp.nar" -o "$work/patch.zst" 2>/dev/null
-      pf=$(stat -c %s "$work/patch.zst")
+      cached=${patch_cache:+$patch_cache/$old-$hp.size}
+      if [[ -n $cached && -s $cached ]]; then
+        pf=$(cat "$cached")
+      else
+        zstd -19 --long=27 -q -f --patch-from="$work/$old.nar" "$work/$hp.nar" -o "$work/patch.zst" 2>/dev/null
+        pf=$(stat -c %s "$work/patch.zst")
+        [[ -z $cached ]] || echo "$pf" >"$cached"
+      fi
       chunkb=$((chunkb + manb)) deltab=$((deltab + manb))
       echo "| ${path#*-} | $srcb | $manb | $chunkb | $deltab | $pf | $(ratio "$chunkb" "$srcb") | $(ratio "$deltab" "$srcb") | $(ratio "$pf" "$srcb") | $(ratio "$deltab" "$pf") | $plain, $dd |"
     done
