@@ -3,6 +3,7 @@ package publish_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"testing"
@@ -290,4 +291,65 @@ func BenchmarkPublishDeltas(b *testing.B) {
 	b.ReportMetric(narBytes*float64(b.N)/with.Seconds()/1e6, "deltas-MB/s")
 	b.ReportMetric(without.Seconds()/with.Seconds(), "deltas/plain-speed")
 	b.ReportMetric(float64(sum.DeltaBytes)/float64(sum.NewBytes), "delta/new-chunk-bytes")
+}
+
+func TestPublishDeltasBaseTrouble(t *testing.T) {
+	cache := cachetest.New(t, "test-1")
+	v0 := randomBytes(23, 150<<10)
+	a := cache.Add(t, cachetest.HashPart("a"), "pkg-1.0", v0, "none")
+	b := cache.Add(t, cachetest.HashPart("b"), "pkg-1.1", nextRelease(v0, 1, 3000), "none")
+	ctx := context.Background()
+
+	t.Run("base fails in the same run", func(t *testing.T) {
+		broken := cachetest.New(t, "test-1")
+		bad := broken.Add(t, cachetest.HashPart("a"), "pkg-1.0", v0, "none")
+		good := broken.Add(t, cachetest.HashPart("b"), "pkg-1.1", nextRelease(v0, 1, 3000), "none")
+		if err := os.WriteFile(filepath.Join(broken.Dir, bad.URL), randomBytes(24, len(v0)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		storeDir := t.TempDir()
+		sum, err := runWith(t, broken, storeDir, deltaOpts, bad.HashPart(), good.HashPart())
+		if !errors.Is(err, publish.ErrRefused) || sum.NARs != 1 || sum.Deltas != 0 {
+			t.Fatalf("%+v, %v; want the base refused and the other published without deltas", sum, err)
+		}
+		s, _ := store.Open(storeDir, nil)
+		if m, _, err := s.Manifest(ctx, good.NarHash); err != nil || m.HasDeltas() {
+			t.Fatalf("manifest with deltas against a base that was not published (err %v)", err)
+		}
+	})
+
+	t.Run("base chunk missing from the store", func(t *testing.T) {
+		storeDir := t.TempDir()
+		if _, err := runWith(t, cache, storeDir, deltaOpts, a.HashPart()); err != nil {
+			t.Fatal(err)
+		}
+		s, _ := store.Open(storeDir, nil)
+		ma, _, err := s.Manifest(ctx, a.NarHash)
+		if err != nil {
+			t.Fatal(err)
+		}
+		lost := ma.Entries[len(ma.Entries)/2].ID
+		if err := os.Remove(filepath.Join(storeDir, store.ChunkKey(lost))); err != nil {
+			t.Fatal(err)
+		}
+		// The deltas that needed the lost chunk are skipped; the NAR is published.
+		sum, err := runWith(t, cache, storeDir, deltaOpts, b.HashPart())
+		if err != nil || sum.NARs != 1 || sum.Deltas == 0 {
+			t.Fatalf("%+v, %v", sum, err)
+		}
+		mb, _, err := s.Manifest(ctx, b.NarHash)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range mb.Entries {
+			if bases, _, _, ok := mb.DeltaOf(i); ok {
+				for _, bc := range bases {
+					if bc.ID == lost {
+						t.Fatalf("entry %d has a delta against the lost chunk", i)
+					}
+				}
+			}
+		}
+		checkDeltas(t, s, b, a.NarHash)
+	})
 }
