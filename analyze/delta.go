@@ -250,11 +250,13 @@ func (s *configState) deltaCost(ctx context.Context, base, nar *os.File, narSize
 		deltaSize := -1
 		if len(raw) <= chunk.MaxDeltaChunk {
 			if len(idx) > 0 {
-				first, last := idx[0], idx[len(idx)-1]
-				start, end := layout.Offsets[first], layout.Offsets[last]+uint64(layout.Sizes[last])
-				dict = slices.Grow(dict[:0], int(end-start))[:end-start]
-				if _, err := base.ReadAt(dict, int64(start)); err != nil {
-					return fmt.Errorf("reading base chunks: %w", err)
+				dict = dict[:0]
+				for _, j := range idx { // in dictionary order
+					n := len(dict)
+					dict = slices.Grow(dict, int(layout.Sizes[j]))[:n+int(layout.Sizes[j])]
+					if _, err := base.ReadAt(dict[n:], int64(layout.Offsets[j])); err != nil {
+						return fmt.Errorf("reading base chunk %d: %w", j, err)
+					}
 				}
 				var err error
 				if obj, err = dc.EncodeDelta(obj[:0], raw, dict); err != nil {

@@ -65,6 +65,7 @@ func TestPickBase(t *testing.T) {
 	}
 }
 
+// Indexes are in dictionary order: farthest from the place first, its chunk last.
 func TestAround(t *testing.T) {
 	l := Layout{NarSize: 1000, Offsets: []uint64{0, 100, 200, 300, 400, 500, 600, 700, 800, 900}, Sizes: []uint32{100, 100, 100, 100, 100, 100, 100, 100, 100, 100}}
 	tests := []struct {
@@ -75,16 +76,16 @@ func TestAround(t *testing.T) {
 		n       int
 		want    []int
 	}{
-		{"same place", 1000, 450, 10, 3, []int{3, 4, 5}},
-		{"relative, not absolute", 2000, 900, 20, 3, []int{3, 4, 5}},
-		{"five", 1000, 450, 10, 5, []int{2, 3, 4, 5, 6}},
+		{"same place", 1000, 450, 10, 3, []int{3, 5, 4}},
+		{"relative, not absolute", 2000, 900, 20, 3, []int{3, 5, 4}},
+		{"five", 1000, 450, 10, 5, []int{2, 6, 3, 5, 4}},
 		{"one", 1000, 450, 10, 1, []int{4}},
-		{"two, middle in the second half", 1000, 460, 10, 2, []int{4, 5}},
+		{"two, middle in the second half", 1000, 460, 10, 2, []int{5, 4}},
 		{"two, middle in the first half", 1000, 420, 10, 2, []int{3, 4}},
-		{"clamped at the start", 1000, 0, 10, 3, []int{0, 1, 2}},
+		{"clamped at the start", 1000, 0, 10, 3, []int{2, 1, 0}},
 		{"clamped at the end", 1000, 990, 10, 3, []int{7, 8, 9}},
 		{"past the end of a smaller base", 5000, 4990, 10, 3, []int{7, 8, 9}},
-		{"more than the base has", 1000, 0, 10, 20, []int{0, 1, 2, 3, 4, 5, 6, 7}},
+		{"more than the base has", 1000, 0, 10, 20, []int{7, 6, 5, 4, 3, 2, 1, 0}},
 		{"none asked", 1000, 0, 10, 0, nil},
 	}
 	for _, tc := range tests {
@@ -139,14 +140,14 @@ func TestAligner(t *testing.T) {
 		inBase bool
 	}{
 		// Before any shared chunk: the relative offset (50 of 1300 is 38 of 1000).
-		{"no anchor yet", fresh("x"), 0, 100, []int{0, 1, 2}, false},
+		{"no anchor yet", fresh("x"), 0, 100, []int{2, 1, 0}, false},
 		{"shared", ids[1], 100, 100, nil, true},
 		// 300 bytes inserted after base chunk 1: relative offsets would say chunk 3,
 		// the distance from the anchor says chunk 2.
-		{"after an anchor", fresh("y"), 200, 100, []int{1, 2, 3}, false},
-		{"inserted", fresh("z"), 300, 300, []int{3, 4, 5}, false},
+		{"after an anchor", fresh("y"), 200, 100, []int{1, 3, 2}, false},
+		{"inserted", fresh("z"), 300, 300, []int{3, 5, 4}, false},
 		{"shared again", ids[5], 600, 100, nil, true},
-		{"after the second anchor", fresh("w"), 700, 100, []int{5, 6, 7}, false},
+		{"after the second anchor", fresh("w"), 700, 100, []int{5, 7, 6}, false},
 		{"past the base's end", fresh("v"), 1200, 100, []int{7, 8, 9}, false},
 	}
 	for _, s := range steps {
