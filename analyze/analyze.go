@@ -156,6 +156,16 @@ type Options struct {
 	// Progress, if set, is called with the number of NAR bytes just read.
 	// It is called from several goroutines.
 	Progress func(n int64)
+
+	// Deltas also prices each NAR as deltas against the previous version of its
+	// package (see DeltaCost). It reads those NARs a second time.
+	Deltas bool
+	// DeltaBases and DeltaLevel are publish's --delta-bases and --delta-level;
+	// zero means publish's defaults.
+	DeltaBases int
+	DeltaLevel zstd.EncoderLevel
+	// TempDir holds the NARs read for deltas; "" means the system's.
+	TempDir string
 }
 
 // Result holds the measurements of a Run.
@@ -182,6 +192,8 @@ type ConfigResult struct {
 	Manifests    []uint64 // per level: encoded manifests of all NARs
 	Sizes        []uint32 // sizes of the distinct chunks, ascending
 	PerNAR       []NARCost
+	// Deltas, parallel to PerNAR, is nil unless Options.Deltas was set.
+	Deltas []DeltaCost
 }
 
 // NARCost is what one NAR adds to everything analyzed before it: the bytes a
@@ -272,6 +284,12 @@ func Run(ctx context.Context, sources []Source, opts Options) (*Result, error) {
 	res := &Result{NARs: nars, Levels: opts.Levels}
 	for _, s := range states {
 		res.Configs = append(res.Configs, s.account(nars, len(opts.Levels)))
+	}
+	if opts.Deltas {
+		opts.Jobs = jobs
+		if err := measureDeltas(ctx, sources, states, res, opts); err != nil {
+			return nil, err
+		}
 	}
 	return res, nil
 }

@@ -100,8 +100,51 @@ func (r *Result) WriteTable(w io.Writer, l int) error {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t\n", mb(c.Manifests[l]), mb(c.Total(l)), ratio(c.Total(l), src, haveSrc),
 			mb(c.Upgrades(l)), ratio(c.Upgrades(l), srcUp, haveSrcUp))
 	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if r.HasDeltas() {
+		return r.writeDeltaTable(w, l)
+	}
+	return nil
+}
+
+// writeDeltaTable prints, per configuration, what the NARs with an earlier version
+// cost a client upgrading from that version: their new chunks as full objects, with
+// deltas, and the source cache's compressed NARs.
+func (r *Result) writeDeltaTable(w io.Writer, l int) error {
+	upgrades := 0
+	for _, d := range r.Configs[0].Deltas {
+		if d.Base >= 0 {
+			upgrades++
+		}
+	}
+	fmt.Fprintf(w, "\nupgrades from the previous version of the same package (%d NARs have one), at zstd %s:\n", upgrades, r.Levels[l])
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprint(tw, "strategy\tmin/avg/max\tnew chunks\tdeltas\tchunks MB\tdeltas MB\tsource MB\tchunks/source\tdeltas/source\tdeltas/chunks\t\n")
+	for i := range r.Configs {
+		c := &r.Configs[i]
+		var nNew, nDeltas uint64
+		for _, d := range c.Deltas {
+			nNew += d.NewChunks
+			nDeltas += d.Deltas
+		}
+		chunks, deltas, src, ok := r.DeltaUpgrades(c, l)
+		fmt.Fprintf(tw, "%s\t%s/%s/%s\t%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t\n", c.Strategy, FormatSize(c.Params.Min), FormatSize(c.Params.Avg), FormatSize(c.Params.Max),
+			nNew, nDeltas, mb3(chunks), mb3(deltas), optionalMB(src, ok), ratio(chunks, src, ok), ratio(deltas, src, ok), ratio(deltas, chunks, true))
+	}
 	return tw.Flush()
 }
+
+func optionalMB(n uint64, ok bool) string {
+	if !ok {
+		return "-"
+	}
+	return mb3(n)
+}
+
+// mb3 prints megabytes to the kilobyte: deltas of small upgrades are a few of them.
+func mb3(n uint64) string { return strconv.FormatFloat(float64(n)/1e6, 'f', 3, 64) }
 
 func mb(n uint64) string { return strconv.FormatFloat(float64(n)/1e6, 'f', 1, 64) }
 
@@ -141,16 +184,26 @@ func (r *Result) WriteSummaryCSV(w io.Writer) error {
 // adds to those before it.
 func (r *Result) WriteNARsCSV(w io.Writer) error {
 	cw := csv.NewWriter(w)
+	// The delta columns, last so readers of the older layout keep working, are empty
+	// unless deltas were measured and the NAR has an earlier version.
 	_ = cw.Write([]string{"strategy", "min", "avg", "max", "level", "index", "nar", "nar_bytes", "source_bytes",
-		"chunks", "new_chunks", "new_bytes", "new_stored_bytes", "manifest_bytes", "upgrade_bytes"})
+		"chunks", "new_chunks", "new_bytes", "new_stored_bytes", "manifest_bytes", "upgrade_bytes",
+		"base_index", "base_new_chunks", "base_new_stored_bytes", "deltas", "delta_upgrade_bytes"})
 	for i := range r.Configs {
 		c := &r.Configs[i]
 		for l, lv := range r.Levels {
 			for n, p := range c.PerNAR {
 				nar := r.NARs[n]
-				_ = cw.Write([]string{string(c.Strategy), itoa(c.Params.Min), itoa(c.Params.Avg), itoa(c.Params.Max), lv.String(),
+				row := []string{string(c.Strategy), itoa(c.Params.Min), itoa(c.Params.Avg), itoa(c.Params.Max), lv.String(),
 					itoa(n), nar.Name, utoa(nar.NarSize), optional(nar.FileSize, nar.FileSize > 0),
-					utoa(p.Chunks), utoa(p.NewChunks), utoa(p.NewBytes), utoa(p.NewStored[l]), utoa(p.Manifest[l]), utoa(c.Upgrade(n, l))})
+					utoa(p.Chunks), utoa(p.NewChunks), utoa(p.NewBytes), utoa(p.NewStored[l]), utoa(p.Manifest[l]), utoa(c.Upgrade(n, l))}
+				if c.Deltas != nil && c.Deltas[n].Base >= 0 {
+					d := c.Deltas[n]
+					row = append(row, itoa(d.Base), utoa(d.NewChunks), utoa(d.NewStored[l]), utoa(d.Deltas), utoa(d.Stored[l]))
+				} else {
+					row = append(row, "", "", "", "", "")
+				}
+				_ = cw.Write(row)
 			}
 		}
 	}

@@ -59,7 +59,7 @@ func (r *Result) WriteSVG(w io.Writer, l int) error {
 	bw := bufio.NewWriter(w)
 	ss := r.series()
 	width := 2*panelW + gap + marginL + 30
-	height := marginT + panelH + 60 + legendH*float64(len(ss)+1)
+	height := marginT + panelH + 60 + legendH*float64(len(ss)+2)
 	fmt.Fprintf(bw, `<svg xmlns="http://www.w3.org/2000/svg" width="%.0f" height="%.0f" viewBox="0 0 %.0f %.0f" font-family="sans-serif" font-size="12">`+"\n",
 		width, height, width, height)
 	fmt.Fprintf(bw, `<rect width="100%%" height="100%%" fill="white"/>`+"\n")
@@ -72,14 +72,23 @@ func (r *Result) WriteSVG(w io.Writer, l int) error {
 	}
 	src, haveSrc := r.SourceFileSize()
 	srcUp, haveSrcUp := r.SourceUpgrade()
+	// alt, when set, is a second value per configuration drawn dashed in the
+	// series' colour: the upgrade bytes with deltas.
 	panels := []struct {
 		title string
 		value func(*ConfigResult) uint64
+		alt   func(*ConfigResult) uint64
 		ref   uint64
 		ok    bool
 	}{
-		{"stored: unique chunks + manifests (MB)", func(c *ConfigResult) uint64 { return c.Total(l) }, src, haveSrc},
-		{"upgrade bytes after the first NAR (MB)", func(c *ConfigResult) uint64 { return c.Upgrades(l) }, srcUp, haveSrcUp},
+		{"stored: unique chunks + manifests (MB)", func(c *ConfigResult) uint64 { return c.Total(l) }, nil, src, haveSrc},
+		{"upgrade bytes after the first NAR (MB)", func(c *ConfigResult) uint64 { return c.Upgrades(l) }, nil, srcUp, haveSrcUp},
+	}
+	if r.HasDeltas() {
+		panels[1].alt = func(c *ConfigResult) uint64 {
+			_, deltas, _, _ := r.DeltaUpgrades(c, l)
+			return deltas
+		}
 	}
 	for p, panel := range panels {
 		x0 := marginL + float64(p)*(panelW+gap)
@@ -87,6 +96,9 @@ func (r *Result) WriteSVG(w io.Writer, l int) error {
 		var top uint64
 		for _, c := range r.Configs {
 			top = max(top, panel.value(&c))
+			if panel.alt != nil {
+				top = max(top, panel.alt(&c))
+			}
 		}
 		if panel.ok {
 			top = max(top, panel.ref)
@@ -133,6 +145,21 @@ func (r *Result) WriteSVG(w io.Writer, l int) error {
 				fmt.Fprintf(bw, `<circle cx="%.1f" cy="%.1f" r="3" fill="%s"><title>%s: %s MB</title></circle>`+"\n",
 					xOf(c.Params.Avg), yOf(float64(panel.value(c))/1e6), color, esc(c.Config.String()), mb(panel.value(c)))
 			}
+			if panel.alt == nil {
+				continue
+			}
+			fmt.Fprintf(bw, `<polyline fill="none" stroke="%s" stroke-width="2" stroke-dasharray="3,3" points="`, color)
+			for j, c := range s.points {
+				if j > 0 {
+					fmt.Fprint(bw, " ")
+				}
+				fmt.Fprintf(bw, "%.1f,%.1f", xOf(c.Params.Avg), yOf(float64(panel.alt(c))/1e6))
+			}
+			fmt.Fprint(bw, `"/>`+"\n")
+			for _, c := range s.points {
+				fmt.Fprintf(bw, `<circle cx="%.1f" cy="%.1f" r="3" fill="white" stroke="%s"><title>%s with deltas: %s MB</title></circle>`+"\n",
+					xOf(c.Params.Avg), yOf(float64(panel.alt(c))/1e6), color, esc(c.Config.String()), mb(panel.alt(c)))
+			}
 		}
 	}
 	ly := marginT + panelH + 60
@@ -140,6 +167,11 @@ func (r *Result) WriteSVG(w io.Writer, l int) error {
 		y := ly + legendH*float64(i)
 		fmt.Fprintf(bw, `<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="%s" stroke-width="2"/>`+"\n", marginL, y, marginL+30, y, palette[i%len(palette)])
 		fmt.Fprintf(bw, `<text x="%.1f" y="%.1f">%s</text>`+"\n", marginL+38, y+4, esc(s.label))
+	}
+	if r.HasDeltas() {
+		y := ly + legendH*float64(len(ss))
+		fmt.Fprintf(bw, `<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="#444" stroke-width="2" stroke-dasharray="3,3"/>`+"\n", marginL, y, marginL+30, y)
+		fmt.Fprintf(bw, `<text x="%.1f" y="%.1f">dashed: the NARs with an earlier version, fetched as deltas against it</text>`+"\n", marginL+38, y+4)
 	}
 	fmt.Fprint(bw, "</svg>\n")
 	if err := bw.Flush(); err != nil {

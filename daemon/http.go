@@ -11,8 +11,8 @@ import (
 	"time"
 
 	"github.com/shoal-nix/shoal/localcache"
-	"github.com/shoal-nix/shoal/localstore"
 	"github.com/shoal-nix/shoal/manifest"
+	"github.com/shoal-nix/shoal/nixname"
 	"github.com/shoal-nix/shoal/substituter"
 )
 
@@ -526,10 +526,6 @@ func (d *Daemon) assembled(ni *substituter.NarInfo) {
 // derivation names: /nix/store/<hash>-go-1.25.0 is "go"; python3.12-numpy-2.1 is
 // "python3.12-numpy".
 func packageName(storePath string) string {
-	base := storePath[strings.LastIndexByte(storePath, '/')+1:]
-	if _, name, ok := strings.Cut(base, "-"); ok {
-		base = name
-	}
-	pname, _ := localstore.SplitName(base)
+	pname, _ := nixname.Split(nixname.FromStorePath(storePath))
 	return pname
 }

@@ -308,50 +308,6 @@ func TestSeedRefuses(t *testing.T) {
 	}
 }
 
-func TestSplitName(t *testing.T) {
-	tests := []struct{ in, name, version string }{
-		{"go-1.26.3", "go", "1.26.3"},
-		{"hello", "hello", ""},
-		{"xorg-server-21.1", "xorg-server", "21.1"},
-		{"openssl-3.0.13-dev", "openssl", "3.0.13-dev"},
-		{"python3.12-requests-2.31.0", "python3.12-requests", "2.31.0"},
-		{"foo-", "foo-", ""},
-	}
-	for _, tc := range tests {
-		if n, v := SplitName(tc.in); n != tc.name || v != tc.version {
-			t.Errorf("SplitName(%q) = %q, %q; want %q, %q", tc.in, n, v, tc.name, tc.version)
-		}
-	}
-}
-
-func TestCompareVersions(t *testing.T) {
-	// Pairs in increasing order, from Nix's documentation of compareVersions.
-	tests := [][2]string{
-		{"1.0", "2.3"},
-		{"2.1", "2.3"},
-		{"2.3", "2.3.1"},
-		{"2.3.1", "2.3.10"},
-		{"2.3a", "2.3.1"},
-		{"2.3pre1", "2.3"},
-		{"2.3pre3", "2.3pre12"},
-		{"2.3a", "2.3c"},
-		{"2.3pre1", "2.3c"},
-		{"2.3pre1", "2.3q"},
-		{"1.25.0", "1.25.3"},
-	}
-	for _, tc := range tests {
-		if c := CompareVersions(tc[0], tc[1]); c != -1 {
-			t.Errorf("CompareVersions(%q, %q) = %d, want -1", tc[0], tc[1], c)
-		}
-		if c := CompareVersions(tc[1], tc[0]); c != 1 {
-			t.Errorf("CompareVersions(%q, %q) = %d, want 1", tc[1], tc[0], c)
-		}
-	}
-	if c := CompareVersions("1.02", "1.2"); c != 0 {
-		t.Errorf("CompareVersions(1.02, 1.2) = %d, want 0", c)
-	}
-}
-
 func TestRelated(t *testing.T) {
 	dir := t.TempDir()
 	h := func(i int) string { return fmt.Sprintf("%032d", i) }

@@ -1,7 +1,6 @@
 package localstore
 
 import (
-	"cmp"
 	"context"
 	"fmt"
 	"os"
@@ -9,22 +8,9 @@ import (
 	"slices"
 	"strings"
 	"time"
-)
 
-// SplitName splits a store path's name (without the hash) as Nix's DrvName does: the
-// name ends at the first "-" followed by a character that is not a letter, and the
-// rest is the version. "go-1.26.3" is "go", "1.26.3"; "hello" has no version.
-func SplitName(name string) (pname, version string) {
-	for i := 0; i+1 < len(name); i++ {
-		if name[i] == '-' {
-			c := name[i+1]
-			if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z') {
-				return name[:i], name[i+1:]
-			}
-		}
-	}
-	return name, ""
-}
+	"github.com/shoal-nix/shoal/nixname"
+)
 
 // baseName returns the part of a store path's base name after the hash.
 func baseName(base string) string {
@@ -68,7 +54,7 @@ func (s *Store) byName(pname string) ([]string, error) {
 		if len(n) < 34 || n[32] != '-' || strings.HasSuffix(n, ".drv") || strings.HasSuffix(n, ".lock") || strings.HasSuffix(n, ".chroot") {
 			continue
 		}
-		p, _ := SplitName(baseName(n))
+		p, _ := nixname.Split(baseName(n))
 		by[p] = append(by[p], filepath.Join(s.dir, n))
 	}
 	s.mu.Lock()
@@ -82,7 +68,7 @@ func (s *Store) byName(pname string) ([]string, error) {
 // highest version first, so an upgrade draws on the newest version installed. Nix sets every store path's mtime to 1, so versions, not times,
 // say which is newest.
 func (s *Store) Related(storePath string, max int) ([]string, error) {
-	pname, version := SplitName(baseName(filepath.Base(storePath)))
+	pname, version := nixname.Split(baseName(filepath.Base(storePath)))
 	if version == "" || max <= 0 {
 		return nil, nil
 	}
@@ -90,36 +76,25 @@ func (s *Store) Related(storePath string, max int) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	_, suffix := splitOutput(version)
+	_, suffix := nixname.SplitOutput(version)
 	var cands []string
 	for _, p := range paths {
 		if p == storePath {
 			continue
 		}
-		_, v := SplitName(baseName(filepath.Base(p)))
-		if _, suf := splitOutput(v); v == "" || v == version || suf != suffix {
+		_, v := nixname.Split(baseName(filepath.Base(p)))
+		if _, suf := nixname.SplitOutput(v); v == "" || v == version || suf != suffix {
 			continue
 		}
 		cands = append(cands, p)
 	}
 	ver := func(p string) string {
-		_, v := SplitName(baseName(filepath.Base(p)))
-		v, _ = splitOutput(v)
+		_, v := nixname.Split(baseName(filepath.Base(p)))
+		v, _ = nixname.SplitOutput(v)
 		return v
 	}
-	slices.SortStableFunc(cands, func(a, b string) int { return -CompareVersions(ver(a), ver(b)) })
+	slices.SortStableFunc(cands, func(a, b string) int { return -nixname.CompareVersions(ver(a), ver(b)) })
 	return cands[:min(len(cands), max)], nil
-}
-
-// splitOutput separates a version from an output suffix: "1.2-dev" is "1.2", "dev".
-func splitOutput(version string) (ver, suffix string) {
-	if i := strings.LastIndexByte(version, '-'); i >= 0 {
-		s := version[i+1:]
-		if s != "" && !('0' <= s[0] && s[0] <= '9') {
-			return version[:i], s
-		}
-	}
-	return version, ""
 }
 
 // SeedRelated indexes the paths Related returns for storePath and reports how many of
@@ -155,74 +130,4 @@ func (s *Store) AnySeeded(storePath string) bool {
 		}
 	}
 	return false
-}
-
-// CompareVersions orders versions as Nix's compareVersions does: both are split into
-// components at "." and "-" and between digit and non-digit runs; numbers compare as
-// numbers, a number is newer than a word, "pre" is older than anything, and words
-// compare as strings; a missing component is older than any present one except "pre".
-func CompareVersions(a, b string) int {
-	for a != "" || b != "" {
-		var ca, cb string
-		ca, a = nextComponent(a)
-		cb, b = nextComponent(b)
-		if c := compareComponent(ca, cb); c != 0 {
-			return c
-		}
-	}
-	return 0
-}
-
-func nextComponent(s string) (comp, rest string) {
-	for s != "" && (s[0] == '.' || s[0] == '-') {
-		s = s[1:]
-	}
-	if s == "" {
-		return "", ""
-	}
-	digit := func(c byte) bool { return '0' <= c && c <= '9' }
-	i := 1
-	if digit(s[0]) {
-		for i < len(s) && digit(s[i]) {
-			i++
-		}
-	} else {
-		for i < len(s) && !digit(s[i]) && s[i] != '.' && s[i] != '-' {
-			i++
-		}
-	}
-	return s[:i], s[i:]
-}
-
-func compareComponent(a, b string) int {
-	if a == b {
-		return 0
-	}
-	num := func(s string) bool { return s != "" && '0' <= s[0] && s[0] <= '9' }
-	switch {
-	case num(a) && num(b):
-		a, b = strings.TrimLeft(a, "0"), strings.TrimLeft(b, "0")
-		if len(a) != len(b) {
-			return cmp.Compare(len(a), len(b))
-		}
-		return strings.Compare(a, b)
-	case a == "" && num(b):
-		return -1
-	case num(a) && b == "":
-		return 1
-	case a == "pre":
-		return -1
-	case b == "pre":
-		return 1
-	case b == "":
-		return 1
-	case a == "":
-		return -1
-	case num(b):
-		return -1
-	case num(a):
-		return 1
-	default:
-		return strings.Compare(a, b)
-	}
 }

@@ -1,11 +1,22 @@
 // Package publish turns a Nix binary cache into a shoal chunk store: for each store path
 // it checks the narinfo's signature, decompresses and verifies the NAR, cuts it into
-// chunks, and writes the chunks the store lacks, then the manifest, then the narinfo.
-// That order means a reader never finds a narinfo whose manifest or chunks are missing,
-// and a rerun after an interruption finishes the job.
+// chunks, and writes the chunks the store lacks and the delta objects of its new
+// chunks, then the manifest, then the narinfo. That order means a reader never finds a
+// narinfo whose manifest, chunks or deltas are missing, and a rerun after an
+// interruption finishes the job.
+//
+// # Deltas
+//
+// A NAR's base is an older NAR of the same package (see delta.PickBase), from the
+// store or published earlier in the same run. Every chunk of the NAR that the base
+// lacks, which is what a client upgrading from the base would download, also gets a
+// delta object against the base chunks at the same place in the base (delta.Aligner:
+// the same distance past the last chunk both NARs share), kept when clearly smaller
+// than the chunk's own object.
 package publish
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -16,7 +27,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/klauspost/compress/zstd"
 	"github.com/shoal-nix/shoal/chunk"
+	"github.com/shoal-nix/shoal/delta"
 	"github.com/shoal-nix/shoal/manifest"
 	"github.com/shoal-nix/shoal/store"
 	"github.com/shoal-nix/shoal/substituter"
@@ -33,6 +46,16 @@ type Options struct {
 	// Progress, when set, is told how many NAR bytes have been processed so far and
 	// the total of the NARs selected, so a caller can draw a bar.
 	Progress func(done, total int64)
+
+	// Deltas makes delta objects for each NAR with a base (see the package comment).
+	Deltas bool
+	// DeltaBases is how many base chunks make a delta's dictionary; 0 means
+	// delta.DefaultBases.
+	DeltaBases int
+	// DeltaLevel is the zstd level of delta objects; 0 means zstd.SpeedDefault.
+	DeltaLevel zstd.EncoderLevel
+	// BaseCacheBytes bounds the decoded base chunks kept in memory; 0 means 64 MiB.
+	BaseCacheBytes int
 }
 
 // Summary is what a run did, for the closing report.
@@ -45,17 +68,26 @@ type Summary struct {
 	Chunks      int64 // chunks in the NARs published
 	NewChunks   int64 // chunks the store did not have
 	NewBytes    int64 // stored (compressed) bytes written for those chunks
+	WithBase    int   // NARs published with deltas against a base (version 2 manifests)
+	Deltas      int64 // delta objects in the manifests published
+	DeltaBytes  int64 // their stored size
+	DeltaSaved  int64 // full chunk objects minus deltas, over the chunks that have one
 	Elapsed     time.Duration
 }
 
 // Publisher copies NARs from a binary cache into a store.
 type Publisher struct {
-	src   *substituter.BinaryCache
-	dst   *store.Store
-	keys  *substituter.Keyring
-	codec *chunk.Codec
-	opts  Options
-	log   *slog.Logger
+	src    *substituter.BinaryCache
+	dst    *store.Store
+	keys   *substituter.Keyring
+	codec  *chunk.Codec
+	deltas *chunk.DeltaCodec
+	bases  *baseCache
+	// cpu holds a token per delta being encoded: deltas of all NARs together use at
+	// most Jobs cores besides the NARs' own chunking.
+	cpu  chan struct{}
+	opts Options
+	log  *slog.Logger
 }
 
 // New returns a publisher; the caller closes it to release the codec's buffers.
@@ -70,15 +102,33 @@ func New(src *substituter.BinaryCache, dst *store.Store, keys *substituter.Keyri
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	if opts.DeltaBases <= 0 {
+		opts.DeltaBases = delta.DefaultBases
+	}
+	if opts.DeltaBases > chunk.MaxDeltaBases {
+		return nil, fmt.Errorf("%d delta bases: at most %d", opts.DeltaBases, chunk.MaxDeltaBases)
+	}
+	if opts.BaseCacheBytes <= 0 {
+		opts.BaseCacheBytes = 64 << 20
+	}
 	codec, err := chunk.NewCodec()
 	if err != nil {
 		return nil, err
 	}
-	return &Publisher{src: src, dst: dst, keys: keys, codec: codec, opts: opts, log: log}, nil
+	return &Publisher{
+		src: src, dst: dst, keys: keys, codec: codec,
+		deltas: chunk.NewDeltaCodec(opts.DeltaLevel, opts.Jobs),
+		bases:  newBaseCache(dst, codec, opts.BaseCacheBytes),
+		cpu:    make(chan struct{}, opts.Jobs),
+		opts:   opts, log: log,
+	}, nil
 }
 
 // Close releases resources.
-func (p *Publisher) Close() { p.codec.Close() }
+func (p *Publisher) Close() {
+	p.codec.Close()
+	p.deltas.Close()
+}
 
 // ErrRefused is returned (wrapped) by Run when at least one path could not be published;
 // the others were.
@@ -134,6 +184,11 @@ func (p *Publisher) Run(ctx context.Context, hashParts []string) (Summary, error
 		}
 	}
 
+	jobs, err := p.plan(ctx, infos)
+	if err != nil {
+		return sum, err
+	}
+
 	var (
 		mu      sync.Mutex
 		done    atomic.Int64
@@ -148,12 +203,14 @@ func (p *Publisher) Run(ctx context.Context, hashParts []string) (Summary, error
 	progress(0)
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(p.opts.Jobs)
-	for _, ni := range infos {
-		if ni == nil {
-			continue
-		}
+	// Jobs start in plan order, so a job waiting for its base holds a slot only while
+	// an earlier job, which needs nothing later, is running.
+	for _, j := range jobs {
+		ni := j.ni
 		g.Go(func() error {
-			r, err := p.publishOne(gctx, ni, &claimed, progress)
+			r, err := p.publishOne(gctx, j, &claimed, progress)
+			j.ok = err == nil
+			close(j.done)
 			if err != nil {
 				if gctx.Err() != nil {
 					return gctx.Err()
@@ -174,10 +231,16 @@ func (p *Publisher) Run(ctx context.Context, hashParts []string) (Summary, error
 			sum.Chunks += r.chunks
 			sum.NewChunks += r.newChunks
 			sum.NewBytes += r.newBytes
+			if r.deltas > 0 {
+				sum.WithBase++
+			}
+			sum.Deltas += r.deltas
+			sum.DeltaBytes += r.deltaBytes
+			sum.DeltaSaved += r.deltaSaved
 			return nil
 		})
 	}
-	err := g.Wait()
+	err = g.Wait()
 	sum.Refused = int(refused.Load())
 	sum.Elapsed = time.Since(start)
 	if err != nil {
@@ -190,12 +253,15 @@ func (p *Publisher) Run(ctx context.Context, hashParts []string) (Summary, error
 }
 
 type result struct {
-	skipped                     bool
-	chunks, newChunks, newBytes int64
+	skipped                        bool
+	chunks, newChunks, newBytes    int64
+	base                           string // store path of the base, when deltas were made
+	deltas, deltaBytes, deltaSaved int64
 }
 
-func (p *Publisher) publishOne(ctx context.Context, ni *substituter.NarInfo, claimed *sync.Map, progress func(int64)) (result, error) {
+func (p *Publisher) publishOne(ctx context.Context, j *job, claimed *sync.Map, progress func(int64)) (result, error) {
 	var r result
+	ni := j.ni
 	hp := ni.HashPart()
 	same, err := p.dst.SameNarInfo(ctx, hp, ni.Raw)
 	if err != nil {
@@ -212,6 +278,12 @@ func (p *Publisher) publishOne(ctx context.Context, ni *substituter.NarInfo, cla
 		r.skipped = true
 		return r, nil
 	}
+	var base *deltaBase
+	if j.base != nil {
+		if base, err = p.loadBase(ctx, j); err != nil {
+			return r, err
+		}
+	}
 	nar, err := p.src.OpenNAR(ctx, ni)
 	if err != nil {
 		return r, fmt.Errorf("opening NAR: %w", err)
@@ -227,9 +299,22 @@ func (p *Publisher) publishOne(ctx context.Context, ni *substituter.NarInfo, cla
 	writes, wctx := errgroup.WithContext(ctx)
 	writes.SetLimit(16)
 	var newChunks, newBytes atomic.Int64
+	var deltas *deltaSet
+	if base != nil {
+		deltas = newDeltaSet(base, ni.NarSize, p.opts.DeltaBases)
+	}
+	var off uint64
 	m, err := manifest.Build(ctx, counted, p.opts.Params, func(id chunk.ID, raw []byte) (int, error) {
+		idx, at := int(r.chunks), off
 		r.chunks++
+		off += uint64(len(raw))
 		obj := p.codec.Encode(nil, raw)
+		if deltas != nil {
+			if bases := deltas.next(id, at, raw); len(bases) > 0 {
+				raw, full := bytes.Clone(raw), len(obj)
+				writes.Go(func() error { return p.makeDelta(wctx, deltas, idx, bases, id, raw, full) })
+			}
+		}
 		// NARs published at once often share chunks: the first to claim one checks
 		// the store and writes it; the others wait until it is in place (their
 		// manifests must not land before it) and only count it.
@@ -273,6 +358,15 @@ func (p *Publisher) publishOne(ctx context.Context, ni *substituter.NarInfo, cla
 		return r, fmt.Errorf("%w: got %d bytes hashing sha256:%s, narinfo says %d bytes, %s",
 			substituter.ErrNarMismatch, m.NarSize, manifest.Key(m.NarHash), ni.NarSize, ni.NarHashString())
 	}
+	attrs := []any{"path", ni.StorePath, "nar_bytes", ni.NarSize, "chunks", r.chunks, "new_chunks", r.newChunks, "new_bytes", r.newBytes}
+	if deltas != nil {
+		deltas.attach(m)
+		r.base = base.nar.StorePath
+		r.deltas, r.deltaBytes, r.deltaSaved = deltas.count, deltas.bytes, deltas.saved
+		attrs = append(attrs, "base", r.base, "deltas", r.deltas, "delta_bytes", r.deltaBytes, "bytes_saved", r.deltaSaved)
+	} else if j.base == nil && p.opts.Deltas {
+		attrs = append(attrs, "base", "none")
+	}
 	if err := p.dst.PutManifest(ctx, m); err != nil {
 		return r, err
 	}
@@ -284,7 +378,7 @@ func (p *Publisher) publishOne(ctx context.Context, ni *substituter.NarInfo, cla
 	if err := p.dst.PutNarInfo(ctx, hp, ni.Raw); err != nil {
 		return r, err
 	}
-	p.log.Info("published", "path", ni.StorePath, "nar_bytes", ni.NarSize, "chunks", r.chunks, "new_chunks", r.newChunks, "new_bytes", r.newBytes)
+	p.log.Info("published", attrs...)
 	return r, nil
 }
 

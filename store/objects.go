@@ -34,15 +34,43 @@ func (s *Store) RefreshChunk(ctx context.Context, id chunk.ID) (bool, error) {
 	return true, nil
 }
 
+// RefreshDelta is RefreshChunk for a delta object, and returns its stored size when
+// the store has it: a publish reusing a delta records that size in its manifest.
+func (s *Store) RefreshDelta(ctx context.Context, id chunk.ID) (size int64, ok bool, err error) {
+	key := DeltaKey(id)
+	if err := s.b.Touch(ctx, key); errors.Is(err, blob.ErrNotFound) {
+		return 0, false, nil
+	} else if err != nil {
+		return 0, false, fmt.Errorf("refreshing delta %s in %s: %w", id, s.b, err)
+	}
+	info, err := s.b.Stat(ctx, key)
+	if errors.Is(err, blob.ErrNotFound) {
+		return 0, false, nil // collected between the two requests
+	}
+	if err != nil {
+		return 0, false, fmt.Errorf("refreshing delta %s in %s: %w", id, s.b, err)
+	}
+	return info.Size, true, nil
+}
+
 // ParseChunkKey returns the ID named by a chunk key, and false for keys that are
 // not chunk objects (such as stray files).
 func ParseChunkKey(key string) (chunk.ID, bool) {
-	rest, ok := strings.CutPrefix(key, ChunkPrefix)
+	return parseFannedKey(key, ChunkPrefix, ChunkKey)
+}
+
+// ParseDeltaKey returns the delta ID named by a delta key.
+func ParseDeltaKey(key string) (chunk.ID, bool) {
+	return parseFannedKey(key, DeltaPrefix, DeltaKey)
+}
+
+func parseFannedKey(key, prefix string, name func(chunk.ID) string) (chunk.ID, bool) {
+	rest, ok := strings.CutPrefix(key, prefix)
 	if !ok || len(rest) != 2+1+64 || rest[2] != '/' {
 		return chunk.ID{}, false
 	}
 	id, err := chunk.ParseID(rest[3:])
-	if err != nil || ChunkKey(id) != key {
+	if err != nil || name(id) != key {
 		return chunk.ID{}, false
 	}
 	return id, true
@@ -79,9 +107,10 @@ type Inventory struct {
 	NarInfos  []string   // hash parts
 	Manifests [][32]byte // NarHashes
 	Chunks    []chunk.ID
+	Deltas    []chunk.ID // delta IDs
 }
 
-// Inventory lists every narinfo, manifest and chunk in the store in one pass, for the
+// Inventory lists every narinfo, manifest, chunk and delta in the store in one pass, for the
 // tools that walk all of it (gc, verify). Other keys are ignored.
 func (s *Store) Inventory(ctx context.Context) (*Inventory, error) {
 	var inv Inventory
@@ -92,6 +121,8 @@ func (s *Store) Inventory(ctx context.Context) (*Inventory, error) {
 			inv.Manifests = append(inv.Manifests, h)
 		} else if id, ok := ParseChunkKey(key); ok {
 			inv.Chunks = append(inv.Chunks, id)
+		} else if id, ok := ParseDeltaKey(key); ok {
+			inv.Deltas = append(inv.Deltas, id)
 		}
 		return nil
 	})
@@ -99,4 +130,19 @@ func (s *Store) Inventory(ctx context.Context) (*Inventory, error) {
 		return nil, fmt.Errorf("listing %s: %w", s, err)
 	}
 	return &inv, nil
+}
+
+// NarInfos calls fn with the hash part of every narinfo in the store. Blob backends
+// list by prefix only, so this walks the whole store; publish does it once per run.
+func (s *Store) NarInfos(ctx context.Context, fn func(hashPart string) error) error {
+	err := s.b.List(ctx, "", func(key string) error {
+		if hp, ok := ParseNarInfoKey(key); ok {
+			return fn(hp)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("listing narinfos in %s: %w", s, err)
+	}
+	return nil
 }

@@ -34,6 +34,9 @@ const (
 	maxManifestSize = 256 << 20
 	// A zstd frame of incompressible data is a little larger than its input.
 	maxChunkObjectSize = chunk.MaxChunkSize + chunk.MaxChunkSize/64 + 1<<10
+	// A delta rebuilds at most chunk.MaxDeltaChunk bytes and is kept only when smaller
+	// than the chunk's own object, so the same bound holds.
+	maxDeltaObjectSize = chunk.MaxDeltaChunk + chunk.MaxDeltaChunk/64 + 1<<10
 )
 
 // ErrNotFound reports that the store does not hold the object asked for.
@@ -113,6 +116,24 @@ func (s *Store) HasChunk(ctx context.Context, id chunk.ID) (bool, error) {
 func (s *Store) PutChunk(ctx context.Context, id chunk.ID, obj []byte) error {
 	if err := s.b.Put(ctx, ChunkKey(id), obj); err != nil {
 		return fmt.Errorf("writing chunk %s to %s: %w", id, s.b, err)
+	}
+	return nil
+}
+
+// Delta returns the stored delta object named id (a chunk.DeltaID). The caller
+// decodes it against its bases, which checks it.
+func (s *Store) Delta(ctx context.Context, id chunk.ID) ([]byte, error) {
+	b, err := blob.ReadAll(ctx, s.b, DeltaKey(id), maxDeltaObjectSize)
+	if err != nil {
+		return nil, fmt.Errorf("reading delta %s from %s: %w", id, s.b, err)
+	}
+	return b, nil
+}
+
+// PutDelta writes a delta object atomically.
+func (s *Store) PutDelta(ctx context.Context, id chunk.ID, obj []byte) error {
+	if err := s.b.Put(ctx, DeltaKey(id), obj); err != nil {
+		return fmt.Errorf("writing delta %s to %s: %w", id, s.b, err)
 	}
 	return nil
 }

@@ -98,3 +98,52 @@ func TestChunkKeyFansOut(t *testing.T) {
 		t.Errorf("ChunkKey = %q, want %q", got, want)
 	}
 }
+
+func TestDeltaObjects(t *testing.T) {
+	ctx := context.Background()
+	s, err := store.Open(t.TempDir(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	target, base := chunk.Sum([]byte("new")), chunk.Sum([]byte("old"))
+	id := chunk.DeltaID(target, []chunk.ID{base})
+	if _, ok, err := s.RefreshDelta(ctx, id); ok || err != nil {
+		t.Fatalf("RefreshDelta of an absent delta = %v, %v", ok, err)
+	}
+	if err := s.PutDelta(ctx, id, []byte("delta bytes")); err != nil {
+		t.Fatal(err)
+	}
+	if size, ok, err := s.RefreshDelta(ctx, id); !ok || err != nil || size != int64(len("delta bytes")) {
+		t.Fatalf("RefreshDelta = %d, %v, %v", size, ok, err)
+	}
+	if got, err := s.Delta(ctx, id); err != nil || string(got) != "delta bytes" {
+		t.Fatalf("Delta = %q, %v", got, err)
+	}
+	if err := s.PutChunk(ctx, target, []byte("chunk")); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PutNarInfo(ctx, strings.Repeat("a", 32), []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	inv, err := s.Inventory(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(inv.Deltas) != 1 || inv.Deltas[0] != id || len(inv.Chunks) != 1 || inv.Chunks[0] != target {
+		t.Fatalf("inventory %+v", inv)
+	}
+	var hps []string
+	if err := s.NarInfos(ctx, func(hp string) error { hps = append(hps, hp); return nil }); err != nil || len(hps) != 1 {
+		t.Fatalf("NarInfos = %v, %v", hps, err)
+	}
+	for key, ok := range map[string]bool{
+		store.DeltaKey(id):          true,
+		store.ChunkKey(id):          false,
+		"deltas/" + id.String():     false,
+		store.DeltaKey(id) + ".tmp": false,
+	} {
+		if _, got := store.ParseDeltaKey(key); got != ok {
+			t.Errorf("ParseDeltaKey(%q) ok = %v, want %v", key, got, ok)
+		}
+	}
+}

@@ -1,7 +1,8 @@
 // Package storegc keeps a central chunk store in shape: Collect deletes the narinfos
-// an operator no longer wants (with their NAR URL index entries) and every manifest and
-// chunk nothing kept refers to; Verify re-checks chunk objects against their IDs and
-// manifests against their chunks; Index writes the NAR URL index entries a store lacks.
+// an operator no longer wants (with their NAR URL index entries) and every manifest,
+// chunk and delta object nothing kept refers to; Verify re-checks chunk objects against
+// their IDs, manifests against their chunks, and delta objects against the chunks they
+// rebuild; Index writes the NAR URL index entries a store lacks.
 // Both work on any writable blob backend (a directory or an S3 bucket).
 //
 // # Collection and concurrent publishes
@@ -12,7 +13,7 @@
 //     chunks, then the manifest, then the narinfo, and everything it writes is young.
 //     Manifests younger than the grace period (a publish that has not written its
 //     narinfo yet) keep their chunks too.
-//   - A publish refreshes every chunk it reuses (sets its modification time to now)
+//   - A publish refreshes every chunk and delta object it reuses (sets its modification time to now)
 //     instead of only checking that it exists, and Collect looks at a chunk's
 //     modification time again immediately before deleting it. A reused chunk is
 //     therefore young by the time gc decides about it, or already gone, in which case
@@ -75,6 +76,9 @@ type Report struct {
 	NarInfos, Manifests, Chunks Counts
 	// NarURLs are the NAR URL index entries of the narinfos deleted.
 	NarURLs Counts
+	// Deltas are delta objects: live while a kept manifest names them. The base
+	// chunks they decode against are not kept for them; clients hold those.
+	Deltas Counts
 	// Young counts objects spared only because they are within the grace period.
 	Young   int64
 	Elapsed time.Duration
@@ -82,16 +86,16 @@ type Report struct {
 
 // FreedObjects is the number of objects deleted.
 func (r Report) FreedObjects() int64 {
-	return r.NarInfos.Deleted + r.Manifests.Deleted + r.Chunks.Deleted + r.NarURLs.Deleted
+	return r.NarInfos.Deleted + r.Manifests.Deleted + r.Chunks.Deleted + r.NarURLs.Deleted + r.Deltas.Deleted
 }
 
 // FreedBytes is the number of bytes deleted.
 func (r Report) FreedBytes() int64 {
-	return r.NarInfos.DeletedBytes + r.Manifests.DeletedBytes + r.Chunks.DeletedBytes + r.NarURLs.DeletedBytes
+	return r.NarInfos.DeletedBytes + r.Manifests.DeletedBytes + r.Chunks.DeletedBytes + r.NarURLs.DeletedBytes + r.Deltas.DeletedBytes
 }
 
 // Collect marks the chunks reachable from the kept narinfos and sweeps the rest,
-// deleting narinfos, then manifests, then chunks (the reverse of the write order, so
+// deleting narinfos, then manifests, then chunks and deltas (the reverse of the write order, so
 // a reader never finds a narinfo whose manifest is gone). A narinfo or manifest that
 // must be kept but cannot be read or parsed stops the collection before anything is
 // deleted: gc never guesses.
@@ -130,7 +134,7 @@ func Collect(ctx context.Context, s *store.Store, opts Options) (Report, error) 
 		return rep, fmt.Errorf("gc: %w", err)
 	}
 	narinfos, manifests, chunks := inv.NarInfos, inv.Manifests, inv.Chunks
-	log.Info("gc: listed store", "store", s.String(), "narinfos", len(narinfos), "manifests", len(manifests), "chunks", len(chunks))
+	log.Info("gc: listed store", "store", s.String(), "narinfos", len(narinfos), "manifests", len(manifests), "chunks", len(chunks), "deltas", len(inv.Deltas))
 
 	// Narinfos: decide, and collect the NarHashes of the kept ones.
 	var mu sync.Mutex
@@ -192,8 +196,10 @@ func Collect(ctx context.Context, s *store.Store, opts Options) (Report, error) 
 		return rep, fmt.Errorf("gc: marking narinfos: %w", err)
 	}
 
-	// Manifests: kept ones (and young ones, a publish in flight) mark their chunks.
+	// Manifests: kept ones (and young ones, a publish in flight) mark their chunks
+	// and delta objects.
 	marked := map[chunk.ID]bool{}
+	markedDeltas := map[chunk.ID]bool{}
 	var dropManifests [][32]byte
 	g, gctx = errgroup.WithContext(ctx)
 	g.SetLimit(jobs)
@@ -223,8 +229,11 @@ func Collect(ctx context.Context, s *store.Store, opts Options) (Report, error) 
 			}
 			mu.Lock()
 			defer mu.Unlock()
-			for _, e := range m.Entries {
+			for i, e := range m.Entries {
 				marked[e.ID] = true
+				if _, id, _, ok := m.DeltaOf(i); ok {
+					markedDeltas[id] = true
+				}
 			}
 			rep.Manifests.Kept++
 			rep.Manifests.KeptBytes += info.Size
@@ -245,7 +254,16 @@ func Collect(ctx context.Context, s *store.Store, opts Options) (Report, error) 
 			sweep = append(sweep, id)
 		}
 	}
-	log.Info("gc: marked", "narinfos_kept", rep.NarInfos.Kept, "manifests_kept", rep.Manifests.Kept, "chunks_marked", rep.Chunks.Kept, "chunk_candidates", len(sweep))
+	var sweepDeltas []chunk.ID
+	for _, id := range inv.Deltas {
+		if markedDeltas[id] {
+			rep.Deltas.Kept++
+		} else {
+			sweepDeltas = append(sweepDeltas, id)
+		}
+	}
+	log.Info("gc: marked", "narinfos_kept", rep.NarInfos.Kept, "manifests_kept", rep.Manifests.Kept, "chunks_marked", rep.Chunks.Kept, "chunk_candidates", len(sweep),
+		"deltas_marked", rep.Deltas.Kept, "delta_candidates", len(sweepDeltas))
 
 	if opts.beforeSweep != nil {
 		opts.beforeSweep()
@@ -339,6 +357,13 @@ func Collect(ctx context.Context, s *store.Store, opts Options) (Report, error) 
 		keys[i] = store.ChunkKey(id)
 	}
 	if err := sweepKeys("chunks", keys, &rep.Chunks); err != nil {
+		return rep, err
+	}
+	keys = make([]string, len(sweepDeltas))
+	for i, id := range sweepDeltas {
+		keys[i] = store.DeltaKey(id)
+	}
+	if err := sweepKeys("deltas", keys, &rep.Deltas); err != nil {
 		return rep, err
 	}
 	rep.Elapsed = now().Sub(start)

@@ -17,6 +17,8 @@ import (
 	"github.com/schollz/progressbar/v3"
 	"github.com/shoal-nix/shoal/analyze"
 	"github.com/shoal-nix/shoal/blob"
+	"github.com/shoal-nix/shoal/chunk"
+	"github.com/shoal-nix/shoal/delta"
 	"github.com/shoal-nix/shoal/substituter"
 	"github.com/urfave/cli/v2"
 	"golang.org/x/term"
@@ -44,9 +46,17 @@ chunk store does; "files": also cut after every file's contents) and MIN/AVG/MAX
 sizes. Narinfos from --from must be signed by a trusted key, and NAR bytes are checked
 against their NarHash.
 
+With --deltas, each NAR that has an earlier version among those analyzed (same package
+name and output as Nix splits store path names, Nix's version order) is also priced as
+a client upgrading from that version would fetch it from a store published with
+deltas: its chunks the earlier version lacks, as full objects and as delta objects
+against the earlier version's chunks (chosen as publish chooses them, --delta-bases,
+--delta-level). These NARs are read a second time, through temporary files.
+
 Examples:
   shoal analyze dedup --from file:///srv/cache --trusted-public-key k-1:AbC... --all --out report/
-  shoal analyze dedup --sweep 16k/64k/256k --strategy nar --level default /nix/store/...-a /nix/store/...-b`,
+  shoal analyze dedup --sweep 16k/64k/256k --strategy nar --level default /nix/store/...-a /nix/store/...-b
+  shoal analyze dedup --from file:///srv/cache --all --sweep 16k/64k/256k --strategy nar --deltas`,
 			Flags: []cli.Flag{
 				&cli.StringFlag{Name: "from", Usage: "binary cache to read (file:///dir, http(s)://host); without it, store paths are read from the local store", EnvVars: env("from")},
 				&cli.StringSliceFlag{Name: "trusted-public-key", Value: cli.NewStringSlice(substituter.DefaultTrustedKey), Usage: "accept narinfos signed by this key, `NAME:BASE64` (repeatable)", EnvVars: env("trusted-public-key")},
@@ -57,6 +67,9 @@ Examples:
 				&cli.StringFlag{Name: "plot-level", Value: "default", Usage: "zstd level of the totals, ratios and plot; one of --level", EnvVars: env("plot-level")},
 				&cli.StringFlag{Name: "out", Usage: "directory for summary.csv, nars.csv, sizes.csv and dedup.svg", EnvVars: env("out")},
 				&cli.IntFlag{Name: "jobs", Value: runtime.NumCPU(), Usage: "NARs read at once (each feeds every configuration concurrently)", EnvVars: env("jobs")},
+				&cli.BoolFlag{Name: "deltas", Usage: "also price upgrades from each package's previous version as delta objects (slower: encodes a delta per new chunk and configuration)", EnvVars: env("deltas")},
+				&cli.IntFlag{Name: "delta-bases", Value: delta.DefaultBases, Usage: "base chunks per delta, as publish --delta-bases", EnvVars: env("delta-bases")},
+				&cli.StringFlag{Name: "delta-level", Value: "default", Usage: "zstd level of deltas, as publish --delta-level", EnvVars: env("delta-level")},
 			},
 			Action: runAnalyzeDedup,
 		}, analyzeLogsCommand()},
@@ -109,6 +122,14 @@ func runAnalyzeDedup(c *cli.Context) error {
 	opts.Jobs = c.Int("jobs")
 	if opts.Jobs < 1 {
 		return usageError("--jobs must be at least 1")
+	}
+	if opts.Deltas = c.Bool("deltas"); opts.Deltas {
+		if opts.DeltaBases = c.Int("delta-bases"); opts.DeltaBases < 1 || opts.DeltaBases > chunk.MaxDeltaBases {
+			return usageError("--delta-bases %d: want 1 to %d", opts.DeltaBases, chunk.MaxDeltaBases)
+		}
+		if opts.DeltaLevel, err = analyze.ParseLevel(c.String("delta-level")); err != nil {
+			return usageError("--delta-level: %v", err)
+		}
 	}
 	out := c.String("out")
 	if out != "" {

@@ -142,11 +142,13 @@ func runStoreGC(c *cli.Context) error {
   manifests: %d deleted (%d bytes), %d kept
   chunks:    %d deleted (%d bytes), %d kept
   NAR URL index entries: %d deleted
+  deltas:    %d deleted (%d bytes), %d kept
   spared as younger than --grace: %d
 `, verb, rep.FreedObjects(), rep.FreedBytes(), rep.Elapsed.Round(1e6),
 		rep.NarInfos.Deleted, rep.NarInfos.DeletedBytes, rep.NarInfos.Kept,
 		rep.Manifests.Deleted, rep.Manifests.DeletedBytes, rep.Manifests.Kept,
-		rep.Chunks.Deleted, rep.Chunks.DeletedBytes, rep.Chunks.Kept, rep.NarURLs.Deleted, rep.Young)
+		rep.Chunks.Deleted, rep.Chunks.DeletedBytes, rep.Chunks.Kept,
+		rep.Deltas.Deleted, rep.Deltas.DeletedBytes, rep.Deltas.Kept, rep.NarURLs.Deleted, rep.Young)
 	return err
 }
 
@@ -249,7 +251,7 @@ func runStoreVerify(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(c.App.Writer, "checked %d chunks, %d manifests, %d narinfos: %d problems\n", rep.Chunks, rep.Manifests, rep.NarInfos, problems)
+	fmt.Fprintf(c.App.Writer, "checked %d chunks, %d manifests (%d of their deltas), %d narinfos: %d problems\n", rep.Chunks, rep.Manifests, rep.Deltas, rep.NarInfos, problems)
 	for _, p := range rep.Problems {
 		fmt.Fprintln(c.App.Writer, "  "+p)
 	}

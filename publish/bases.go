@@ -1,0 +1,254 @@
+package publish
+
+import (
+	"cmp"
+	"container/list"
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+
+	"github.com/shoal-nix/shoal/chunk"
+	"github.com/shoal-nix/shoal/delta"
+	"github.com/shoal-nix/shoal/manifest"
+	"github.com/shoal-nix/shoal/nixname"
+	"github.com/shoal-nix/shoal/store"
+	"github.com/shoal-nix/shoal/substituter"
+	"golang.org/x/sync/errgroup"
+)
+
+// job is one NAR of a run. done closes when the NAR is published or has failed; a
+// later NAR of the run that uses it as its base waits for that.
+type job struct {
+	ni   *substituter.NarInfo
+	base *baseRef
+	done chan struct{}
+	ok   bool // set before done closes: its manifest and chunks are in the store
+}
+
+// baseRef is the base a job's deltas are made against.
+type baseRef struct {
+	nar  delta.NAR
+	from *job // the job of this run that publishes it, or nil when the store had it
+}
+
+// plan orders the NARs of a run so that every NAR comes after the NARs it may take
+// as its base (by package name, then Nix's version order), and picks each one's
+// base among the store's NARs and the run's earlier ones. Publishing 1.0, 1.1 and
+// 1.2 in one run thus gives 1.1 the base 1.0 and 1.2 the base 1.1, and a NAR never
+// waits for one that comes after it, so a run cannot deadlock. Without deltas the
+// jobs keep the caller's order and have no base.
+func (p *Publisher) plan(ctx context.Context, infos []*substituter.NarInfo) ([]*job, error) {
+	var jobs []*job
+	for _, ni := range infos {
+		if ni != nil {
+			jobs = append(jobs, &job{ni: ni, done: make(chan struct{})})
+		}
+	}
+	if !p.opts.Deltas || len(jobs) == 0 {
+		return jobs, nil
+	}
+	type key struct{ pname, version, suffix string }
+	keyOf := func(storePath string) key {
+		pname, v := nixname.Split(nixname.FromStorePath(storePath))
+		v, suffix := nixname.SplitOutput(v)
+		return key{pname, v, suffix}
+	}
+	slices.SortStableFunc(jobs, func(a, b *job) int {
+		ka, kb := keyOf(a.ni.StorePath), keyOf(b.ni.StorePath)
+		return cmp.Or(cmp.Compare(ka.pname, kb.pname), cmp.Compare(ka.suffix, kb.suffix),
+			nixname.CompareVersions(ka.version, kb.version), cmp.Compare(a.ni.StorePath, b.ni.StorePath))
+	})
+	names := map[string]bool{}
+	for _, j := range jobs {
+		names[keyOf(j.ni.StorePath).pname] = true
+	}
+	byName, err := p.storeIndex(ctx, names)
+	if err != nil {
+		return nil, err
+	}
+	inStore := map[[32]byte]bool{}
+	for _, nars := range byName {
+		for _, n := range nars {
+			inStore[n.NarHash] = true
+		}
+	}
+	fromRun := map[[32]byte]*job{}
+	for _, j := range jobs {
+		pname := keyOf(j.ni.StorePath).pname
+		if b, ok := delta.PickBase(j.ni.StorePath, j.ni.NarHash, byName[pname]); ok {
+			ref := &baseRef{nar: b}
+			if !inStore[b.NarHash] {
+				ref.from = fromRun[b.NarHash]
+			}
+			j.base = ref
+		}
+		byName[pname] = append(byName[pname], delta.NAR{StorePath: j.ni.StorePath, NarHash: j.ni.NarHash, NarSize: j.ni.NarSize})
+		if _, dup := fromRun[j.ni.NarHash]; !dup {
+			fromRun[j.ni.NarHash] = j
+		}
+	}
+	return jobs, nil
+}
+
+// storeIndex reads the narinfos already in the store, once per run, and returns
+// those of the package names asked for. Their presence means their manifests and
+// chunks are complete, so each is a usable base.
+func (p *Publisher) storeIndex(ctx context.Context, names map[string]bool) (map[string][]delta.NAR, error) {
+	var hps []string
+	if err := p.dst.NarInfos(ctx, func(hp string) error {
+		hps = append(hps, hp)
+		return nil
+	}); err != nil {
+		return nil, fmt.Errorf("indexing the store's NARs for delta bases: %w", err)
+	}
+	var mu sync.Mutex
+	byName := map[string][]delta.NAR{}
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(16)
+	for _, hp := range hps {
+		g.Go(func() error {
+			raw, err := p.dst.NarInfo(gctx, hp)
+			if errors.Is(err, store.ErrNotFound) {
+				return nil // collected since the listing
+			}
+			if err != nil {
+				return fmt.Errorf("indexing the store's NARs for delta bases: %w", err)
+			}
+			ni, err := substituter.ParseNarInfo(raw)
+			if err != nil {
+				p.log.Warn("not a delta base: unreadable narinfo in the store", "path", hp, "err", err)
+				return nil
+			}
+			pname, _ := nixname.Split(nixname.FromStorePath(ni.StorePath))
+			if !names[pname] {
+				return nil
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			byName[pname] = append(byName[pname], delta.NAR{StorePath: ni.StorePath, NarHash: ni.NarHash, NarSize: ni.NarSize})
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	p.log.Debug("indexed the store for delta bases", "narinfos", len(hps), "names", len(byName))
+	return byName, nil
+}
+
+// deltaBase is a base NAR ready for making deltas: its manifest, where its chunks
+// lie and their IDs.
+type deltaBase struct {
+	nar    delta.NAR
+	m      *manifest.Manifest
+	layout delta.Layout
+	ids    []chunk.ID
+}
+
+// loadBase waits for a base published earlier in this run and reads its manifest.
+// A base that failed or whose manifest cannot be read costs only the deltas: the NAR
+// is published with a version 1 manifest, and the reason is logged.
+func (p *Publisher) loadBase(ctx context.Context, j *job) (*deltaBase, error) {
+	ref := j.base
+	if ref.from != nil {
+		select {
+		case <-ref.from.done:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		if !ref.from.ok {
+			p.log.Warn("no deltas: the base was not published", "path", j.ni.StorePath, "base", ref.nar.StorePath)
+			return nil, nil
+		}
+	}
+	m, _, err := p.dst.Manifest(ctx, ref.nar.NarHash)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		p.log.Warn("no deltas: the base's manifest is unreadable", "path", j.ni.StorePath, "base", ref.nar.StorePath, "err", err)
+		return nil, nil
+	}
+	if m.Chunker != p.opts.Params.Identity() {
+		p.log.Warn("no deltas: the base was cut with another chunker", "path", j.ni.StorePath, "base", ref.nar.StorePath, "chunker", m.Chunker)
+		return nil, nil
+	}
+	b := &deltaBase{nar: ref.nar, m: m, ids: make([]chunk.ID, len(m.Entries))}
+	b.layout = delta.Layout{NarSize: m.NarSize, Offsets: m.Offsets(), Sizes: make([]uint32, len(m.Entries))}
+	for i, e := range m.Entries {
+		b.layout.Sizes[i] = e.Size
+		b.ids[i] = e.ID
+	}
+	return b, nil
+}
+
+// baseCache keeps recently used base chunks, decoded. Neighbouring new chunks share
+// most of their base chunks, and consecutive NARs of a run share a base's chunks, so
+// each base chunk is read from the store and decoded about once. Concurrent asks for
+// the same chunk share one read.
+type baseCache struct {
+	st    *store.Store
+	codec *chunk.Codec
+	limit int
+
+	mu      sync.Mutex
+	entries map[chunk.ID]*baseEntry
+	lru     list.List // of *baseEntry, most recently used first; loaded entries only
+	size    int
+}
+
+type baseEntry struct {
+	id    chunk.ID
+	ready chan struct{}
+	raw   []byte
+	err   error
+	elem  *list.Element
+}
+
+func newBaseCache(st *store.Store, codec *chunk.Codec, limit int) *baseCache {
+	return &baseCache{st: st, codec: codec, limit: limit, entries: map[chunk.ID]*baseEntry{}}
+}
+
+// get returns the raw bytes of base chunk id (size bytes). The slice is shared:
+// callers must not modify it.
+func (c *baseCache) get(ctx context.Context, id chunk.ID, size uint32) ([]byte, error) {
+	c.mu.Lock()
+	if e, ok := c.entries[id]; ok {
+		if e.elem != nil {
+			c.lru.MoveToFront(e.elem)
+		}
+		c.mu.Unlock()
+		select {
+		case <-e.ready:
+			return e.raw, e.err
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	e := &baseEntry{id: id, ready: make(chan struct{})}
+	c.entries[id] = e
+	c.mu.Unlock()
+
+	obj, err := c.st.Chunk(ctx, id)
+	if err == nil {
+		e.raw, err = c.codec.Open(nil, id, obj, int(size))
+	}
+	e.err = err
+	c.mu.Lock()
+	if err != nil {
+		delete(c.entries, id) // the next ask tries again
+	} else {
+		e.elem = c.lru.PushFront(e)
+		c.size += len(e.raw)
+		for c.size > c.limit && c.lru.Len() > 1 {
+			old := c.lru.Remove(c.lru.Back()).(*baseEntry)
+			delete(c.entries, old.id)
+			c.size -= len(old.raw)
+		}
+	}
+	c.mu.Unlock()
+	close(e.ready)
+	return e.raw, err
+}
