@@ -282,11 +282,6 @@ func (d *Daemon) pruneLoop(ctx context.Context) {
 // the assembler.
 type storeSource struct{ s *store.Store }
 
-// maxDeltaObjectSize bounds a delta object read from the store: a delta rebuilds at
-// most chunk.MaxDeltaChunk bytes and is worth fetching only when smaller than the
-// chunk, so anything past zstd's worst case for that is not a delta.
-const maxDeltaObjectSize = chunk.MaxDeltaChunk + chunk.MaxDeltaChunk/64 + 1<<10
-
 func (s storeSource) Name() string { return "store" }
 func (s storeSource) Chunk(ctx context.Context, id chunk.ID) ([]byte, error) {
 	return s.s.Chunk(ctx, id)
@@ -295,10 +290,5 @@ func (s storeSource) Chunk(ctx context.Context, id chunk.ID) ([]byte, error) {
 // Delta implements substituter.DeltaSource: the store keeps deltas under the name
 // chunk.DeltaID gives (target, bases), the pair a manifest entry records.
 func (s storeSource) Delta(ctx context.Context, id chunk.ID, bases []chunk.ID) ([]byte, error) {
-	key := store.DeltaKey(chunk.DeltaID(id, bases))
-	b, err := blob.ReadAll(ctx, s.s.Backend(), key, maxDeltaObjectSize)
-	if err != nil {
-		return nil, fmt.Errorf("reading delta for chunk %s from %s: %w", id, s.s, err)
-	}
-	return b, nil
+	return s.s.Delta(ctx, chunk.DeltaID(id, bases))
 }
