@@ -12,8 +12,6 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -32,24 +30,13 @@ type Target struct {
 // TargetsFromCache reads every narinfo of a binary cache directory and returns its NARs,
 // sorted by path so that a seeded run picks the same sequence every time.
 func TargetsFromCache(dir string) ([]Target, error) {
-	names, err := filepath.Glob(filepath.Join(dir, "*.narinfo"))
+	infos, err := substituter.NarInfosInDir(dir)
 	if err != nil {
 		return nil, err
 	}
 	var out []Target
-	for _, n := range names {
-		raw, err := os.ReadFile(n)
-		if err != nil {
-			return nil, err
-		}
-		ni, err := substituter.ParseNarInfo(raw)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", n, err)
-		}
+	for _, ni := range infos {
 		out = append(out, Target{Path: "/" + ni.URL, NarSize: int64(ni.NarSize), Compression: ni.EffectiveCompression()})
-	}
-	if len(out) == 0 {
-		return nil, fmt.Errorf("no narinfo files in %s", dir)
 	}
 	slices.SortFunc(out, func(a, b Target) int { return strings.Compare(a.Path, b.Path) })
 	return out, nil

@@ -14,8 +14,6 @@ import (
 	"io"
 	mrand "math/rand/v2"
 	"net/http"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -127,24 +125,13 @@ func (r Report) String() string {
 
 // ReadCache lists the paths of a binary cache directory from its narinfos.
 func ReadCache(dir string) ([]Path, error) {
-	names, err := filepath.Glob(filepath.Join(dir, "*.narinfo"))
+	infos, err := substituter.NarInfosInDir(dir)
 	if err != nil {
 		return nil, err
 	}
 	var paths []Path
-	for _, name := range names {
-		raw, err := os.ReadFile(name)
-		if err != nil {
-			return nil, err
-		}
-		ni, err := substituter.ParseNarInfo(raw)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", name, err)
-		}
+	for _, ni := range infos {
 		paths = append(paths, Path{HashPart: ni.HashPart(), NarHash: ni.NarHash, NarSize: ni.NarSize, URL: ni.URL, Compression: ni.EffectiveCompression()})
-	}
-	if len(paths) == 0 {
-		return nil, fmt.Errorf("no narinfos in %s", dir)
 	}
 	return paths, nil
 }

@@ -76,20 +76,12 @@ func main() {
 }
 
 func readCache(dir string) ([]nar, error) {
-	names, err := filepath.Glob(filepath.Join(dir, "*.narinfo"))
-	if err != nil || len(names) == 0 {
-		return nil, fmt.Errorf("no narinfos in %s", dir)
+	infos, err := substituter.NarInfosInDir(dir)
+	if err != nil {
+		return nil, err
 	}
 	var nars []nar
-	for _, name := range names {
-		raw, err := os.ReadFile(name)
-		if err != nil {
-			return nil, err
-		}
-		ni, err := substituter.ParseNarInfo(raw)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", name, err)
-		}
+	for _, ni := range infos {
 		nars = append(nars, nar{info: ni})
 	}
 	// Store path names carry the versions.
