@@ -181,19 +181,11 @@ func cutQuoted(s []byte) (inner, rest []byte, ok bool) {
 // (the referer and agent are optional, so the common format parses too).
 func (p *LineParser) parseCombined(line []byte) (Request, error) {
 	var r Request
-	s := line
-	for _, name := range []string{"client", "ident", "user"} {
-		var ok bool
-		if _, s, ok = cutField(s); !ok {
-			return r, fmt.Errorf("missing %s field", name)
-		}
+	s, err := skipFields(line, "client", "ident", "user")
+	if err != nil {
+		return r, err
 	}
-	ts, s, ok := cutBracketed(s)
-	if !ok {
-		return r, errors.New("missing [time]")
-	}
-	var err error
-	if r.Unix, err = parseCLFTime(ts); err != nil {
+	if r.Unix, s, err = cutCLFTime(s); err != nil {
 		return r, err
 	}
 	req, s, ok := cutQuoted(s)
@@ -212,6 +204,29 @@ func (p *LineParser) parseCombined(line []byte) (Request, error) {
 	return r, nil
 }
 
+// skipFields drops one space-separated field for each name, and names the first
+// one missing.
+func skipFields(s []byte, names ...string) ([]byte, error) {
+	for _, name := range names {
+		var ok bool
+		if _, s, ok = cutField(s); !ok {
+			return s, fmt.Errorf("missing %s field", name)
+		}
+	}
+	return s, nil
+}
+
+// cutCLFTime reads the [bracketed] Common Log Format time that nginx and S3
+// logs share.
+func cutCLFTime(s []byte) (unix int64, rest []byte, err error) {
+	ts, rest, ok := cutBracketed(s)
+	if !ok {
+		return 0, s, errors.New("missing [time]")
+	}
+	unix, err = parseCLFTime(ts)
+	return unix, rest, err
+}
+
 // parseS3 reads an S3 server access log line:
 //
 //	owner bucket [06/Feb/2019:00:00:38 +0000] ip requester request-id REST.GET.OBJECT key "GET /bucket/key HTTP/1.1" 200 - 2662992 3462992 70 10 "referer" "agent" ...
@@ -220,25 +235,15 @@ func (p *LineParser) parseCombined(line []byte) (Request, error) {
 // the object's name whether the bucket was addressed by path or by host.
 func (p *LineParser) parseS3(line []byte) (Request, error) {
 	var r Request
-	s := line
-	var ok bool
-	for _, name := range []string{"bucket owner", "bucket"} {
-		if _, s, ok = cutField(s); !ok {
-			return r, fmt.Errorf("missing %s field", name)
-		}
-	}
-	ts, s, ok := cutBracketed(s)
-	if !ok {
-		return r, errors.New("missing [time]")
-	}
-	var err error
-	if r.Unix, err = parseCLFTime(ts); err != nil {
+	s, err := skipFields(line, "bucket owner", "bucket")
+	if err != nil {
 		return r, err
 	}
-	for _, name := range []string{"remote IP", "requester", "request ID"} {
-		if _, s, ok = cutField(s); !ok {
-			return r, fmt.Errorf("missing %s field", name)
-		}
+	if r.Unix, s, err = cutCLFTime(s); err != nil {
+		return r, err
+	}
+	if s, err = skipFields(s, "remote IP", "requester", "request ID"); err != nil {
+		return r, err
 	}
 	op, s, ok := cutField(s)
 	if !ok {
