@@ -12,26 +12,14 @@ import (
 	"time"
 
 	"github.com/shoal-nix/shoal/substituter"
+
+	"github.com/shoal-nix/shoal/internal/promtext"
 )
 
 // latencyBuckets are the upper bounds, in seconds, of the request latency
 // histograms: narinfo answers from the local cache take well under a
 // millisecond, NARs assembled from remote chunks take seconds.
-var latencyBuckets = [...]float64{0.001, 0.005, 0.025, 0.1, 0.5, 2.5, 10, 60}
-
-// histogram counts observations per bucket (not cumulative; WriteTo sums).
-type histogram struct {
-	counts [len(latencyBuckets) + 1]int64
-	sum    float64
-	n      int64
-}
-
-func (h *histogram) observe(v float64) {
-	i := sort.SearchFloat64s(latencyBuckets[:], v)
-	h.counts[i]++
-	h.sum += v
-	h.n++
-}
+var latencyBuckets = []float64{0.001, 0.005, 0.025, 0.1, 0.5, 2.5, 10, 60}
 
 // Gauge is one value read when metrics are scraped.
 type Gauge struct {
@@ -46,7 +34,7 @@ type Metrics struct {
 	bytes    map[string]int64      // bytes fetched, by source
 	fetches  map[string]int64      // objects fetched, by source
 	requests map[routeStatus]int64 // requests answered, by route and status
-	latency  map[string]*histogram
+	latency  *promtext.Histograms
 	events   map[string]int64 // named counters: narinfo hits, verify failures
 	gauges   func() []Gauge
 }
@@ -57,7 +45,7 @@ func NewMetrics() *Metrics {
 		bytes:    make(map[string]int64),
 		fetches:  make(map[string]int64),
 		requests: make(map[routeStatus]int64),
-		latency:  make(map[string]*histogram),
+		latency:  promtext.NewHistograms(latencyBuckets...),
 		events:   make(map[string]int64),
 	}
 }
@@ -109,12 +97,7 @@ func (m *Metrics) setGauges(f func() []Gauge) {
 func (m *Metrics) request(route string, status int, took time.Duration) {
 	m.mu.Lock()
 	m.requests[routeStatus{route, status}]++
-	h := m.latency[route]
-	if h == nil {
-		h = &histogram{}
-		m.latency[route] = h
-	}
-	h.observe(took.Seconds())
+	m.latency.Observe(route, took.Seconds())
 	m.mu.Unlock()
 }
 
@@ -173,18 +156,7 @@ func (m *Metrics) WriteTo(w io.Writer) (int64, error) {
 	for _, k := range reqs {
 		p("shoal_requests_total{route=%q,status=\"%d\"} %d\n", k.route, k.status, m.requests[k])
 	}
-	p("# HELP shoal_request_duration_seconds Time to answer a request, by route (for NARs, until the last byte).\n# TYPE shoal_request_duration_seconds histogram\n")
-	for _, route := range sortedKeys(m.latency) {
-		h := m.latency[route]
-		var cum int64
-		for i, le := range latencyBuckets {
-			cum += h.counts[i]
-			p("shoal_request_duration_seconds_bucket{route=%q,le=\"%g\"} %d\n", route, le, cum)
-		}
-		p("shoal_request_duration_seconds_bucket{route=%q,le=\"+Inf\"} %d\n", route, h.n)
-		p("shoal_request_duration_seconds_sum{route=%q} %g\n", route, h.sum)
-		p("shoal_request_duration_seconds_count{route=%q} %d\n", route, h.n)
-	}
+	m.latency.Write(p, "shoal_request_duration_seconds", "Time to answer a request, by route (for NARs, until the last byte).")
 	return n, nil
 }
 

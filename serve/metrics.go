@@ -6,27 +6,16 @@ import (
 	"io"
 	"maps"
 	"slices"
-	"sort"
 	"sync"
 	"time"
+
+	"github.com/shoal-nix/shoal/internal/promtext"
 )
 
 // latencyBuckets are the upper bounds, in seconds, of the request latency histograms:
 // a miss answers in a millisecond, a NAR from hot chunks in tens of milliseconds, a
 // large first request in seconds.
-var latencyBuckets = [...]float64{0.001, 0.005, 0.025, 0.1, 0.5, 2.5, 10, 60, 300}
-
-type histogram struct {
-	counts [len(latencyBuckets) + 1]int64 // per bucket, not cumulative
-	sum    float64
-	n      int64
-}
-
-func (h *histogram) observe(v float64) {
-	h.counts[sort.SearchFloat64s(latencyBuckets[:], v)]++
-	h.sum += v
-	h.n++
-}
+var latencyBuckets = []float64{0.001, 0.005, 0.025, 0.1, 0.5, 2.5, 10, 60, 300}
 
 type routeStatus struct {
 	route  string
@@ -39,7 +28,7 @@ type Metrics struct {
 	mu            sync.Mutex
 	requests      map[routeStatus]int64
 	sent          map[string]int64 // body bytes sent, by route
-	latency       map[string]*histogram
+	latency       *promtext.Histograms
 	verifications int64 // NARs assembled and checked against their narinfo
 	verifyFails   int64 // of those, the ones that did not match or could not be read
 	chunkHits     int64
@@ -54,7 +43,7 @@ type gauge struct {
 
 // NewMetrics returns zeroed counters.
 func NewMetrics() *Metrics {
-	return &Metrics{requests: map[routeStatus]int64{}, sent: map[string]int64{}, latency: map[string]*histogram{}}
+	return &Metrics{requests: map[routeStatus]int64{}, sent: map[string]int64{}, latency: promtext.NewHistograms(latencyBuckets...)}
 }
 
 func (m *Metrics) request(route string, status int, sent int64, took time.Duration) {
@@ -62,12 +51,7 @@ func (m *Metrics) request(route string, status int, sent int64, took time.Durati
 	defer m.mu.Unlock()
 	m.requests[routeStatus{route, status}]++
 	m.sent[route] += sent
-	h := m.latency[route]
-	if h == nil {
-		h = &histogram{}
-		m.latency[route] = h
-	}
-	h.observe(took.Seconds())
+	m.latency.Observe(route, took.Seconds())
 }
 
 func (m *Metrics) verified(ok bool) {
@@ -151,17 +135,6 @@ func (m *Metrics) WriteTo(w io.Writer) (int64, error) {
 	for _, g := range gauges {
 		p("# HELP %s %s\n# TYPE %s gauge\n%s %d\n", g.name, g.help, g.name, g.name, g.value)
 	}
-	p("# HELP shoal_serve_request_duration_seconds Time to answer a request, by route, until the last byte.\n# TYPE shoal_serve_request_duration_seconds histogram\n")
-	for _, route := range slices.Sorted(maps.Keys(m.latency)) {
-		h := m.latency[route]
-		var cum int64
-		for i, le := range latencyBuckets {
-			cum += h.counts[i]
-			p("shoal_serve_request_duration_seconds_bucket{route=%q,le=\"%g\"} %d\n", route, le, cum)
-		}
-		p("shoal_serve_request_duration_seconds_bucket{route=%q,le=\"+Inf\"} %d\n", route, h.n)
-		p("shoal_serve_request_duration_seconds_sum{route=%q} %g\n", route, h.sum)
-		p("shoal_serve_request_duration_seconds_count{route=%q} %d\n", route, h.n)
-	}
+	m.latency.Write(p, "shoal_serve_request_duration_seconds", "Time to answer a request, by route, until the last byte.")
 	return n, werr
 }
