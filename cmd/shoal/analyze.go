@@ -180,23 +180,31 @@ func runAnalyzeDedup(c *cli.Context) error {
 	if err := res.WriteTable(c.App.Writer, plotIdx); err != nil {
 		return fmt.Errorf("writing table: %w", err)
 	}
-	if out == "" {
+	return writeReport(out,
+		reportFile{"summary.csv", res.WriteSummaryCSV},
+		reportFile{"nars.csv", res.WriteNARsCSV},
+		reportFile{"sizes.csv", res.WriteSizesCSV},
+		reportFile{"dedup.svg", func(w io.Writer) error { return res.WriteSVG(w, plotIdx) }},
+	)
+}
+
+// reportFile is one file of an analysis report written with --out.
+type reportFile struct {
+	name  string
+	write func(io.Writer) error
+}
+
+// writeReport writes files into dir, or nothing when dir is empty (no --out).
+func writeReport(dir string, files ...reportFile) error {
+	if dir == "" {
 		return nil
 	}
-	for _, f := range []struct {
-		name  string
-		write func(io.Writer) error
-	}{
-		{"summary.csv", res.WriteSummaryCSV},
-		{"nars.csv", res.WriteNARsCSV},
-		{"sizes.csv", res.WriteSizesCSV},
-		{"dedup.svg", func(w io.Writer) error { return res.WriteSVG(w, plotIdx) }},
-	} {
-		if err := writeFile(filepath.Join(out, f.name), f.write); err != nil {
+	for _, f := range files {
+		if err := writeFile(filepath.Join(dir, f.name), f.write); err != nil {
 			return err
 		}
 	}
-	slog.Info("wrote report", "dir", out)
+	slog.Info("wrote report", "dir", dir)
 	return nil
 }
 

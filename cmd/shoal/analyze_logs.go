@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -145,22 +144,10 @@ func runAnalyzeLogs(c *cli.Context) error {
 	if err := rep.WriteTable(c.App.Writer); err != nil {
 		return fmt.Errorf("writing table: %w", err)
 	}
-	if out == "" {
-		return nil
-	}
-	for _, f := range []struct {
-		name  string
-		write func(io.Writer) error
-	}{
-		{"summary.csv", rep.WriteSummaryCSV},
-		{"minutes.csv", rep.WriteMinutesCSV},
-		{"hottest.csv", rep.WriteHotCSV},
-		{"logs.svg", rep.WriteSVG},
-	} {
-		if err := writeFile(filepath.Join(out, f.name), f.write); err != nil {
-			return err
-		}
-	}
-	slog.Info("wrote report", "dir", out)
-	return nil
+	return writeReport(out,
+		reportFile{"summary.csv", rep.WriteSummaryCSV},
+		reportFile{"minutes.csv", rep.WriteMinutesCSV},
+		reportFile{"hottest.csv", rep.WriteHotCSV},
+		reportFile{"logs.svg", rep.WriteSVG},
+	)
 }
