@@ -63,7 +63,7 @@ const (
 	// resolvedTTL bounds how long a resolved narinfo and manifest are reused without
 	// asking the store, so a garbage collection is noticed within a minute.
 	resolvedTTL = time.Minute
-	// missTTL is how long a miss is remembered: a CDN edge asks again for each client
+	// missTTL is how long a miss (or a failed verification) is remembered: a CDN edge asks again for each client
 	// until it caches the 404 itself, and a URL's first publish may wait this long.
 	missTTL = 10 * time.Second
 	// verifyTimeout bounds the shared verification of a NAR, which outlives the
@@ -277,6 +277,10 @@ func (s *Server) prepare(ctx context.Context, key string) (*nar, error) {
 			start := time.Now()
 			if err := s.verify(wctx, n); err != nil {
 				s.metrics.verified(false)
+				// A NAR that failed its check fails again until the store is
+				// repaired; remembering that for missTTL keeps a CDN's retries
+				// from re-reading the whole NAR each time.
+				s.missing.add(key, err, int64(100+len(key)))
 				return nil, err
 			}
 			s.metrics.verified(true)

@@ -250,6 +250,12 @@ func TestServeBrokenStore(t *testing.T) {
 					t.Errorf("GET %s from a store with %s chunks: %s %.200s", url, damage, resp.Status, body)
 				}
 			}
+			// Asked again at once, the failure is remembered, not re-verified.
+			for url := range f.nars {
+				if resp, _ := get(t, "GET", hs.URL+"/"+url); resp.StatusCode != http.StatusBadGateway {
+					t.Errorf("GET %s again: %s", url, resp.Status)
+				}
+			}
 			if _, failed := s.Metrics().Verifications(); failed != int64(len(f.nars)) {
 				t.Errorf("%d verify failures counted, want %d", failed, len(f.nars))
 			}
