@@ -63,8 +63,9 @@ const (
 	// resolvedTTL bounds how long a resolved narinfo and manifest are reused without
 	// asking the store, so a garbage collection is noticed within a minute.
 	resolvedTTL = time.Minute
-	// missTTL is how long a miss (or a failed verification) is remembered: a CDN edge asks again for each client
-	// until it caches the 404 itself, and a URL's first publish may wait this long.
+	// missTTL is how long a miss, or a failed verification, is remembered: a CDN edge
+	// asks again for each client until it caches the answer itself, and a URL's first
+	// publish (or a repaired store) may wait this long.
 	missTTL = 10 * time.Second
 	// verifyTimeout bounds the shared verification of a NAR, which outlives the
 	// request that started it (others may be waiting for it).
