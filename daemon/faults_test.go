@@ -13,10 +13,8 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -25,6 +23,7 @@ import (
 	"github.com/shoal-nix/shoal/blob"
 	"github.com/shoal-nix/shoal/daemon"
 	"github.com/shoal-nix/shoal/internal/cachetest"
+	"github.com/shoal-nix/shoal/internal/testkit"
 	"github.com/shoal-nix/shoal/manifest"
 	"github.com/shoal-nix/shoal/substituter"
 )
@@ -148,24 +147,6 @@ var (
 	nars     = func(p string) bool { return strings.HasPrefix(p, "/nar/") }
 )
 
-// syncBuffer collects the daemon's log for assertions.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // faultCache is two versions of one package in a signed zstd cache, published into a
 // chunk store: the second shares most chunks with the first, so once the first is
 // local the daemon fetches the second as chunks.
@@ -185,34 +166,6 @@ func newFaultCache(t *testing.T) *faultCache {
 	fc.v2 = c.Add(t, cachetest.HashPart("faults-1.1"), "faulty-1.1", next, "zstd")
 	fc.storeDir = publishDir(t, c, fc.v1, fc.v2)
 	return fc
-}
-
-// resources counts what a leak would leave behind: goroutines, and open file
-// descriptors where /proc shows them (elsewhere only goroutines are counted).
-func resources(t *testing.T) (goroutines, fds int) {
-	ents, err := os.ReadDir("/proc/self/fd")
-	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		t.Fatal(err)
-	}
-	return runtime.NumGoroutine(), len(ents)
-}
-
-// settle waits until the counts drop back to the baseline, or reports what is left.
-// Background work (a stalled source's timeout, idle connections) ends on its own; the
-// loop waits for it rather than asserting on timing.
-func settle(t *testing.T, g0, fd0 int) {
-	t.Helper()
-	var g, fd int
-	for range 200 {
-		g, fd = resources(t)
-		if g <= g0 && fd <= fd0 {
-			return
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	buf := make([]byte, 1<<20)
-	n := runtime.Stack(buf, true)
-	t.Errorf("leak: %d goroutines (was %d), %d fds (was %d)\n%s", g, g0, fd, fd0, buf[:n])
 }
 
 // TestFaultMatrix puts one fault at one edge per row: the chunk store or an upstream
@@ -281,12 +234,12 @@ func TestFaultMatrix(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			g0, fd0 := resources(t)
+			g0, fd0 := testkit.Resources(t)
 			logs := runFault(t, fc, tc.store, tc.up1, tc.second, tc.noStore, tc.narinfo, tc.want, tc.disk)
 			if !strings.Contains(logs, tc.wantLog) {
 				t.Errorf("no log line contains %q:\n%s", tc.wantLog, logs)
 			}
-			settle(t, g0, fd0)
+			testkit.Settle(t, g0, fd0)
 		})
 	}
 }
@@ -296,7 +249,7 @@ func TestFaultMatrix(t *testing.T) {
 // before returning the daemon's log.
 func runFault(t *testing.T, fc *faultCache, store, up1 edge, second, noStore bool, narinfoStatus int, want string, disk func(*testing.T, string)) string {
 	t.Helper()
-	logs := &syncBuffer{}
+	logs := &testkit.SyncBuffer{}
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("daemon log:\n%s", logs)
@@ -457,7 +410,7 @@ func TestNixSubstitutesPastAStalledStore(t *testing.T) {
 	defer st.shutdown()
 	transport := &http.Transport{}
 	defer transport.CloseIdleConnections()
-	logs := &syncBuffer{}
+	logs := &testkit.SyncBuffer{}
 	_, url := startDaemon(t, daemon.Config{
 		StoreURL:    st.URL,
 		Upstreams:   []string{f.upstream.URL},

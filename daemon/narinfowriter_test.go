@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/shoal-nix/shoal/internal/testkit"
 	"github.com/shoal-nix/shoal/localcache"
 )
 
@@ -35,7 +36,7 @@ func TestNarInfoWriterKeepsOrderPerPath(t *testing.T) {
 		mu.Unlock()
 		return nil
 	}
-	errs := &lockedLog{}
+	errs := &testkit.SyncBuffer{}
 	w := newNarInfoWriter(put, slog.New(slog.NewTextHandler(errs, nil)))
 	want := map[string]localcache.NarInfoEntry{}
 	for i := range 2000 {
@@ -58,22 +59,4 @@ func TestNarInfoWriterKeepsOrderPerPath(t *testing.T) {
 	if stored["late"].Reason != "late" {
 		t.Error("a record after close was not written")
 	}
-}
-
-type lockedLog struct {
-	mu sync.Mutex
-	b  []byte
-}
-
-func (l *lockedLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.b = append(l.b, p...)
-	return len(p), nil
-}
-
-func (l *lockedLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return string(l.b)
 }

@@ -2,13 +2,9 @@ package p2p
 
 import (
 	"bufio"
-	"bytes"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -18,50 +14,8 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 
 	"github.com/shoal-nix/shoal/chunk"
+	"github.com/shoal-nix/shoal/internal/testkit"
 )
-
-// lockedBuffer collects a node's log for assertions.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-// openResources counts goroutines, and open file descriptors where /proc shows them.
-func openResources(t *testing.T) (goroutines, fds int) {
-	ents, err := os.ReadDir("/proc/self/fd")
-	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		t.Fatal(err)
-	}
-	return runtime.NumGoroutine(), len(ents)
-}
-
-// settleResources waits for the counts to fall back to the baseline; libp2p winds its
-// connections down in the background, so the loop waits rather than asserting on time.
-func settleResources(t *testing.T, g0, fd0 int) {
-	t.Helper()
-	var g, fd int
-	for range 200 {
-		g, fd = openResources(t)
-		if g <= g0 && fd <= fd0 {
-			return
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	buf := make([]byte, 1<<20)
-	t.Errorf("leak: %d goroutines (was %d), %d fds (was %d)\n%s", g, g0, fd, fd0, buf[:runtime.Stack(buf, true)])
-}
 
 // A chunkFault is how a fake peer that claims the NAR answers a chunk batch. It gets
 // the asked IDs and the honest objects, and the host, to cut the connection.
@@ -149,8 +103,8 @@ func TestMisbehavingChunkPeers(t *testing.T) {
 	})
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			g0, fd0 := openResources(t)
-			logs := &lockedBuffer{}
+			g0, fd0 := testkit.Resources(t)
+			logs := &testkit.SyncBuffer{}
 			t.Run("run", func(t *testing.T) {
 				n := lanNode(t, &chunkBackend{}, func(c *Config) {
 					c.BatchTimeout, c.HaveTimeout, c.NarBudget = 5*time.Second, 5*time.Second, time.Minute
@@ -202,7 +156,7 @@ func TestMisbehavingChunkPeers(t *testing.T) {
 					t.Errorf("no log line contains %q:\n%s", tc.wantLog, logs)
 				}
 			})
-			settleResources(t, g0, fd0)
+			testkit.Settle(t, g0, fd0)
 		})
 	}
 }

@@ -16,13 +16,14 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/shoal-nix/shoal/internal/testkit"
 )
 
 // serveEnv makes the test binary a counting file server (see TestMain): the store and
@@ -195,31 +196,14 @@ func forward(t *testing.T, ns, addr string) string {
 // proc is a process running inside a namespace, killed at cleanup.
 type proc struct {
 	cmd *exec.Cmd
-	log *syncBuffer
-}
-
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf strings.Builder
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
+	log *testkit.SyncBuffer
 }
 
 func startIn(t *testing.T, ns string, env []string, args ...string) *proc {
 	t.Helper()
 	cmd := exec.Command("ip", append([]string{"netns", "exec", ns}, args...)...)
 	cmd.Env = append(os.Environ(), env...)
-	p := &proc{cmd: cmd, log: &syncBuffer{}}
+	p := &proc{cmd: cmd, log: &testkit.SyncBuffer{}}
 	cmd.Stdout, cmd.Stderr = p.log, p.log
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("starting %v in %s: %v", args, ns, err)
