@@ -7,11 +7,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/shoal-nix/shoal/blob"
 	"github.com/shoal-nix/shoal/chunk"
 	"github.com/shoal-nix/shoal/publish"
 	"github.com/shoal-nix/shoal/store"
-	"github.com/shoal-nix/shoal/substituter"
 )
 
 // release is the previous release with a few bytes changed every stride bytes, as a
@@ -26,23 +24,7 @@ func release(prev []byte, seed byte, stride int) []byte {
 
 func (f *fixture) publishDeltas(t *testing.T, hps ...string) publish.Summary {
 	t.Helper()
-	src, err := blob.Open(f.cache.Dir, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kr, err := substituter.ParseKeyring([]string{f.cache.PublicKey})
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := publish.New(substituter.NewBinaryCache(src), f.store, kr, publish.Options{Params: smallParams, Jobs: 2, Deltas: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
-	sum, err := p.Run(context.Background(), hps)
-	if err != nil {
-		t.Fatal(err)
-	}
+	sum := f.publishWith(t, publish.Options{Params: smallParams, Jobs: 2, Deltas: true}, hps...)
 	if sum.Deltas == 0 {
 		t.Fatalf("publish wrote no deltas: %+v", sum)
 	}

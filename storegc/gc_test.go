@@ -74,6 +74,12 @@ func (f *fixture) add(t *testing.T, name string, nar []byte) string {
 
 func (f *fixture) publish(t *testing.T, hps ...string) publish.Summary {
 	t.Helper()
+	return f.publishWith(t, publish.Options{Params: smallParams, Jobs: 2}, hps...)
+}
+
+// publishWith publishes hps from the fixture's cache into its store with opts.
+func (f *fixture) publishWith(t *testing.T, opts publish.Options, hps ...string) publish.Summary {
+	t.Helper()
 	src, err := blob.Open(f.cache.Dir, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -82,7 +88,7 @@ func (f *fixture) publish(t *testing.T, hps ...string) publish.Summary {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := publish.New(substituter.NewBinaryCache(src), f.store, kr, publish.Options{Params: smallParams, Jobs: 2})
+	p, err := publish.New(substituter.NewBinaryCache(src), f.store, kr, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
