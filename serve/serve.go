@@ -26,6 +26,7 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/shoal-nix/shoal/chunk"
+	"github.com/shoal-nix/shoal/internal/lru"
 	"github.com/shoal-nix/shoal/manifest"
 	"github.com/shoal-nix/shoal/store"
 	"github.com/shoal-nix/shoal/substituter"
@@ -84,13 +85,13 @@ type Server struct {
 	prefetch int
 
 	queued   atomic.Int64
-	chunks   *lru[chunk.ID, *cached]   // verified chunks
-	resolved *lru[string, *nar]        // URL -> narinfo and manifest
-	proven   *lru[provenKey, struct{}] // manifests proven to make their NarHash
-	missing  *lru[string, error]       // URLs found absent, for missTTL
-	bufs     sync.Pool                 // *[]byte for decoded chunks
-	flight   singleflight.Group        // one resolution and verification per URL at a time
-	life     context.Context           // cancelled by Close
+	chunks   *lru.Cache[chunk.ID, *cached]   // verified chunks
+	resolved *lru.Cache[string, *nar]        // URL -> narinfo and manifest
+	proven   *lru.Cache[provenKey, struct{}] // manifests proven to make their NarHash
+	missing  *lru.Cache[string, error]       // URLs found absent, for missTTL
+	bufs     sync.Pool                       // *[]byte for decoded chunks
+	flight   singleflight.Group              // one resolution and verification per URL at a time
+	life     context.Context                 // cancelled by Close
 	end      context.CancelFunc
 	work     sync.WaitGroup // shared verifications in flight
 }
@@ -130,10 +131,10 @@ func New(st *store.Store, opts Options) (*Server, error) {
 	s := &Server{
 		st: st, keys: opts.Keys, codec: codec, metrics: opts.Metrics, log: opts.Logger,
 		slots: make(chan struct{}, opts.MaxActive), queueMax: opts.QueueTimeout, prefetch: opts.Prefetch,
-		chunks:   newLRU[chunk.ID, *cached](max(opts.ChunkCacheBytes, 0), 0),
-		resolved: newLRU[string, *nar](64<<20, resolvedTTL),
-		proven:   newLRU[provenKey, struct{}](8<<20, 0),
-		missing:  newLRU[string, error](4<<20, missTTL),
+		chunks:   lru.New[chunk.ID, *cached](max(opts.ChunkCacheBytes, 0), 0),
+		resolved: lru.New[string, *nar](64<<20, resolvedTTL),
+		proven:   lru.New[provenKey, struct{}](8<<20, 0),
+		missing:  lru.New[string, error](4<<20, missTTL),
 	}
 	s.life, s.end = context.WithCancel(context.Background())
 	s.metrics.mu.Lock()
@@ -154,7 +155,7 @@ func (s *Server) Close() {
 func (s *Server) Metrics() *Metrics { return s.metrics }
 
 func (s *Server) gauges() []gauge {
-	n, cost := s.chunks.size()
+	n, cost := s.chunks.Size()
 	return []gauge{
 		{"shoal_serve_active_requests", "NAR requests being verified or streamed.", int64(len(s.slots))},
 		{"shoal_serve_queued_requests", "NAR requests waiting for a slot.", s.queued.Load()},
@@ -253,10 +254,10 @@ func (s *Server) resolve(ctx context.Context, key string) (*nar, error) {
 
 // prepare resolves key and proves its NAR, once for all concurrent requests.
 func (s *Server) prepare(ctx context.Context, key string) (*nar, error) {
-	if n, ok := s.resolved.get(key); ok {
+	if n, ok := s.resolved.Get(key); ok {
 		return n, nil
 	}
-	if err, ok := s.missing.get(key); ok {
+	if err, ok := s.missing.Get(key); ok {
 		return nil, err
 	}
 	ch := s.flight.DoChan(key, func() (any, error) {
@@ -269,26 +270,26 @@ func (s *Server) prepare(ctx context.Context, key string) (*nar, error) {
 		n, err := s.resolve(wctx, key)
 		if err != nil {
 			if statusOf(err) == http.StatusNotFound {
-				s.missing.add(key, err, int64(100+len(key)))
+				s.missing.Add(key, err, int64(100+len(key)))
 			}
 			return nil, err
 		}
 		pk := provenKey{n.info.NarHash, n.manSum}
-		if _, ok := s.proven.get(pk); !ok {
+		if _, ok := s.proven.Get(pk); !ok {
 			start := time.Now()
 			if err := s.verify(wctx, n); err != nil {
 				s.metrics.verified(false)
 				// A NAR that failed its check fails again until the store is
 				// repaired; remembering that for missTTL keeps a CDN's retries
 				// from re-reading the whole NAR each time.
-				s.missing.add(key, err, int64(100+len(key)))
+				s.missing.Add(key, err, int64(100+len(key)))
 				return nil, err
 			}
 			s.metrics.verified(true)
 			s.log.Info("NAR verified", "url", key, "path", n.info.StorePath, "nar_bytes", n.info.NarSize, "chunks", len(n.man.Entries), "took", time.Since(start).Round(time.Millisecond))
-			s.proven.add(pk, struct{}{}, 100)
+			s.proven.Add(pk, struct{}{}, 100)
 		}
-		s.resolved.add(key, n, int64(200+len(n.info.Raw)+48*len(n.man.Entries)))
+		s.resolved.Add(key, n, int64(200+len(n.info.Raw)+48*len(n.man.Entries)))
 		return n, nil
 	})
 	select {
@@ -391,7 +392,7 @@ func (s *Server) each(ctx context.Context, m *manifest.Manifest, first int, need
 // to the bytes e's ID names. Objects from the in-memory cache were checked when they
 // went in.
 func (s *Server) chunk(ctx context.Context, e manifest.Entry, needRaw, keepRaw bool) (obj, raw []byte, pooled bool, err error) {
-	c, hit := s.chunks.get(e.ID)
+	c, hit := s.chunks.Get(e.ID)
 	s.metrics.chunkLookup(hit)
 	if hit {
 		if !needRaw || c.raw != nil {
@@ -408,7 +409,7 @@ func (s *Server) chunk(ctx context.Context, e manifest.Entry, needRaw, keepRaw b
 		if raw, err = s.codec.Decode(nil, c.obj, int(e.Size)); err != nil {
 			return nil, nil, false, fmt.Errorf("decoding cached chunk %s: %w", e.ID, err)
 		}
-		s.chunks.add(e.ID, &cached{obj: c.obj, raw: raw}, int64(len(c.obj)+len(raw))+64)
+		s.chunks.Add(e.ID, &cached{obj: c.obj, raw: raw}, int64(len(c.obj)+len(raw))+64)
 		return c.obj, raw, false, nil
 	}
 	obj, err = s.st.Chunk(ctx, e.ID)
@@ -438,10 +439,10 @@ func (s *Server) chunk(ctx context.Context, e manifest.Entry, needRaw, keepRaw b
 		return nil, nil, false, broken("chunk %s is %d bytes, its manifest entry says %d", e.ID, len(raw), e.Size)
 	}
 	if keepRaw {
-		s.chunks.add(e.ID, &cached{obj: obj, raw: raw}, int64(len(obj)+len(raw))+64)
+		s.chunks.Add(e.ID, &cached{obj: obj, raw: raw}, int64(len(obj)+len(raw))+64)
 		return obj, raw, false, nil
 	}
-	s.chunks.add(e.ID, &cached{obj: obj}, int64(len(obj))+64)
+	s.chunks.Add(e.ID, &cached{obj: obj}, int64(len(obj))+64)
 	return obj, raw, true, nil
 }
 

@@ -8,6 +8,7 @@ import (
 	"sync"
 
 	"github.com/shoal-nix/shoal/chunk"
+	"github.com/shoal-nix/shoal/internal/lru"
 	"github.com/shoal-nix/shoal/localcache"
 	"github.com/shoal-nix/shoal/manifest"
 )
@@ -247,42 +248,34 @@ func (a *Assembler) readBaseChunk(ctx context.Context, dst []byte, b manifest.Ba
 // baseCache keeps the raw bytes of recently used base chunks. Neighbouring chunks of a
 // NAR are usually deltas against overlapping bases (the base chunks at the same place
 // and their neighbours), so each base would otherwise be read and decompressed once per
-// delta that uses it. Bounded by bytes, oldest out first; safe for concurrent use.
+// delta that uses it. Bounded by bytes, least recently used out first; the zero value
+// is ready to use; safe for concurrent use.
 type baseCache struct {
-	mu    sync.Mutex
-	max   int
-	size  int
-	raw   map[chunk.ID][]byte
-	order []chunk.ID
+	once sync.Once
+	raw  *lru.Cache[chunk.ID, []byte]
 }
 
 // baseCacheBytes bounds the base cache: a few dictionaries' worth, small against the
 // NAR window's chunks.
 const baseCacheBytes = 8 << 20
 
-func (c *baseCache) get(id chunk.ID) ([]byte, bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	raw, ok := c.raw[id]
-	return raw, ok
+func (c *baseCache) cache() *lru.Cache[chunk.ID, []byte] {
+	c.once.Do(func() { c.raw = lru.New[chunk.ID, []byte](baseCacheBytes, 0) })
+	return c.raw
 }
 
+func (c *baseCache) get(id chunk.ID) ([]byte, bool) { return c.cache().Get(id) }
+
+// put keeps a copy of raw: callers pass slices of buffers they reuse.
 func (c *baseCache) put(id chunk.ID, raw []byte) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.raw == nil {
-		c.raw, c.max = make(map[chunk.ID][]byte), baseCacheBytes
-	}
-	if _, ok := c.raw[id]; ok || len(raw) > c.max {
+	if len(raw) > baseCacheBytes {
 		return
 	}
-	for c.size+len(raw) > c.max && len(c.order) > 0 {
-		old := c.order[0]
-		c.order = c.order[1:]
-		c.size -= len(c.raw[old])
-		delete(c.raw, old)
-	}
-	c.raw[id] = bytes.Clone(raw)
-	c.order = append(c.order, id)
-	c.size += len(raw)
+	c.cache().Add(id, bytes.Clone(raw), int64(len(raw)))
+}
+
+// size returns the bytes held.
+func (c *baseCache) size() int64 {
+	_, n := c.cache().Size()
+	return n
 }

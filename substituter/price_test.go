@@ -89,8 +89,8 @@ func TestBaseCacheBoundsBytes(t *testing.T) {
 			t.Errorf("chunk %d: cached bytes differ", i)
 		}
 	}
-	if c.size > baseCacheBytes {
-		t.Errorf("cache holds %d bytes, bound %d", c.size, baseCacheBytes)
+	if c.size() > baseCacheBytes {
+		t.Errorf("cache holds %d bytes, bound %d", c.size(), baseCacheBytes)
 	}
 	big, raw := chunkOf(9, baseCacheBytes+1)
 	c.put(big, raw)
