@@ -64,25 +64,13 @@ func (c *Codec) Encode(dst, raw []byte) []byte {
 // the declaration is within bounds. On error it returns nil.
 func (c *Codec) Decode(dst, obj []byte, maxSize int) ([]byte, error) {
 	maxSize = min(maxSize, MaxChunkSize)
-	var h zstd.Header
-	if err := h.Decode(obj); err != nil {
-		return nil, fmt.Errorf("decoding chunk object: reading zstd frame header: %w", err)
-	}
-	switch {
-	case h.Skippable:
-		return nil, errors.New("decoding chunk object: skippable frame instead of a chunk")
-	case !h.HasFCS:
-		return nil, errors.New("decoding chunk object: zstd frame does not declare its content size")
-	case maxSize < 0 || h.FrameContentSize > uint64(maxSize):
-		return nil, fmt.Errorf("decoding chunk object: declared size %d exceeds limit %d", h.FrameContentSize, maxSize)
+	h, err := frameHeader(obj, maxSize, "a chunk")
+	if err != nil {
+		return nil, fmt.Errorf("decoding chunk object: %w", err)
 	}
 	size := int(h.FrameContentSize)
 	n := len(dst)
-	if cap(dst)-n < size {
-		grown := make([]byte, n, n+size)
-		copy(grown, dst)
-		dst = grown
-	}
+	dst = reserve(dst, size)
 	// Capping the capacity at the declared size makes the decoder fail
 	// rather than write past it, whatever the frames that follow claim.
 	out, err := c.dec.DecodeAll(obj, dst[:n:n+size])
@@ -108,4 +96,33 @@ func (c *Codec) Open(dst []byte, id ID, obj []byte, maxSize int) ([]byte, error)
 		return nil, fmt.Errorf("opening chunk %s: content hashes to %s: %w", id, got, ErrCorrupt)
 	}
 	return out, nil
+}
+
+// frameHeader reads the header of a stored object's zstd frame and refuses, before
+// anything is allocated for it, a skippable frame (in place of what), a frame that
+// does not declare its content size, and one that declares more than maxSize bytes.
+func frameHeader(obj []byte, maxSize int, what string) (zstd.Header, error) {
+	var h zstd.Header
+	if err := h.Decode(obj); err != nil {
+		return h, fmt.Errorf("reading zstd frame header: %w", err)
+	}
+	switch {
+	case h.Skippable:
+		return h, fmt.Errorf("skippable frame instead of %s", what)
+	case !h.HasFCS:
+		return h, errors.New("zstd frame does not declare its content size")
+	case maxSize < 0 || h.FrameContentSize > uint64(maxSize):
+		return h, fmt.Errorf("declared size %d exceeds limit %d", h.FrameContentSize, maxSize)
+	}
+	return h, nil
+}
+
+// reserve returns dst with room for size more bytes.
+func reserve(dst []byte, size int) []byte {
+	if n := len(dst); cap(dst)-n < size {
+		grown := make([]byte, n, n+size)
+		copy(grown, dst)
+		return grown
+	}
+	return dst
 }

@@ -1,7 +1,6 @@
 package chunk
 
 import (
-	"errors"
 	"fmt"
 
 	"github.com/klauspost/compress/zstd"
@@ -149,18 +148,11 @@ func (c *DeltaCodec) decodeDelta(dst, obj, dict []byte, maxSize int) ([]byte, er
 	if len(dict) == 0 || len(dict) > MaxDictSize {
 		return nil, fmt.Errorf("dictionary of %d bytes outside 1..%d", len(dict), MaxDictSize)
 	}
-	var h zstd.Header
-	if err := h.Decode(obj); err != nil {
-		return nil, fmt.Errorf("reading zstd frame header: %w", err)
+	h, err := frameHeader(obj, maxSize, "a delta")
+	if err != nil {
+		return nil, err
 	}
-	switch {
-	case h.Skippable:
-		return nil, errors.New("skippable frame instead of a delta")
-	case !h.HasFCS:
-		return nil, errors.New("zstd frame does not declare its content size")
-	case maxSize < 0 || h.FrameContentSize > uint64(maxSize):
-		return nil, fmt.Errorf("declared size %d exceeds limit %d", h.FrameContentSize, maxSize)
-	case h.DictionaryID != 0:
+	if h.DictionaryID != 0 {
 		return nil, fmt.Errorf("frame names dictionary %d; deltas use raw dictionaries", h.DictionaryID)
 	}
 	size := int(h.FrameContentSize)
@@ -192,11 +184,7 @@ func (c *DeltaCodec) decodeDelta(dst, obj, dict []byte, maxSize int) ([]byte, er
 		}
 	}()
 	n := len(dst)
-	if cap(dst)-n < size {
-		grown := make([]byte, n, n+size)
-		copy(grown, dst)
-		dst = grown
-	}
+	dst = reserve(dst, size)
 	out, err := dec.DecodeAll(obj, dst[:n:n+size])
 	if err != nil {
 		return nil, err
