@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/shoal-nix/shoal"
 	"github.com/shoal-nix/shoal/blob"
 	"github.com/shoal-nix/shoal/substituter"
 	"golang.org/x/sync/errgroup"
@@ -98,7 +99,7 @@ func (c CacheResolver) Resolve(ctx context.Context, keys []string) (map[string]N
 				return nil // not a key this cache could hold
 			}
 			info, err := c.Backend.Stat(gctx, k)
-			if errors.Is(err, blob.ErrNotFound) {
+			if errors.Is(err, shoal.ErrNotFound) {
 				return nil
 			}
 			if err != nil {

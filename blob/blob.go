@@ -16,10 +16,6 @@ import (
 	"time"
 )
 
-// ErrNotFound reports that an object is absent. Callers rely on it to tell a
-// miss (try the next source) from a failure (the source is broken).
-var ErrNotFound = errors.New("blob: not found")
-
 // ErrReadOnly reports a write to a backend that cannot be written to.
 var ErrReadOnly = errors.New("blob: backend is read-only")
 
@@ -29,7 +25,7 @@ var ErrNotSupported = errors.New("blob: operation not supported by this backend"
 
 // Backend is one place where objects live.
 type Backend interface {
-	// Open streams one object. The error wraps ErrNotFound when the object
+	// Open streams one object. The error wraps shoal.ErrNotFound when the object
 	// is absent.
 	Open(ctx context.Context, key string) (io.ReadCloser, error)
 	// Put stores an object atomically: a concurrent reader sees either the
@@ -41,11 +37,11 @@ type Backend interface {
 	// stops at the first error fn returns.
 	List(ctx context.Context, prefix string, fn func(key string) error) error
 	// Stat returns an object's size and modification time; the error wraps
-	// ErrNotFound when it is absent. Garbage collection uses the time to
+	// shoal.ErrNotFound when it is absent. Garbage collection uses the time to
 	// spare objects a running publish may still need.
 	Stat(ctx context.Context, key string) (Info, error)
 	// Touch sets an object's modification time to now without changing its
-	// bytes, and wraps ErrNotFound when the object is absent. A publish
+	// bytes, and wraps shoal.ErrNotFound when the object is absent. A publish
 	// touches every chunk it reuses, so that a concurrent garbage collection
 	// sees it as young and spares it.
 	Touch(ctx context.Context, key string) error

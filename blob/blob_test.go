@@ -13,6 +13,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/shoal-nix/shoal"
 )
 
 func TestOpenURL(t *testing.T) {
@@ -122,7 +124,7 @@ func TestTraversalRejected(t *testing.T) {
 	ctx := context.Background()
 	for _, be := range []Backend{b, hb} {
 		for _, key := range []string{"../secret", "/etc/passwd", "a/../../secret", "a\\..\\secret", ""} {
-			if _, err := be.Open(ctx, key); err == nil || errors.Is(err, ErrNotFound) {
+			if _, err := be.Open(ctx, key); err == nil || errors.Is(err, shoal.ErrNotFound) {
 				t.Errorf("%s: Open(%q) error = %v, want a key error", be, key, err)
 			}
 			if _, err := be.Exists(ctx, key); err == nil {
@@ -162,8 +164,8 @@ func TestFilePutOpen(t *testing.T) {
 		if ok, err := b.Exists(ctx, tt.key); err != nil || ok {
 			t.Fatalf("Exists(%q) before Put = %v, %v", tt.key, ok, err)
 		}
-		if _, err := b.Open(ctx, tt.key); !errors.Is(err, ErrNotFound) {
-			t.Fatalf("Open(%q) before Put: %v, want ErrNotFound", tt.key, err)
+		if _, err := b.Open(ctx, tt.key); !errors.Is(err, shoal.ErrNotFound) {
+			t.Fatalf("Open(%q) before Put: %v, want shoal.ErrNotFound", tt.key, err)
 		}
 		if err := b.Put(ctx, tt.key, tt.data); err != nil {
 			t.Fatalf("Put(%q): %v", tt.key, err)
@@ -197,8 +199,8 @@ func TestFilePutOpen(t *testing.T) {
 	if ok, err := b.Exists(ctx, "chunks/ab"); err != nil || ok {
 		t.Errorf("Exists(directory) = %v, %v", ok, err)
 	}
-	if _, err := b.Open(ctx, "chunks/ab"); !errors.Is(err, ErrNotFound) {
-		t.Errorf("Open(directory) = %v, want ErrNotFound", err)
+	if _, err := b.Open(ctx, "chunks/ab"); !errors.Is(err, shoal.ErrNotFound) {
+		t.Errorf("Open(directory) = %v, want shoal.ErrNotFound", err)
 	}
 	assertNoTempFiles(t, root)
 }
@@ -243,7 +245,7 @@ func TestFilePutConcurrentSameKey(t *testing.T) {
 			default:
 			}
 			data, err := ReadAll(ctx, b, "chunks/ab/key", size*2)
-			if errors.Is(err, ErrNotFound) {
+			if errors.Is(err, shoal.ErrNotFound) {
 				continue
 			}
 			if err != nil {
@@ -369,8 +371,8 @@ func TestReadAllLimit(t *testing.T) {
 			t.Errorf("ReadAll(max=%d) error %q does not explain the limit", tt.max, err)
 		}
 	}
-	if _, err := ReadAll(ctx, b, "absent", 10); !errors.Is(err, ErrNotFound) {
-		t.Errorf("ReadAll(absent) = %v, want ErrNotFound", err)
+	if _, err := ReadAll(ctx, b, "absent", 10); !errors.Is(err, shoal.ErrNotFound) {
+		t.Errorf("ReadAll(absent) = %v, want shoal.ErrNotFound", err)
 	}
 }
 
@@ -450,8 +452,8 @@ func TestHTTPBackend(t *testing.T) {
 				if err == nil {
 					t.Fatal("ReadAll succeeded, want error")
 				}
-				if errors.Is(err, ErrNotFound) != tt.notFound {
-					t.Errorf("errors.Is(%v, ErrNotFound) = %v, want %v", err, !tt.notFound, tt.notFound)
+				if errors.Is(err, shoal.ErrNotFound) != tt.notFound {
+					t.Errorf("errors.Is(%v, shoal.ErrNotFound) = %v, want %v", err, !tt.notFound, tt.notFound)
 				}
 				if !strings.Contains(err.Error(), tt.errContain) || !strings.Contains(err.Error(), srv.URL) {
 					t.Errorf("error %q should mention status %s and the URL", err, tt.errContain)

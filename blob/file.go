@@ -13,6 +13,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/shoal-nix/shoal"
 )
 
 // tempPrefix marks files that Put has not yet renamed into place. List skips
@@ -52,7 +54,7 @@ func (f *fileBackend) Open(ctx context.Context, key string) (io.ReadCloser, erro
 	file, err := os.Open(f.path(key))
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
-			return nil, fmt.Errorf("opening %s in %s: %w", key, f.url, ErrNotFound)
+			return nil, fmt.Errorf("opening %s in %s: %w", key, f.url, shoal.ErrNotFound)
 		}
 		return nil, fmt.Errorf("opening %s in %s: %w", key, f.url, err)
 	}
@@ -63,7 +65,7 @@ func (f *fileBackend) Open(ctx context.Context, key string) (io.ReadCloser, erro
 	}
 	if st.IsDir() {
 		file.Close()
-		return nil, fmt.Errorf("opening %s in %s: is a directory: %w", key, f.url, ErrNotFound)
+		return nil, fmt.Errorf("opening %s in %s: is a directory: %w", key, f.url, shoal.ErrNotFound)
 	}
 	return file, nil
 }
@@ -238,7 +240,7 @@ func (f *fileBackend) Stat(ctx context.Context, key string) (Info, error) {
 	}
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
-			return Info{}, fmt.Errorf("stat %s in %s: %w", key, f.url, ErrNotFound)
+			return Info{}, fmt.Errorf("stat %s in %s: %w", key, f.url, shoal.ErrNotFound)
 		}
 		return Info{}, fmt.Errorf("stat %s in %s: %w", key, f.url, err)
 	}
@@ -255,7 +257,7 @@ func (f *fileBackend) Touch(ctx context.Context, key string) error {
 	now := time.Now()
 	if err := os.Chtimes(f.path(key), now, now); err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
-			return fmt.Errorf("touching %s in %s: %w", key, f.url, ErrNotFound)
+			return fmt.Errorf("touching %s in %s: %w", key, f.url, shoal.ErrNotFound)
 		}
 		return fmt.Errorf("touching %s in %s: %w", key, f.url, err)
 	}

@@ -9,6 +9,8 @@ import (
 	"net/url"
 	"strings"
 	"time"
+
+	"github.com/shoal-nix/shoal"
 )
 
 // DefaultHTTPClient returns the client used when Open is given none. It
@@ -87,7 +89,7 @@ func statusError(method, u string, resp *http.Response) error {
 	defer resp.Body.Close()
 	if isMiss(resp.StatusCode) {
 		io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
-		return fmt.Errorf("%s %s: %s: %w", method, u, resp.Status, ErrNotFound)
+		return fmt.Errorf("%s %s: %s: %w", method, u, resp.Status, shoal.ErrNotFound)
 	}
 	excerpt, _ := io.ReadAll(io.LimitReader(resp.Body, 256))
 	msg := strings.TrimSpace(strings.ToValidUTF8(string(excerpt), "?"))

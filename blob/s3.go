@@ -14,6 +14,7 @@ import (
 
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
+	"github.com/shoal-nix/shoal"
 )
 
 // s3Backend keeps objects in an S3-compatible bucket (AWS S3, R2, MinIO,
@@ -115,12 +116,12 @@ func openS3(u *url.URL) (*s3Backend, error) {
 func (s *s3Backend) String() string { return s.url }
 
 // s3Error wraps a client error, turning the S3 codes for an absent object
-// into ErrNotFound. A missing bucket stays an error: it is a configuration
+// into shoal.ErrNotFound. A missing bucket stays an error: it is a configuration
 // mistake, not a miss.
 func (s *s3Backend) s3Error(op, key string, err error) error {
 	switch minio.ToErrorResponse(err).Code {
 	case minio.NoSuchKey, "NotFound":
-		return fmt.Errorf("%s %s in %s: %w", op, key, s.url, ErrNotFound)
+		return fmt.Errorf("%s %s in %s: %w", op, key, s.url, shoal.ErrNotFound)
 	}
 	return fmt.Errorf("%s %s in %s: %w", op, key, s.url, err)
 }
@@ -158,7 +159,7 @@ func (s *s3Backend) Put(ctx context.Context, key string, data []byte) error {
 
 func (s *s3Backend) Exists(ctx context.Context, key string) (bool, error) {
 	_, err := s.Stat(ctx, key)
-	if errors.Is(err, ErrNotFound) {
+	if errors.Is(err, shoal.ErrNotFound) {
 		return false, nil
 	}
 	return err == nil, err
@@ -198,7 +199,7 @@ func (s *s3Backend) Delete(ctx context.Context, key string) error {
 		return err
 	}
 	if err := s.client.RemoveObject(ctx, s.bucket, s.prefix+key, minio.RemoveObjectOptions{}); err != nil {
-		if errors.Is(s.s3Error("deleting", key, err), ErrNotFound) {
+		if errors.Is(s.s3Error("deleting", key, err), shoal.ErrNotFound) {
 			return nil
 		}
 		return s.s3Error("deleting", key, err)

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/shoal-nix/shoal"
 	"github.com/shoal-nix/shoal/blob"
 	"github.com/shoal-nix/shoal/internal/s3test"
 )
@@ -122,8 +123,8 @@ func TestBackendContract(t *testing.T) {
 			if !bytes.Equal(data, []byte{2, 2, 2}) {
 				t.Errorf("Open = %v", data)
 			}
-			if _, err := b.Open(ctx, "chunks/cd/absent"); !errors.Is(err, blob.ErrNotFound) {
-				t.Errorf("Open(absent) = %v, want ErrNotFound", err)
+			if _, err := b.Open(ctx, "chunks/cd/absent"); !errors.Is(err, shoal.ErrNotFound) {
+				t.Errorf("Open(absent) = %v, want shoal.ErrNotFound", err)
 			}
 			if ok, err := b.Exists(ctx, "x.narinfo"); !ok || err != nil {
 				t.Errorf("Exists(x.narinfo) = %v, %v", ok, err)
@@ -139,8 +140,8 @@ func TestBackendContract(t *testing.T) {
 			if before.Size != 4 || time.Since(before.ModTime) > time.Minute {
 				t.Errorf("Stat = %+v, want size 4 and a recent time", before)
 			}
-			if _, err := b.Stat(ctx, "m/absent"); !errors.Is(err, blob.ErrNotFound) {
-				t.Errorf("Stat(absent) = %v, want ErrNotFound", err)
+			if _, err := b.Stat(ctx, "m/absent"); !errors.Is(err, shoal.ErrNotFound) {
+				t.Errorf("Stat(absent) = %v, want shoal.ErrNotFound", err)
 			}
 			time.Sleep(1100 * time.Millisecond) // S3 times have one-second resolution
 			if err := b.Touch(ctx, "m/x.manifest"); err != nil {
@@ -162,8 +163,8 @@ func TestBackendContract(t *testing.T) {
 			if !bytes.Equal(data, []byte{3, 3, 3, 3}) {
 				t.Errorf("Touch changed the bytes: %v", data)
 			}
-			if err := b.Touch(ctx, "m/absent"); !errors.Is(err, blob.ErrNotFound) {
-				t.Errorf("Touch(absent) = %v, want ErrNotFound", err)
+			if err := b.Touch(ctx, "m/absent"); !errors.Is(err, shoal.ErrNotFound) {
+				t.Errorf("Touch(absent) = %v, want shoal.ErrNotFound", err)
 			}
 
 			if err := b.Delete(ctx, "chunks/ab/1"); err != nil {

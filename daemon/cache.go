@@ -14,35 +14,11 @@ import (
 	"strings"
 	"time"
 
-	"github.com/shoal-nix/shoal/chunk"
 	"github.com/shoal-nix/shoal/localcache"
-	"github.com/shoal-nix/shoal/manifest"
-	"github.com/shoal-nix/shoal/substituter"
 )
 
 // CacheFile is the name of the cache file in the state directory.
 const CacheFile = "cache.db"
-
-// manifestIDs lists the chunks a NAR in flight needs kept: its entries, and the base
-// chunks its deltas decode against, which eviction must not take mid-assembly.
-func manifestIDs(m *manifest.Manifest) []chunk.ID {
-	ids := make([]chunk.ID, len(m.Entries), len(m.Entries)+len(m.Bases))
-	for i, e := range m.Entries {
-		ids[i] = e.ID
-	}
-	for _, b := range m.Bases {
-		ids = append(ids, b.ID)
-	}
-	return ids
-}
-
-// isVerifyFailure tells a NAR that was refused for its content from one that
-// could not be fetched. The assembler reports the last source's error as text
-// inside ErrSourcesExhausted, so the mismatch is recognised by its message too.
-func isVerifyFailure(err error) bool {
-	return err != nil && (errors.Is(err, substituter.ErrNarMismatch) || errors.Is(err, chunk.ErrCorrupt) ||
-		strings.Contains(err.Error(), substituter.ErrNarMismatch.Error()))
-}
 
 // gauges reads the cache's size for /metrics.
 func (d *Daemon) gauges() []Gauge {
@@ -56,7 +32,7 @@ func (d *Daemon) gauges() []Gauge {
 		d.log.Warn("reading cache stats for metrics", "err", err)
 		return nil
 	}
-	return []Gauge{
+	gs := []Gauge{
 		{"shoal_cache_file_bytes", "Size of the cache file on disk.", u.FileBytes},
 		{"shoal_cache_used_bytes", "Bytes of the cache file holding data; the rest is free pages reused before the file grows.", u.UsedBytes},
 		{"shoal_cache_budget_bytes", "The --cache-size budget (0: unbounded).", u.Budget},
@@ -66,6 +42,10 @@ func (d *Daemon) gauges() []Gauge {
 		{"shoal_cache_evicted_bytes_total", "Stored bytes evicted since the daemon started.", u.EvictedBytes},
 		{"shoal_nars_in_flight", "NARs being served, whose chunks eviction leaves alone.", int64(d.cache.ActiveLeases())},
 	}
+	if d.peers != nil {
+		gs = append(gs, d.peerGauges()...)
+	}
+	return gs
 }
 
 // Status is what `shoal status` shows, from a running daemon or from the cache file.

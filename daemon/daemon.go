@@ -15,6 +15,7 @@ import (
 
 	"github.com/shoal-nix/shoal/blob"
 	"github.com/shoal-nix/shoal/chunk"
+	"github.com/shoal-nix/shoal/fetch"
 	"github.com/shoal-nix/shoal/localcache"
 	"github.com/shoal-nix/shoal/localstore"
 	"github.com/shoal-nix/shoal/p2p"
@@ -127,7 +128,7 @@ type Daemon struct {
 	upstreams []*substituter.BinaryCache
 	keys      *substituter.Keyring
 	codec     *chunk.Codec
-	asm       *substituter.Assembler
+	fetcher   *fetch.Fetcher
 	metrics   *Metrics
 	peers     *p2p.Node
 	local     *localstore.Store
@@ -177,22 +178,6 @@ func New(cfg Config) (*Daemon, error) {
 		d.codec.Close()
 		return nil, fmt.Errorf("opening local cache: %w", err)
 	}
-	var sources []substituter.ChunkSource
-	if d.store != nil {
-		sources = append(sources, storeSource{d.store})
-	}
-	d.asm = &substituter.Assembler{
-		Cache:    d.cache,
-		Codec:    d.codec,
-		Deltas:   chunk.NewDeltaCodec(0, deltaDecodes),
-		Sources:  sources,
-		Params:   cfg.Params,
-		Counters: d.metrics,
-		Log:      d.log,
-
-		MaxDeltaDecodes: deltaDecodes,
-	}
-	d.metrics.setGauges(d.gauges)
 	if cfg.LAN || cfg.DHT {
 		if err := d.startPeers(); err != nil {
 			d.cache.Close()
@@ -201,11 +186,41 @@ func New(cfg Config) (*Daemon, error) {
 		}
 	}
 	if err := d.startSeeding(); err != nil {
-		d.Close()
+		d.closeParts()
 		return nil, err
 	}
+	d.fetcher = &fetch.Fetcher{
+		Cache:    d.cache,
+		Codec:    d.codec,
+		Deltas:   chunk.NewDeltaCodec(0, deltaDecodes),
+		Sources:  d.chunkSources(),
+		Upstream: fetch.Upstream{Caches: d.upstreams, Keys: keys, Log: d.log},
+		Params:   cfg.Params,
+		Counters: d.metrics,
+		Log:      d.log,
+
+		MaxDeltaDecodes: deltaDecodes,
+	}
+	d.metrics.setGauges(d.gauges)
 	d.narInfos = newNarInfoWriter(d.cache.PutNarInfo, d.log)
 	return d, nil
+}
+
+// chunkSources lists where chunks come from after the local cache, cheapest first:
+// the local /nix/store (no network), peers (no store or upstream bytes), then the
+// chunk store. The upstreams' whole NARs are the fetcher's last resort.
+func (d *Daemon) chunkSources() []fetch.Source {
+	var sources []fetch.Source
+	if d.local != nil {
+		sources = append(sources, d.local)
+	}
+	if d.peers != nil {
+		sources = append(sources, d.peers)
+	}
+	if d.store != nil {
+		sources = append(sources, fetch.StoreSource{Store: d.store})
+	}
+	return sources
 }
 
 // deltaDecodes bounds the delta objects decoded at once: decoding runs at hundreds of
@@ -219,12 +234,19 @@ func (d *Daemon) Close() error {
 	if d.narInfos != nil {
 		d.narInfos.close()
 	}
+	if d.fetcher != nil {
+		d.fetcher.Close()
+	}
+	return d.closeParts()
+}
+
+// closeParts closes what New opened before the fetcher.
+func (d *Daemon) closeParts() error {
 	if d.peers != nil {
 		_ = d.peers.Close()
 	}
 	err := d.cache.Close()
 	d.codec.Close()
-	d.asm.Deltas.Close()
 	return err
 }
 
@@ -276,19 +298,4 @@ func (d *Daemon) pruneLoop(ctx context.Context) {
 			}
 		}
 	}
-}
-
-// storeSource offers the central store's chunks, and the deltas its manifests name, to
-// the assembler.
-type storeSource struct{ s *store.Store }
-
-func (s storeSource) Name() string { return "store" }
-func (s storeSource) Chunk(ctx context.Context, id chunk.ID) ([]byte, error) {
-	return s.s.Chunk(ctx, id)
-}
-
-// Delta implements substituter.DeltaSource: the store keeps deltas under the name
-// chunk.DeltaID gives (target, bases), the pair a manifest entry records.
-func (s storeSource) Delta(ctx context.Context, id chunk.ID, bases []chunk.ID) ([]byte, error) {
-	return s.s.Delta(ctx, chunk.DeltaID(id, bases))
 }

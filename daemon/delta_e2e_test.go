@@ -8,11 +8,11 @@ import (
 
 	"github.com/shoal-nix/shoal/chunk"
 	"github.com/shoal-nix/shoal/daemon"
+	"github.com/shoal-nix/shoal/fetch"
 	"github.com/shoal-nix/shoal/internal/deltatest"
 	"github.com/shoal-nix/shoal/localstore"
 	"github.com/shoal-nix/shoal/manifest"
 	"github.com/shoal-nix/shoal/store"
-	"github.com/shoal-nix/shoal/substituter"
 )
 
 // addDeltas rewrites the newer version's manifest in the fixture's store as version 2,
@@ -74,13 +74,13 @@ func TestUpgradeFetchesDeltas(t *testing.T) {
 	deltas := f.store.sent("deltas") - beforeDeltas
 	t.Logf("upgrade with the base in the cache: %d bytes over the wire (%d of them deltas); new chunks %d bytes; xz NAR %d bytes",
 		upgrade, deltas, newBytes, f.narInfo(t, "demo-1.1").FileSize)
-	if deltas == 0 || d.Metrics().Bytes("store"+substituter.DeltaSuffix) != deltas {
-		t.Errorf("store sent %d delta bytes, metrics counted %d; want the same, non-zero", deltas, d.Metrics().Bytes("store"+substituter.DeltaSuffix))
+	if deltas == 0 || d.Metrics().Bytes("store"+fetch.DeltaSuffix) != deltas {
+		t.Errorf("store sent %d delta bytes, metrics counted %d; want the same, non-zero", deltas, d.Metrics().Bytes("store"+fetch.DeltaSuffix))
 	}
 	if upgrade >= newBytes {
 		t.Errorf("upgrade cost %d bytes, not less than the new chunks' %d", upgrade, newBytes)
 	}
-	if n := d.Metrics().Events(substituter.EventDeltaFailed); n != 0 {
+	if n := d.Metrics().Events(fetch.EventDeltaFailed); n != 0 {
 		t.Errorf("%d deltas failed against a correct store", n)
 	}
 
@@ -92,7 +92,7 @@ func TestUpgradeFetchesDeltas(t *testing.T) {
 	beforeChunks := f.store.sent("chunks")
 	f.copyAndVerify(t, url2, "demo-1.1")
 	full := f.store.sent("chunks") - beforeChunks
-	failed := d2.Metrics().Events(substituter.EventDeltaFailed)
+	failed := d2.Metrics().Events(fetch.EventDeltaFailed)
 	t.Logf("broken deltas: %d failed, %d full chunk bytes fetched instead", failed, full)
 	if failed == 0 {
 		t.Error("no delta failure counted")
@@ -177,7 +177,7 @@ func TestSeededUpgradeFetchesDeltas(t *testing.T) {
 	if got >= newBytes {
 		t.Errorf("upgrade cost %d bytes, not less than the new chunks' %d", got, newBytes)
 	}
-	if n := d.Metrics().Events(substituter.EventDeltaFailed); n != 0 {
+	if n := d.Metrics().Events(fetch.EventDeltaFailed); n != 0 {
 		t.Errorf("%d deltas failed against a correct store", n)
 	}
 }

@@ -10,52 +10,40 @@ import (
 	"strings"
 	"time"
 
+	"github.com/shoal-nix/shoal"
+	"github.com/shoal-nix/shoal/chunk"
+	"github.com/shoal-nix/shoal/fetch"
 	"github.com/shoal-nix/shoal/localcache"
 	"github.com/shoal-nix/shoal/manifest"
 	"github.com/shoal-nix/shoal/nixname"
 	"github.com/shoal-nix/shoal/substituter"
 )
 
-var (
-	narInfoPath = regexp.MustCompile(`^/([0-9a-df-np-sv-z]{32})\.narinfo$`)
-	narPath     = regexp.MustCompile(`^/nar/([0-9a-df-np-sv-z]{52})\.nar$`)
-)
-
-// Handler returns the binary-cache HTTP API Nix talks to.
+// Handler returns the binary-cache HTTP API Nix talks to, the admin API under
+// /shoal/, and /metrics.
 func (d *Daemon) Handler() http.Handler {
+	mux := http.NewServeMux()
+	// A GET pattern answers HEAD too; other methods get 405 with an Allow header.
+	mux.Handle("GET /nix-cache-info", d.route("nix-cache-info", d.serveCacheInfo))
+	mux.Handle("GET /{file}", d.route("narinfo", d.serveNarInfo))
+	mux.Handle("GET /nar/{file}", d.route("nar", d.serveNAR))
+	mux.Handle("GET /metrics", d.route("metrics", d.metrics.serveHTTP))
+	mux.HandleFunc(adminPrefix, d.serveAdmin)
+	mux.Handle("/", d.route("other", http.NotFound))
+	return mux
+}
+
+// route counts a route's requests by status and latency for /metrics.
+func (d *Daemon) route(name string, h http.HandlerFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if strings.HasPrefix(r.URL.Path, adminPrefix) {
-			d.serveAdmin(w, r)
-			return
-		}
-		if r.Method != http.MethodGet && r.Method != http.MethodHead {
-			w.Header().Set("Allow", "GET, HEAD")
-			http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
-			return
-		}
 		rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
-		route := "other"
 		began := time.Now()
-		defer func() { d.metrics.request(route, rec.status, time.Since(began)) }()
-		switch p := r.URL.Path; {
-		case p == "/nix-cache-info":
-			route = "nix-cache-info"
-			d.serveCacheInfo(rec, r)
-		case narInfoPath.MatchString(p):
-			route = "narinfo"
-			d.serveNarInfo(rec, r, narInfoPath.FindStringSubmatch(p)[1])
-		case narPath.MatchString(p):
-			route = "nar"
-			d.serveNAR(rec, r, narPath.FindStringSubmatch(p)[1])
-		case p == "/metrics":
-			route = "metrics"
-			d.metrics.serveHTTP(rec, r)
-		default:
-			http.NotFound(rec, r)
-		}
+		defer func() { d.metrics.request(name, rec.status, time.Since(began)) }()
+		h(rec, r)
 	})
 }
 
+// statusRecorder remembers the status a handler sent, for the metrics.
 type statusRecorder struct {
 	http.ResponseWriter
 	status int
@@ -66,11 +54,19 @@ func (s *statusRecorder) WriteHeader(code int) {
 	s.ResponseWriter.WriteHeader(code)
 }
 
+// Unwrap lets http.ResponseController reach the connection (flushing, deadlines).
+func (s *statusRecorder) Unwrap() http.ResponseWriter { return s.ResponseWriter }
+
 func (s *statusRecorder) Flush() {
 	if f, ok := s.ResponseWriter.(http.Flusher); ok {
 		f.Flush()
 	}
 }
+
+var (
+	narInfoFile = regexp.MustCompile(`^([0-9a-df-np-sv-z]{32})\.narinfo$`)
+	narFile     = regexp.MustCompile(`^([0-9a-df-np-sv-z]{52})\.nar$`)
+)
 
 // serveCacheInfo answers locally and always: a failing nix-cache-info drops the
 // substituter for the whole Nix process, and Nix caches this file for days.
@@ -87,12 +83,18 @@ func (d *Daemon) serveCacheInfo(w http.ResponseWriter, r *http.Request) {
 // whichever source serves the NAR later; Nix keeps narinfos with their URL for 30 days.
 func narURL(narKey string) string { return "nar/" + narKey + ".nar" }
 
-func (d *Daemon) serveNarInfo(w http.ResponseWriter, r *http.Request, hashPart string) {
+func (d *Daemon) serveNarInfo(w http.ResponseWriter, r *http.Request) {
+	match := narInfoFile.FindStringSubmatch(r.PathValue("file"))
+	if match == nil {
+		http.NotFound(w, r)
+		return
+	}
+	hashPart := match[1]
 	ni, _, err := d.narInfo(r.Context(), hashPart)
 	if err != nil {
 		// A miss, a refusal and an outage all answer 404: a 5xx makes Nix retry and then
 		// fail the build when shoal is the last substituter.
-		if !errors.Is(err, substituter.ErrNotFound) {
+		if !errors.Is(err, shoal.ErrNotFound) {
 			d.log.Warn("narinfo unavailable", "hash", hashPart, "err", err)
 		}
 		http.Error(w, "not found", http.StatusNotFound)
@@ -113,7 +115,7 @@ func (d *Daemon) narInfo(ctx context.Context, hashPart string) (*substituter.Nar
 	if e, err := d.cache.GetNarInfo(hashPart, now); err == nil {
 		d.metrics.Event(eventNarInfoCacheHit)
 		if e.Negative {
-			return nil, "", fmt.Errorf("%w: %s (cached)", substituter.ErrNotFound, e.Reason)
+			return nil, "", fmt.Errorf("%w: %s (cached)", shoal.ErrNotFound, e.Reason)
 		}
 		ni, err := substituter.ParseNarInfo(e.Raw)
 		if err == nil {
@@ -122,7 +124,7 @@ func (d *Daemon) narInfo(ctx context.Context, hashPart string) (*substituter.Nar
 			}
 		}
 		d.log.Warn("cached narinfo no longer acceptable; looking it up again", "hash", hashPart, "err", err)
-	} else if !errors.Is(err, localcache.ErrNotFound) {
+	} else if !errors.Is(err, shoal.ErrNotFound) {
 		d.log.Warn("reading narinfo cache", "err", err)
 	}
 	d.metrics.Event(eventNarInfoCacheMiss)
@@ -180,7 +182,7 @@ func (d *Daemon) lookup(ctx context.Context, hashPart string) (*substituter.NarI
 	for _, s := range sources {
 		ni, err := s.fetch(ctx)
 		switch {
-		case errors.Is(err, substituter.ErrNotFound):
+		case errors.Is(err, shoal.ErrNotFound):
 			reasons = append(reasons, s.name+": not found")
 			continue
 		case err != nil:
@@ -221,205 +223,115 @@ func (d *Daemon) lookup(ctx context.Context, hashPart string) (*substituter.NarI
 		reason = "no sources"
 	}
 	d.narInfos.record(hashPart, localcache.NarInfoEntry{Negative: true, Reason: reason, Expires: d.now().Add(ttl)})
-	return nil, "", fmt.Errorf("%w: %s", substituter.ErrNotFound, reason)
+	return nil, "", fmt.Errorf("%w: %s", shoal.ErrNotFound, reason)
 }
 
-// wholeSource returns the upstream that can serve the whole NAR, and the narinfo whose
-// URL and compression to use there.
-func (d *Daemon) wholeSource(ctx context.Context, ni *substituter.NarInfo, source string) (*substituter.BinaryCache, *substituter.NarInfo) {
-	for _, u := range d.upstreams {
-		if u.String() == source {
-			return u, ni
-		}
-	}
-	// The narinfo came from the store: ask the upstreams for theirs, which names the
-	// NAR file; it must describe the same NAR.
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	for _, u := range d.upstreams {
-		uni, err := u.NarInfo(ctx, ni.HashPart())
-		if err != nil {
-			continue
-		}
-		if uni.NarHash != ni.NarHash || uni.NarSize != ni.NarSize {
-			d.log.Warn("upstream describes a different NAR for the path", "upstream", u.String(), "path", ni.StorePath)
-			continue
-		}
-		if _, err := d.keys.Verify(uni); err != nil {
-			continue
-		}
-		return u, uni
-	}
-	return nil, nil
-}
-
-// job gathers what the assembler needs for the NAR behind narKey.
-func (d *Daemon) job(ctx context.Context, narKey string) (*substituter.NarJob, error) {
+// request finds what the fetcher needs for the NAR behind narKey: the narinfo a
+// narinfo request recorded the route for, looked up (and checked) again.
+func (d *Daemon) request(ctx context.Context, narKey string) (fetch.Request, error) {
 	route, err := d.cache.GetNarRoute(narKey)
 	if err != nil {
-		return nil, fmt.Errorf("%w: no narinfo was served for NAR %s: %v", substituter.ErrNotFound, narKey, err)
+		return fetch.Request{}, fmt.Errorf("no narinfo was served for NAR %s: %w", narKey, err)
 	}
 	_ = d.cache.TouchNarRoute(narKey, d.now())
 	ni, source, err := d.narInfo(ctx, route.HashPart)
 	if err != nil {
-		return nil, err
+		return fetch.Request{}, err
 	}
 	if manifest.Key(ni.NarHash) != narKey {
-		return nil, fmt.Errorf("%w: %s now has NAR %s, not %s", substituter.ErrNotFound, ni.StorePath, manifest.Key(ni.NarHash), narKey)
+		return fetch.Request{}, fmt.Errorf("%s now has NAR %s, not %s: %w", ni.StorePath, manifest.Key(ni.NarHash), narKey, shoal.ErrNotFound)
 	}
-	job := &substituter.NarJob{Info: ni}
-	if raw, err := d.cache.GetManifest(narKey); err == nil {
-		if m, err := manifest.Parse(raw); err == nil {
-			job.Manifest, job.ManifestRaw = m, raw
-		}
-	}
-	if job.Manifest == nil && d.peers != nil {
-		d.peerManifest(ctx, job)
-	}
-	if job.Manifest != nil {
-		job.ResolveWhole = func(ctx context.Context) (*substituter.BinaryCache, *substituter.NarInfo) {
-			return d.wholeSource(ctx, ni, source)
-		}
-	} else if w, wni := d.wholeSource(ctx, ni, source); w != nil {
-		job.Whole, job.Info = w, wni
-	}
-	seeded := d.seedFor(ctx, ni.StorePath)
-	firstInstall := false
-	if job.Manifest == nil && job.Whole != nil && !seeded {
-		// With no version of this package here, no chunk can be local: the whole NAR
-		// is the cheapest source and the manifest would only add to the bill.
-		has, err := d.cache.HasPackage(packageName(ni.StorePath))
-		firstInstall = err == nil && !has
-	}
-	if firstInstall {
-		d.log.Info("first version of this package here: fetching the whole NAR without a manifest", "path", ni.StorePath)
-	} else if job.Manifest == nil && d.store != nil {
-		m, raw, err := d.store.Manifest(ctx, ni.NarHash)
-		switch {
-		case err == nil:
-			job.Manifest, job.ManifestRaw = m, raw
-			d.metrics.Add("store-manifest", int64(len(raw)))
-		case errors.Is(err, substituter.ErrNotFound):
-			d.log.Info("store has no manifest for NAR", "path", ni.StorePath)
-		default:
-			d.log.Warn("store manifest unavailable", "path", ni.StorePath, "err", err)
-		}
-	}
-	return job, nil
+	return fetch.Request{Info: ni, From: source, KnownPackage: d.knownPackage(ctx, ni.StorePath)}, nil
 }
 
-func (d *Daemon) serveNAR(w http.ResponseWriter, r *http.Request, narKey string) {
+// knownPackage tells whether a version of storePath's package is local: assembled
+// here before, or in /nix/store and indexed (seedFor indexes it now if need be).
+func (d *Daemon) knownPackage(ctx context.Context, storePath string) bool {
+	if d.seedFor(ctx, storePath) {
+		return true
+	}
+	has, err := d.cache.HasPackage(packageName(storePath))
+	return err == nil && has
+}
+
+// rangedWait bounds how long a Range request waits for its NAR to be verified: a
+// range is a resumed transfer, and is served only from a verified NAR.
+const rangedWait = 10 * time.Minute
+
+func (d *Daemon) serveNAR(w http.ResponseWriter, r *http.Request) {
+	match := narFile.FindStringSubmatch(r.PathValue("file"))
+	if match == nil {
+		http.NotFound(w, r)
+		return
+	}
+	narKey := match[1]
 	ctx := r.Context()
-	job, err := d.job(ctx, narKey)
+	req, err := d.request(ctx, narKey)
 	if err != nil {
 		d.log.Warn("NAR unavailable", "nar", narKey, "err", err)
 		http.Error(w, "not found", http.StatusNotFound)
 		return
 	}
-	size := int64(job.Info.NarSize)
 	h := w.Header()
 	h.Set("Content-Type", "application/x-nix-nar")
-	h.Set("Accept-Ranges", "bytes")
 	if r.Method == http.MethodHead {
-		h.Set("Content-Length", strconv.FormatInt(size, 10))
+		h.Set("Accept-Ranges", "bytes")
+		h.Set("Content-Length", strconv.FormatUint(req.Info.NarSize, 10))
 		return
 	}
-	start, end, ranged, err := parseRange(r.Header.Get("Range"), size)
-	if err != nil {
-		h.Set("Content-Range", fmt.Sprintf("bytes */%d", size))
-		http.Error(w, err.Error(), http.StatusRequestedRangeNotSatisfiable)
-		return
+	if err := d.cache.TouchNAR(narKey, req.Info.HashPart()); err != nil {
+		d.log.Warn("recording NAR use", "nar", narKey, "err", err)
 	}
-	// The NAR's chunks must outlive eviction until the last byte is sent.
-	lease, err := d.cache.Lease()
+	p, err := d.fetcher.Start(req)
 	if err != nil {
 		d.log.Warn("NAR unavailable", "nar", narKey, "err", err)
 		http.Error(w, "not found", http.StatusNotFound)
 		return
 	}
-	defer lease.Release()
-	if job.Manifest != nil {
-		lease.Add(manifestIDs(job.Manifest)...)
-	}
-	if err := d.cache.TouchNAR(narKey, job.Info.HashPart()); err != nil {
-		d.log.Warn("recording NAR use", "nar", narKey, "err", err)
-	}
-
-	p := d.asm.Start(*job)
+	// Until Release, the NAR's chunks (and only they) stay in the local cache.
+	defer p.Release()
 	wait := d.cfg.VerifyWait
-	if ranged {
-		// A range is a resumed transfer: serve it only from a verified NAR.
-		wait = 24 * time.Hour
+	if r.Header.Get("Range") != "" {
+		wait = rangedWait
 	}
 	waitCtx, cancel := context.WithTimeout(ctx, wait)
 	m, err := p.Wait(waitCtx)
 	cancel()
-	if m != nil {
-		lease.Add(manifestIDs(m)...)
-	}
-	switch {
-	case err == nil:
-		d.assembled(job.Info)
-		d.streamVerified(w, r, m, start, end, ranged, size)
-		return
-	case ctx.Err() != nil:
-		return // Nix went away
-	case errors.Is(err, context.DeadlineExceeded):
+	if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil && r.Header.Get("Range") == "" {
 		if done, _, _ := p.Done(); !done {
-			if d.streamProgress(w, r, p, size) {
-				d.assembled(job.Info)
+			if d.streamProgress(w, r, p, int64(req.Info.NarSize)) {
+				d.assembled(req.Info)
 			}
 			return
 		}
 		m, err = p.Wait(ctx)
-		if err == nil {
-			lease.Add(manifestIDs(m)...)
-			d.assembled(job.Info)
-			d.streamVerified(w, r, m, start, end, ranged, size)
-			return
+	}
+	switch {
+	case err == nil:
+		d.assembled(req.Info)
+		d.serveVerified(w, r, m)
+	case ctx.Err() != nil:
+		// Nix went away.
+	default:
+		if errors.Is(err, substituter.ErrNarMismatch) || errors.Is(err, chunk.ErrCorrupt) {
+			d.metrics.Event(eventNarVerifyFailure)
 		}
+		d.log.Warn("NAR unavailable", "path", req.Info.StorePath, "err", err)
+		http.Error(w, "not found", http.StatusNotFound)
 	}
-	if isVerifyFailure(err) {
-		d.metrics.Event(eventNarVerifyFailure)
-	}
-	d.log.Warn("NAR unavailable", "path", job.Info.StorePath, "err", err)
-	http.Error(w, "not found", http.StatusNotFound)
 }
 
-// streamVerified sends bytes [start, end) of a NAR whose chunks are all local and whose
-// manifest assembled to the right NarHash. Each chunk is still checked against its ID:
-// if the disk lost one, the connection is broken rather than the response finished.
-func (d *Daemon) streamVerified(w http.ResponseWriter, r *http.Request, m *manifest.Manifest, start, end int64, ranged bool, size int64) {
-	h := w.Header()
-	h.Set("Content-Length", strconv.FormatInt(end-start, 10))
-	if ranged {
-		h.Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", start, end-1, size))
-		w.WriteHeader(http.StatusPartialContent)
-	} else {
-		w.WriteHeader(http.StatusOK)
-	}
-	var buf []byte
-	var off int64
-	for _, e := range m.Entries {
-		cs, ce := off, off+int64(e.Size)
-		off = ce
-		if ce <= start {
-			continue
-		}
-		if cs >= end {
-			break
-		}
-		raw, err := d.asm.LocalChunk(r.Context(), buf, e)
-		if err != nil {
-			d.metrics.Event(eventNarVerifyFailure)
-			d.log.Error("breaking NAR response: local chunk unusable", "nar", manifest.Key(m.NarHash), "err", err)
-			panic(http.ErrAbortHandler)
-		}
-		buf = raw
-		lo, hi := max(start-cs, 0), min(end, ce)-cs
-		if _, err := w.Write(raw[lo:hi]); err != nil {
-			return
-		}
+// serveVerified sends a NAR whose chunks are all local and whose manifest assembled to
+// the right NarHash, with ranges, through http.ServeContent. Each chunk is still checked
+// against its ID as it is read: if the disk lost one, the connection is broken rather
+// than the response finished.
+func (d *Daemon) serveVerified(w http.ResponseWriter, r *http.Request, m *manifest.Manifest) {
+	nar := d.fetcher.NewReader(r.Context(), m)
+	substituter.ServeNAR(w, r, nar)
+	if err := nar.Err(); err != nil && r.Context().Err() == nil {
+		d.metrics.Event(eventNarVerifyFailure)
+		d.log.Error("breaking NAR response: local chunk unusable", "nar", manifest.Key(m.NarHash), "err", err)
+		panic(http.ErrAbortHandler)
 	}
 }
 
@@ -427,7 +339,7 @@ func (d *Daemon) streamVerified(w http.ResponseWriter, r *http.Request, m *manif
 // they arrive, checked against their IDs, and the last chunk only after the whole NAR
 // matched its NarHash. On a mismatch the connection breaks, so Nix never receives a
 // complete wrong body.
-func (d *Daemon) streamProgress(w http.ResponseWriter, r *http.Request, p *substituter.Progress, size int64) (verified bool) {
+func (d *Daemon) streamProgress(w http.ResponseWriter, r *http.Request, p *fetch.Progress, size int64) (verified bool) {
 	ctx := r.Context()
 	gen := p.Generation()
 	w.Header().Set("Content-Length", strconv.FormatInt(size, 10))
@@ -455,7 +367,7 @@ func (d *Daemon) streamProgress(w http.ResponseWriter, r *http.Request, p *subst
 				panic(http.ErrAbortHandler)
 			}
 		}
-		raw, err := d.asm.LocalChunk(ctx, buf, e)
+		raw, err := d.fetcher.LocalChunk(ctx, buf, e)
 		if err != nil {
 			d.metrics.Event(eventNarVerifyFailure)
 			d.log.Error("breaking NAR response: local chunk unusable", "nar", p.Key, "err", err)
@@ -471,46 +383,6 @@ func (d *Daemon) streamProgress(w http.ResponseWriter, r *http.Request, p *subst
 		}
 	}
 	return true
-}
-
-// parseRange understands the single ranges Nix sends to resume a download.
-func parseRange(header string, size int64) (start, end int64, ranged bool, err error) {
-	if header == "" {
-		return 0, size, false, nil
-	}
-	spec, ok := strings.CutPrefix(header, "bytes=")
-	if !ok || strings.Contains(spec, ",") {
-		return 0, 0, false, fmt.Errorf("unsupported range %q", header)
-	}
-	a, b, ok := strings.Cut(spec, "-")
-	if !ok {
-		return 0, 0, false, fmt.Errorf("bad range %q", header)
-	}
-	switch {
-	case a == "":
-		n, err := strconv.ParseInt(b, 10, 64)
-		if err != nil || n <= 0 {
-			return 0, 0, false, fmt.Errorf("bad range %q", header)
-		}
-		start, end = max(size-n, 0), size
-	default:
-		start, err = strconv.ParseInt(a, 10, 64)
-		if err != nil || start < 0 {
-			return 0, 0, false, fmt.Errorf("bad range %q", header)
-		}
-		end = size
-		if b != "" {
-			last, err := strconv.ParseInt(b, 10, 64)
-			if err != nil || last < start {
-				return 0, 0, false, fmt.Errorf("bad range %q", header)
-			}
-			end = min(last+1, size)
-		}
-	}
-	if start >= size {
-		return 0, 0, false, fmt.Errorf("range %q starts past the end (%d bytes)", header, size)
-	}
-	return start, end, true, nil
 }
 
 // assembled records that a version of the NAR's package is now local, so the next

@@ -11,8 +11,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/shoal-nix/shoal/substituter"
-
+	"github.com/shoal-nix/shoal/fetch"
 	"github.com/shoal-nix/shoal/internal/promtext"
 )
 
@@ -145,7 +144,7 @@ func (m *Metrics) WriteTo(w io.Writer) (int64, error) {
 	p("# HELP shoal_nar_verify_failures_total NARs that did not match their narinfo and local chunks that failed their ID check.\n# TYPE shoal_nar_verify_failures_total counter\n")
 	p("shoal_nar_verify_failures_total %d\n", m.events[eventNarVerifyFailure])
 	p("# HELP shoal_delta_failures_total Delta objects that could not be used (missing, undecodable, or rebuilding other bytes); the full chunk was fetched instead.\n# TYPE shoal_delta_failures_total counter\n")
-	p("shoal_delta_failures_total %d\n", m.events[substituter.EventDeltaFailed])
+	p("shoal_delta_failures_total %d\n", m.events[fetch.EventDeltaFailed])
 	for _, g := range gauges {
 		p("# HELP %s %s\n# TYPE %s gauge\n%s %d\n", g.Name, g.Help, g.Name, g.Name, g.Value)
 	}

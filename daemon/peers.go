@@ -3,7 +3,6 @@ package daemon
 import (
 	"context"
 	"crypto/sha256"
-	"errors"
 	"fmt"
 	"path/filepath"
 	"time"
@@ -64,30 +63,31 @@ func (d *Daemon) startPeers() error {
 	if d.peers, err = p2p.New(pc); err != nil {
 		return err
 	}
-	d.asm.Sources = append([]substituter.ChunkSource{d.peers}, d.asm.Sources...)
-	d.metrics.setGauges(func() []Gauge {
-		s := d.peers.Stats()
-		gs := append(d.gauges(),
-			Gauge{"shoal_peers_connected", "LAN peers connected and not dropped.", int64(s.Peers)},
-			Gauge{"shoal_peer_served_chunks", "Chunks served to LAN peers since the daemon started.", s.ServedChunks},
-			Gauge{"shoal_peer_served_bytes", "Stored bytes of the chunks served to LAN peers since the daemon started.", s.ServedBytes},
-			Gauge{"shoal_peer_served_deltas", "Deltas served to LAN peers since the daemon started, computed or cached.", s.ServedDeltas},
-			Gauge{"shoal_peer_served_delta_bytes", "Bytes of the deltas served to LAN peers since the daemon started.", s.ServedDeltaBytes},
-			Gauge{"shoal_peer_deltas_computed", "Deltas encoded for LAN peers since the daemon started.", s.DeltasComputed},
-			Gauge{"shoal_peer_delta_cache_hits", "Delta requests from LAN peers answered from the delta cache.", s.DeltaCacheHits},
-			Gauge{"shoal_peer_delta_busy", "Delta requests from LAN peers refused because every delta encoder was taken.", s.DeltaBusy},
-		)
-		if ds, ok := d.peers.DHTStats(); ok {
-			gs = append(gs,
-				Gauge{"shoal_dht_routing_table_peers", "Peers in the DHT routing table.", int64(ds.RoutingTable)},
-				Gauge{"shoal_dht_announced_nars", "NARs on the announced list (bounded by --dht-announce-max).", int64(ds.Announced)},
-				Gauge{"shoal_dht_provides", "Successful NAR announcements since the daemon started.", ds.Provides},
-				Gauge{"shoal_dht_provide_failures", "Failed NAR announcements since the daemon started.", ds.ProvideFails},
-			)
-		}
-		return gs
-	})
 	return nil
+}
+
+// peerGauges reads the peer node's counters for /metrics.
+func (d *Daemon) peerGauges() []Gauge {
+	s := d.peers.Stats()
+	gs := []Gauge{
+		{"shoal_peers_connected", "LAN peers connected and not dropped.", int64(s.Peers)},
+		{"shoal_peer_served_chunks", "Chunks served to LAN peers since the daemon started.", s.ServedChunks},
+		{"shoal_peer_served_bytes", "Stored bytes of the chunks served to LAN peers since the daemon started.", s.ServedBytes},
+		{"shoal_peer_served_deltas", "Deltas served to LAN peers since the daemon started, computed or cached.", s.ServedDeltas},
+		{"shoal_peer_served_delta_bytes", "Bytes of the deltas served to LAN peers since the daemon started.", s.ServedDeltaBytes},
+		{"shoal_peer_deltas_computed", "Deltas encoded for LAN peers since the daemon started.", s.DeltasComputed},
+		{"shoal_peer_delta_cache_hits", "Delta requests from LAN peers answered from the delta cache.", s.DeltaCacheHits},
+		{"shoal_peer_delta_busy", "Delta requests from LAN peers refused because every delta encoder was taken.", s.DeltaBusy},
+	}
+	if ds, ok := d.peers.DHTStats(); ok {
+		gs = append(gs,
+			Gauge{"shoal_dht_routing_table_peers", "Peers in the DHT routing table.", int64(ds.RoutingTable)},
+			Gauge{"shoal_dht_announced_nars", "NARs on the announced list (bounded by --dht-announce-max).", int64(ds.Announced)},
+			Gauge{"shoal_dht_provides", "Successful NAR announcements since the daemon started.", ds.Provides},
+			Gauge{"shoal_dht_provide_failures", "Failed NAR announcements since the daemon started.", ds.ProvideFails},
+		)
+	}
+	return gs
 }
 
 // AnnouncedFile, in the state directory, lists the NARs announced on the DHT, most
@@ -131,32 +131,6 @@ func (d *Daemon) peerNarInfo(ctx context.Context, hashPart string) (*substituter
 		return nil, err
 	}
 	return ni, nil
-}
-
-// peerManifest asks the LAN for the NAR's manifest. A peer serves only manifests of
-// NARs it verified, so an answer also means the chunks are on the LAN; it is still
-// checked by assembling the NAR against the trusted narinfo.
-func (d *Daemon) peerManifest(ctx context.Context, job *substituter.NarJob) {
-	var m *manifest.Manifest
-	raw, err := d.peers.Manifest(ctx, job.Info.NarHash, func(raw []byte) error {
-		pm, err := manifest.Parse(raw)
-		if err != nil {
-			return err
-		}
-		if pm.NarHash != job.Info.NarHash || pm.NarSize != job.Info.NarSize {
-			return fmt.Errorf("manifest describes %s, not %s", manifest.Key(pm.NarHash), manifest.Key(job.Info.NarHash))
-		}
-		m = pm
-		return nil
-	})
-	if err != nil {
-		if !errors.Is(err, substituter.ErrNotFound) {
-			d.log.Warn("LAN manifest unavailable", "path", job.Info.StorePath, "err", err)
-		}
-		return
-	}
-	d.metrics.Add("peer-manifest", int64(len(raw)))
-	job.Manifest, job.ManifestRaw = m, raw
 }
 
 // peerBackend serves the local cache to peers, limited to what this daemon verified.

@@ -9,11 +9,9 @@ import (
 	"os"
 
 	"github.com/shoal-nix/shoal/localstore"
-	"github.com/shoal-nix/shoal/substituter"
 )
 
-// startSeeding puts the local store first among the assembler's chunk sources: its
-// chunks cost no network at all, so it goes before LAN peers and the store.
+// startSeeding opens the local store as a chunk source (see chunkSources).
 func (d *Daemon) startSeeding() error {
 	if d.cfg.SeedStore == "" {
 		return nil
@@ -23,12 +21,11 @@ func (d *Daemon) startSeeding() error {
 		d.log.Info("not seeding from the local store: no store directory", "dir", d.cfg.SeedStore)
 		return nil
 	}
-	s, err := localstore.New(d.cache, d.codec, d.cfg.Params, localstore.Options{Dir: d.cfg.SeedStore, Log: d.log.With("component", "localstore")})
+	s, err := localstore.New(d.cache, d.cfg.Params, localstore.Options{Dir: d.cfg.SeedStore, Log: d.log.With("component", "localstore")})
 	if err != nil {
 		return fmt.Errorf("local store source: %w", err)
 	}
 	d.local = s
-	d.asm.Sources = append([]substituter.ChunkSource{s}, d.asm.Sources...)
 	return nil
 }
 

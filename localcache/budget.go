@@ -347,7 +347,7 @@ func (c *Cache) deleteCandidates(ctx context.Context, cands []candidate, need in
 				if freedPages+bPages >= need {
 					break
 				}
-				if c.leases.protects(cd.id, cd.seq) {
+				if c.leases.protects(cd.id) {
 					bLeased += cd.stored
 					continue
 				}

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/shoal-nix/shoal"
 	"github.com/shoal-nix/shoal/chunk"
 	"github.com/shoal-nix/shoal/manifest"
 	bolt "go.etcd.io/bbolt"
@@ -27,12 +28,20 @@ func openBudget(t testing.TB, budget int64) (*Cache, string) {
 
 // testNAR stores n chunks of size bytes as one NAR with a manifest under a
 // key derived from seed, as the assembler does, and returns key and chunks.
-func testNAR(t testing.TB, c *Cache, seed uint64, n, size int) (string, []ChunkPut) {
-	t.Helper()
+// testChunks returns n chunks of a NAR, made from seed.
+func testChunks(seed uint64, n, size int) []ChunkPut {
 	puts := make([]ChunkPut, n)
-	m := &manifest.Manifest{Chunker: chunk.DefaultParams().Identity()}
 	for i := range puts {
 		puts[i] = testChunk(seed<<16|uint64(i), size)
+	}
+	return puts
+}
+
+func testNAR(t testing.TB, c *Cache, seed uint64, n, size int) (string, []ChunkPut) {
+	t.Helper()
+	puts := testChunks(seed, n, size)
+	m := &manifest.Manifest{Chunker: chunk.DefaultParams().Identity()}
+	for i := range puts {
 		m.Entries = append(m.Entries, manifest.Entry{ID: puts[i].ID, Size: 20000, StoredSize: uint32(size)})
 		m.NarSize += 20000
 	}
@@ -258,11 +267,18 @@ func TestLeaseProtects(t *testing.T) {
 			l.Add(old[0].ID, old[1].ID)
 			return old[:2]
 		}},
-		{"chunks stored after the lease", func(t *testing.T, c *Cache, l *Lease, old []ChunkPut) []ChunkPut {
-			_, fresh := testNAR(t, c, 99, 3, 16<<10)
+		{"chunks added before they are stored", func(t *testing.T, c *Cache, l *Lease, old []ChunkPut) []ChunkPut {
+			fresh := testChunks(99, 3, 16<<10)
+			for _, p := range fresh {
+				l.Add(p.ID)
+			}
+			if err := c.PutChunks(context.Background(), fresh); err != nil {
+				t.Fatal(err)
+			}
 			return fresh
 		}},
-		{"old chunks put again", func(t *testing.T, c *Cache, l *Lease, old []ChunkPut) []ChunkPut {
+		{"old chunks added and put again", func(t *testing.T, c *Cache, l *Lease, old []ChunkPut) []ChunkPut {
+			l.Add(old[2].ID, old[3].ID)
 			if err := c.PutChunks(context.Background(), old[2:4]); err != nil {
 				t.Fatal(err)
 			}
@@ -296,6 +312,33 @@ func TestLeaseProtects(t *testing.T) {
 	}
 }
 
+// TestLeaseCoversOnlyItsChunks holds a lease, as a client that stops reading its NAR
+// does, while other NARs are stored: eviction still takes their chunks, so one stalled
+// reader cannot switch the cache budget off.
+func TestLeaseCoversOnlyItsChunks(t *testing.T) {
+	c, _ := openBudget(t, 0)
+	_, stalled := testNAR(t, c, 1, 4, 16<<10)
+	l, err := c.Lease()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Release()
+	for _, p := range stalled {
+		l.Add(p.ID)
+	}
+	_, others := testNAR(t, c, 2, 6, 16<<10)
+	res, err := c.Evict(context.Background(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := countPresent(t, c, stalled); n != len(stalled) {
+		t.Errorf("%d of the leased NAR's %d chunks survived", n, len(stalled))
+	}
+	if n := countPresent(t, c, others); n != 0 {
+		t.Errorf("%d chunks of NARs stored after the lease survived an eviction to zero (%+v)", n, res)
+	}
+}
+
 // TestEvictionUnderConcurrentServing runs NAR "serves" (lease, store, read
 // every chunk back) against a budget far smaller than what they write: no
 // serve may ever miss a chunk of its own NAR.
@@ -315,8 +358,16 @@ func TestEvictionUnderConcurrentServing(t *testing.T) {
 					errs <- err
 					return
 				}
-				_, own := testNAR(t, c, uint64(w*100+i+1), 6, 48<<10)
-				// A whole NAR that dedups against old chunks puts them again.
+				// As the fetcher does: each chunk of the NAR is leased before it is
+				// stored or looked up, whether it is new or (a whole NAR that dedups
+				// against old chunks) put again.
+				own := testChunks(uint64(w*100+i+1), 6, 48<<10)
+				for _, p := range append(own, shared...) {
+					l.Add(p.ID)
+				}
+				if err := c.PutChunks(context.Background(), own); err != nil {
+					errs <- err
+				}
 				if err := c.PutChunks(context.Background(), shared); err != nil {
 					errs <- err
 				}
@@ -438,7 +489,7 @@ func TestCompact(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	if _, err := c.GetManifest(key); !errors.Is(err, ErrNotFound) {
+	if _, err := c.GetManifest(key); !errors.Is(err, shoal.ErrNotFound) {
 		t.Errorf("manifest of a NAR evicted whole: %v; want it dropped", err)
 	}
 	if s, err := c.Stats(); err != nil || s.Chunks != 0 {

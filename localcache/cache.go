@@ -28,9 +28,6 @@ import (
 	berrors "go.etcd.io/bbolt/errors"
 )
 
-// ErrNotFound is returned when a key is absent (or, for narinfos, expired).
-var ErrNotFound = errors.New("localcache: not found")
-
 // ErrLocked is returned by Open when the file lock could not be taken within
 // Options.Timeout, which almost always means another daemon holds it.
 var ErrLocked = errors.New("localcache: database is locked (is another shoal daemon running with this state directory?)")

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/shoal-nix/shoal"
 	"github.com/shoal-nix/shoal/chunk"
 	bolt "go.etcd.io/bbolt"
 )
@@ -196,7 +197,7 @@ func TestPutChunksCancelled(t *testing.T) {
 	if err := c.PutChunks(ctx, []ChunkPut{p}); !errors.Is(err, context.Canceled) {
 		t.Fatalf("PutChunks with a cancelled context = %v, want context.Canceled", err)
 	}
-	if _, err := c.GetChunk(context.Background(), p.ID); !errors.Is(err, ErrNotFound) {
+	if _, err := c.GetChunk(context.Background(), p.ID); !errors.Is(err, shoal.ErrNotFound) {
 		t.Fatalf("chunk stored despite cancelled context: %v", err)
 	}
 }
@@ -208,8 +209,8 @@ func TestChunkLookups(t *testing.T) {
 	if err := c.PutChunks(ctx, []ChunkPut{a, b}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.GetChunk(ctx, absent.ID); !errors.Is(err, ErrNotFound) {
-		t.Fatalf("GetChunk(absent) = %v, want ErrNotFound", err)
+	if _, err := c.GetChunk(ctx, absent.ID); !errors.Is(err, shoal.ErrNotFound) {
+		t.Fatalf("GetChunk(absent) = %v, want shoal.ErrNotFound", err)
 	}
 	tests := []struct {
 		name string
@@ -238,8 +239,8 @@ func TestChunkLookups(t *testing.T) {
 	if err := c.DeleteChunk(a.ID); err != nil {
 		t.Fatalf("deleting an absent chunk: %v", err)
 	}
-	if _, err := c.GetChunk(ctx, a.ID); !errors.Is(err, ErrNotFound) {
-		t.Fatalf("GetChunk after DeleteChunk = %v, want ErrNotFound", err)
+	if _, err := c.GetChunk(ctx, a.ID); !errors.Is(err, shoal.ErrNotFound) {
+		t.Fatalf("GetChunk after DeleteChunk = %v, want shoal.ErrNotFound", err)
 	}
 	st, _ := c.Stats()
 	if st.Chunks != 1 || st.ChunkBytes != 200 {
@@ -336,7 +337,7 @@ func TestConcurrentPutGet(t *testing.T) {
 				if got, err := c.GetChunk(ctx, other.ID); err == nil && !bytes.Equal(got, other.Obj) {
 					errs <- fmt.Errorf("worker %d: wrong bytes for another worker's chunk", w)
 					return
-				} else if err != nil && !errors.Is(err, ErrNotFound) {
+				} else if err != nil && !errors.Is(err, shoal.ErrNotFound) {
 					errs <- err
 					return
 				}
@@ -366,8 +367,8 @@ func TestConcurrentPutGet(t *testing.T) {
 func TestManifests(t *testing.T) {
 	c, _ := openTemp(t)
 	digest := func(s string) [32]byte { return sha256.Sum256([]byte(s)) }
-	if _, err := c.GetManifest("absent"); !errors.Is(err, ErrNotFound) {
-		t.Fatalf("GetManifest(absent) = %v, want ErrNotFound", err)
+	if _, err := c.GetManifest("absent"); !errors.Is(err, shoal.ErrNotFound) {
+		t.Fatalf("GetManifest(absent) = %v, want shoal.ErrNotFound", err)
 	}
 	tests := []struct {
 		key  string
@@ -402,7 +403,7 @@ func TestManifests(t *testing.T) {
 			if err := c.DeleteManifest(tt.key); err != nil {
 				t.Fatal(err)
 			}
-			if _, err := c.GetManifest(tt.key); !errors.Is(err, ErrNotFound) {
+			if _, err := c.GetManifest(tt.key); !errors.Is(err, shoal.ErrNotFound) {
 				t.Fatalf("GetManifest after delete = %v", err)
 			}
 			if ok, _ := c.IsVerified(tt.key, d); ok {
@@ -446,8 +447,8 @@ func TestNarInfoExpiry(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			got, err := c.GetNarInfo(tt.key, tt.now)
 			if tt.want == nil {
-				if !errors.Is(err, ErrNotFound) {
-					t.Fatalf("GetNarInfo = %+v, %v; want ErrNotFound", got, err)
+				if !errors.Is(err, shoal.ErrNotFound) {
+					t.Fatalf("GetNarInfo = %+v, %v; want shoal.ErrNotFound", got, err)
 				}
 				return
 			}
@@ -495,10 +496,10 @@ func TestRoutesOutliveNarInfo(t *testing.T) {
 	if err != nil || !routeEqual(*got, route) {
 		t.Fatalf("GetNarRoute = %+v, %v; want %+v", got, err, route)
 	}
-	if _, err := c.GetNarRoute("absent"); !errors.Is(err, ErrNotFound) {
+	if _, err := c.GetNarRoute("absent"); !errors.Is(err, shoal.ErrNotFound) {
 		t.Fatalf("GetNarRoute(absent) = %v", err)
 	}
-	if err := c.TouchNarRoute("absent", t0); !errors.Is(err, ErrNotFound) {
+	if err := c.TouchNarRoute("absent", t0); !errors.Is(err, shoal.ErrNotFound) {
 		t.Fatalf("TouchNarRoute(absent) = %v", err)
 	}
 
@@ -532,7 +533,7 @@ func TestRoutesOutliveNarInfo(t *testing.T) {
 		}
 		r, err := c.GetNarRoute(narKey)
 		if !s.wantRoute {
-			if !errors.Is(err, ErrNotFound) {
+			if !errors.Is(err, shoal.ErrNotFound) {
 				t.Fatalf("%s: route still there: %+v, %v", s.name, r, err)
 			}
 			continue

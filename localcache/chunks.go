@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/shoal-nix/shoal"
 	"github.com/shoal-nix/shoal/chunk"
 	bolt "go.etcd.io/bbolt"
 )
@@ -44,7 +45,6 @@ func (c *Cache) PutChunks(ctx context.Context, puts []ChunkPut) error {
 			return fmt.Errorf("making room for %d chunks: %w", len(part), err)
 		}
 		err := c.update(ctx, len(part), size, func(tx *bolt.Tx) error {
-			c.noteExisting(tx, part)
 			return putChunks(tx, part)
 		})
 		if err != nil {
@@ -98,7 +98,7 @@ func putChunks(tx *bolt.Tx, puts []ChunkPut) error {
 func lookupChunk(tx *bolt.Tx, id chunk.ID) (seqKey, obj []byte, err error) {
 	seqKey = tx.Bucket(bucketChunkIndex).Get(id[:])
 	if seqKey == nil {
-		return nil, nil, ErrNotFound
+		return nil, nil, shoal.ErrNotFound
 	}
 	v := tx.Bucket(bucketChunkBody).Get(seqKey)
 	if v == nil {
@@ -110,7 +110,7 @@ func lookupChunk(tx *bolt.Tx, id chunk.ID) (seqKey, obj []byte, err error) {
 	return seqKey, v[len(id):], nil
 }
 
-// GetChunk returns a copy of the stored object, or ErrNotFound.
+// GetChunk returns a copy of the stored object, or shoal.ErrNotFound.
 func (c *Cache) GetChunk(ctx context.Context, id chunk.ID) ([]byte, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -126,8 +126,8 @@ func (c *Cache) GetChunk(ctx context.Context, id chunk.ID) ([]byte, error) {
 		return nil
 	})
 	if err != nil {
-		if errors.Is(err, ErrNotFound) {
-			return nil, ErrNotFound
+		if errors.Is(err, shoal.ErrNotFound) {
+			return nil, shoal.ErrNotFound
 		}
 		return nil, fmt.Errorf("reading chunk %x: %w", id, err)
 	}

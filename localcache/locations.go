@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/shoal-nix/shoal"
 	"github.com/shoal-nix/shoal/chunk"
 	bolt "go.etcd.io/bbolt"
 )
@@ -138,7 +139,7 @@ func (c *Cache) PutSeeded(ctx context.Context, p SeededPath, chunks []LocatedChu
 	return nil
 }
 
-// Seeded returns the record of an indexed store path, or ErrNotFound.
+// Seeded returns the record of an indexed store path, or shoal.ErrNotFound.
 func (c *Cache) Seeded(storePath string) (SeededPath, error) {
 	var v []byte
 	err := c.db.View(func(tx *bolt.Tx) error {
@@ -149,7 +150,7 @@ func (c *Cache) Seeded(storePath string) (SeededPath, error) {
 		return SeededPath{}, fmt.Errorf("looking up seeded path %s: %w", storePath, err)
 	}
 	if v == nil {
-		return SeededPath{}, ErrNotFound
+		return SeededPath{}, shoal.ErrNotFound
 	}
 	return decodeSeeded(storePath, v)
 }
@@ -167,7 +168,7 @@ func (c *Cache) ForgetSeeded(storePath string) error {
 }
 
 // ChunkLocation returns where a chunk was seen in the local store, or
-// ErrNotFound.
+// shoal.ErrNotFound.
 func (c *Cache) ChunkLocation(id chunk.ID) (ChunkLocation, error) {
 	var v []byte
 	err := c.db.View(func(tx *bolt.Tx) error {
@@ -178,7 +179,7 @@ func (c *Cache) ChunkLocation(id chunk.ID) (ChunkLocation, error) {
 		return ChunkLocation{}, fmt.Errorf("looking up location of chunk %s: %w", id, err)
 	}
 	if v == nil {
-		return ChunkLocation{}, ErrNotFound
+		return ChunkLocation{}, shoal.ErrNotFound
 	}
 	return decodeLocation(v)
 }

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/shoal-nix/shoal"
 	"github.com/shoal-nix/shoal/chunk"
 )
 
@@ -52,7 +53,7 @@ func TestLocations(t *testing.T) {
 	if err := c.DropLocation(shared, p1); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.ChunkLocation(shared); !errors.Is(err, ErrNotFound) {
+	if _, err := c.ChunkLocation(shared); !errors.Is(err, shoal.ErrNotFound) {
 		t.Fatalf("location kept after its drop: %v", err)
 	}
 	have, err := c.HasLocations([]chunk.ID{a, shared, b})
@@ -62,7 +63,7 @@ func TestLocations(t *testing.T) {
 	if err := c.ForgetSeeded(p1); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.Seeded(p1); !errors.Is(err, ErrNotFound) {
+	if _, err := c.Seeded(p1); !errors.Is(err, shoal.ErrNotFound) {
 		t.Fatalf("Seeded after ForgetSeeded: %v", err)
 	}
 	for _, v := range [][]byte{nil, {2}, {locationFormat, 0x80}, append(encodeLocation(ChunkLocation{p1, 1, 2}), 0)} {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/shoal-nix/shoal"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -28,20 +29,20 @@ func (c *Cache) PutManifest(key string, data []byte) error {
 }
 
 // GetManifest returns a copy of the manifest stored under key, or
-// ErrNotFound.
+// shoal.ErrNotFound.
 func (c *Cache) GetManifest(key string) ([]byte, error) {
 	var out []byte
 	err := c.db.View(func(tx *bolt.Tx) error {
 		v := tx.Bucket(bucketManifests).Get([]byte(key))
 		if v == nil {
-			return ErrNotFound
+			return shoal.ErrNotFound
 		}
 		out = bytes.Clone(v)
 		return nil
 	})
 	if err != nil {
-		if errors.Is(err, ErrNotFound) {
-			return nil, ErrNotFound
+		if errors.Is(err, shoal.ErrNotFound) {
+			return nil, shoal.ErrNotFound
 		}
 		return nil, fmt.Errorf("reading manifest %s: %w", key, err)
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/shoal-nix/shoal"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -50,7 +51,7 @@ func (c *Cache) PutNarInfo(hashPart string, e NarInfoEntry) error {
 	return nil
 }
 
-// GetNarInfo returns the entry cached under hashPart, or ErrNotFound when
+// GetNarInfo returns the entry cached under hashPart, or shoal.ErrNotFound when
 // there is none or it expired at or before now. Expired entries stay in the
 // file until Prune.
 func (c *Cache) GetNarInfo(hashPart string, now time.Time) (*NarInfoEntry, error) {
@@ -58,20 +59,20 @@ func (c *Cache) GetNarInfo(hashPart string, now time.Time) (*NarInfoEntry, error
 	err := c.db.View(func(tx *bolt.Tx) error {
 		v := tx.Bucket(bucketNarInfo).Get([]byte(hashPart))
 		if v == nil {
-			return ErrNotFound
+			return shoal.ErrNotFound
 		}
 		var err error
 		e, err = decodeNarInfo(v)
 		return err
 	})
 	if err != nil {
-		if errors.Is(err, ErrNotFound) {
-			return nil, ErrNotFound
+		if errors.Is(err, shoal.ErrNotFound) {
+			return nil, shoal.ErrNotFound
 		}
 		return nil, fmt.Errorf("reading cached narinfo %s: %w", hashPart, err)
 	}
 	if !now.Before(e.Expires) {
-		return nil, ErrNotFound
+		return nil, shoal.ErrNotFound
 	}
 	return &e, nil
 }
@@ -106,21 +107,21 @@ func (c *Cache) PutNarRoute(narKey string, r NarRoute) error {
 	return nil
 }
 
-// GetNarRoute returns the route stored for narKey, or ErrNotFound.
+// GetNarRoute returns the route stored for narKey, or shoal.ErrNotFound.
 func (c *Cache) GetNarRoute(narKey string) (*NarRoute, error) {
 	var r NarRoute
 	err := c.db.View(func(tx *bolt.Tx) error {
 		v := tx.Bucket(bucketRoutes).Get([]byte(narKey))
 		if v == nil {
-			return ErrNotFound
+			return shoal.ErrNotFound
 		}
 		var err error
 		r, err = decodeNarRoute(v)
 		return err
 	})
 	if err != nil {
-		if errors.Is(err, ErrNotFound) {
-			return nil, ErrNotFound
+		if errors.Is(err, shoal.ErrNotFound) {
+			return nil, shoal.ErrNotFound
 		}
 		return nil, fmt.Errorf("reading NAR route %s: %w", narKey, err)
 	}
@@ -128,7 +129,7 @@ func (c *Cache) GetNarRoute(narKey string) (*NarRoute, error) {
 }
 
 // TouchNarRoute records a use of the route at now, keeping it from Prune
-// for another RouteRetention. It returns ErrNotFound for an unknown route.
+// for another RouteRetention. It returns shoal.ErrNotFound for an unknown route.
 // Touches within an hour of the recorded use are not written, so serving
 // a popular NAR does not cost a write each time.
 func (c *Cache) TouchNarRoute(narKey string, now time.Time) error {
@@ -143,7 +144,7 @@ func (c *Cache) TouchNarRoute(narKey string, now time.Time) error {
 		b := tx.Bucket(bucketRoutes)
 		v := b.Get([]byte(narKey))
 		if v == nil {
-			return ErrNotFound
+			return shoal.ErrNotFound
 		}
 		cur, err := decodeNarRoute(v)
 		if err != nil {
@@ -156,8 +157,8 @@ func (c *Cache) TouchNarRoute(narKey string, now time.Time) error {
 		return b.Put([]byte(narKey), encodeNarRoute(cur))
 	})
 	if err != nil {
-		if errors.Is(err, ErrNotFound) {
-			return ErrNotFound
+		if errors.Is(err, shoal.ErrNotFound) {
+			return shoal.ErrNotFound
 		}
 		return fmt.Errorf("touching NAR route %s: %w", narKey, err)
 	}

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/shoal-nix/shoal"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -136,7 +137,7 @@ func TestQueuedWriteHonoursCancel(t *testing.T) {
 	if err := c.PutManifest("m", []byte("x")); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.GetChunk(context.Background(), p.ID); !errors.Is(err, ErrNotFound) {
+	if _, err := c.GetChunk(context.Background(), p.ID); !errors.Is(err, shoal.ErrNotFound) {
 		t.Fatalf("cancelled put was committed: %v", err)
 	}
 }

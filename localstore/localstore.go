@@ -21,9 +21,11 @@ import (
 	"time"
 
 	"github.com/nix-community/go-nix/pkg/nixbase32"
+	"github.com/shoal-nix/shoal"
 	"github.com/shoal-nix/shoal/chunk"
+	"github.com/shoal-nix/shoal/fetch"
 	"github.com/shoal-nix/shoal/localcache"
-	"github.com/shoal-nix/shoal/substituter"
+	"github.com/shoal-nix/shoal/manifest"
 	"golang.org/x/sync/singleflight"
 )
 
@@ -36,8 +38,9 @@ var ErrNotValid = errors.New("not a valid store path")
 
 // Store is the local /nix/store as a chunk source. Create it with New.
 type Store struct {
+	fetch.NoManifests
+	fetch.NoDeltas
 	cache  *localcache.Cache
-	codec  *chunk.Codec
 	params chunk.Params
 	dir    string
 	log    *slog.Logger
@@ -69,11 +72,11 @@ type Options struct {
 
 // New returns the local store source. Chunks are cut with params, which must be the
 // daemon's so that IDs match the manifests it receives.
-func New(cache *localcache.Cache, codec *chunk.Codec, params chunk.Params, opts Options) (*Store, error) {
+func New(cache *localcache.Cache, params chunk.Params, opts Options) (*Store, error) {
 	if err := params.Validate(); err != nil {
 		return nil, err
 	}
-	s := &Store{cache: cache, codec: codec, params: params, dir: opts.Dir, log: opts.Log, registeredHash: opts.RegisteredHash}
+	s := &Store{cache: cache, params: params, dir: opts.Dir, log: opts.Log, registeredHash: opts.RegisteredHash}
 	if s.dir == "" {
 		s.dir = "/nix/store"
 	}
@@ -87,30 +90,38 @@ func New(cache *localcache.Cache, codec *chunk.Codec, params chunk.Params, opts 
 	return s, nil
 }
 
-// Name implements substituter.ChunkSource.
+var _ fetch.Source = (*Store)(nil)
+
+// Name implements fetch.Source.
 func (s *Store) Name() string { return SourceName }
 
+// Kind implements fetch.Source: chunks read from /nix/store cost no network.
+func (s *Store) Kind() fetch.Kind { return fetch.Local }
+
+// Open implements fetch.Source: the index answers for any NAR.
+func (s *Store) Open(context.Context, *manifest.Manifest) (fetch.Offer, error) { return s, nil }
+
 // Holds reports which chunks the local store has, as far as the index knows: the
-// assembler counts them as free when it prices a NAR.
+// planner counts them as free when it prices a NAR.
 func (s *Store) Holds(ids []chunk.ID) ([]bool, error) { return s.cache.HasLocations(ids) }
 
-// Chunk implements substituter.ChunkSource: it reads the chunk from the store path its
-// location names and returns it as a stored object. Bytes that no longer match the ID
-// drop the location and answer ErrNotFound, so the assembler goes on to the next source.
-func (s *Store) Chunk(ctx context.Context, id chunk.ID) ([]byte, error) {
-	raw, err := s.RawChunk(ctx, id)
-	if err != nil {
-		return nil, err
-	}
-	return s.codec.Encode(nil, raw), nil
+// Chunk implements fetch.Offer: it reads the chunk from the store path its location
+// names, as raw bytes. Bytes that no longer match the ID drop the location and answer
+// ErrNotFound, so the fetcher goes on to the next source.
+func (s *Store) Chunk(ctx context.Context, e manifest.Entry) (fetch.Object, error) {
+	raw, err := s.RawChunk(ctx, e.ID)
+	return fetch.Object{Raw: raw}, err
 }
 
-// RawChunk implements substituter.RawChunkHolder: Chunk without the compression, for
-// a delta's dictionary, which needs the raw bytes.
+// Reject implements fetch.Offer. RawChunk checks what it reads and drops a location
+// that no longer matches, so there is nothing left to do.
+func (s *Store) Reject(chunk.ID, error) {}
+
+// RawChunk reads chunk id's bytes where the index says they lie, and checks them.
 func (s *Store) RawChunk(ctx context.Context, id chunk.ID) ([]byte, error) {
 	loc, err := s.cache.ChunkLocation(id)
-	if errors.Is(err, localcache.ErrNotFound) {
-		return nil, fmt.Errorf("chunk %s: %w", id, substituter.ErrNotFound)
+	if errors.Is(err, shoal.ErrNotFound) {
+		return nil, fmt.Errorf("chunk %s: %w", id, shoal.ErrNotFound)
 	}
 	if err != nil {
 		return nil, err
@@ -129,7 +140,7 @@ func (s *Store) RawChunk(ctx context.Context, id chunk.ID) ([]byte, error) {
 		if ferr := s.cache.ForgetSeeded(loc.StorePath); ferr != nil {
 			s.log.Warn("forgetting seeded path", "err", ferr)
 		}
-		return nil, fmt.Errorf("chunk %s from %s: %v: %w", id, loc.StorePath, err, substituter.ErrNotFound)
+		return nil, fmt.Errorf("chunk %s from %s: %v: %w", id, loc.StorePath, err, shoal.ErrNotFound)
 	}
 	return raw, nil
 }

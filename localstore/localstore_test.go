@@ -12,10 +12,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/shoal-nix/shoal"
 	"github.com/shoal-nix/shoal/chunk"
 	"github.com/shoal-nix/shoal/internal/nixtest"
 	"github.com/shoal-nix/shoal/localcache"
-	"github.com/shoal-nix/shoal/substituter"
+	"github.com/shoal-nix/shoal/manifest"
 )
 
 // tree describes a test directory: path -> contents, with "->target" for a symlink,
@@ -157,12 +158,7 @@ func openCache(t *testing.T) *localcache.Cache {
 
 func newStore(t *testing.T, c *localcache.Cache, opts Options) *Store {
 	t.Helper()
-	codec, err := chunk.NewCodec()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(codec.Close)
-	s, err := New(c, codec, chunk.DefaultParams(), opts)
+	s, err := New(c, chunk.DefaultParams(), opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -215,13 +211,12 @@ func TestSeedRealStorePath(t *testing.T) {
 	ids := make([]chunk.ID, len(chunks))
 	for i, data := range chunks {
 		ids[i] = chunk.Sum(data)
-		obj, err := s.Chunk(ctx, ids[i])
+		obj, err := s.Chunk(ctx, manifest.Entry{ID: ids[i], Size: uint32(len(data))})
 		if err != nil {
 			t.Fatalf("chunk %d: %v", i, err)
 		}
-		raw, err := s.codec.Open(nil, ids[i], obj, len(data))
-		if err != nil || !bytes.Equal(raw, data) {
-			t.Fatalf("chunk %d: object does not open to the chunk: %v", i, err)
+		if !bytes.Equal(obj.Raw, data) {
+			t.Fatalf("chunk %d: object does not hold the chunk's bytes", i)
 		}
 	}
 	held, err := s.Holds(append(ids, chunk.Sum([]byte("not there"))))
@@ -265,13 +260,13 @@ func TestSeedRealStorePath(t *testing.T) {
 	if libOff < 0 || hit < 0 {
 		t.Fatal("test bug: the modified range is in no chunk")
 	}
-	if _, err := s.Chunk(ctx, ids[hit]); !errors.Is(err, substituter.ErrNotFound) {
+	if _, err := s.Chunk(ctx, manifest.Entry{ID: ids[hit]}); !errors.Is(err, shoal.ErrNotFound) {
 		t.Fatalf("modified chunk: err = %v, want ErrNotFound", err)
 	}
-	if _, err := c.ChunkLocation(ids[hit]); !errors.Is(err, localcache.ErrNotFound) {
+	if _, err := c.ChunkLocation(ids[hit]); !errors.Is(err, shoal.ErrNotFound) {
 		t.Fatalf("the modified chunk's location was kept: %v", err)
 	}
-	if _, err := s.Chunk(ctx, ids[0]); err != nil {
+	if _, err := s.Chunk(ctx, manifest.Entry{ID: ids[0]}); err != nil {
 		t.Fatalf("an unmodified chunk of the same path: %v", err)
 	}
 	if _, err := s.Seed(ctx, path); err == nil {
@@ -301,7 +296,7 @@ func TestSeedRefuses(t *testing.T) {
 			if res, err := s.Seed(context.Background(), tc.path); err == nil {
 				t.Fatalf("Seed = %+v, want an error", res)
 			}
-			if _, err := c.Seeded(tc.path); !errors.Is(err, localcache.ErrNotFound) {
+			if _, err := c.Seeded(tc.path); !errors.Is(err, shoal.ErrNotFound) {
 				t.Fatalf("a refused path was recorded as seeded: %v", err)
 			}
 		})

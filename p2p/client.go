@@ -13,8 +13,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
-
-	"github.com/shoal-nix/shoal/substituter"
+	"github.com/shoal-nix/shoal"
 )
 
 // maxAsk bounds how many peers one narinfo or manifest question goes to at once.
@@ -78,7 +77,7 @@ func readAnswer(r *bufio.Reader, limit int) ([]byte, bool, error) {
 // askPeers sends one question to up to maxAsk peers at once, first those in prefer
 // (DHT providers), then other connected peers, and returns the first answer that
 // accept takes; wrong answers are logged and the rest keep counting.
-func (n *Node) askPeers(ctx context.Context, proto protocol.ID, req []byte, limit int, prefer []peer.ID, accept func([]byte) error) ([]byte, error) {
+func (n *Node) askPeers(ctx context.Context, proto protocol.ID, req []byte, limit int, prefer []peer.ID, accept func([]byte) error) ([]byte, peer.ID, error) {
 	peers := slices.Clone(prefer)
 	for _, p := range n.Peers() {
 		if !slices.Contains(prefer, p) {
@@ -89,12 +88,13 @@ func (n *Node) askPeers(ctx context.Context, proto protocol.ID, req []byte, limi
 		peers = peers[:maxAsk]
 	}
 	if len(peers) == 0 {
-		return nil, fmt.Errorf("%w: no LAN peers", substituter.ErrNotFound)
+		return nil, "", fmt.Errorf("%w: no LAN peers", shoal.ErrNotFound)
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	type answer struct {
 		body []byte
+		from peer.ID
 		err  error
 	}
 	answers := make(chan answer, len(peers))
@@ -107,7 +107,7 @@ func (n *Node) askPeers(ctx context.Context, proto protocol.ID, req []byte, limi
 					return err
 				}
 				if !ok {
-					return substituter.ErrNotFound
+					return shoal.ErrNotFound
 				}
 				body = b
 				return nil
@@ -117,7 +117,7 @@ func (n *Node) askPeers(ctx context.Context, proto protocol.ID, req []byte, limi
 					n.log.Warn("peer answer refused", "peer", p.String(), "protocol", string(proto), "err", err)
 				}
 			}
-			answers <- answer{body, err}
+			answers <- answer{body, p, err}
 		}()
 	}
 	var errs []error
@@ -125,16 +125,16 @@ func (n *Node) askPeers(ctx context.Context, proto protocol.ID, req []byte, limi
 		a := <-answers
 		if a.err == nil {
 			n.fetchedBytes.Add(int64(len(a.body)))
-			return a.body, nil
+			return a.body, a.from, nil
 		}
-		if !errors.Is(a.err, substituter.ErrNotFound) {
+		if !errors.Is(a.err, shoal.ErrNotFound) {
 			errs = append(errs, a.err)
 		}
 	}
 	if len(errs) > 0 {
-		return nil, fmt.Errorf("%w: no peer had it (%w)", substituter.ErrNotFound, errors.Join(errs...))
+		return nil, "", fmt.Errorf("%w: no peer had it (%w)", shoal.ErrNotFound, errors.Join(errs...))
 	}
-	return nil, fmt.Errorf("%w: no peer had it", substituter.ErrNotFound)
+	return nil, "", fmt.Errorf("%w: no peer had it", shoal.ErrNotFound)
 }
 
 // NarInfo asks the peers for the narinfo of a store-path hash part; accept must check
@@ -143,13 +143,14 @@ func (n *Node) NarInfo(ctx context.Context, hashPart string, accept func([]byte)
 	if len(hashPart) != 32 {
 		return nil, fmt.Errorf("narinfo hash part %q is not 32 characters", hashPart)
 	}
-	return n.askPeers(ctx, ProtoNarInfo, []byte(hashPart), MaxNarInfo, nil, accept)
+	raw, _, err := n.askPeers(ctx, ProtoNarInfo, []byte(hashPart), MaxNarInfo, nil, accept)
+	return raw, err
 }
 
-// Manifest asks the peers for the manifest of a NAR they verified, the NAR's DHT
+// askManifest asks the peers for the manifest of a NAR they verified, the NAR's DHT
 // providers first; accept should parse it and check it names the NAR. It is still
-// only a claim until the NAR assembles.
-func (n *Node) Manifest(ctx context.Context, narHash [32]byte, accept func([]byte) error) ([]byte, error) {
+// only a claim until the NAR assembles: it returns who made it.
+func (n *Node) askManifest(ctx context.Context, narHash [32]byte, accept func([]byte) error) ([]byte, peer.ID, error) {
 	return n.askPeers(ctx, ProtoManifest, narHash[:], MaxManifest, n.providersFor(ctx, narHash), accept)
 }
 

@@ -14,9 +14,9 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 
+	"github.com/shoal-nix/shoal"
 	"github.com/shoal-nix/shoal/chunk"
 	"github.com/shoal-nix/shoal/manifest"
-	"github.com/shoal-nix/shoal/substituter"
 )
 
 // deltaTries bounds the peers one delta is asked of: a delta is an optimisation, and
@@ -207,11 +207,11 @@ func (n *Node) computeDelta(ctx context.Context, q *deltaRequest, targetSize uin
 	return body, nil
 }
 
-// Delta implements substituter.DeltaSource: it asks the peers holding the NAR, one
+// Delta implements fetch.Offer: it asks the peers holding the NAR, one
 // at a time, for id as a delta against bases, which must be chunks of this NAR or of
 // the base NAR its manifest names. It checks only the framing: the caller decodes the
 // delta against its own copy of the bases and checks the result against id, and
-// reports a wrong one through BadObject (under id or the delta's ID), which drops the
+// reports a wrong one through Reject (under id or the delta's ID), which drops the
 // peer that sent it. That blames the peer, so the caller must have checked its own
 // bases against their IDs first, as it does any local chunk.
 func (s *narSource) Delta(ctx context.Context, id chunk.ID, bases []chunk.ID) ([]byte, error) {
@@ -219,7 +219,7 @@ func (s *narSource) Delta(ctx context.Context, id chunk.ID, bases []chunk.ID) ([
 		return nil, fmt.Errorf("delta for chunk %s: %d bases, want 1 to %d", id, len(bases), chunk.MaxDeltaBases)
 	}
 	if s.ctx.Err() != nil {
-		return nil, fmt.Errorf("%w: time for LAN peers is up", substituter.ErrNotFound)
+		return nil, fmt.Errorf("%w: time for LAN peers is up", shoal.ErrNotFound)
 	}
 	outer := ctx
 	ctx, cancel := context.WithCancel(ctx)
@@ -246,20 +246,20 @@ func (s *narSource) Delta(ctx context.Context, id chunk.ID, bases []chunk.ID) ([
 			return nil, fmt.Errorf("delta for chunk %s: %w", id, err)
 		}
 		if s.ctx.Err() != nil {
-			return nil, fmt.Errorf("%w: time for LAN peers is up (%w)", substituter.ErrNotFound, err)
+			return nil, fmt.Errorf("%w: time for LAN peers is up (%w)", shoal.ErrNotFound, err)
 		}
 		errs = append(errs, err)
-		lacking = lacking && errors.Is(err, substituter.ErrNotFound)
+		lacking = lacking && errors.Is(err, shoal.ErrNotFound)
 		if misbehaved(err) {
 			s.remove(p)
 			s.n.drop(p, fmt.Sprintf("delta request failed: %v", err))
 		}
 	}
 	if len(errs) == 0 {
-		return nil, fmt.Errorf("%w: no LAN peer holds the NAR (or its time is up)", substituter.ErrNotFound)
+		return nil, fmt.Errorf("%w: no LAN peer holds the NAR (or its time is up)", shoal.ErrNotFound)
 	}
 	if lacking {
-		return nil, fmt.Errorf("%w: no LAN peer sent a delta for chunk %s (%w)", substituter.ErrNotFound, id, errors.Join(errs...))
+		return nil, fmt.Errorf("%w: no LAN peer sent a delta for chunk %s (%w)", shoal.ErrNotFound, id, errors.Join(errs...))
 	}
 	return nil, fmt.Errorf("delta for chunk %s: %w", id, errors.Join(errs...))
 }
@@ -267,7 +267,7 @@ func (s *narSource) Delta(ctx context.Context, id chunk.ID, bases []chunk.ID) ([
 // askDelta sends one delta request to p. "Not found", "busy" and a peer that serves no
 // deltas wrap ErrNotFound.
 func (s *narSource) askDelta(ctx context.Context, p peer.ID, req []byte) ([]byte, error) {
-	noDeltas := fmt.Errorf("%w: peer serves no deltas", substituter.ErrNotFound)
+	noDeltas := fmt.Errorf("%w: peer serves no deltas", shoal.ErrNotFound)
 	if !s.n.servesDeltas(p) {
 		return nil, noDeltas
 	}
@@ -282,9 +282,9 @@ func (s *narSource) askDelta(ctx context.Context, p peer.ID, req []byte) ([]byte
 			body, err = readFrame(r, nil, maxDeltaObject)
 			return err
 		case statusNotFound:
-			return fmt.Errorf("%w: peer lacks the chunk or a base", substituter.ErrNotFound)
+			return fmt.Errorf("%w: peer lacks the chunk or a base", shoal.ErrNotFound)
 		case statusBusy:
-			return fmt.Errorf("%w: %w", substituter.ErrNotFound, errPeerBusy)
+			return fmt.Errorf("%w: %w", shoal.ErrNotFound, errPeerBusy)
 		default:
 			return fmt.Errorf("%w %d", errUnknownStatus, st)
 		}

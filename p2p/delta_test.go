@@ -10,9 +10,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/shoal-nix/shoal"
 	"github.com/shoal-nix/shoal/chunk"
+	"github.com/shoal-nix/shoal/fetch"
 	"github.com/shoal-nix/shoal/manifest"
-	"github.com/shoal-nix/shoal/substituter"
 )
 
 // releases makes consecutive releases of a synthetic package, like compiled binaries:
@@ -156,22 +157,15 @@ func upgrade(from, to *nar) *manifest.Manifest {
 	return &m
 }
 
-// deltaSourceFor returns n's source for m as the assembler sees it.
-func deltaSourceFor(t *testing.T, ctx context.Context, n *Node, m *manifest.Manifest) (substituter.DeltaSource, substituter.BadObjectReporter) {
+// deltaSourceFor returns n's offer for m as the fetcher sees it, to ask for deltas
+// and to report bad ones.
+func deltaSourceFor(t *testing.T, ctx context.Context, n *Node, m *manifest.Manifest) (fetch.Offer, fetch.Offer) {
 	t.Helper()
 	src, covers := n.ForNar(ctx, m)
 	if !covers {
 		t.Fatal("no peer holds the NAR")
 	}
-	ds, ok := src.(substituter.DeltaSource)
-	if !ok {
-		t.Fatalf("the peers' source %T is no DeltaSource", src)
-	}
-	rep, ok := src.(substituter.BadObjectReporter)
-	if !ok {
-		t.Fatalf("the peers' source %T is no BadObjectReporter", src)
-	}
-	return ds, rep
+	return src, src
 }
 
 // TestPeerServesDelta has a peer holding releases 1 and 2 answer deltas of release 2's
@@ -247,7 +241,7 @@ func TestPeerServesDelta(t *testing.T) {
 	narCtx, endNar := context.WithCancel(ctx)
 	late, _ := deltaSourceFor(t, narCtx, n, upgrade(v1, v2))
 	endNar()
-	if _, err := late.Delta(ctx, e.ID, basesFor(v1, v2, targets[0])); !errors.Is(err, substituter.ErrNotFound) {
+	if _, err := late.Delta(ctx, e.ID, basesFor(v1, v2, targets[0])); !errors.Is(err, shoal.ErrNotFound) {
 		t.Fatalf("delta after the NAR's time: %v, want not found", err)
 	}
 	if got := server.Stats().ServedDeltas; got != 5 {
@@ -390,7 +384,7 @@ func TestDeltaBusyIsNotAQueue(t *testing.T) {
 	}
 	wg.Wait()
 	for k, err := range errs {
-		if !errors.Is(err, substituter.ErrNotFound) || !errors.Is(err, errPeerBusy) {
+		if !errors.Is(err, shoal.ErrNotFound) || !errors.Is(err, errPeerBusy) {
 			t.Fatalf("request %d while busy: %v, want busy (as not found)", k, err)
 		}
 	}
@@ -466,7 +460,7 @@ func TestLyingPeerDeltaIsReported(t *testing.T) {
 					if byDeltaID {
 						id = chunk.DeltaID(e.ID, bases)
 					}
-					rep.BadObject(id, err)
+					rep.Reject(id, err)
 				}
 			}
 			if lies != 1 {
@@ -504,14 +498,14 @@ func TestDeltaFromPeerWithoutDeltas(t *testing.T) {
 	src, _ := deltaSourceFor(t, ctx, n, upgrade(v1, v2))
 	i := newChunks(v1, v2)[0]
 	_, err := src.Delta(ctx, v2.m.Entries[i].ID, basesFor(v1, v2, i))
-	if !errors.Is(err, substituter.ErrNotFound) {
+	if !errors.Is(err, shoal.ErrNotFound) {
 		t.Fatalf("delta from a peer serving none: %v, want not found", err)
 	}
 	if n.blocks.blocked(server.ID()) {
 		t.Fatalf("a peer without deltas was dropped (%v)", err)
 	}
 	// Its chunks are still there for the asking.
-	if _, err := src.(substituter.ChunkSource).Chunk(ctx, v2.m.Entries[i].ID); err != nil {
+	if _, err := src.Chunk(ctx, v2.m.Entries[i]); err != nil {
 		t.Fatalf("chunk from the same peer: %v", err)
 	}
 }

@@ -130,7 +130,7 @@ func TestDHTFindsAnnouncedNAR(t *testing.T) {
 			if got := slices.Contains(found, provider.ID()); got != tc.wantFound {
 				t.Fatalf("provider among those found: %v, want %v (found %v)", got, tc.wantFound, found)
 			}
-			raw, err := finder.Manifest(ctx, nar, func([]byte) error { return nil })
+			raw, _, err := finder.askManifest(ctx, nar, func([]byte) error { return nil })
 			if tc.wantFound {
 				if err != nil || string(raw) != string(holder.manifests[nar]) {
 					t.Fatalf("manifest through the DHT provider: %q, %v", raw, err)

@@ -27,7 +27,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/pnet"
 	"github.com/libp2p/go-libp2p/core/protocol"
-	"github.com/libp2p/go-libp2p/p2p/host/resource-manager"
+	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
 	"github.com/libp2p/go-libp2p/p2p/net/connmgr"
 	quic "github.com/libp2p/go-libp2p/p2p/transport/quic"
 	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
@@ -36,6 +36,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/shoal-nix/shoal/chunk"
+	"github.com/shoal-nix/shoal/internal/lru"
 )
 
 // DefaultPort is where daemons listen for peers unless told otherwise.
@@ -103,6 +104,10 @@ type Config struct {
 	DeltaCacheSize int64
 }
 
+// manifestSenders bounds the manifest senders remembered: enough for every NAR
+// being fetched at once, many times over.
+const manifestSenders = 1024
+
 func (c *Config) defaults() {
 	if len(c.Listen) == 0 {
 		c.Listen = DefaultListen(c.FleetKey != nil)
@@ -144,14 +149,17 @@ const encoderIdle = 2 * time.Minute
 
 // Node is a daemon's presence on the LAN: it serves its Backend and fetches from peers.
 type Node struct {
-	cfg     Config
-	log     *slog.Logger
-	host    host.Host
-	cm      *connmgr.BasicConnMgr
-	blocks  *blocklist
-	limiter *rate.Limiter
-	mdns    *discovery
-	dht     *dhtNode
+	cfg    Config
+	log    *slog.Logger
+	host   host.Host
+	cm     *connmgr.BasicConnMgr
+	blocks *blocklist
+	// manifestFrom remembers who sent the manifests of NARs being fetched, to drop
+	// a peer whose manifest does not assemble (see RejectManifest).
+	manifestFrom *lru.Cache[[32]byte, peer.ID]
+	limiter      *rate.Limiter
+	mdns         *discovery
+	dht          *dhtNode
 
 	// Serving deltas: codec checks the local chunks a delta is made of, deltaSem
 	// holds one token per encode running, releaseEncoders swaps deltas for a fresh
@@ -198,7 +206,8 @@ func New(cfg Config) (*Node, error) {
 		}
 		addrs = append(addrs, a)
 	}
-	n := &Node{cfg: cfg, log: cfg.Log, blocks: &blocklist{until: make(map[peer.ID]time.Time)}}
+	n := &Node{cfg: cfg, log: cfg.Log, blocks: &blocklist{until: make(map[peer.ID]time.Time)},
+		manifestFrom: lru.New[[32]byte, peer.ID](manifestSenders, time.Hour)}
 	if cfg.UploadLimit > 0 {
 		n.limiter = rate.NewLimiter(rate.Limit(cfg.UploadLimit), uploadBurst)
 	}

@@ -23,7 +23,6 @@ import (
 
 	"github.com/shoal-nix/shoal/chunk"
 	"github.com/shoal-nix/shoal/manifest"
-	"github.com/shoal-nix/shoal/substituter"
 )
 
 // nar is a synthetic NAR cut into chunks: its bytes, manifest, stored objects and the
@@ -380,7 +379,7 @@ func TestClientRefusesBadAnswers(t *testing.T) {
 		return err
 	}
 	askManifest := func(ctx context.Context, n *Node) error {
-		_, err := n.Manifest(ctx, a.m.NarHash, func([]byte) error { return nil })
+		_, _, err := n.askManifest(ctx, a.m.NarHash, func([]byte) error { return nil })
 		return err
 	}
 	askChunk := func(ctx context.Context, n *Node) error {
@@ -388,7 +387,7 @@ func TestClientRefusesBadAnswers(t *testing.T) {
 		if !covers {
 			return errors.New("the fake peer's have went unheard")
 		}
-		_, err := src.Chunk(ctx, a.m.Entries[0].ID)
+		_, err := src.chunk(ctx, a.m.Entries[0].ID)
 		return err
 	}
 	askDelta := func(ctx context.Context, n *Node) error {
@@ -396,7 +395,7 @@ func TestClientRefusesBadAnswers(t *testing.T) {
 		if !covers {
 			return errors.New("the fake peer's have went unheard")
 		}
-		_, err := src.(substituter.DeltaSource).Delta(ctx, a.m.Entries[0].ID, []chunk.ID{a.m.Entries[1].ID})
+		_, err := src.Delta(ctx, a.m.Entries[0].ID, []chunk.ID{a.m.Entries[1].ID})
 		return err
 	}
 	tests := []struct {

@@ -8,27 +8,66 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/peer"
 
+	"github.com/shoal-nix/shoal"
 	"github.com/shoal-nix/shoal/chunk"
+	"github.com/shoal-nix/shoal/fetch"
 	"github.com/shoal-nix/shoal/manifest"
-	"github.com/shoal-nix/shoal/substituter"
 )
 
 // SourceName is the peers' name in logs and metrics.
 const SourceName = "peer"
 
-// Name implements substituter.ChunkSource.
+var _ fetch.Source = (*Node)(nil)
+
+// Name implements fetch.Source.
 func (n *Node) Name() string { return SourceName }
 
-// Chunk implements substituter.ChunkSource for callers that don't say which NAR the
-// chunk is for: peers serve chunks only by NAR, so there is nothing to ask.
-func (n *Node) Chunk(context.Context, chunk.ID) ([]byte, error) {
-	return nil, fmt.Errorf("%w: peers are asked per NAR", substituter.ErrNotFound)
+// Kind implements fetch.Source: peers' chunks cost the chunk store and the upstream
+// nothing.
+func (n *Node) Kind() fetch.Kind { return fetch.Peer }
+
+// Manifest implements fetch.Source: it asks the peers, the NAR's DHT providers first,
+// for the manifest of a NAR they verified, takes the first that parses and names the
+// NAR, and remembers who sent it, to drop that peer if the NAR does not assemble.
+func (n *Node) Manifest(ctx context.Context, narHash [32]byte) ([]byte, error) {
+	raw, from, err := n.askManifest(ctx, narHash, func(raw []byte) error {
+		m, err := manifest.Parse(raw)
+		if err != nil {
+			return err
+		}
+		if m.NarHash != narHash {
+			return fmt.Errorf("manifest describes %s, not %s", manifest.Key(m.NarHash), manifest.Key(narHash))
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	n.manifestFrom.Add(narHash, from, 1)
+	return raw, nil
 }
 
-// ForNar implements substituter.NarSources: it asks the peers once whether they hold
-// m's NAR, and returns a source that fetches its chunks from those that do, in
-// batches spread over them, within the NarBudget.
-func (n *Node) ForNar(ctx context.Context, m *manifest.Manifest) (substituter.ChunkSource, bool) {
+// RejectManifest implements fetch.Source: the peer that sent a manifest that did not
+// assemble into its NAR lied (peers serve only manifests of NARs they verified), and
+// is dropped like one that sends a bad chunk.
+func (n *Node) RejectManifest(narHash [32]byte, err error) {
+	p, ok := n.manifestFrom.Get(narHash)
+	if !ok {
+		return
+	}
+	n.drop(p, "sent a manifest for "+manifest.Key(narHash)+" that did not assemble: "+err.Error())
+}
+
+// Open implements fetch.Source: see ForNar.
+func (n *Node) Open(ctx context.Context, m *manifest.Manifest) (fetch.Offer, error) {
+	src, _ := n.ForNar(ctx, m)
+	return src, nil
+}
+
+// ForNar asks the peers once whether they hold m's NAR, and returns a source that
+// fetches its chunks from those that do, in batches spread over them, within the
+// NarBudget; covers says whether any does.
+func (n *Node) ForNar(ctx context.Context, m *manifest.Manifest) (src *narSource, covers bool) {
 	ctx, cancel := context.WithTimeout(ctx, n.cfg.NarBudget)
 	havers := n.Have(ctx, m.NarHash)
 	s := &narSource{n: n, nar: m.NarHash, baseNar: m.BaseNarHash, ctx: ctx, peers: havers, from: map[chunk.ID]peer.ID{},
@@ -73,7 +112,19 @@ type narSource struct {
 	from map[chunk.ID]peer.ID
 }
 
-func (s *narSource) Name() string { return SourceName }
+var _ fetch.Offer = (*narSource)(nil)
+
+// Holds implements fetch.Offer: peers that hold the NAR hold all its chunks, and none
+// is asked for a chunk it does not list.
+func (s *narSource) Holds(ids []chunk.ID) ([]bool, error) {
+	held := make([]bool, len(ids))
+	if s.livePeers() > 0 && s.ctx.Err() == nil {
+		for i := range held {
+			held[i] = true
+		}
+	}
+	return held, nil
+}
 
 func (s *narSource) livePeers() int {
 	s.mu.Lock()
@@ -81,10 +132,15 @@ func (s *narSource) livePeers() int {
 	return len(s.peers)
 }
 
-// Chunk implements substituter.ChunkSource.
-func (s *narSource) Chunk(ctx context.Context, id chunk.ID) ([]byte, error) {
+// Chunk implements fetch.Offer.
+func (s *narSource) Chunk(ctx context.Context, e manifest.Entry) (fetch.Object, error) {
+	obj, err := s.chunk(ctx, e.ID)
+	return fetch.Object{Frame: obj}, err
+}
+
+func (s *narSource) chunk(ctx context.Context, id chunk.ID) ([]byte, error) {
 	if s.ctx.Err() != nil || s.livePeers() == 0 {
-		return nil, fmt.Errorf("%w: no LAN peer holds the NAR (or its time is up)", substituter.ErrNotFound)
+		return nil, fmt.Errorf("%w: no LAN peer holds the NAR (or its time is up)", shoal.ErrNotFound)
 	}
 	w := &want{id: id, res: make(chan result, 1)}
 	select {
@@ -92,7 +148,7 @@ func (s *narSource) Chunk(ctx context.Context, id chunk.ID) ([]byte, error) {
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	case <-s.ctx.Done():
-		return nil, fmt.Errorf("%w: time for LAN peers is up", substituter.ErrNotFound)
+		return nil, fmt.Errorf("%w: time for LAN peers is up", shoal.ErrNotFound)
 	}
 	select {
 	case r := <-w.res:
@@ -100,16 +156,16 @@ func (s *narSource) Chunk(ctx context.Context, id chunk.ID) ([]byte, error) {
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	case <-s.ctx.Done():
-		return nil, fmt.Errorf("%w: time for LAN peers is up", substituter.ErrNotFound)
+		return nil, fmt.Errorf("%w: time for LAN peers is up", shoal.ErrNotFound)
 	}
 }
 
-// BadObject implements substituter.BadObjectReporter: the peer that sent the object is
+// Reject implements fetch.Offer: the peer that sent the object is
 // dropped, here and for the node, and the chunk's next request goes elsewhere. id is
 // the chunk's ID, or a delta's ID, for a chunk or a delta that failed its check: a
 // peer computes a delta from chunks it checked against their IDs, so a delta that
 // does not rebuild the chunk is a lie (or a broken peer) either way.
-func (s *narSource) BadObject(id chunk.ID, err error) {
+func (s *narSource) Reject(id chunk.ID, err error) {
 	s.mu.Lock()
 	p, ok := s.from[id]
 	s.mu.Unlock()
@@ -175,7 +231,7 @@ func (s *narSource) dispatch(peers int) {
 		p, ok := s.pick()
 		if !ok {
 			for _, w := range batch {
-				w.res <- result{err: fmt.Errorf("%w: every LAN peer holding the NAR was dropped", substituter.ErrNotFound)}
+				w.res <- result{err: fmt.Errorf("%w: every LAN peer holding the NAR was dropped", shoal.ErrNotFound)}
 			}
 			<-slots
 			continue
@@ -206,7 +262,7 @@ func (s *narSource) fetch(p peer.ID, batch []*want) {
 			}
 			answered++
 			if !ok {
-				w.res <- result{err: fmt.Errorf("%w: peer %s lacks chunk %s", substituter.ErrNotFound, p, w.id)}
+				w.res <- result{err: fmt.Errorf("%w: peer %s lacks chunk %s", shoal.ErrNotFound, p, w.id)}
 				continue
 			}
 			s.mu.Lock()

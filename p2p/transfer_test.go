@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
-	"fmt"
 	"io"
 	"log/slog"
 	"path/filepath"
@@ -18,22 +17,13 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
 
+	"github.com/shoal-nix/shoal/blob"
 	"github.com/shoal-nix/shoal/chunk"
+	"github.com/shoal-nix/shoal/fetch"
 	"github.com/shoal-nix/shoal/localcache"
+	"github.com/shoal-nix/shoal/store"
 	"github.com/shoal-nix/shoal/substituter"
 )
-
-// storeSource stands in for the central store: it has every chunk, and comes after
-// the peers in the assembler's sources.
-type storeSource struct{ objs map[chunk.ID][]byte }
-
-func (s *storeSource) Name() string { return "store" }
-func (s *storeSource) Chunk(_ context.Context, id chunk.ID) ([]byte, error) {
-	if o, ok := s.objs[id]; ok {
-		return o, nil
-	}
-	return nil, fmt.Errorf("%w: chunk %s", substituter.ErrNotFound, id)
-}
 
 // byteCounts records the assembler's bytes by source.
 type byteCounts struct {
@@ -47,13 +37,35 @@ func (c *byteCounts) Add(source string, n int64) {
 	c.m[source] += n
 }
 
+func (c *byteCounts) Event(string) {}
+
 func (c *byteCounts) get(source string) int64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.m[source]
 }
 
-// assembleVia makes x available through an assembler whose sources are n's peers, then
+// storeWith returns a chunk store holding x's chunks and manifest.
+func storeWith(t *testing.T, x *nar) *store.Store {
+	t.Helper()
+	b, err := blob.Open(t.TempDir(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := store.New(b)
+	ctx := context.Background()
+	for id, obj := range x.objs {
+		if err := st.PutChunk(ctx, id, obj); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := st.PutManifest(ctx, x.m); err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+// assembleVia makes x available through a fetcher whose sources are n's peers, then
 // the store; it returns the bytes by source once the NAR assembled and verified, and
 // checks the kept chunks read back as x.
 func assembleVia(t *testing.T, n *Node, x *nar) *byteCounts {
@@ -69,11 +81,14 @@ func assembleVia(t *testing.T, n *Node, x *nar) *byteCounts {
 	}
 	defer codec.Close()
 	counts := &byteCounts{m: map[string]int64{}}
-	asm := &substituter.Assembler{
+	// The central store holds every chunk and the manifest, and comes after the peers.
+	st := storeWith(t, x)
+	f := &fetch.Fetcher{
 		Cache: cache, Codec: codec, Params: chunk.DefaultParams(), Counters: counts,
-		Sources: []substituter.ChunkSource{n, &storeSource{objs: x.objs}},
+		Sources: []fetch.Source{n, fetch.StoreSource{Store: st}},
 		Log:     slog.New(slog.DiscardHandler),
 	}
+	defer f.Close()
 	info := &substituter.NarInfo{
 		StorePath: "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-test-1.0",
 		NarHash:   x.m.NarHash, NarSize: x.m.NarSize,
@@ -81,7 +96,12 @@ func assembleVia(t *testing.T, n *Node, x *nar) *byteCounts {
 	// Far below NarBudget: a fetch that waited out the NAR's budget fails here.
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	if _, err := asm.Start(substituter.NarJob{Info: info, Manifest: x.m, ManifestRaw: x.raw}).Wait(ctx); err != nil {
+	p, err := f.Start(fetch.Request{Info: info, KnownPackage: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Release()
+	if _, err := p.Wait(ctx); err != nil {
 		t.Fatalf("assembling the NAR: %v", err)
 	}
 	var got []byte
@@ -230,7 +250,7 @@ func TestFrozenPeerDoesNotHoldUpQuestions(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	raw, err := n.Manifest(ctx, x.m.NarHash, func([]byte) error { return nil })
+	raw, _, err := n.askManifest(ctx, x.m.NarHash, func([]byte) error { return nil })
 	if err != nil {
 		t.Fatalf("manifest: %v", err)
 	}

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"sync"
 
+	"github.com/shoal-nix/shoal"
 	"github.com/shoal-nix/shoal/chunk"
 	"github.com/shoal-nix/shoal/delta"
 	"github.com/shoal-nix/shoal/manifest"
@@ -110,7 +111,7 @@ func (p *Publisher) storeIndex(ctx context.Context, names map[string]bool) (map[
 	for _, hp := range hps {
 		g.Go(func() error {
 			raw, err := p.dst.NarInfo(gctx, hp)
-			if errors.Is(err, store.ErrNotFound) {
+			if errors.Is(err, shoal.ErrNotFound) {
 				return nil // collected since the listing
 			}
 			if err != nil {

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/shoal-nix/shoal"
 	"github.com/shoal-nix/shoal/blob"
 	"github.com/shoal-nix/shoal/chunk"
 	"github.com/shoal-nix/shoal/internal/cachetest"
@@ -163,7 +164,7 @@ func TestPublishRefuses(t *testing.T) {
 		})
 	}
 	s, _ := store.Open(storeDir, nil)
-	if _, err := s.NarInfo(context.Background(), lying.HashPart()); !errors.Is(err, store.ErrNotFound) {
+	if _, err := s.NarInfo(context.Background(), lying.HashPart()); !errors.Is(err, shoal.ErrNotFound) {
 		t.Errorf("narinfo of a NAR that failed verification was written: %v", err)
 	}
 	if ok, _ := s.HasManifest(context.Background(), lying.NarHash); ok {
@@ -255,7 +256,7 @@ func TestPublishIndexesNarURLs(t *testing.T) {
 	if err := s.Backend().Delete(ctx, key); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.NarURL(ctx, a.URL); !errors.Is(err, store.ErrNotFound) {
+	if _, err := s.NarURL(ctx, a.URL); !errors.Is(err, shoal.ErrNotFound) {
 		t.Fatalf("deleted index entry still answers: %v", err)
 	}
 	sum, err := run(t, cache, storeDir, []string{cache.PublicKey}, a.HashPart(), b.HashPart())

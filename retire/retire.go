@@ -21,6 +21,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/shoal-nix/shoal"
 	"github.com/shoal-nix/shoal/blob"
 	"github.com/shoal-nix/shoal/serve"
 	"github.com/shoal-nix/shoal/store"
@@ -203,7 +204,7 @@ func judge(ctx context.Context, bc *substituter.BinaryCache, cache blob.Backend,
 		return v, fmt.Errorf("NAR URL: %w", err)
 	}
 	info, err := cache.Stat(ctx, ni.URL)
-	if errors.Is(err, blob.ErrNotFound) {
+	if errors.Is(err, shoal.ErrNotFound) {
 		return verdict{}, errGone
 	}
 	if err != nil {
@@ -214,7 +215,7 @@ func judge(ctx context.Context, bc *substituter.BinaryCache, cache blob.Backend,
 		return v, errKept
 	}
 	raw, err := st.NarInfo(ctx, hp)
-	if errors.Is(err, store.ErrNotFound) {
+	if errors.Is(err, shoal.ErrNotFound) {
 		return v, errNotInStore
 	}
 	if err != nil {

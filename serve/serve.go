@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"github.com/klauspost/compress/zstd"
+	"github.com/shoal-nix/shoal"
 	"github.com/shoal-nix/shoal/chunk"
 	"github.com/shoal-nix/shoal/internal/lru"
 	"github.com/shoal-nix/shoal/manifest"
@@ -208,14 +209,14 @@ func statusOf(err error) int {
 // for a client, an untrusted narinfo is as good as none.
 func (s *Server) resolve(ctx context.Context, key string) (*nar, error) {
 	hp, err := s.st.NarURL(ctx, key)
-	if errors.Is(err, store.ErrNotFound) {
+	if errors.Is(err, shoal.ErrNotFound) {
 		return nil, notHere("%s is not in the store's NAR URL index", key)
 	}
 	if err != nil {
 		return nil, broken("looking up %s: %w", key, err)
 	}
 	raw, err := s.st.NarInfo(ctx, hp)
-	if errors.Is(err, store.ErrNotFound) {
+	if errors.Is(err, shoal.ErrNotFound) {
 		return nil, notHere("%s: the index names %s.narinfo, which the store lacks", key, hp)
 	}
 	if err != nil {
@@ -535,7 +536,7 @@ func (s *Server) serveNAR(w http.ResponseWriter, r *http.Request) {
 	h.Set("ETag", n.etag)
 	b := newBody(r.Context(), s, n)
 	defer b.Close()
-	http.ServeContent(cw, r, "", time.Time{}, b)
+	substituter.ServeNAR(cw, r, b)
 	if err := b.failure(); err != nil {
 		// The status line and Content-Length are out; cutting the connection is the
 		// only way left to tell the client the body is not whole.

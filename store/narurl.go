@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/shoal-nix/shoal"
 	"github.com/shoal-nix/shoal/blob"
 )
 
@@ -49,12 +50,12 @@ func (s *Store) PutNarURL(ctx context.Context, narURL, hashPart string) error {
 }
 
 // NarURL returns the hash part of the narinfo whose NAR is at narURL; the error wraps
-// ErrNotFound when the URL is not indexed. The answer is only a pointer: the caller
+// shoal.ErrNotFound when the URL is not indexed. The answer is only a pointer: the caller
 // reads that narinfo and checks that its URL is narURL.
 func (s *Store) NarURL(ctx context.Context, narURL string) (string, error) {
 	key, err := NarURLKey(narURL)
 	if err != nil {
-		return "", fmt.Errorf("%w: %v", ErrNotFound, err)
+		return "", fmt.Errorf("%w: %v", shoal.ErrNotFound, err)
 	}
 	raw, err := blob.ReadAll(ctx, s.b, key, maxNarURLObjectSize)
 	if err != nil {
@@ -71,7 +72,7 @@ func (s *Store) NarURL(ctx context.Context, narURL string) (string, error) {
 // NAR has the same URL, which means the same file).
 func (s *Store) HasNarURL(ctx context.Context, narURL string) (bool, error) {
 	_, err := s.NarURL(ctx, narURL)
-	if errors.Is(err, ErrNotFound) {
+	if errors.Is(err, shoal.ErrNotFound) {
 		return false, nil
 	}
 	return err == nil, err

@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/shoal-nix/shoal/blob"
+	"github.com/shoal-nix/shoal"
 	"github.com/shoal-nix/shoal/chunk"
 	"github.com/shoal-nix/shoal/manifest"
 )
@@ -25,7 +25,7 @@ const (
 // never deletes anything younger than its grace period, spares it.
 func (s *Store) RefreshChunk(ctx context.Context, id chunk.ID) (bool, error) {
 	err := s.b.Touch(ctx, ChunkKey(id))
-	if errors.Is(err, blob.ErrNotFound) {
+	if errors.Is(err, shoal.ErrNotFound) {
 		return false, nil
 	}
 	if err != nil {
@@ -38,13 +38,13 @@ func (s *Store) RefreshChunk(ctx context.Context, id chunk.ID) (bool, error) {
 // the store has it: a publish reusing a delta records that size in its manifest.
 func (s *Store) RefreshDelta(ctx context.Context, id chunk.ID) (size int64, ok bool, err error) {
 	key := DeltaKey(id)
-	if err := s.b.Touch(ctx, key); errors.Is(err, blob.ErrNotFound) {
+	if err := s.b.Touch(ctx, key); errors.Is(err, shoal.ErrNotFound) {
 		return 0, false, nil
 	} else if err != nil {
 		return 0, false, fmt.Errorf("refreshing delta %s in %s: %w", id, s.b, err)
 	}
 	info, err := s.b.Stat(ctx, key)
-	if errors.Is(err, blob.ErrNotFound) {
+	if errors.Is(err, shoal.ErrNotFound) {
 		return 0, false, nil // collected between the two requests
 	}
 	if err != nil {

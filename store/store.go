@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/shoal-nix/shoal"
 	"github.com/shoal-nix/shoal/blob"
 	"github.com/shoal-nix/shoal/chunk"
 	"github.com/shoal-nix/shoal/manifest"
@@ -38,9 +39,6 @@ const (
 	// than the chunk's own object, so the same bound holds.
 	maxDeltaObjectSize = chunk.MaxDeltaChunk + chunk.MaxDeltaChunk/64 + 1<<10
 )
-
-// ErrNotFound reports that the store does not hold the object asked for.
-var ErrNotFound = blob.ErrNotFound
 
 // Meta describes a store: which binary cache it was published from and the chunker
 // that cut it. Chunker identity is part of the format: chunks cut differently never
@@ -226,7 +224,7 @@ func (s *Store) Init(ctx context.Context, source string, p chunk.Params, now tim
 		if m.Source != source {
 			return nil, fmt.Errorf("store %s was published from %s, not %s: use one store per source cache", s.b, m.Source, source)
 		}
-	case errors.Is(err, ErrNotFound):
+	case errors.Is(err, shoal.ErrNotFound):
 		m = &Meta{Version: FormatVersion, Source: source, Chunker: p.Identity(), Created: now.UTC()}
 		raw, err := json.MarshalIndent(m, "", "  ")
 		if err != nil {
@@ -257,7 +255,7 @@ func (s *Store) Init(ctx context.Context, source string, p chunk.Params, now tim
 // means an earlier publish finished this path.
 func (s *Store) SameNarInfo(ctx context.Context, hashPart string, raw []byte) (bool, error) {
 	have, err := s.NarInfo(ctx, hashPart)
-	if errors.Is(err, ErrNotFound) {
+	if errors.Is(err, shoal.ErrNotFound) {
 		return false, nil
 	}
 	if err != nil {

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/shoal-nix/shoal"
 	"github.com/shoal-nix/shoal/chunk"
 	"github.com/shoal-nix/shoal/manifest"
 	"github.com/shoal-nix/shoal/store"
@@ -87,8 +88,8 @@ func TestManifestMustDescribeTheNARAskedFor(t *testing.T) {
 		t.Error("a manifest filed under another NarHash was accepted")
 	}
 	var absent [32]byte
-	if _, _, err := s.Manifest(ctx, absent); !errors.Is(err, store.ErrNotFound) {
-		t.Errorf("missing manifest: %v, want ErrNotFound", err)
+	if _, _, err := s.Manifest(ctx, absent); !errors.Is(err, shoal.ErrNotFound) {
+		t.Errorf("missing manifest: %v, want shoal.ErrNotFound", err)
 	}
 }
 

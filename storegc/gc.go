@@ -34,7 +34,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/shoal-nix/shoal/blob"
+	"github.com/shoal-nix/shoal"
 	"github.com/shoal-nix/shoal/chunk"
 	"github.com/shoal-nix/shoal/manifest"
 	"github.com/shoal-nix/shoal/store"
@@ -147,7 +147,7 @@ func Collect(ctx context.Context, s *store.Store, opts Options) (Report, error) 
 		g.Go(func() error {
 			key := store.NarInfoKey(hp)
 			info, err := b.Stat(gctx, key)
-			if errors.Is(err, blob.ErrNotFound) {
+			if errors.Is(err, shoal.ErrNotFound) {
 				return nil // deleted under us
 			}
 			if err != nil {
@@ -207,7 +207,7 @@ func Collect(ctx context.Context, s *store.Store, opts Options) (Report, error) 
 		g.Go(func() error {
 			key := store.ManifestKey(manifest.Key(h))
 			info, err := b.Stat(gctx, key)
-			if errors.Is(err, blob.ErrNotFound) {
+			if errors.Is(err, shoal.ErrNotFound) {
 				return nil
 			}
 			if err != nil {
@@ -273,7 +273,7 @@ func Collect(ctx context.Context, s *store.Store, opts Options) (Report, error) 
 	// again right before it goes: a publish may have rewritten or refreshed it since.
 	del := func(ctx context.Context, key string) (bool, int64, error) {
 		info, err := b.Stat(ctx, key)
-		if errors.Is(err, blob.ErrNotFound) {
+		if errors.Is(err, shoal.ErrNotFound) {
 			return false, 0, nil
 		}
 		if err != nil {

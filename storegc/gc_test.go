@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/shoal-nix/shoal"
 	"github.com/shoal-nix/shoal/blob"
 	"github.com/shoal-nix/shoal/chunk"
 	"github.com/shoal-nix/shoal/internal/cachetest"
@@ -190,7 +191,7 @@ func TestCollect(t *testing.T) {
 			f.complete(t, v3)
 			f.complete(t, other)
 			for _, hp := range []string{v1, v2} {
-				if _, err := f.store.NarInfo(ctx, hp); !errors.Is(err, blob.ErrNotFound) {
+				if _, err := f.store.NarInfo(ctx, hp); !errors.Is(err, shoal.ErrNotFound) {
 					t.Errorf("dropped narinfo %s: %v", hp, err)
 				}
 				if ok, _ := f.store.HasManifest(ctx, f.nis[hp].NarHash); ok {

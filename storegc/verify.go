@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"sync"
 
+	"github.com/shoal-nix/shoal"
 	"github.com/shoal-nix/shoal/blob"
 	"github.com/shoal-nix/shoal/chunk"
 	"github.com/shoal-nix/shoal/manifest"
@@ -92,7 +93,7 @@ func Verify(ctx context.Context, s *store.Store, opts VerifyOptions) (VerifyRepo
 	for _, id := range chunks {
 		g.Go(func() error {
 			obj, err := s.Chunk(gctx, id)
-			if errors.Is(err, blob.ErrNotFound) {
+			if errors.Is(err, shoal.ErrNotFound) {
 				return nil // collected since the listing
 			}
 			if err != nil {
@@ -107,7 +108,7 @@ func Verify(ctx context.Context, s *store.Store, opts VerifyOptions) (VerifyRepo
 	for _, h := range manifests {
 		g.Go(func() error {
 			raw, err := blob.ReadAll(gctx, s.Backend(), store.ManifestKey(manifest.Key(h)), maxManifestSize)
-			if errors.Is(err, blob.ErrNotFound) {
+			if errors.Is(err, shoal.ErrNotFound) {
 				return nil
 			}
 			if err != nil {
@@ -124,7 +125,7 @@ func Verify(ctx context.Context, s *store.Store, opts VerifyOptions) (VerifyRepo
 			}
 			for i, e := range m.Entries {
 				info, err := s.Backend().Stat(gctx, store.ChunkKey(e.ID))
-				if errors.Is(err, blob.ErrNotFound) {
+				if errors.Is(err, shoal.ErrNotFound) {
 					problem("manifest %s: chunk %d (%s) is missing", manifest.Key(h), i, e.ID)
 					continue
 				}
@@ -147,7 +148,7 @@ func Verify(ctx context.Context, s *store.Store, opts VerifyOptions) (VerifyRepo
 	for _, hp := range narinfos {
 		g.Go(func() error {
 			raw, err := s.NarInfo(gctx, hp)
-			if errors.Is(err, blob.ErrNotFound) {
+			if errors.Is(err, shoal.ErrNotFound) {
 				return nil
 			}
 			if err != nil {
@@ -187,7 +188,7 @@ func verifyDeltas(ctx context.Context, s *store.Store, codec *chunk.Codec, delta
 			continue
 		}
 		obj, err := s.Delta(ctx, id)
-		if errors.Is(err, blob.ErrNotFound) {
+		if errors.Is(err, shoal.ErrNotFound) {
 			problem("delta of chunk %d (%s) is missing: %s", i, e.ID, store.DeltaKey(id))
 			continue
 		}
@@ -204,7 +205,7 @@ func verifyDeltas(ctx context.Context, s *store.Store, codec *chunk.Codec, delta
 			raw, ok := prev[b.ID]
 			if !ok {
 				bobj, err := s.Chunk(ctx, b.ID)
-				if errors.Is(err, blob.ErrNotFound) {
+				if errors.Is(err, shoal.ErrNotFound) {
 					break // the base NAR was collected: clients may still hold it
 				}
 				if err != nil {

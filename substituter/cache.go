@@ -25,7 +25,7 @@ func NewBinaryCache(b blob.Backend) *BinaryCache {
 func (c *BinaryCache) String() string { return c.b.String() }
 
 // NarInfo fetches and parses <hashPart>.narinfo. A miss wraps
-// blob.ErrNotFound. The narinfo is not signature-checked here (see
+// shoal.ErrNotFound. The narinfo is not signature-checked here (see
 // Keyring.Verify), but a narinfo for another store path is rejected, as Nix
 // rejects it.
 func (c *BinaryCache) NarInfo(ctx context.Context, hashPart string) (*NarInfo, error) {

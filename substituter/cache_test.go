@@ -16,6 +16,7 @@ import (
 
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 	"github.com/nix-community/go-nix/pkg/nixbase32"
+	"github.com/shoal-nix/shoal"
 	"github.com/shoal-nix/shoal/blob"
 )
 
@@ -155,10 +156,10 @@ func TestBinaryCache(t *testing.T) {
 				}
 			}
 			_, err := c.NarInfo(ctx, "9bcv91i8fahqghn8dmyr791iaycbsjdd")
-			if !errors.Is(err, blob.ErrNotFound) || !errors.Is(err, ErrNotFound) {
-				t.Errorf("NarInfo(missing) = %v, want ErrNotFound", err)
+			if !errors.Is(err, shoal.ErrNotFound) || !errors.Is(err, shoal.ErrNotFound) {
+				t.Errorf("NarInfo(missing) = %v, want shoal.ErrNotFound", err)
 			}
-			if _, err := c.NarInfo(ctx, "../etc/passwd"); err == nil || errors.Is(err, blob.ErrNotFound) {
+			if _, err := c.NarInfo(ctx, "../etc/passwd"); err == nil || errors.Is(err, shoal.ErrNotFound) {
 				t.Errorf("NarInfo(bad hash) = %v, want a validation error", err)
 			}
 			var listed []string
@@ -213,7 +214,7 @@ func TestBinaryCacheBadData(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, h+".narinfo"), []byte("StorePath: x\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.NarInfo(ctx, h); err == nil || errors.Is(err, ErrNotFound) || !strings.Contains(err.Error(), "parsing") {
+	if _, err := c.NarInfo(ctx, h); err == nil || errors.Is(err, shoal.ErrNotFound) || !strings.Contains(err.Error(), "parsing") {
 		t.Errorf("NarInfo for a corrupt narinfo = %v", err)
 	}
 
@@ -226,8 +227,8 @@ func TestBinaryCacheBadData(t *testing.T) {
 		edit    func(n NarInfo) NarInfo
 		wantErr func(error) bool
 	}{
-		{"NAR missing", func(n NarInfo) NarInfo { n.URL = "nar/gone.nar"; return n }, func(err error) bool { return errors.Is(err, ErrNotFound) }},
-		{"NAR URL escapes the cache", func(n NarInfo) NarInfo { n.URL = "../secret"; return n }, func(err error) bool { return err != nil && !errors.Is(err, ErrNotFound) }},
+		{"NAR missing", func(n NarInfo) NarInfo { n.URL = "nar/gone.nar"; return n }, func(err error) bool { return errors.Is(err, shoal.ErrNotFound) }},
+		{"NAR URL escapes the cache", func(n NarInfo) NarInfo { n.URL = "../secret"; return n }, func(err error) bool { return err != nil && !errors.Is(err, shoal.ErrNotFound) }},
 		{"absolute NAR URL", func(n NarInfo) NarInfo { n.URL = "https://elsewhere/nar/x.nar"; return n }, func(err error) bool { return err != nil }},
 		{"unknown compression", func(n NarInfo) NarInfo { n.Compression = "lz4"; return n }, func(err error) bool { return err != nil && strings.Contains(err.Error(), "lz4") }},
 	}

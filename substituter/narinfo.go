@@ -18,7 +18,6 @@ import (
 	"strings"
 
 	"github.com/nix-community/go-nix/pkg/nixbase32"
-	"github.com/shoal-nix/shoal/blob"
 )
 
 const (
@@ -37,10 +36,6 @@ const (
 
 	hashPartLen = 32 // nix32 of the 160-bit store path hash
 )
-
-// ErrNotFound is blob.ErrNotFound, re-exported so that callers of this
-// package can test for a miss without importing blob.
-var ErrNotFound = blob.ErrNotFound
 
 // NarInfo is a parsed narinfo. Raw keeps the bytes as received because the
 // signature covers only some fields and Nix must get the rest unchanged.

@@ -29,12 +29,7 @@ of time, for example for a system's closure before an upgrade.`,
 			}
 			var reply daemon.SeedReply
 			err = withCache(c, func(lc *localcache.Cache) error {
-				codec, err := chunk.NewCodec()
-				if err != nil {
-					return err
-				}
-				defer codec.Close()
-				s, err := localstore.New(lc, codec, chunk.DefaultParams(), localstore.Options{Dir: filepath.Dir(paths[0])})
+				s, err := localstore.New(lc, chunk.DefaultParams(), localstore.Options{Dir: filepath.Dir(paths[0])})
 				if err != nil {
 					return err
 				}

@@ -1,4 +1,4 @@
-package substituter
+package fetch
 
 import (
 	"slices"
@@ -96,5 +96,70 @@ func TestBaseCacheBoundsBytes(t *testing.T) {
 	c.put(big, raw)
 	if _, ok := c.get(big); ok {
 		t.Error("a chunk larger than the whole cache was kept")
+	}
+}
+
+func TestChooseWhole(t *testing.T) {
+	tests := []struct {
+		name                    string
+		missingBytes, wholeSize uint64
+		covered, want           bool
+	}{
+		{"chunks cheaper", 100, 1000, false, false},
+		{"whole cheaper", 1001, 1000, false, true},
+		{"equal: chunks, which the next version reuses", 1000, 1000, false, false},
+		{"whole cheaper but peers hold every chunk", 5000, 1000, true, false},
+		{"no upstream serves the whole NAR", 5000, 0, false, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := chooseWhole(tc.missingBytes, tc.wholeSize, tc.covered); got != tc.want {
+				t.Errorf("chooseWhole(%d, %d, %v) = %v, want %v", tc.missingBytes, tc.wholeSize, tc.covered, got, tc.want)
+			}
+		})
+	}
+}
+
+func TestFirstInstall(t *testing.T) {
+	tests := []struct {
+		kind                      Kind
+		knownPackage, haveLocal   bool
+		wantSkipRemoteManifestAsk bool
+	}{
+		{Remote, false, false, true},
+		{Remote, true, false, false},
+		{Remote, false, true, false},
+		{Peer, false, false, false},
+		{Local, false, false, false},
+	}
+	for _, tc := range tests {
+		if got := firstInstall(tc.kind, tc.knownPackage, tc.haveLocal); got != tc.wantSkipRemoteManifestAsk {
+			t.Errorf("firstInstall(%v, known %v, local manifest %v) = %v", tc.kind, tc.knownPackage, tc.haveLocal, got)
+		}
+	}
+}
+
+// kindOnly is a Source that only has a name and a kind, for ordering.
+type kindOnly struct {
+	Source
+	name string
+	kind Kind
+}
+
+func (k kindOnly) Name() string { return k.name }
+func (k kindOnly) Kind() Kind   { return k.kind }
+
+// TestManifestOrder: manifests are asked of local sources, then the chunk store, then
+// peers, whatever order chunks are asked in.
+func TestManifestOrder(t *testing.T) {
+	in := []Source{kindOnly{name: "cache", kind: Local}, kindOnly{name: "nixstore", kind: Local},
+		kindOnly{name: "peers", kind: Peer}, kindOnly{name: "store", kind: Remote}, kindOnly{name: "mirror", kind: Remote}}
+	var got []string
+	for _, s := range manifestOrder(in) {
+		got = append(got, s.Name())
+	}
+	want := []string{"cache", "nixstore", "store", "mirror", "peers"}
+	if !slices.Equal(got, want) {
+		t.Errorf("manifest order %v, want %v", got, want)
 	}
 }

@@ -1,10 +1,11 @@
-package substituter_test
+package fetch_test
 
 import (
 	"bytes"
 	"context"
 	"crypto/sha256"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"path/filepath"
 	"sync"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/shoal-nix/shoal/blob"
 	"github.com/shoal-nix/shoal/chunk"
+	"github.com/shoal-nix/shoal/fetch"
 	"github.com/shoal-nix/shoal/internal/cachetest"
 	"github.com/shoal-nix/shoal/internal/deltatest"
 	"github.com/shoal-nix/shoal/localcache"
@@ -72,17 +74,6 @@ func publishNAR(t testing.TB, st *store.Store, codec *chunk.Codec, nar []byte) *
 		t.Fatal(err)
 	}
 	return m
-}
-
-// storeSource is the daemon's view of a chunk store: chunks and the deltas manifests name.
-type storeSource struct{ st *store.Store }
-
-func (s storeSource) Name() string { return "store" }
-func (s storeSource) Chunk(ctx context.Context, id chunk.ID) ([]byte, error) {
-	return s.st.Chunk(ctx, id)
-}
-func (s storeSource) Delta(ctx context.Context, id chunk.ID, bases []chunk.ID) ([]byte, error) {
-	return blob.ReadAll(ctx, s.st.Backend(), store.DeltaKey(chunk.DeltaID(id, bases)), 8<<20)
 }
 
 // counters records bytes and events as the daemon's metrics do.
@@ -155,25 +146,32 @@ func newDeltaFixture(t testing.TB, size int) *deltaFixture {
 	return f
 }
 
-// assembler returns an assembler over a fresh local cache holding the older version's
-// chunks when withBase is set.
-func (f *deltaFixture) assembler(t testing.TB, withBase bool, c *counters) *substituter.Assembler {
+// fetcher returns a fetcher over a fresh local cache holding the older version's
+// chunks when withBase is set, with the fixture's store as its source.
+func (f *deltaFixture) fetcher(t testing.TB, withBase bool, c *counters) *fetch.Fetcher {
+	t.Helper()
+	return f.fetcherWith(t, withBase, c, fetch.StoreSource{Store: f.st})
+}
+
+func (f *deltaFixture) fetcherWith(t testing.TB, withBase bool, c *counters, sources ...fetch.Source) *fetch.Fetcher {
+	t.Helper()
+	a := fetcherOver(t, f.codec, c, sources...)
+	if withBase {
+		f.putChunks(t, a.Cache, f.mOld)
+	}
+	return a
+}
+
+// fetcherOver returns a fetcher over a fresh local cache and the given sources.
+func fetcherOver(t testing.TB, codec *chunk.Codec, c *counters, sources ...fetch.Source) *fetch.Fetcher {
 	t.Helper()
 	cache, err := localcache.Open(filepath.Join(t.TempDir(), "cache.db"), localcache.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cache.Close() })
-	if withBase {
-		f.putChunks(t, cache, f.mOld)
-	}
-	a := &substituter.Assembler{Cache: cache, Codec: f.codec, Sources: []substituter.ChunkSource{storeSource{f.st}},
-		Params: chunk.DefaultParams(), Counters: c}
-	t.Cleanup(func() {
-		if a.Deltas != nil {
-			a.Deltas.Close()
-		}
-	})
+	a := &fetch.Fetcher{Cache: cache, Codec: codec, Sources: sources, Params: chunk.DefaultParams(), Counters: c}
+	t.Cleanup(a.Close)
 	return a
 }
 
@@ -192,32 +190,47 @@ func (f *deltaFixture) putChunks(t testing.TB, cache *localcache.Cache, m *manif
 	}
 }
 
-// assemble runs the assembler on nar, described by m, and returns the verified manifest.
-func assemble(t testing.TB, a *substituter.Assembler, m *manifest.Manifest, nar []byte) *manifest.Manifest {
+// assemble has a make nar available with m as its manifest (kept in the local cache,
+// unverified, as a manifest fetched earlier would be), and returns the verified
+// manifest.
+func assemble(t testing.TB, a *fetch.Fetcher, m *manifest.Manifest, nar []byte) *manifest.Manifest {
 	t.Helper()
 	raw, err := m.MarshalBinary()
 	if err != nil {
 		t.Fatal(err)
 	}
-	info := &substituter.NarInfo{StorePath: "/nix/store/0m2d5kyb9a2wcw3d0i0b6c2k8xkzq1w5-demo-1.1",
-		NarHash: sha256.Sum256(nar), NarSize: uint64(len(nar)), FileSize: uint64(len(nar))}
-	got, err := a.Start(substituter.NarJob{Info: info, Manifest: m, ManifestRaw: raw}).Wait(context.Background())
+	if err := a.Cache.PutManifest(manifest.Key(m.NarHash), raw); err != nil {
+		t.Fatal(err)
+	}
+	got, err := wait(a, fetch.Request{Info: narInfo(nar), KnownPackage: true})
 	if err != nil {
 		t.Fatalf("assembling: %v", err)
 	}
 	return got
 }
 
-// readBack reads the NAR m describes from the assembler's local cache.
-func readBack(t testing.TB, a *substituter.Assembler, got *manifest.Manifest) []byte {
+// narInfo describes nar as a trusted narinfo would.
+func narInfo(nar []byte) *substituter.NarInfo {
+	return &substituter.NarInfo{StorePath: "/nix/store/0m2d5kyb9a2wcw3d0i0b6c2k8xkzq1w5-demo-1.1",
+		NarHash: sha256.Sum256(nar), NarSize: uint64(len(nar)), FileSize: uint64(len(nar))}
+}
+
+// wait runs one request to the end.
+func wait(a *fetch.Fetcher, req fetch.Request) (*manifest.Manifest, error) {
+	p, err := a.Start(req)
+	if err != nil {
+		return nil, err
+	}
+	defer p.Release()
+	return p.Wait(context.Background())
+}
+
+// readBack reads the NAR m describes from the fetcher's local cache.
+func readBack(t testing.TB, a *fetch.Fetcher, got *manifest.Manifest) []byte {
 	t.Helper()
-	var out []byte
-	for _, e := range got.Entries {
-		c, err := a.LocalChunk(context.Background(), nil, e)
-		if err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, c...)
+	out, err := io.ReadAll(a.NewReader(context.Background(), got))
+	if err != nil {
+		t.Fatal(err)
 	}
 	return out
 }
@@ -323,12 +336,12 @@ func TestAssemblerDeltas(t *testing.T) {
 				})
 			}
 			c := newCounters()
-			a := f.assembler(t, tc.withBase, c)
+			a := f.fetcher(t, tc.withBase, c)
 			got := readBack(t, a, assemble(t, a, tc.manifest, f.newer))
 			if !bytes.Equal(got, f.newer) {
 				t.Fatalf("assembled NAR differs from the newer version")
 			}
-			delta, full, failed := c.get(c.bytes, "store"+substituter.DeltaSuffix), c.get(c.bytes, "store"), c.get(c.events, substituter.EventDeltaFailed)
+			delta, full, failed := c.get(c.bytes, "store"+fetch.DeltaSuffix), c.get(c.bytes, "store"), c.get(c.events, fetch.EventDeltaFailed)
 			t.Logf("fetched %d delta bytes, %d full chunk bytes; %d deltas failed", delta, full, failed)
 			if tc.wantDelta >= 0 && delta != tc.wantDelta {
 				t.Errorf("delta bytes = %d, want %d", delta, tc.wantDelta)
@@ -376,30 +389,40 @@ func BenchmarkAssembleDeltas(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	run := func(job substituter.NarJob) float64 {
+	wholeCache := substituter.NewBinaryCache(whole)
+	run := func(m *manifest.Manifest) float64 {
 		var total float64
 		for range b.N {
 			b.StopTimer()
-			a := f.assembler(b, true, newCounters())
+			var a *fetch.Fetcher
+			req := fetch.Request{Info: ni, KnownPackage: true}
+			if m != nil {
+				a = f.fetcher(b, true, newCounters())
+				raw, err := m.MarshalBinary()
+				if err != nil {
+					b.Fatal(err)
+				}
+				if err := a.Cache.PutManifest(manifest.Key(m.NarHash), raw); err != nil {
+					b.Fatal(err)
+				}
+			} else {
+				// No manifest anywhere: the whole NAR from the upstream.
+				a = f.fetcherWith(b, true, newCounters())
+				a.Upstream = fetch.Upstream{Caches: []*substituter.BinaryCache{wholeCache}}
+				req.From = wholeCache.String()
+			}
 			b.StartTimer()
 			start := time.Now()
-			if _, err := a.Start(job).Wait(context.Background()); err != nil {
+			if _, err := wait(a, req); err != nil {
 				b.Fatal(err)
 			}
 			total += time.Since(start).Seconds()
 		}
 		return float64(len(f.newer)) * float64(b.N) / total / 1e6
 	}
-	withManifest := func(m *manifest.Manifest) substituter.NarJob {
-		raw, err := m.MarshalBinary()
-		if err != nil {
-			b.Fatal(err)
-		}
-		return substituter.NarJob{Info: ni, Manifest: m, ManifestRaw: raw}
-	}
-	plain := run(withManifest(f.mNewPlain))
-	deltas := run(withManifest(f.mNew))
-	wholeNAR := run(substituter.NarJob{Info: ni, Whole: substituter.NewBinaryCache(whole)})
+	plain := run(f.mNewPlain)
+	deltas := run(f.mNew)
+	wholeNAR := run(nil)
 	b.ReportMetric(plain, "plain-MB/s")
 	b.ReportMetric(deltas, "delta-MB/s")
 	b.ReportMetric(wholeNAR, "whole-MB/s")

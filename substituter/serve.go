@@ -1,0 +1,42 @@
+package substituter
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+)
+
+// ServeNAR answers a request for a NAR body through http.ServeContent, which handles
+// HEAD, Range, If-Range and the conditional headers, with the one fix Nix's resumed
+// transfers need: a range that selects no byte ("bytes=-0") is refused with 416, where
+// ServeContent answers 206 with an empty body and an inverted Content-Range. The body
+// must have been verified; the caller sets Content-Type and any caching headers.
+func ServeNAR(w http.ResponseWriter, r *http.Request, body io.ReadSeeker) {
+	if emptyRange(r.Header.Get("Range")) {
+		size, err := body.Seek(0, io.SeekEnd)
+		if err != nil {
+			http.Error(w, "seeking in the NAR", http.StatusInternalServerError)
+			return
+		}
+		w.Header().Set("Content-Range", fmt.Sprintf("bytes */%d", size))
+		http.Error(w, "the range selects no byte", http.StatusRequestedRangeNotSatisfiable)
+		return
+	}
+	http.ServeContent(w, r, "", time.Time{}, body)
+}
+
+// emptyRange reports a byte range set whose only ranges are zero-length suffixes.
+func emptyRange(h string) bool {
+	spec, ok := strings.CutPrefix(h, "bytes=")
+	if !ok {
+		return false
+	}
+	for part := range strings.SplitSeq(spec, ",") {
+		if strings.TrimSpace(part) != "-0" {
+			return false
+		}
+	}
+	return true
+}
