@@ -310,7 +310,7 @@ func parseHash(s string) ([32]byte, error) {
 		err = fmt.Errorf("digest of %d characters", len(digest))
 	}
 	if err != nil || len(b) != 32 {
-		return sum, fmt.Errorf("parsing hash %q: %v", s, err)
+		return sum, fmt.Errorf("parsing hash %q: %w", s, err)
 	}
 	copy(sum[:], b)
 	return sum, nil

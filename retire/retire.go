@@ -226,7 +226,7 @@ func judge(ctx context.Context, bc *substituter.BinaryCache, cache blob.Backend,
 	}
 	if err := srv.Check(ctx, ni.URL); err != nil {
 		if serve.IsNotFound(err) {
-			return v, fmt.Errorf("%w: %v", errNotInStore, err)
+			return v, fmt.Errorf("%w: %w", errNotInStore, err)
 		}
 		return v, fmt.Errorf("serve's check failed: %w", err)
 	}

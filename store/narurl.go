@@ -55,7 +55,7 @@ func (s *Store) PutNarURL(ctx context.Context, narURL, hashPart string) error {
 func (s *Store) NarURL(ctx context.Context, narURL string) (string, error) {
 	key, err := NarURLKey(narURL)
 	if err != nil {
-		return "", fmt.Errorf("%w: %v", shoal.ErrNotFound, err)
+		return "", fmt.Errorf("%w: %w", shoal.ErrNotFound, err)
 	}
 	raw, err := blob.ReadAll(ctx, s.b, key, maxNarURLObjectSize)
 	if err != nil {

@@ -35,6 +35,7 @@ import (
 	"time"
 
 	"github.com/shoal-nix/shoal"
+	"github.com/shoal-nix/shoal/blob"
 	"github.com/shoal-nix/shoal/chunk"
 	"github.com/shoal-nix/shoal/manifest"
 	"github.com/shoal-nix/shoal/store"
@@ -100,61 +101,134 @@ func (r Report) FreedBytes() int64 {
 // must be kept but cannot be read or parsed stops the collection before anything is
 // deleted: gc never guesses.
 func Collect(ctx context.Context, s *store.Store, opts Options) (Report, error) {
-	now := time.Now
-	if opts.Now != nil {
-		now = opts.Now
+	c, err := newCollector(ctx, s, opts)
+	if err != nil {
+		return Report{}, err
 	}
-	start := now()
-	jobs := opts.Jobs
-	if jobs <= 0 {
-		jobs = 16
-	}
-	log := opts.Logger
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
-	if opts.Keep == nil && opts.KeepSince <= 0 {
-		return Report{}, errors.New("gc: nothing to keep was named: refusing to delete every narinfo (give a keep list or a keep-since duration)")
-	}
-	if opts.Grace < 0 {
-		return Report{}, fmt.Errorf("gc: negative grace period %s", opts.Grace)
-	}
-	b := s.Backend()
-	// The store must be one shoal knows, or its keys may mean something else.
-	if _, err := s.Meta(ctx); err != nil {
-		return Report{}, fmt.Errorf("gc: %w", err)
-	}
-	// Object stores report modification times truncated to the second (S3's
-	// Last-Modified header), so a time is read as the latest instant it can stand for.
-	graceCutoff := start.Add(-opts.Grace - time.Second)
-	var rep Report
-
 	inv, err := s.Inventory(ctx)
 	if err != nil {
-		return rep, fmt.Errorf("gc: %w", err)
+		return c.rep, fmt.Errorf("gc: %w", err)
 	}
-	narinfos, manifests, chunks := inv.NarInfos, inv.Manifests, inv.Chunks
-	log.Info("gc: listed store", "store", s.String(), "narinfos", len(narinfos), "manifests", len(manifests), "chunks", len(chunks), "deltas", len(inv.Deltas))
+	c.log.Info("gc: listed store", "store", s.String(), "narinfos", len(inv.NarInfos), "manifests", len(inv.Manifests), "chunks", len(inv.Chunks), "deltas", len(inv.Deltas))
+	dead, err := c.mark(ctx, inv)
+	if err != nil {
+		return c.rep, err
+	}
+	if opts.beforeSweep != nil {
+		opts.beforeSweep()
+	}
+	if err := c.sweep(ctx, dead); err != nil {
+		return c.rep, err
+	}
+	c.rep.Elapsed = c.now().Sub(c.start)
+	c.log.Info("gc: done", "dry_run", opts.DryRun, "objects_freed", c.rep.FreedObjects(), "bytes_freed", c.rep.FreedBytes(), "young_spared", c.rep.Young)
+	return c.rep, nil
+}
 
-	// Narinfos: decide, and collect the NarHashes of the kept ones.
-	var mu sync.Mutex
+// collector is one gc run: what it was told, when it started, and its report.
+type collector struct {
+	s    *store.Store
+	b    blob.Backend
+	opts Options
+	jobs int
+	log  *slog.Logger
+	now  func() time.Time
+	// start and graceCutoff: objects younger than graceCutoff are never deleted, and
+	// narinfos younger than start - KeepSince are kept.
+	start, graceCutoff time.Time
+
+	mu  sync.Mutex // guards rep during the parallel phases
+	rep Report
+}
+
+func newCollector(ctx context.Context, s *store.Store, opts Options) (*collector, error) {
+	c := &collector{s: s, b: s.Backend(), opts: opts, jobs: opts.Jobs, log: opts.Logger, now: opts.Now}
+	if c.now == nil {
+		c.now = time.Now
+	}
+	if c.jobs <= 0 {
+		c.jobs = 16
+	}
+	if c.log == nil {
+		c.log = slog.New(slog.DiscardHandler)
+	}
+	if opts.Keep == nil && opts.KeepSince <= 0 {
+		return nil, errors.New("gc: nothing to keep was named: refusing to delete every narinfo (give a keep list or a keep-since duration)")
+	}
+	if opts.Grace < 0 {
+		return nil, fmt.Errorf("gc: negative grace period %s", opts.Grace)
+	}
+	// The store must be one shoal knows, or its keys may mean something else.
+	if _, err := s.Meta(ctx); err != nil {
+		return nil, fmt.Errorf("gc: %w", err)
+	}
+	c.start = c.now()
+	// Object stores report modification times truncated to the second (S3's
+	// Last-Modified header), so a time is read as the latest instant it can stand for.
+	c.graceCutoff = c.start.Add(-opts.Grace - time.Second)
+	return c, nil
+}
+
+// dead is what marking found unreachable: the sweep's candidates, each looked at
+// again before it goes.
+type dead struct {
+	narinfos  []string
+	urls      map[string]string // hash part -> NAR URL, of the narinfos dropped
+	manifests [][32]byte
+	chunks    []chunk.ID
+	deltas    []chunk.ID
+}
+
+// mark decides which narinfos are kept (listed, recent, or young), marks the
+// manifests they name (and young ones, a publish in flight), and through those the
+// chunks and delta objects; everything else is a candidate for the sweep.
+func (c *collector) mark(ctx context.Context, inv *store.Inventory) (dead, error) {
+	d := dead{urls: map[string]string{}}
+	keptNars, err := c.markNarInfos(ctx, inv.NarInfos, &d)
+	if err != nil {
+		return d, err
+	}
+	marked, markedDeltas, err := c.markManifests(ctx, inv.Manifests, keptNars, &d)
+	if err != nil {
+		return d, err
+	}
+	for _, id := range inv.Chunks {
+		if marked[id] {
+			c.rep.Chunks.Kept++
+		} else {
+			d.chunks = append(d.chunks, id)
+		}
+	}
+	for _, id := range inv.Deltas {
+		if markedDeltas[id] {
+			c.rep.Deltas.Kept++
+		} else {
+			d.deltas = append(d.deltas, id)
+		}
+	}
+	c.log.Info("gc: marked", "narinfos_kept", c.rep.NarInfos.Kept, "manifests_kept", c.rep.Manifests.Kept, "chunks_marked", c.rep.Chunks.Kept, "chunk_candidates", len(d.chunks),
+		"deltas_marked", c.rep.Deltas.Kept, "delta_candidates", len(d.deltas))
+	return d, nil
+}
+
+// markNarInfos decides each narinfo and returns the NarHashes of the kept ones.
+func (c *collector) markNarInfos(ctx context.Context, narinfos []string, d *dead) (map[[32]byte]bool, error) {
+	opts, s := c.opts, c.s
 	keptNars := map[[32]byte]bool{}
-	var dropNarinfos []string
-	dropURLs := map[string]string{} // hash part -> NAR URL, of the narinfos dropped
 	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(jobs)
+	g.SetLimit(c.jobs)
 	for _, hp := range narinfos {
 		g.Go(func() error {
 			key := store.NarInfoKey(hp)
-			info, err := b.Stat(gctx, key)
+			info, err := c.b.Stat(gctx, key)
 			if errors.Is(err, shoal.ErrNotFound) {
 				return nil // deleted under us
 			}
 			if err != nil {
 				return err
 			}
-			keep := (opts.Keep != nil && opts.Keep(hp)) || (opts.KeepSince > 0 && info.ModTime.After(start.Add(-opts.KeepSince-time.Second)))
-			young := info.ModTime.After(graceCutoff)
+			keep := (opts.Keep != nil && opts.Keep(hp)) || (opts.KeepSince > 0 && info.ModTime.After(c.start.Add(-opts.KeepSince-time.Second)))
+			young := info.ModTime.After(c.graceCutoff)
 			if !keep && !young {
 				// Its URL names its index entry, which goes with it. A narinfo that
 				// cannot be read now leaves its entry: serve treats an entry without
@@ -165,12 +239,12 @@ func Collect(ctx context.Context, s *store.Store, opts Options) (Report, error) 
 						url = ni.URL
 					}
 				}
-				mu.Lock()
-				dropNarinfos = append(dropNarinfos, hp)
+				c.mu.Lock()
+				d.narinfos = append(d.narinfos, hp)
 				if url != "" {
-					dropURLs[hp] = url
+					d.urls[hp] = url
 				}
-				mu.Unlock()
+				c.mu.Unlock()
 				return nil
 			}
 			raw, err := s.NarInfo(gctx, hp)
@@ -181,192 +255,174 @@ func Collect(ctx context.Context, s *store.Store, opts Options) (Report, error) 
 			if err != nil {
 				return fmt.Errorf("parsing kept narinfo %s: %w", hp, err)
 			}
-			mu.Lock()
-			defer mu.Unlock()
+			c.mu.Lock()
+			defer c.mu.Unlock()
 			keptNars[ni.NarHash] = true
-			rep.NarInfos.Kept++
-			rep.NarInfos.KeptBytes += info.Size
+			c.rep.NarInfos.Kept++
+			c.rep.NarInfos.KeptBytes += info.Size
 			if !keep {
-				rep.Young++
+				c.rep.Young++
 			}
 			return nil
 		})
 	}
 	if err := g.Wait(); err != nil {
-		return rep, fmt.Errorf("gc: marking narinfos: %w", err)
+		return nil, fmt.Errorf("gc: marking narinfos: %w", err)
 	}
+	return keptNars, nil
+}
 
-	// Manifests: kept ones (and young ones, a publish in flight) mark their chunks
-	// and delta objects.
-	marked := map[chunk.ID]bool{}
-	markedDeltas := map[chunk.ID]bool{}
-	var dropManifests [][32]byte
-	g, gctx = errgroup.WithContext(ctx)
-	g.SetLimit(jobs)
+// markManifests marks the chunks and delta objects of the kept manifests (and the
+// young ones, a publish in flight).
+func (c *collector) markManifests(ctx context.Context, manifests [][32]byte, keptNars map[[32]byte]bool, d *dead) (marked, markedDeltas map[chunk.ID]bool, err error) {
+	marked, markedDeltas = map[chunk.ID]bool{}, map[chunk.ID]bool{}
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(c.jobs)
 	for _, h := range manifests {
 		g.Go(func() error {
 			key := store.ManifestKey(manifest.Key(h))
-			info, err := b.Stat(gctx, key)
+			info, err := c.b.Stat(gctx, key)
 			if errors.Is(err, shoal.ErrNotFound) {
 				return nil
 			}
 			if err != nil {
 				return err
 			}
-			mu.Lock()
-			keep := keptNars[h]
-			mu.Unlock()
-			young := info.ModTime.After(graceCutoff)
+			keep := keptNars[h] // written before this phase, read-only now
+			young := info.ModTime.After(c.graceCutoff)
 			if !keep && !young {
-				mu.Lock()
-				dropManifests = append(dropManifests, h)
-				mu.Unlock()
+				c.mu.Lock()
+				d.manifests = append(d.manifests, h)
+				c.mu.Unlock()
 				return nil
 			}
-			m, _, err := s.Manifest(gctx, h)
+			m, _, err := c.s.Manifest(gctx, h)
 			if err != nil {
 				return fmt.Errorf("reading kept manifest: %w", err)
 			}
-			mu.Lock()
-			defer mu.Unlock()
+			c.mu.Lock()
+			defer c.mu.Unlock()
 			for i, e := range m.Entries {
 				marked[e.ID] = true
 				if _, id, _, ok := m.DeltaOf(i); ok {
 					markedDeltas[id] = true
 				}
 			}
-			rep.Manifests.Kept++
-			rep.Manifests.KeptBytes += info.Size
+			c.rep.Manifests.Kept++
+			c.rep.Manifests.KeptBytes += info.Size
 			if !keep {
-				rep.Young++
+				c.rep.Young++
 			}
 			return nil
 		})
 	}
 	if err := g.Wait(); err != nil {
-		return rep, fmt.Errorf("gc: marking manifests: %w", err)
+		return nil, nil, fmt.Errorf("gc: marking manifests: %w", err)
 	}
-	var sweep []chunk.ID
-	for _, id := range chunks {
-		if marked[id] {
-			rep.Chunks.Kept++
-		} else {
-			sweep = append(sweep, id)
-		}
-	}
-	var sweepDeltas []chunk.ID
-	for _, id := range inv.Deltas {
-		if markedDeltas[id] {
-			rep.Deltas.Kept++
-		} else {
-			sweepDeltas = append(sweepDeltas, id)
-		}
-	}
-	log.Info("gc: marked", "narinfos_kept", rep.NarInfos.Kept, "manifests_kept", rep.Manifests.Kept, "chunks_marked", rep.Chunks.Kept, "chunk_candidates", len(sweep),
-		"deltas_marked", rep.Deltas.Kept, "delta_candidates", len(sweepDeltas))
+	return marked, markedDeltas, nil
+}
 
-	if opts.beforeSweep != nil {
-		opts.beforeSweep()
-	}
-
-	// Sweep, in the reverse of the write order. Each object's time is looked at
-	// again right before it goes: a publish may have rewritten or refreshed it since.
-	del := func(ctx context.Context, key string) (bool, int64, error) {
-		info, err := b.Stat(ctx, key)
-		if errors.Is(err, shoal.ErrNotFound) {
-			return false, 0, nil
-		}
-		if err != nil {
-			return false, 0, err
-		}
-		if info.ModTime.After(graceCutoff) {
-			return false, info.Size, nil
-		}
-		if opts.DryRun {
-			return true, info.Size, nil
-		}
-		if err := b.Delete(ctx, key); err != nil {
-			return false, 0, err
-		}
-		return true, info.Size, nil
-	}
-	sweepKeys := func(what string, keys []string, c *Counts) error {
-		var n, freed, young, keptBytes atomic.Int64
-		g, gctx := errgroup.WithContext(ctx)
-		g.SetLimit(jobs)
-		for _, key := range keys {
-			g.Go(func() error {
-				gone, size, err := del(gctx, key)
-				if err != nil {
-					return fmt.Errorf("deleting %s: %w", key, err)
-				}
-				if gone {
-					n.Add(1)
-					freed.Add(size)
-				} else if size > 0 {
-					young.Add(1)
-					keptBytes.Add(size)
-				}
-				return nil
-			})
-		}
-		err := g.Wait()
-		c.Deleted, c.DeletedBytes = n.Load(), freed.Load()
-		c.Kept += young.Load()
-		c.KeptBytes += keptBytes.Load()
-		rep.Young += young.Load()
-		if err != nil {
-			return fmt.Errorf("gc: sweeping %s: %w", what, err)
-		}
-		return nil
-	}
-	keys := make([]string, len(dropNarinfos))
-	for i, hp := range dropNarinfos {
+// sweep deletes the dead objects in the reverse of the write order (narinfos, their
+// NAR URL index entries, manifests, chunks, deltas), so a crash never leaves a kept
+// object naming a deleted one.
+func (c *collector) sweep(ctx context.Context, d dead) error {
+	keys := make([]string, len(d.narinfos))
+	for i, hp := range d.narinfos {
 		keys[i] = store.NarInfoKey(hp)
 	}
-	if err := sweepKeys("narinfos", keys, &rep.NarInfos); err != nil {
-		return rep, err
+	if err := c.sweepKeys(ctx, "narinfos", keys, &c.rep.NarInfos); err != nil {
+		return err
 	}
 	// Index entries still naming a dropped narinfo (not one a publish has pointed the
 	// URL to since). A narinfo spared as young was just rewritten, and so was its
-	// entry, which del spares as young too.
+	// entry, which deleteOld spares as young too.
 	keys = keys[:0]
-	for _, hp := range dropNarinfos {
-		url, ok := dropURLs[hp]
+	for _, hp := range d.narinfos {
+		url, ok := d.urls[hp]
 		if !ok {
 			continue
 		}
-		if names, err := s.NarURL(ctx, url); err == nil && names == hp {
+		if names, err := c.s.NarURL(ctx, url); err == nil && names == hp {
 			if key, err := store.NarURLKey(url); err == nil {
 				keys = append(keys, key)
 			}
 		}
 	}
-	if err := sweepKeys("NAR URL index entries", keys, &rep.NarURLs); err != nil {
-		return rep, err
+	if err := c.sweepKeys(ctx, "NAR URL index entries", keys, &c.rep.NarURLs); err != nil {
+		return err
 	}
-	keys = make([]string, len(dropManifests))
-	for i, h := range dropManifests {
+	keys = make([]string, len(d.manifests))
+	for i, h := range d.manifests {
 		keys[i] = store.ManifestKey(manifest.Key(h))
 	}
-	if err := sweepKeys("manifests", keys, &rep.Manifests); err != nil {
-		return rep, err
+	if err := c.sweepKeys(ctx, "manifests", keys, &c.rep.Manifests); err != nil {
+		return err
 	}
-	keys = make([]string, len(sweep))
-	for i, id := range sweep {
+	keys = make([]string, len(d.chunks))
+	for i, id := range d.chunks {
 		keys[i] = store.ChunkKey(id)
 	}
-	if err := sweepKeys("chunks", keys, &rep.Chunks); err != nil {
-		return rep, err
+	if err := c.sweepKeys(ctx, "chunks", keys, &c.rep.Chunks); err != nil {
+		return err
 	}
-	keys = make([]string, len(sweepDeltas))
-	for i, id := range sweepDeltas {
+	keys = make([]string, len(d.deltas))
+	for i, id := range d.deltas {
 		keys[i] = store.DeltaKey(id)
 	}
-	if err := sweepKeys("deltas", keys, &rep.Deltas); err != nil {
-		return rep, err
+	return c.sweepKeys(ctx, "deltas", keys, &c.rep.Deltas)
+}
+
+// deleteOld deletes key unless it is younger than the grace period: its time is looked
+// at again right before it goes, since a publish may have rewritten or refreshed it.
+// It returns whether it deleted and the object's size.
+func (c *collector) deleteOld(ctx context.Context, key string) (bool, int64, error) {
+	info, err := c.b.Stat(ctx, key)
+	if errors.Is(err, shoal.ErrNotFound) {
+		return false, 0, nil
 	}
-	rep.Elapsed = now().Sub(start)
-	log.Info("gc: done", "dry_run", opts.DryRun, "objects_freed", rep.FreedObjects(), "bytes_freed", rep.FreedBytes(), "young_spared", rep.Young)
-	return rep, nil
+	if err != nil {
+		return false, 0, err
+	}
+	if info.ModTime.After(c.graceCutoff) {
+		return false, info.Size, nil
+	}
+	if c.opts.DryRun {
+		return true, info.Size, nil
+	}
+	if err := c.b.Delete(ctx, key); err != nil {
+		return false, 0, err
+	}
+	return true, info.Size, nil
+}
+
+// sweepKeys deletes keys in parallel and counts what went and what was spared.
+func (c *collector) sweepKeys(ctx context.Context, what string, keys []string, counts *Counts) error {
+	var n, freed, young, keptBytes atomic.Int64
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(c.jobs)
+	for _, key := range keys {
+		g.Go(func() error {
+			gone, size, err := c.deleteOld(gctx, key)
+			if err != nil {
+				return fmt.Errorf("deleting %s: %w", key, err)
+			}
+			if gone {
+				n.Add(1)
+				freed.Add(size)
+			} else if size > 0 {
+				young.Add(1)
+				keptBytes.Add(size)
+			}
+			return nil
+		})
+	}
+	err := g.Wait()
+	counts.Deleted, counts.DeletedBytes = n.Load(), freed.Load()
+	counts.Kept += young.Load()
+	counts.KeptBytes += keptBytes.Load()
+	c.rep.Young += young.Load()
+	if err != nil {
+		return fmt.Errorf("gc: sweeping %s: %w", what, err)
+	}
+	return nil
 }

@@ -194,13 +194,13 @@ func parseSHA256(value string) ([32]byte, error) {
 	case nixbase32.EncodedLen(sha256.Size):
 		b, err := nixbase32.DecodeString(digest)
 		if err != nil || len(b) != sha256.Size {
-			return out, fmt.Errorf("invalid nix32 digest %q: %v", digest, err)
+			return out, fmt.Errorf("invalid nix32 digest %q: %w", digest, err)
 		}
 		copy(out[:], b)
 	case hex.EncodedLen(sha256.Size):
 		b, err := hex.DecodeString(digest)
 		if err != nil {
-			return out, fmt.Errorf("invalid base16 digest %q: %v", digest, err)
+			return out, fmt.Errorf("invalid base16 digest %q: %w", digest, err)
 		}
 		copy(out[:], b)
 	default:

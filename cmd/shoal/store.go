@@ -170,7 +170,7 @@ func readKeepList(name string) (map[string]bool, error) {
 		}
 		hp, err := substituter.ParseHashPart(line)
 		if err != nil {
-			return nil, fmt.Errorf("%s line %d: %v", name, n, err)
+			return nil, fmt.Errorf("%s line %d: %w", name, n, err)
 		}
 		keep[hp] = true
 	}
