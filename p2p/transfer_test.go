@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"fmt"
 	"io"
 	"log/slog"
 	"path/filepath"
@@ -20,7 +21,9 @@ import (
 	"github.com/shoal-nix/shoal/blob"
 	"github.com/shoal-nix/shoal/chunk"
 	"github.com/shoal-nix/shoal/fetch"
+	"github.com/shoal-nix/shoal/internal/cachetest"
 	"github.com/shoal-nix/shoal/localcache"
+	"github.com/shoal-nix/shoal/manifest"
 	"github.com/shoal-nix/shoal/store"
 	"github.com/shoal-nix/shoal/substituter"
 )
@@ -263,5 +266,96 @@ func TestFrozenPeerDoesNotHoldUpQuestions(t *testing.T) {
 	}
 	if len(havers) != 1 || havers[0] != good.ID() {
 		t.Fatalf("havers %v, want only %s", havers, good.ID())
+	}
+}
+
+// TestStrangerWithMadeUpManifest has a peer answer "have" for a NAR and serve a
+// made-up manifest of the right NarHash and NarSize, whose chunks it holds (so each
+// passes its ID check) but which do not make up the NAR. When the chunk store has the
+// NAR's manifest, the stranger's is never asked for; when only the stranger has one,
+// assembling from it fails, the stranger is dropped, none of its chunks stay in the
+// cache, and the NAR comes whole from the upstream.
+func TestStrangerWithMadeUpManifest(t *testing.T) {
+	x := makeNAR(t, 51, 600_000)
+	junk := makeNAR(t, 52, 600_000)
+	lie := *junk.m
+	lie.NarHash, lie.NarSize = x.m.NarHash, x.m.NarSize
+	lieRaw, err := lie.MarshalBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	up := cachetest.New(t, "stranger-1")
+	ni := up.Add(t, cachetest.HashPart("stranger"), "demo-1.0", x.data, "zstd")
+	upBlob, err := blob.Open(up.Dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	upstream := substituter.NewBinaryCache(upBlob)
+	for _, storeHasManifest := range []bool{true, false} {
+		t.Run(fmt.Sprintf("store manifest %v", storeHasManifest), func(t *testing.T) {
+			stranger := lanNode(t, &chunkBackend{manifests: map[[32]byte][]byte{x.m.NarHash: lieRaw}, objs: junk.objs}, nil)
+			n := lanNode(t, &chunkBackend{}, nil)
+			connect(t, stranger.host, n.AddrInfo())
+			st := storeWith(t, x)
+			if !storeHasManifest {
+				if err := st.Backend().Delete(context.Background(), store.ManifestKey(manifest.Key(x.m.NarHash))); err != nil {
+					t.Fatal(err)
+				}
+			}
+			cache, err := localcache.Open(filepath.Join(t.TempDir(), "cache.db"), localcache.Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer cache.Close()
+			codec, err := chunk.NewCodec()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer codec.Close()
+			counts := &byteCounts{m: map[string]int64{}}
+			f := &fetch.Fetcher{
+				Cache: cache, Codec: codec, Params: chunk.DefaultParams(), Counters: counts,
+				Sources:  []fetch.Source{n, fetch.StoreSource{Store: st}},
+				Upstream: fetch.Upstream{Caches: []*substituter.BinaryCache{upstream}},
+			}
+			defer f.Close()
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			p, err := f.Start(fetch.Request{Info: ni, From: upstream.String(), KnownPackage: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer p.Release()
+			m, err := p.Wait(ctx)
+			if err != nil {
+				t.Fatalf("fetching the NAR: %v", err)
+			}
+			got, err := io.ReadAll(f.NewReader(ctx, m))
+			if err != nil || !bytes.Equal(got, x.data) {
+				t.Fatalf("the NAR read back differs (%v)", err)
+			}
+			dropped := n.blocks.blocked(stranger.ID())
+			fromUpstream := counts.get("upstream") > 0
+			if storeHasManifest && (dropped || fromUpstream || counts.get(SourceName+"-manifest") > 0) {
+				t.Errorf("with the store's manifest: stranger dropped %v, whole NAR %v, peer manifest bytes %d; want none of them",
+					dropped, fromUpstream, counts.get(SourceName+"-manifest"))
+			}
+			if !storeHasManifest && (!dropped || !fromUpstream) {
+				t.Errorf("with only the stranger's manifest: stranger dropped %v, whole NAR %v; want both", dropped, fromUpstream)
+			}
+			var junkIDs []chunk.ID
+			for id := range junk.objs {
+				junkIDs = append(junkIDs, id)
+			}
+			held, err := cache.HasChunks(junkIDs)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i, h := range held {
+				if h {
+					t.Errorf("the stranger's chunk %s stayed in the cache", junkIDs[i])
+				}
+			}
+		})
 	}
 }
