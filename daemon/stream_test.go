@@ -1,10 +1,15 @@
 package daemon_test
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/json"
+	"fmt"
 	"io"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -144,4 +149,92 @@ func TestLyingManifestNeverCompletesWrongBody(t *testing.T) {
 			t.Logf("status %d, %d bytes, err %v", status, len(body), err)
 		})
 	}
+}
+
+// TestStalledClientKeepsOnlyItsNAR has a client ask for a large NAR and stop reading
+// after the status line, as a stalled or hostile client would, while other NARs are
+// served: an eviction to zero still takes every chunk but the stalled NAR's, so one
+// reader cannot switch the cache budget off.
+func TestStalledClientKeepsOnlyItsNAR(t *testing.T) {
+	cache := cachetest.New(t, "test-1")
+	big := cache.Add(t, cachetest.HashPart("big"), "big-1.0", noise(11, 24<<20), "none")
+	others := []*substituter.NarInfo{
+		cache.Add(t, cachetest.HashPart("b"), "b-1.0", noise(12, 1<<20), "none"),
+		cache.Add(t, cachetest.HashPart("c"), "c-1.0", noise(13, 1<<20), "none"),
+	}
+	dir := publishDir(t, cache, append([]*substituter.NarInfo{big}, others...)...)
+	_, url := startDaemon(t, daemon.Config{
+		StoreURL:    "file://" + dir,
+		Upstreams:   []string{"http://127.0.0.1:1"},
+		TrustedKeys: []string{cache.PublicKey},
+	})
+	mustGet(t, url+"/"+big.HashPart()+".narinfo", 200)
+
+	// The stalled client: it sends the request, reads the status line, and stops.
+	conn, err := net.Dial("tcp", strings.TrimPrefix(url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := fmt.Fprintf(conn, "GET /nar/%s.nar HTTP/1.1\r\nHost: %s\r\n\r\n", manifest.Key(big.NarHash), strings.TrimPrefix(url, "http://")); err != nil {
+		t.Fatal(err)
+	}
+	line, err := bufio.NewReader(io.LimitReader(conn, 64)).ReadString('\n')
+	if err != nil || !strings.Contains(line, "200") {
+		t.Fatalf("stalled client's status line %q, %v", line, err)
+	}
+
+	for _, ni := range others {
+		if status, body, err := fetchNAR(t, url, ni); status != 200 || err != nil || sha256.Sum256(body) != ni.NarHash {
+			t.Fatalf("NAR %s: status %d, err %v", ni.StorePath, status, err)
+		}
+	}
+	gc := adminPost(t, url, "gc", daemon.GCRequest{ToBytes: 0})
+	var st daemon.Status
+	if err := json.Unmarshal(mustGet(t, url+"/shoal/status", 200), &st); err != nil {
+		t.Fatal(err)
+	}
+	m, _, err := mustStore(t, dir).Manifest(context.Background(), big.NarHash)
+	if err != nil {
+		t.Fatal(err)
+	}
+	distinct := map[chunk.ID]bool{}
+	for _, e := range m.Entries {
+		distinct[e.ID] = true
+	}
+	t.Logf("gc: %s; %d chunks left, %d NARs in flight; the stalled NAR has %d chunks", gc, st.Chunks, st.NARsInFlight, len(distinct))
+	if st.NARsInFlight != 1 {
+		t.Fatalf("%d NARs in flight, want the stalled one", st.NARsInFlight)
+	}
+	if st.Chunks > len(distinct) {
+		t.Errorf("%d chunks survived an eviction to zero; only the stalled NAR's %d may", st.Chunks, len(distinct))
+	}
+}
+
+// adminPost calls an admin route of the daemon at url and returns the reply.
+func adminPost(t *testing.T, url, route string, req any) string {
+	t.Helper()
+	body, err := json.Marshal(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.Post(url+"/shoal/"+route, "application/json", bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	out, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 {
+		t.Fatalf("POST /shoal/%s: status %d: %s", route, resp.StatusCode, out)
+	}
+	return strings.TrimSpace(string(out))
+}
+
+func mustStore(t *testing.T, dir string) *store.Store {
+	t.Helper()
+	s, err := store.Open(dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
 }
