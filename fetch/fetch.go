@@ -177,28 +177,14 @@ func (f *Fetcher) run(ctx context.Context, req Request, p *Progress) (*manifest.
 	whole := &wholeNAR{up: f.Upstream, req: req}
 	var failed error
 	for c := range f.manifests(ctx, req, whole, log) {
-		pl, err := f.plan(ctx, c, req, whole, p.lease)
-		if err != nil {
-			log.Warn("ignoring manifest", "from", c.src.Name(), "err", err)
-			c.src.RejectManifest(info.NarHash, err)
-			continue
-		}
-		pl.log(log)
-		if pl.whole {
-			break
-		}
-		gen := p.Generation()
-		kept, err := f.fromChunks(ctx, req, pl, p, gen)
+		m, err := f.attempt(ctx, c, req, whole, p, log)
 		if err == nil {
-			return pl.m, nil
+			if m == nil {
+				break // the plan chose the whole NAR
+			}
+			return m, nil
 		}
 		failed = err
-		log.Warn("assembling from chunks failed", "manifest_from", c.src.Name(), "err", err)
-		c.src.RejectManifest(info.NarHash, err)
-		// The chunks passed their ID checks, but nothing says they belong to the NAR:
-		// a made-up manifest names made-up chunks. Keep none of them.
-		f.forget(kept)
-		p.restart()
 	}
 	w, wni := whole.get(ctx)
 	if w == nil {
@@ -217,6 +203,39 @@ func (f *Fetcher) run(ctx context.Context, req Request, p *Progress) (*manifest.
 	}
 	log.Info("NAR fetched whole", "from", w.String(), "bytes", wni.FileSize)
 	return m, nil
+}
+
+// attempt plans c's manifest and, unless the plan takes the whole NAR (nil, nil),
+// assembles the NAR from it. Peers are opened for this attempt alone: their dispatch
+// ends with it.
+func (f *Fetcher) attempt(ctx context.Context, c candidate, req Request, whole *wholeNAR, p *Progress, log *slog.Logger) (*manifest.Manifest, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	info := req.Info
+	if err := checkManifest(c.m, req); err != nil {
+		log.Warn("ignoring manifest", "from", c.src.Name(), "err", err)
+		c.src.RejectManifest(info.NarHash, err)
+		return nil, err
+	}
+	pl, err := f.plan(ctx, c, req, whole, p.lease)
+	if err != nil {
+		return nil, err
+	}
+	pl.log(log)
+	if pl.whole {
+		return nil, nil
+	}
+	kept, err := f.fromChunks(ctx, req, pl, p, p.Generation())
+	if err == nil {
+		return pl.m, nil
+	}
+	log.Warn("assembling from chunks failed", "manifest_from", c.src.Name(), "err", err)
+	c.src.RejectManifest(info.NarHash, err)
+	// The chunks passed their ID checks, but nothing says they belong to the NAR: a
+	// made-up manifest names made-up chunks. Keep none of them.
+	f.forget(kept)
+	p.restart()
+	return nil, err
 }
 
 // forget drops chunks a failed attempt put into the local cache.

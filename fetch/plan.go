@@ -143,13 +143,11 @@ func chooseWhole(missingBytes, wholeSize uint64, covered bool) bool {
 	return !covered && wholeSize > 0 && missingBytes > wholeSize
 }
 
-// plan opens the sources for c's manifest and prices it. Every chunk it lists is
+// plan opens the sources for c's manifest (already checked against the narinfo) and
+// prices it. Every chunk it lists is
 // leased from the start, so that nothing evicts what the plan counted as local.
 func (f *Fetcher) plan(ctx context.Context, c candidate, req Request, whole *wholeNAR, lease *localcache.Lease) (*plan, error) {
 	m := c.m
-	if err := checkManifest(m, req); err != nil {
-		return nil, err
-	}
 	lease.Add(leaseIDs(m)...)
 	pl := &plan{m: m, raw: c.raw, from: c.src}
 	ids := manifestIDs(m)
