@@ -12,8 +12,12 @@ import (
 // HEAD, Range, If-Range and the conditional headers, with the one fix Nix's resumed
 // transfers need: a range that selects no byte ("bytes=-0") is refused with 416, where
 // ServeContent answers 206 with an empty body and an inverted Content-Range. The body
-// must have been verified; the caller sets Content-Type and any caching headers.
+// must have been verified; the caller sets Content-Type and any caching headers. A Range
+// in another unit than bytes is ignored, as RFC 9110 says (ServeContent refuses it).
 func ServeNAR(w http.ResponseWriter, r *http.Request, body io.ReadSeeker) {
+	if h := r.Header.Get("Range"); h != "" && !strings.HasPrefix(h, "bytes=") {
+		r.Header.Del("Range")
+	}
 	if emptyRange(r.Header.Get("Range")) {
 		size, err := body.Seek(0, io.SeekEnd)
 		if err != nil {

@@ -7,6 +7,7 @@ package testkit
 import (
 	"bytes"
 	"errors"
+	"math/rand/v2"
 	"os"
 	"runtime"
 	"sync"
@@ -60,4 +61,15 @@ func Settle(t testing.TB, g0, fd0 int) {
 	buf := make([]byte, 1<<20)
 	n := runtime.Stack(buf, true)
 	t.Errorf("leak: %d goroutines (was %d), %d fds (was %d)\n%s", g, g0, fd, fd0, buf[:n])
+}
+
+// RandomBytes returns n pseudo-random bytes from seed: the same bytes every run, so a
+// failure repeats, and incompressible, so chunks and NARs behave like binaries.
+func RandomBytes(seed uint64, n int) []byte {
+	r := rand.New(rand.NewPCG(seed, seed))
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(r.Uint32())
+	}
+	return b
 }
