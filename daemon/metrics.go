@@ -49,7 +49,7 @@ func NewMetrics() *Metrics {
 	}
 }
 
-// Add records n bytes fetched from source. The assembler calls it once per object it
+// Add records n bytes fetched from source. The fetcher calls it once per object it
 // fetched: a chunk from a chunk source, a whole NAR from the upstream.
 func (m *Metrics) Add(source string, n int64) {
 	m.mu.Lock()

@@ -1,5 +1,5 @@
 // Package localstore offers the chunks of valid paths in the local /nix/store to the
-// NAR assembler. The previous version of a package is usually on disk already, and it
+// NAR fetcher (package fetch). The previous version of a package is usually on disk already, and it
 // shares most of its chunks with the next one: indexing it records, per chunk ID, where
 // in the path's NAR serialization the chunk lies, without copying any bytes. A chunk is
 // read back from the path's files when a NAR needs it and checked against its ID, since

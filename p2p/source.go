@@ -246,7 +246,7 @@ func (s *narSource) dispatch(peers int) {
 }
 
 // fetch asks p for a batch. A peer that times out or breaks the protocol is dropped;
-// the wants it left unanswered fail, and the assembler asks again, elsewhere.
+// the wants it left unanswered fail, and the fetcher asks again, elsewhere.
 func (s *narSource) fetch(p peer.ID, batch []*want) {
 	ids := make([][32]byte, len(batch))
 	for i, w := range batch {

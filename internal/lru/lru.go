@@ -1,5 +1,5 @@
 // Package lru is a map bounded by the total cost of its values, evicting the least
-// recently used, with an optional time to live. shoal serve, the daemon's assembler
+// recently used, with an optional time to live. shoal serve, the daemon's fetcher
 // and p2p's delta serving each keep a byte-bounded set of hot objects; this is the one
 // implementation they share.
 package lru
