@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"strings"
@@ -133,23 +134,26 @@ func runStoreGC(c *cli.Context) error {
 		return usageError("store gc needs --keep-narinfos-from or --keep-since: without either it would delete every narinfo")
 	}
 	rep, err := storegc.Collect(c.Context, s, opts)
+	printGCReport(c.App.Writer, rep, opts.DryRun)
+	return err
+}
+
+// printGCReport writes store gc's summary: one line per kind of object, each with
+// its own counts.
+func printGCReport(w io.Writer, rep storegc.Report, dryRun bool) {
 	verb := "freed"
-	if opts.DryRun {
+	if dryRun {
 		verb = "would free"
 	}
-	fmt.Fprintf(c.App.Writer, `%s %d objects, %d bytes in %s
-  narinfos:  %d deleted (%d bytes), %d kept
-  manifests: %d deleted (%d bytes), %d kept
-  chunks:    %d deleted (%d bytes), %d kept
-  NAR URL index entries: %d deleted
-  deltas:    %d deleted (%d bytes), %d kept
-  spared as younger than --grace: %d
-`, verb, rep.FreedObjects(), rep.FreedBytes(), rep.Elapsed.Round(1e6),
-		rep.NarInfos.Deleted, rep.NarInfos.DeletedBytes, rep.NarInfos.Kept,
-		rep.Manifests.Deleted, rep.Manifests.DeletedBytes, rep.Manifests.Kept,
-		rep.Chunks.Deleted, rep.Chunks.DeletedBytes, rep.Chunks.Kept,
-		rep.Deltas.Deleted, rep.Deltas.DeletedBytes, rep.Deltas.Kept, rep.NarURLs.Deleted, rep.Young)
-	return err
+	fmt.Fprintf(w, "%s %d objects, %d bytes in %s\n", verb, rep.FreedObjects(), rep.FreedBytes(), rep.Elapsed.Round(time.Millisecond))
+	for _, k := range []struct {
+		name string
+		c    storegc.Counts
+	}{{"narinfos:", rep.NarInfos}, {"manifests:", rep.Manifests}, {"chunks:", rep.Chunks}, {"deltas:", rep.Deltas}} {
+		fmt.Fprintf(w, "  %-10s %d deleted (%d bytes), %d kept\n", k.name, k.c.Deleted, k.c.DeletedBytes, k.c.Kept)
+	}
+	fmt.Fprintf(w, "  NAR URL index entries: %d deleted\n", rep.NarURLs.Deleted)
+	fmt.Fprintf(w, "  spared as younger than --grace: %d\n", rep.Young)
 }
 
 // readKeepList reads store paths or hash parts, one a line; blank lines and lines
