@@ -259,7 +259,7 @@ func pinCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "pin",
 		Usage:     "keep the chunks of store paths' NARs from eviction",
-		ArgsUsage: "STORE-PATH...",
+		ArgsUsage: "STORE_PATH...",
 		Description: `A pinned path's chunks are never evicted, even past --cache-size (the daemon warns
 then). A path not fetched through shoal yet is pinned from its first fetch on.`,
 		Flags: []cli.Flag{stateDirFlag(), daemonAddrFlag(),
@@ -288,7 +288,7 @@ func unpinCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "unpin",
 		Usage:     "let the chunks of store paths' NARs be evicted again",
-		ArgsUsage: "STORE-PATH...",
+		ArgsUsage: "STORE_PATH...",
 		Flags: []cli.Flag{stateDirFlag(), daemonAddrFlag(),
 			&cli.BoolFlag{Name: "closure", Usage: "unpin each path's whole closure", EnvVars: env("closure")}},
 		Action: func(c *cli.Context) error {

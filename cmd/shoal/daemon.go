@@ -6,6 +6,7 @@ import (
 	"net"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/shoal-nix/shoal/daemon"
 	"github.com/shoal-nix/shoal/p2p"
@@ -29,7 +30,7 @@ Without --store the daemon fetches whole NARs from the upstream and keeps their 
 so later versions can reuse them.`,
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "listen", Value: "127.0.0.1:37515", Usage: "address to serve Nix on", EnvVars: env("listen")},
-			&cli.StringFlag{Name: "store", Usage: "chunk store published by `shoal publish` (file://, http(s)://)", EnvVars: env("store")},
+			&cli.StringFlag{Name: "store", Usage: "chunk store written by shoal publish (a directory, file://, http(s)://, s3://bucket/prefix?region=&endpoint=)", EnvVars: env("store")},
 			&cli.StringSliceFlag{Name: "upstream", Value: cli.NewStringSlice(substituter.DefaultUpstream), Usage: "plain binary cache for narinfos and whole NARs, in order (repeatable)", EnvVars: env("upstream")},
 			&cli.StringSliceFlag{Name: "trusted-public-key", Value: cli.NewStringSlice(substituter.DefaultTrustedKey), Usage: "accept narinfos signed by this key, `NAME:BASE64` (repeatable)", EnvVars: env("trusted-public-key")},
 			stateDirFlag(),
@@ -47,7 +48,7 @@ so later versions can reuse them.`,
 			&cli.StringSliceFlag{Name: "bootstrap-peer", Usage: "join the DHT through this daemon, `MULTIADDR` ending in /p2p/<peer id> (repeatable; shoal id prints a daemon's peer ID)", EnvVars: env("bootstrap-peer")},
 			&cli.StringFlag{Name: "dht-mode", Value: "server", Usage: "server: answer DHT queries and hold records for others (fleet nodes); client: only ask; auto: server only once reachable from the internet, so never among nodes of one private network", EnvVars: env("dht-mode")},
 			&cli.IntFlag{Name: "dht-announce-max", Value: p2p.DefaultAnnounceMax, Usage: "announce at most this many NARs on the DHT, most recently used first; each costs a lookup and ~20 connections every 22h", EnvVars: env("dht-announce-max")},
-			&cli.DurationFlag{Name: "verify-wait", Value: 60_000_000_000, Usage: "how long Nix may wait for a NAR to be verified before shoal streams it with the end held back", EnvVars: env("verify-wait")},
+			durationFlag("verify-wait", time.Minute, "how long Nix may wait for a NAR to be verified before shoal streams it with the end held back"),
 		},
 		Action: func(c *cli.Context) error {
 			if c.NArg() > 0 {
@@ -65,8 +66,8 @@ so later versions can reuse them.`,
 			if cacheSize > 0 && cacheSize < 16<<20 {
 				return usageError("--cache-size %s is below the 16 MiB minimum", c.String("cache-size"))
 			}
-			if c.Duration("verify-wait") < 0 {
-				return usageError("--verify-wait %s: want a duration of at least 0s", c.Duration("verify-wait"))
+			if durationOf(c, "verify-wait") < 0 {
+				return usageError("--verify-wait %s: want a duration of at least 0s", durationOf(c, "verify-wait"))
 			}
 			if !slices.Contains(p2p.DHTModes, c.String("dht-mode")) {
 				return usageError("--dht-mode %q: want one of %s", c.String("dht-mode"), strings.Join(p2p.DHTModes, ", "))
@@ -97,7 +98,7 @@ so later versions can reuse them.`,
 				TrustedKeys:  c.StringSlice("trusted-public-key"),
 				StateDir:     c.String("state-dir"),
 				Priority:     c.Int("priority"),
-				VerifyWait:   c.Duration("verify-wait"),
+				VerifyWait:   durationOf(c, "verify-wait"),
 				CacheSize:    cacheSize,
 				PinClosureOf: c.StringSlice("pin-closure-of"),
 				SeedStore:    c.String("seed-store"),
