@@ -30,7 +30,10 @@ type Config struct {
 	Upstreams   []string // plain binary caches, in order
 	TrustedKeys []string
 	StateDir    string
-	Priority    int
+	// Priority is nix-cache-info's Priority: lower wins, 0 is the highest Nix knows.
+	// Every value is served as given (the CLI's default is DefaultPriority), so 0 is
+	// not taken to mean "unset".
+	Priority int
 
 	// CacheSize bounds the state directory's cache file in bytes (0: no bound); see
 	// localcache.Options.Budget.
@@ -84,13 +87,13 @@ type Config struct {
 	SeedRelated int
 }
 
+// DefaultPriority puts shoal ahead of cache.nixos.org, which says 40.
+const DefaultPriority = 30
+
 // Defaults fills zero fields with the documented defaults.
 func (c *Config) Defaults() {
 	if c.Listen == "" {
 		c.Listen = "127.0.0.1:37515"
-	}
-	if c.Priority == 0 {
-		c.Priority = 30
 	}
 	if c.VerifyWait == 0 {
 		c.VerifyWait = 60 * time.Second
@@ -146,6 +149,9 @@ func New(cfg Config) (*Daemon, error) {
 	}
 	if err := cfg.Params.Validate(); err != nil {
 		return nil, err
+	}
+	if cfg.Priority < 0 {
+		return nil, fmt.Errorf("priority %d: want 0 (highest) or more", cfg.Priority)
 	}
 	if cfg.StateDir == "" {
 		return nil, errors.New("no state directory: set --state-dir")

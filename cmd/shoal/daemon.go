@@ -34,7 +34,7 @@ so later versions can reuse them.`,
 			&cli.StringSliceFlag{Name: "upstream", Value: cli.NewStringSlice(substituter.DefaultUpstream), Usage: "plain binary cache for narinfos and whole NARs, in order (repeatable)", EnvVars: env("upstream")},
 			&cli.StringSliceFlag{Name: "trusted-public-key", Value: cli.NewStringSlice(substituter.DefaultTrustedKey), Usage: "accept narinfos signed by this key, `NAME:BASE64` (repeatable)", EnvVars: env("trusted-public-key")},
 			stateDirFlag(),
-			&cli.IntFlag{Name: "priority", Value: 30, Usage: "Priority in nix-cache-info; lower wins (cache.nixos.org says 40)", EnvVars: env("priority")},
+			&cli.IntFlag{Name: "priority", Value: daemon.DefaultPriority, Usage: "Priority in nix-cache-info: lower wins, 0 is the highest (cache.nixos.org says 40)", EnvVars: env("priority")},
 			&cli.StringFlag{Name: "cache-size", Usage: "bound the state directory's cache to this size, e.g. 20GiB; least recently used unpinned chunks are evicted (default: 10% of the file system holding --state-dir; 0: no bound)", EnvVars: env("cache-size")},
 			&cli.StringFlag{Name: "seed-store", Value: "/nix/store", Usage: "Nix store whose valid paths lend chunks to upgrades of the same package (\"\" turns this off)", EnvVars: env("seed-store")},
 			&cli.IntFlag{Name: "seed-related", Value: 3, Usage: "installed versions of a package to index when one of its NARs is requested, highest first (0: only paths given to shoal seed); each costs one read of the path", EnvVars: env("seed-related")},
@@ -68,6 +68,9 @@ so later versions can reuse them.`,
 			}
 			if durationOf(c, "verify-wait") < 0 {
 				return usageError("--verify-wait %s: want a duration of at least 0s", durationOf(c, "verify-wait"))
+			}
+			if c.Int("priority") < 0 {
+				return usageError("--priority %d: want 0 (highest) or more", c.Int("priority"))
 			}
 			if !slices.Contains(p2p.DHTModes, c.String("dht-mode")) {
 				return usageError("--dht-mode %q: want one of %s", c.String("dht-mode"), strings.Join(p2p.DHTModes, ", "))

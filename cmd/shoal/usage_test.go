@@ -5,6 +5,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/shoal-nix/shoal/internal/buildinfo"
 	"github.com/urfave/cli/v2"
@@ -14,7 +15,10 @@ import (
 func runCLI(t *testing.T, args ...string) (int, string, string) {
 	t.Helper()
 	var stdout, stderr strings.Builder
-	code := run(context.Background(), append([]string{"shoal"}, args...), &stdout, &stderr)
+	// A command that should have refused to start but serves instead ends here.
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	code := run(ctx, append([]string{"shoal"}, args...), &stdout, &stderr)
 	return code, stdout.String(), stderr.String()
 }
 
