@@ -211,9 +211,9 @@ func writeReport(dir string, files ...reportFile) error {
 // cacheSources fetches and checks the narinfos of the requested store paths
 // and returns sources that decompress and verify each NAR as it is read.
 func cacheSources(ctx context.Context, c *cli.Context) ([]analyze.Source, error) {
-	keys, err := substituter.ParseKeyring(c.StringSlice("trusted-public-key"))
+	keys, err := trustedKeys(c)
 	if err != nil {
-		return nil, usageError("--trusted-public-key: %v", err)
+		return nil, err
 	}
 	b, err := blob.Open(c.String("from"), nil)
 	if err != nil {

@@ -69,6 +69,9 @@ so later versions can reuse them.`,
 			if durationOf(c, "verify-wait") < 0 {
 				return usageError("--verify-wait %s: want a duration of at least 0s", durationOf(c, "verify-wait"))
 			}
+			if _, err := trustedKeys(c); err != nil {
+				return err
+			}
 			if c.Int("priority") < 0 {
 				return usageError("--priority %d: want 0 (highest) or more", c.Int("priority"))
 			}

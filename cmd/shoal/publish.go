@@ -75,9 +75,9 @@ func runPublish(c *cli.Context) error {
 	if c.Bool("all") == (c.NArg() > 0) {
 		return usageError("publish needs either --all or store paths, not both and not neither")
 	}
-	keys, err := substituter.ParseKeyring(c.StringSlice("trusted-public-key"))
+	keys, err := trustedKeys(c)
 	if err != nil {
-		return usageError("--trusted-public-key: %v", err)
+		return err
 	}
 	srcBlob, err := blob.Open(c.String("from"), nil)
 	if err != nil {

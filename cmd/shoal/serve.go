@@ -57,9 +57,9 @@ func runServe(c *cli.Context) error {
 	if c.NArg() > 0 {
 		return usageError("serve takes no arguments (got %q)", c.Args().Slice())
 	}
-	keys, err := substituter.ParseKeyring(c.StringSlice("trusted-public-key"))
+	keys, err := trustedKeys(c)
 	if err != nil {
-		return usageError("--trusted-public-key: %v", err)
+		return err
 	}
 	st, err := store.Open(c.String("store"), nil)
 	if err != nil {

@@ -195,9 +195,9 @@ func runStoreIndex(c *cli.Context) error {
 }
 
 func runStoreRetire(c *cli.Context) error {
-	keys, err := substituter.ParseKeyring(c.StringSlice("trusted-public-key"))
+	keys, err := trustedKeys(c)
 	if err != nil {
-		return usageError("--trusted-public-key: %v", err)
+		return err
 	}
 	cache, err := blob.Open(c.String("from"), nil)
 	if err != nil {
