@@ -45,4 +45,3 @@ func keyNames(keys []string) []string {
 	}
 	return names
 }
-
