@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/shoal-nix/shoal/chunk"
+	"github.com/shoal-nix/shoal/internal/buildinfo"
 	"github.com/shoal-nix/shoal/localcache"
 	"github.com/shoal-nix/shoal/manifest"
 	"github.com/shoal-nix/shoal/substituter"
@@ -73,19 +74,26 @@ type Status struct {
 	// Daemon is true when a running daemon answered; the counters below the cache
 	// fields then cover its lifetime. Without it only the cache file is described.
 	Daemon bool `json:"daemon"`
+	// StateDir is the running daemon's state directory, so a command given another
+	// one knows it is not the daemon's.
+	StateDir string `json:"state_dir,omitempty"`
+	// Version is the running daemon's build.
+	Version string `json:"version,omitempty"`
 
-	FileBytes    int64 `json:"file_bytes"`
-	UsedBytes    int64 `json:"used_bytes"`
-	BudgetBytes  int64 `json:"budget_bytes"`
-	OverBudget   bool  `json:"over_budget"`
-	Chunks       int   `json:"chunks"`
-	ChunkBytes   int64 `json:"chunk_bytes"`
-	Manifests    int   `json:"manifests"`
-	NarInfos     int   `json:"narinfos"`
-	Evictions    int64 `json:"evicted_chunks"`
-	EvictedBytes int64 `json:"evicted_bytes"`
-	PinnedBytes  int64 `json:"pinned_bytes"`
-	Pins         []Pin `json:"pins"`
+	FileBytes   int64 `json:"file_bytes"`
+	UsedBytes   int64 `json:"used_bytes"`
+	BudgetBytes int64 `json:"budget_bytes"`
+	// BudgetNote says where BudgetBytes came from when no daemon answered.
+	BudgetNote   string `json:"budget_note,omitempty"`
+	OverBudget   bool   `json:"over_budget"`
+	Chunks       int    `json:"chunks"`
+	ChunkBytes   int64  `json:"chunk_bytes"`
+	Manifests    int    `json:"manifests"`
+	NarInfos     int    `json:"narinfos"`
+	Evictions    int64  `json:"evicted_chunks"`
+	EvictedBytes int64  `json:"evicted_bytes"`
+	PinnedBytes  int64  `json:"pinned_bytes"`
+	Pins         []Pin  `json:"pins"`
 
 	NARsInFlight   int              `json:"nars_in_flight"`
 	FetchedBytes   map[string]int64 `json:"fetched_bytes,omitempty"`
@@ -142,6 +150,8 @@ func (d *Daemon) Status(ctx context.Context) (Status, error) {
 		return st, err
 	}
 	st.Daemon = true
+	st.StateDir = d.cfg.StateDir
+	st.Version = buildinfo.Read().String()
 	bytes, fetches, events := d.metrics.Snapshot()
 	st.FetchedBytes, st.FetchedObjects = bytes, fetches
 	st.NarInfoHits, st.NarInfoMisses = events[eventNarInfoCacheHit], events[eventNarInfoCacheMiss]

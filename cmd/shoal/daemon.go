@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/shoal-nix/shoal/daemon"
+	"github.com/shoal-nix/shoal/localcache"
 	"github.com/shoal-nix/shoal/p2p"
 	"github.com/shoal-nix/shoal/substituter"
 	"github.com/urfave/cli/v2"
@@ -60,7 +61,7 @@ so later versions can reuse them.`,
 				if cacheSize, err = parseSize(c.String("cache-size")); err != nil {
 					return usageError("--cache-size: %v", err)
 				}
-			} else if cacheSize, err = defaultCacheSize(c.String("state-dir")); err != nil {
+			} else if cacheSize, err = localcache.DefaultBudget(c.String("state-dir")); err != nil {
 				return err
 			}
 			if cacheSize > 0 && cacheSize < 16<<20 {

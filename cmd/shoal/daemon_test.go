@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -9,8 +10,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/shoal-nix/shoal/daemon"
 	"github.com/shoal-nix/shoal/internal/cachetest"
 	"github.com/shoal-nix/shoal/internal/testkit"
+	"github.com/shoal-nix/shoal/localcache"
 )
 
 // cliDaemon is `shoal daemon` run as main runs it, inside the test.
@@ -91,5 +94,59 @@ func TestDaemonPriority(t *testing.T) {
 	code, _, errOut := runCLI(t, "daemon", "--listen", "127.0.0.1:0", "--upstream", c.Dir, "--state-dir", t.TempDir(), "--priority", "-5")
 	if code != exitUsage || !strings.Contains(errOut, "--priority -5") {
 		t.Errorf("--priority -5: exit %d, %s", code, errOut)
+	}
+}
+
+// The cache commands find a running daemon by its address before looking for a
+// cache file: on NixOS the daemon's state directory is not the user's, and may not
+// be readable.
+func TestCacheCommandsFindTheDaemon(t *testing.T) {
+	c := cachetest.New(t, "find-1")
+	daemonState := t.TempDir()
+	d := startCLIDaemon(t, "--upstream", c.Dir, "--trusted-public-key", c.PublicKey, "--state-dir", daemonState, "--seed-store", "")
+	t.Setenv("STATE_DIRECTORY", "")
+	t.Setenv("XDG_STATE_HOME", t.TempDir()) // no cache here
+
+	code, out, errOut := runCLI(t, "status", "--daemon", d.addr, "--json")
+	var st daemon.Status
+	if err := json.Unmarshal([]byte(out), &st); code != 0 || err != nil || !st.Daemon || st.StateDir != daemonState {
+		t.Fatalf("status without --state-dir: exit %d, %v, %s%s", code, err, out, errOut)
+	}
+	const path = "/nix/store/00000000000000000000000000000000-pinned-1.0"
+	if code, out, errOut := runCLI(t, "pin", "--daemon", d.addr, path); code != 0 {
+		t.Fatalf("pin: exit %d, %s%s", code, out, errOut)
+	}
+	if _, out, _ := runCLI(t, "status", "--daemon", d.addr); !strings.Contains(out, path) || !strings.Contains(out, "evicted:") {
+		t.Errorf("status through the daemon:\n%s", out)
+	}
+
+	// An explicit --state-dir that is not the daemon's means that directory's file.
+	other := t.TempDir()
+	if code, _, errOut := runCLI(t, "status", "--daemon", d.addr, "--state-dir", other); code != 1 || !strings.Contains(errOut, "no cache at "+other) {
+		t.Errorf("status --state-dir %s: exit %d, %s", other, code, errOut)
+	}
+}
+
+// With the daemon stopped, status shows the budget the daemon will apply, not
+// "unbounded".
+func TestStatusOfStoppedDaemonShowsItsBudget(t *testing.T) {
+	c := cachetest.New(t, "budget-1")
+	state := t.TempDir()
+	d := startCLIDaemon(t, "--upstream", c.Dir, "--trusted-public-key", c.PublicKey, "--state-dir", state, "--seed-store", "")
+	if code, logs := d.stop(); code != 0 {
+		t.Fatalf("daemon exited %d:\n%s", code, logs)
+	}
+	nowhere := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	want, err := localcache.DefaultBudget(state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, out, errOut := runCLI(t, "status", "--daemon", nowhere, "--state-dir", state)
+	if !strings.Contains(out, "budget "+formatSize(want)+" (the daemon's default: 10% of the file system)") {
+		t.Errorf("status:\n%s%s", out, errOut)
+	}
+	t.Setenv("SHOAL_CACHE_SIZE", "5GiB")
+	if _, out, errOut := runCLI(t, "status", "--daemon", nowhere, "--state-dir", state); !strings.Contains(out, "budget 5.0 GiB (--cache-size)") {
+		t.Errorf("status with SHOAL_CACHE_SIZE=5GiB:\n%s%s", out, errOut)
 	}
 }
