@@ -57,7 +57,12 @@ func (d *Daemon) gauges() []Gauge {
 		d.log.Warn("reading cache stats for metrics", "err", err)
 		return nil
 	}
+	unusable := int64(0)
+	if problem, _ := d.storeHealth.get(); problem != "" {
+		unusable = 1
+	}
 	return []Gauge{
+		{"shoal_store_unusable", "1 while the --store did not answer as a chunk store at its last check (NARs then come whole from the upstream).", unusable},
 		{"shoal_cache_file_bytes", "Size of the cache file on disk.", u.FileBytes},
 		{"shoal_cache_used_bytes", "Bytes of the cache file holding data; the rest is free pages reused before the file grows.", u.UsedBytes},
 		{"shoal_cache_budget_bytes", "The --cache-size budget (0: unbounded).", u.Budget},
@@ -77,6 +82,10 @@ type Status struct {
 	// StateDir is the running daemon's state directory, so a command given another
 	// one knows it is not the daemon's.
 	StateDir string `json:"state_dir,omitempty"`
+	// Store is the daemon's --store; StoreProblem says why it is not being used
+	// (empty when it is fine or not yet checked).
+	Store        string `json:"store,omitempty"`
+	StoreProblem string `json:"store_problem,omitempty"`
 	// Version is the running daemon's build.
 	Version string `json:"version,omitempty"`
 
@@ -151,6 +160,8 @@ func (d *Daemon) Status(ctx context.Context) (Status, error) {
 	}
 	st.Daemon = true
 	st.StateDir = d.cfg.StateDir
+	st.Store = d.cfg.StoreURL
+	st.StoreProblem, _ = d.storeHealth.get()
 	st.Version = buildinfo.Read().String()
 	bytes, fetches, events := d.metrics.Snapshot()
 	st.FetchedBytes, st.FetchedObjects = bytes, fetches

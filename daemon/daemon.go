@@ -137,6 +137,8 @@ type Daemon struct {
 	lookups   singleflight.Group
 	narInfos  *narInfoWriter
 	now       func() time.Time
+
+	storeHealth storeHealth
 }
 
 // New opens the state directory and checks the configuration; it does not contact any
@@ -174,6 +176,11 @@ func New(cfg Config) (*Daemon, error) {
 	}
 	if len(d.upstreams) == 0 && d.store == nil {
 		return nil, errors.New("nothing to serve from: give --store or at least one --upstream")
+	}
+	if d.store != nil && isLocalStore(cfg.StoreURL) {
+		if err := d.checkLocalStore(); err != nil {
+			return nil, err
+		}
 	}
 	if d.codec, err = chunk.NewCodec(); err != nil {
 		return nil, err
@@ -252,6 +259,9 @@ func (d *Daemon) Serve(ctx context.Context, ln net.Listener) error {
 	// The listener is bound, so connections queue from here on: Nix may be let in.
 	d.sdNotify("READY=1\nSTATUS=serving Nix on " + ln.Addr().String())
 	go d.pruneLoop(ctx)
+	if d.store != nil && !isLocalStore(d.cfg.StoreURL) {
+		go d.watchStore(ctx)
+	}
 	go d.pinLoop(ctx)
 	select {
 	case err := <-errc:

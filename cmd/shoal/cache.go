@@ -252,6 +252,14 @@ func printStatus(w io.Writer, st daemon.Status) {
 		fmt.Fprintf(w, "daemon:       not running (hit rates and bytes by source come from a running daemon)\n")
 		return
 	}
+	switch {
+	case st.StoreProblem != "":
+		fmt.Fprintf(w, "store:        UNUSABLE: %s\n", st.StoreProblem)
+	case st.Store != "":
+		fmt.Fprintf(w, "store:        %s\n", st.Store)
+	default:
+		fmt.Fprintf(w, "store:        none (whole NARs from the upstream; chunks kept for later versions)\n")
+	}
 	fmt.Fprintf(w, "evicted:      %d chunks, %s since the daemon started\n", st.Evictions, formatSize(st.EvictedBytes))
 	total := st.NarInfoHits + st.NarInfoMisses
 	rate := 0.0

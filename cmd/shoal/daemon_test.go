@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -148,5 +150,45 @@ func TestStatusOfStoppedDaemonShowsItsBudget(t *testing.T) {
 	t.Setenv("SHOAL_CACHE_SIZE", "5GiB")
 	if _, out, errOut := runCLI(t, "status", "--daemon", nowhere, "--state-dir", state); !strings.Contains(out, "budget 5.0 GiB (--cache-size)") {
 		t.Errorf("status with SHOAL_CACHE_SIZE=5GiB:\n%s%s", out, errOut)
+	}
+}
+
+// A --store that is not a chunk store is refused at start when it is on this
+// machine, and reported loudly, in the log, status and /metrics, when it is remote.
+func TestDaemonChecksTheStore(t *testing.T) {
+	c := cachetest.New(t, "check-1")
+	base := []string{"daemon", "--listen", "127.0.0.1:0", "--upstream", c.Dir, "--trusted-public-key", c.PublicKey, "--seed-store", ""}
+	for _, tc := range []struct{ name, store string }{
+		{"missing directory", filepath.Join(t.TempDir(), "absent")},
+		{"binary cache", c.Dir},
+		{"binary cache as a URL", "file://" + c.Dir},
+	} {
+		code, _, errOut := runCLI(t, append(base, "--state-dir", t.TempDir(), "--store", tc.store)...)
+		if code != 1 || !strings.Contains(errOut, "is not a chunk store: it has no shoal-store.json") {
+			t.Errorf("%s: exit %d, %s", tc.name, code, errOut)
+		}
+	}
+
+	srv := httptest.NewServer(http.FileServer(http.Dir(c.Dir)))
+	defer srv.Close()
+	d := startCLIDaemon(t, "--upstream", c.Dir, "--trusted-public-key", c.PublicKey, "--seed-store", "", "--state-dir", t.TempDir(), "--store", srv.URL)
+	var st daemon.Status
+	for deadline := time.Now().Add(20 * time.Second); st.StoreProblem == ""; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("status never reported the store:\n%s", d.logs.String())
+		}
+		_, out, _ := runCLI(t, "status", "--daemon", d.addr, "--json")
+		if err := json.Unmarshal([]byte(out), &st); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, out, _ := runCLI(t, "status", "--daemon", d.addr); !strings.Contains(out, "store:        UNUSABLE: "+srv.URL+" is not a chunk store") {
+		t.Errorf("status:\n%s", out)
+	}
+	if !strings.Contains(d.logs.String(), "level=ERROR msg=\"chunk store unusable") {
+		t.Errorf("no error in the log:\n%s", d.logs.String())
+	}
+	if m := get(t, "http://"+d.addr+"/metrics"); !strings.Contains(m, "\nshoal_store_unusable 1\n") {
+		t.Errorf("metrics:\n%s", m)
 	}
 }
