@@ -140,6 +140,9 @@ var ErrRefused = errors.New("some store paths were not published")
 func (p *Publisher) Run(ctx context.Context, hashParts []string) (Summary, error) {
 	start := time.Now()
 	var sum Summary
+	if err := p.checkDestination(ctx); err != nil {
+		return sum, err
+	}
 	if _, err := p.dst.Init(ctx, p.src.String(), p.opts.Params, start); err != nil {
 		return sum, err
 	}
