@@ -255,7 +255,7 @@ func (d *Daemon) Serve(ctx context.Context, ln net.Listener) error {
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
-	d.log.Info("serving Nix", "listen", ln.Addr().String(), "store", d.cfg.StoreURL, "upstreams", d.cfg.Upstreams, "priority", d.cfg.Priority)
+	d.logStart(ln.Addr())
 	// The listener is bound, so connections queue from here on: Nix may be let in.
 	d.sdNotify("READY=1\nSTATUS=serving Nix on " + ln.Addr().String())
 	go d.pruneLoop(ctx)
@@ -274,6 +274,7 @@ func (d *Daemon) Serve(ctx context.Context, ln net.Listener) error {
 	if err := srv.Shutdown(shutdown); err != nil {
 		return fmt.Errorf("shutting down HTTP server: %w", err)
 	}
+	d.log.Info("stopped serving Nix", "listen", ln.Addr().String())
 	return nil
 }
 

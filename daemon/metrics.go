@@ -13,6 +13,7 @@ import (
 
 	"github.com/shoal-nix/shoal/substituter"
 
+	"github.com/shoal-nix/shoal/internal/buildinfo"
 	"github.com/shoal-nix/shoal/internal/promtext"
 )
 
@@ -131,6 +132,9 @@ func (m *Metrics) WriteTo(w io.Writer) (int64, error) {
 		k, _ := fmt.Fprintf(w, format, a...)
 		n += int64(k)
 	}
+	bi := buildinfo.Read()
+	p("# HELP shoal_build_info The running daemon's build (always 1).\n# TYPE shoal_build_info gauge\n")
+	p("shoal_build_info{version=%q,revision=%q,goversion=%q} 1\n", bi.Version, bi.Revision, bi.GoVersion)
 	p("# HELP shoal_fetched_bytes_total Bytes fetched for NARs, by source (stored/compressed size).\n# TYPE shoal_fetched_bytes_total counter\n")
 	for _, k := range sortedKeys(m.bytes) {
 		p("shoal_fetched_bytes_total{source=%q} %d\n", k, m.bytes[k])

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/shoal-nix/shoal/daemon"
+	"github.com/shoal-nix/shoal/internal/buildinfo"
 	"github.com/shoal-nix/shoal/internal/cachetest"
 	"github.com/shoal-nix/shoal/internal/testkit"
 	"github.com/shoal-nix/shoal/localcache"
@@ -190,5 +191,44 @@ func TestDaemonChecksTheStore(t *testing.T) {
 	}
 	if m := get(t, "http://"+d.addr+"/metrics"); !strings.Contains(m, "\nshoal_store_unusable 1\n") {
 		t.Errorf("metrics:\n%s", m)
+	}
+}
+
+// The start line says which build runs, with what state, budget and trusted keys
+// (by name); a stop is logged; /metrics names the build.
+func TestDaemonSaysWhatItIs(t *testing.T) {
+	c := cachetest.New(t, "say-1")
+	state := t.TempDir()
+	d := startCLIDaemon(t, "--upstream", c.Dir, "--trusted-public-key", c.PublicKey, "--seed-store", "", "--state-dir", state, "--cache-size", "1GiB")
+	version := buildinfo.Read()
+	if m := get(t, "http://"+d.addr+"/metrics"); !strings.Contains(m, fmt.Sprintf("shoal_build_info{version=%q,", version.Version)) {
+		t.Errorf("no shoal_build_info in /metrics:\n%s", m)
+	}
+	code, logs := d.stop()
+	if code != 0 {
+		t.Fatalf("exit %d:\n%s", code, logs)
+	}
+	start := ""
+	for _, line := range strings.Split(logs, "\n") {
+		if strings.Contains(line, `msg="serving Nix"`) {
+			start = line
+		}
+	}
+	for _, want := range []string{
+		fmt.Sprintf("version=%q", version.String()),
+		"state_dir=" + state,
+		`cache_budget="1.0 GiB"`,
+		"trusted_keys=[say-1]",
+		"store=none",
+	} {
+		if !strings.Contains(start, want) {
+			t.Errorf("start line lacks %s: %s", want, start)
+		}
+	}
+	if strings.Contains(logs, c.PublicKey[len("say-1:"):]) {
+		t.Errorf("the log holds a key, not just its name:\n%s", logs)
+	}
+	if !strings.Contains(logs, `msg="stopped serving Nix"`) {
+		t.Errorf("no shutdown line:\n%s", logs)
 	}
 }
