@@ -110,6 +110,8 @@ type Status struct {
 	NarInfoHits    int64            `json:"narinfo_cache_hits"`
 	NarInfoMisses  int64            `json:"narinfo_cache_misses"`
 	VerifyFailures int64            `json:"nar_verify_failures"`
+	// Savings are the bytes shoal saved against whole NARs since the daemon started.
+	Savings Savings `json:"savings"`
 	// Peers are the IDs of the connected peers not being shunned (with --lan or --dht).
 	Peers []string `json:"peers"`
 }
@@ -167,6 +169,7 @@ func (d *Daemon) Status(ctx context.Context) (Status, error) {
 	st.FetchedBytes, st.FetchedObjects = bytes, fetches
 	st.NarInfoHits, st.NarInfoMisses = events[eventNarInfoCacheHit], events[eventNarInfoCacheMiss]
 	st.VerifyFailures = events[eventNarVerifyFailure]
+	st.Savings = d.metrics.Savings()
 	if d.peers != nil {
 		for _, id := range d.peers.Peers() {
 			st.Peers = append(st.Peers, id.String())

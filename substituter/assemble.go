@@ -297,6 +297,7 @@ func (a *Assembler) run(ctx context.Context, job NarJob, p *Progress) (*manifest
 				"delta_chunks", price.Deltas, "delta_bytes", price.DeltaBytes, "delta_share", fmt.Sprintf("%.2f", price.DeltaShare()),
 				"delta_saves_bytes", price.FullBytes-price.DeltaBytes,
 				"whole_nar_bytes", info.FileSize, "peers_cover", covered, "source", map[bool]string{true: "whole NAR", false: "chunks"}[whole])
+			notePricing(a.Counters, NarPricing{WholeBytes: int64(info.FileSize), Whole: whole, DownloadBytes: int64(missingBytes), DeltaSavedBytes: int64(price.FullBytes - price.DeltaBytes)})
 			if !whole {
 				err := a.fromChunks(ctx, job, m, p, gen, sources, price.useDelta)
 				if err == nil {

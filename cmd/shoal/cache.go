@@ -62,6 +62,15 @@ func parseSize(s string) (int64, error) {
 	return int64(v), nil
 }
 
+// formatSignedSize is formatSize for counts that can be negative: a NAR whose
+// chunks cost more than the whole file it was priced against.
+func formatSignedSize(n int64) string {
+	if n < 0 {
+		return "-" + formatSize(-n)
+	}
+	return formatSize(n)
+}
+
 // formatSize prints bytes in binary units for people.
 func formatSize(n int64) string {
 	const unit = 1024
@@ -268,6 +277,15 @@ func printStatus(w io.Writer, st daemon.Status) {
 	}
 	fmt.Fprintf(w, "narinfo:      %d lookups, %.1f%% from the local cache\n", total, rate)
 	fmt.Fprintf(w, "NARs:         %d being served, %d verify failures\n", st.NARsInFlight, st.VerifyFailures)
+	sv := st.Savings
+	share := 0.0
+	if sv.WholeBytes > 0 {
+		share = 100 * float64(sv.SavedBytes) / float64(sv.WholeBytes)
+	}
+	fmt.Fprintf(w, "saved:        %s of %s whole NARs (%.1f%%): %d NARs from chunks, %d whole\n",
+		formatSignedSize(sv.SavedBytes), formatSize(sv.WholeBytes), share, sv.NARsFromChunks, sv.NARsWhole)
+	fmt.Fprintf(w, "              %s by chunks already here, %s by deltas\n",
+		formatSignedSize(sv.SavedBytes-sv.DeltaSavedBytes), formatSignedSize(sv.DeltaSavedBytes))
 	sources := make([]string, 0, len(st.FetchedBytes))
 	for s := range st.FetchedBytes {
 		sources = append(sources, s)

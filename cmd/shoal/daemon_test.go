@@ -232,3 +232,60 @@ func TestDaemonSaysWhatItIs(t *testing.T) {
 		t.Errorf("no shutdown line:\n%s", logs)
 	}
 }
+
+// fetchNAR asks the daemon for a store path as Nix does: its narinfo, then the NAR
+// at the URL the narinfo names.
+func fetchNAR(t *testing.T, addr, hashPart string) []byte {
+	t.Helper()
+	info := get(t, "http://"+addr+"/"+hashPart+".narinfo")
+	for _, line := range strings.Split(info, "\n") {
+		if u, ok := strings.CutPrefix(line, "URL: "); ok {
+			return []byte(get(t, "http://"+addr+"/"+u))
+		}
+	}
+	t.Fatalf("narinfo of %s has no URL:\n%s", hashPart, info)
+	return nil
+}
+
+// status and /metrics say what shoal saved against whole NARs: an upgrade that
+// shares most of its chunks with the version before saves most of its NAR.
+func TestDaemonShowsBytesSaved(t *testing.T) {
+	cache := cachetest.New(t, "saved-1")
+	v1 := crashNARs(1)[0]
+	v2 := append(append([]byte{}, v1...), []byte("a small change")...)
+	hp1, hp2 := cachetest.HashPart("saved-v1"), cachetest.HashPart("saved-v2")
+	cache.Add(t, hp1, "saved-1.0", v1, "zstd")
+	ni2 := cache.Add(t, hp2, "saved-1.1", v2, "zstd")
+	storeDir := t.TempDir()
+	if code, _, errOut := runCLI(t, "--log-level", "error", "publish", "--from", "file://"+cache.Dir, "--to", storeDir, "--trusted-public-key", cache.PublicKey, "--all"); code != 0 {
+		t.Fatalf("publish: exit %d, %s", code, errOut)
+	}
+	d := startCLIDaemon(t, "--upstream", cache.Dir, "--trusted-public-key", cache.PublicKey, "--seed-store", "",
+		"--state-dir", t.TempDir(), "--store", storeDir)
+	for _, hp := range []string{hp1, hp2} {
+		fetchNAR(t, d.addr, hp)
+	}
+	_, out, _ := runCLI(t, "status", "--daemon", d.addr, "--json")
+	var st daemon.Status
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		t.Fatal(err)
+	}
+	sv := st.Savings
+	// Version 1 comes whole, without a manifest: nothing to choose, nothing saved.
+	// Version 2 costs the chunks that differ: far less than its whole NAR.
+	if sv.NARsFromChunks != 1 || sv.WholeBytes != int64(ni2.FileSize) || sv.SavedBytes < int64(ni2.FileSize)*9/10 {
+		t.Errorf("savings %+v, want version 2 from chunks, most of its %d bytes saved\n%s", sv, ni2.FileSize, d.logs.String())
+	}
+	metrics := get(t, "http://"+d.addr+"/metrics")
+	for _, want := range []string{
+		fmt.Sprintf("\nshoal_whole_nar_bytes_total %d\n", sv.WholeBytes),
+		fmt.Sprintf("\nshoal_saved_bytes_total{by=\"local\"} %d\n", sv.SavedBytes-sv.DeltaSavedBytes),
+	} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+	if _, out, _ := runCLI(t, "status", "--daemon", d.addr); !strings.Contains(out, "saved:        "+formatSize(sv.SavedBytes)+" of "+formatSize(sv.WholeBytes)+" whole NARs") {
+		t.Errorf("status:\n%s", out)
+	}
+}
