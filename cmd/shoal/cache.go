@@ -282,8 +282,8 @@ func printStatus(w io.Writer, st daemon.Status) {
 	if sv.WholeBytes > 0 {
 		share = 100 * float64(sv.SavedBytes) / float64(sv.WholeBytes)
 	}
-	fmt.Fprintf(w, "saved:        %s of %s whole NARs (%.1f%%): %d NARs from chunks, %d whole\n",
-		formatSignedSize(sv.SavedBytes), formatSize(sv.WholeBytes), share, sv.NARsFromChunks, sv.NARsWhole)
+	fmt.Fprintf(w, "saved:        %s of %s whole NAR files (%.1f%%), on %d NARs with a manifest: %d from chunks, %d whole\n",
+		formatSignedSize(sv.SavedBytes), formatSize(sv.WholeBytes), share, sv.NARsFromChunks+sv.NARsWhole, sv.NARsFromChunks, sv.NARsWhole)
 	fmt.Fprintf(w, "              %s by chunks already here, %s by deltas\n",
 		formatSignedSize(sv.SavedBytes-sv.DeltaSavedBytes), formatSignedSize(sv.DeltaSavedBytes))
 	sources := make([]string, 0, len(st.FetchedBytes))

@@ -285,7 +285,7 @@ func TestDaemonShowsBytesSaved(t *testing.T) {
 			t.Errorf("/metrics lacks %q", want)
 		}
 	}
-	if _, out, _ := runCLI(t, "status", "--daemon", d.addr); !strings.Contains(out, "saved:        "+formatSize(sv.SavedBytes)+" of "+formatSize(sv.WholeBytes)+" whole NARs") {
+	if _, out, _ := runCLI(t, "status", "--daemon", d.addr); !strings.Contains(out, "saved:        "+formatSize(sv.SavedBytes)+" of "+formatSize(sv.WholeBytes)+" whole NAR files") {
 		t.Errorf("status:\n%s", out)
 	}
 }
