@@ -217,3 +217,15 @@ func TestPublishRefusesADestinationThatIsNotAStore(t *testing.T) {
 		}
 	}
 }
+
+// Off a terminal, publish says how far it got in NARs and bytes, not nothing.
+func TestPublishProgressOffATerminal(t *testing.T) {
+	cache := cachetest.New(t, "prog-1")
+	cache.Add(t, cachetest.HashPart("prog-a"), "prog-a-1.0", []byte(strings.Repeat("a", 100000)), "zstd")
+	cache.Add(t, cachetest.HashPart("prog-b"), "prog-b-1.0", []byte(strings.Repeat("b", 100000)), "zstd")
+	code, _, errOut := runCLI(t, "--log-level", "error", "publish", "--from", "file://"+cache.Dir, "--to", t.TempDir(),
+		"--trusted-public-key", cache.PublicKey, "--all")
+	if code != 0 || !strings.Contains(errOut, "publishing: 2 of 2 NARs, 0.2 of 0.2 MB (100%)") {
+		t.Errorf("exit %d, stderr:\n%s", code, errOut)
+	}
+}
