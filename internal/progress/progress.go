@@ -73,6 +73,15 @@ func (m *Meter) print(t time.Time) {
 	m.last = t
 	elapsed := t.Sub(m.start)
 	line := fmt.Sprintf("%s: %d of %d %s", m.what, m.items, m.totalItems, m.unit)
+	if m.totalBytes == 0 && m.bytes == 0 {
+		// Counted in items only.
+		if elapsed > 0 && m.items > 0 && m.items < m.totalItems {
+			eta := elapsed * time.Duration(m.totalItems-m.items) / time.Duration(m.items)
+			line += ", ETA " + eta.Round(time.Second).String()
+		}
+		fmt.Fprintln(m.w, line)
+		return
+	}
 	if m.totalBytes > 0 {
 		line += fmt.Sprintf(", %.1f of %.1f MB (%.0f%%)", float64(m.bytes)/1e6, float64(m.totalBytes)/1e6, 100*float64(m.bytes)/float64(m.totalBytes))
 	} else {

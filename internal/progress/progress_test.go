@@ -29,3 +29,20 @@ func TestMeterPrintsAtMostEveryInterval(t *testing.T) {
 		t.Errorf("got\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }
+
+func TestMeterOfItemsOnly(t *testing.T) {
+	clock := time.Unix(0, 0)
+	var out strings.Builder
+	m := New(&out, "measuring deltas", "upgrades", 4, 0, time.Second, func() time.Time { return clock })
+	clock = clock.Add(2 * time.Second)
+	m.ItemDone()
+	clock = clock.Add(6 * time.Second)
+	m.ItemDone()
+	m.ItemDone()
+	m.ItemDone()
+	m.Finish()
+	want := "measuring deltas: 1 of 4 upgrades, ETA 6s\nmeasuring deltas: 2 of 4 upgrades, ETA 8s\nmeasuring deltas: 4 of 4 upgrades\n"
+	if out.String() != want {
+		t.Errorf("got\n%swant\n%s", out.String(), want)
+	}
+}
