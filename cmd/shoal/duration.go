@@ -13,12 +13,15 @@ const day = 24 * time.Hour
 
 // parseDuration is the one parser behind every duration flag, so "90d" means the same
 // to retire as to analyze logs: Go's units (ns to h) plus d (days) and w (weeks), in
-// any combination ("1d12h"). A bare number is refused, since "5" could mean seconds
+// any combination ("1d12h"). A bare number other than 0 is refused: "5" could mean seconds
 // or days.
 func parseDuration(s string) (time.Duration, error) {
 	t := strings.TrimSpace(s)
 	if t == "" {
 		return 0, fmt.Errorf("empty duration: want e.g. 90d, 12h or 30s")
+	}
+	if t == "0" {
+		return 0, nil // the one number that needs no unit
 	}
 	neg := strings.HasPrefix(t, "-")
 	rest := strings.TrimLeft(t, "+-")

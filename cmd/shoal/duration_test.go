@@ -18,6 +18,7 @@ func TestParseDuration(t *testing.T) {
 		{in: "30s", want: 30 * time.Second},
 		{in: "1.5h", want: 90 * time.Minute},
 		{in: "-1h", want: -time.Hour},
+		{in: "0", want: 0},
 		{in: "5", bad: true},
 		{in: "", bad: true},
 		{in: "d", bad: true},
