@@ -25,12 +25,19 @@
         };
       };
 
-      packages = forAll systems (pkgs: {
-        default = pkgs.callPackage ./nix/package.nix {
-          src = self;
-          inherit version;
-        };
-      });
+      packages = forAll systems (
+        pkgs:
+        let
+          shoal = pkgs.callPackage ./nix/package.nix {
+            src = self;
+            inherit version;
+          };
+        in
+        {
+          inherit shoal;
+          default = shoal;
+        }
+      );
 
       # The module itself takes the package from pkgs.shoal; through the flake it
       # defaults to this flake's build instead, with no overlay needed.

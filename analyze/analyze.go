@@ -19,6 +19,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/shoal-nix/shoal/chunk"
@@ -156,6 +157,10 @@ type Options struct {
 	// Progress, if set, is called with the number of NAR bytes just read.
 	// It is called from several goroutines.
 	Progress func(n int64)
+	// Step, if set, is called as each NAR is read (phase "reading") and as each
+	// upgrade's deltas are measured (phase "deltas"), with how many of the phase's
+	// total are done. It is called from several goroutines.
+	Step func(phase string, done, total int)
 
 	// Deltas also prices each NAR as deltas against the previous version of its
 	// package (see DeltaCost). It reads those NARs a second time.
@@ -267,6 +272,7 @@ func Run(ctx context.Context, sources []Source, opts Options) (*Result, error) {
 	nars := make([]NAR, len(sources))
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(jobs)
+	var read atomic.Int64
 	for i, src := range sources {
 		nars[i] = NAR{Name: src.Name, FileSize: src.FileSize}
 		g.Go(func() error {
@@ -275,6 +281,7 @@ func Run(ctx context.Context, sources []Source, opts Options) (*Result, error) {
 				return fmt.Errorf("analyzing %s: %w", src.Name, err)
 			}
 			nars[i].NarSize = n
+			opts.step("reading", int(read.Add(1)), len(sources))
 			return nil
 		})
 	}
@@ -292,6 +299,12 @@ func Run(ctx context.Context, sources []Source, opts Options) (*Result, error) {
 		}
 	}
 	return res, nil
+}
+
+func (o Options) step(phase string, done, total int) {
+	if o.Step != nil {
+		o.Step(phase, done, total)
+	}
 }
 
 // readNAR reads one source and feeds its bytes to a consumer per

@@ -142,6 +142,12 @@ func measureDeltas(ctx context.Context, sources []Source, states []*configState,
 	dc := chunk.NewDeltaCodec(opts.DeltaLevel, opts.Jobs)
 	defer dc.Close()
 	nBases := cmp.Or(opts.DeltaBases, delta.DefaultBases)
+	upgrades, measured := 0, 0
+	for _, b := range bases {
+		if b >= 0 {
+			upgrades++
+		}
+	}
 	for i, b := range bases {
 		if b < 0 {
 			continue
@@ -168,6 +174,8 @@ func measureDeltas(ctx context.Context, sources []Source, states []*configState,
 		if err := g.Wait(); err != nil {
 			return err
 		}
+		measured++
+		opts.step("deltas", measured, upgrades)
 		for _, j := range []int{b, i} {
 			if f, ok := files[j]; ok && lastUse[j] <= i {
 				f.Close()

@@ -245,7 +245,8 @@ func (r *LogReport) WriteSVG(w io.Writer) error {
 			top = max(top, m.Retired[i].Requests)
 		}
 	}
-	ymax := niceCeil(float64(top))
+	// Requests are counts: at least 5 on the axis, so its five ticks are whole.
+	ymax := max(niceCeil(float64(top)), 5)
 	xOf := func(b int) float64 {
 		if nb == 1 {
 			return x0 + panelW/2
@@ -265,8 +266,24 @@ func (r *LogReport) WriteSVG(w io.Writer) error {
 		label = fmt.Sprintf("time (UTC); each point the busiest minute of %d", step)
 	}
 	fmt.Fprintf(bw, `<text x="%.1f" y="%.1f" text-anchor="middle">%s</text>`+"\n", x0+panelW/2, y0+panelH+34, esc(label))
+	// A scenario retiring exactly what an earlier one does draws the same line; it is
+	// drawn dashed over it, so both colours show, and the legend says so.
+	sameAs := make([]int, len(r.Scenarios))
 	for i := range r.Scenarios {
-		fmt.Fprintf(bw, `<polyline fill="none" stroke="%s" stroke-width="1.5" points="`, palette[i%len(palette)])
+		sameAs[i] = -1
+		for j := range i {
+			if sameAs[j] < 0 && slices.Equal(peaks[i], peaks[j]) {
+				sameAs[i] = j
+				break
+			}
+		}
+	}
+	for i := range r.Scenarios {
+		dash := ""
+		if sameAs[i] >= 0 {
+			dash = ` stroke-dasharray="6,6"`
+		}
+		fmt.Fprintf(bw, `<polyline fill="none" stroke="%s" stroke-width="1.5"%s points="`, palette[i%len(palette)], dash)
 		for b, v := range peaks[i] {
 			if b > 0 {
 				fmt.Fprint(bw, " ")
@@ -333,8 +350,13 @@ func (r *LogReport) WriteSVG(w io.Writer) error {
 	ly := marginT + panelH + 60
 	for i, s := range r.Scenarios {
 		y := ly + legendH*float64(i)
-		fmt.Fprintf(bw, `<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="%s" stroke-width="2"/>`+"\n", marginL, y, marginL+30, y, palette[i%len(palette)])
-		fmt.Fprintf(bw, `<text x="%.1f" y="%.1f">%s (peak %d/min)</text>`+"\n", marginL+38, y+4, esc(s.Name), s.PeakRequests)
+		dash, same := "", ""
+		if j := sameAs[i]; j >= 0 {
+			dash = ` stroke-dasharray="6,6"`
+			same = ", the same line as " + r.Scenarios[j].Name
+		}
+		fmt.Fprintf(bw, `<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="%s" stroke-width="2"%s/>`+"\n", marginL, y, marginL+30, y, palette[i%len(palette)], dash)
+		fmt.Fprintf(bw, `<text x="%.1f" y="%.1f">%s</text>`+"\n", marginL+38, y+4, esc(fmt.Sprintf("%s (peak %d/min%s)", s.Name, s.PeakRequests, same)))
 	}
 	x := marginL + panelW + gap
 	for j, l := range []string{"share of requests", "share of bytes"} {

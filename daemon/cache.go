@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/shoal-nix/shoal/internal/buildinfo"
 	"github.com/shoal-nix/shoal/localcache"
 )
 
@@ -32,7 +33,12 @@ func (d *Daemon) gauges() []Gauge {
 		d.log.Warn("reading cache stats for metrics", "err", err)
 		return nil
 	}
+	unusable := int64(0)
+	if problem, _ := d.storeHealth.get(); problem != "" {
+		unusable = 1
+	}
 	gs := []Gauge{
+		{"shoal_store_unusable", "1 while the --store did not answer as a chunk store at its last check (NARs then come whole from the upstream).", unusable},
 		{"shoal_cache_file_bytes", "Size of the cache file on disk.", u.FileBytes},
 		{"shoal_cache_used_bytes", "Bytes of the cache file holding data; the rest is free pages reused before the file grows.", u.UsedBytes},
 		{"shoal_cache_budget_bytes", "The --cache-size budget (0: unbounded).", u.Budget},
@@ -53,19 +59,30 @@ type Status struct {
 	// Daemon is true when a running daemon answered; the counters below the cache
 	// fields then cover its lifetime. Without it only the cache file is described.
 	Daemon bool `json:"daemon"`
+	// StateDir is the running daemon's state directory, so a command given another
+	// one knows it is not the daemon's.
+	StateDir string `json:"state_dir,omitempty"`
+	// Store is the daemon's --store; StoreProblem says why it is not being used
+	// (empty when it is fine or not yet checked).
+	Store        string `json:"store,omitempty"`
+	StoreProblem string `json:"store_problem,omitempty"`
+	// Version is the running daemon's build.
+	Version string `json:"version,omitempty"`
 
-	FileBytes    int64 `json:"file_bytes"`
-	UsedBytes    int64 `json:"used_bytes"`
-	BudgetBytes  int64 `json:"budget_bytes"`
-	OverBudget   bool  `json:"over_budget"`
-	Chunks       int   `json:"chunks"`
-	ChunkBytes   int64 `json:"chunk_bytes"`
-	Manifests    int   `json:"manifests"`
-	NarInfos     int   `json:"narinfos"`
-	Evictions    int64 `json:"evicted_chunks"`
-	EvictedBytes int64 `json:"evicted_bytes"`
-	PinnedBytes  int64 `json:"pinned_bytes"`
-	Pins         []Pin `json:"pins"`
+	FileBytes   int64 `json:"file_bytes"`
+	UsedBytes   int64 `json:"used_bytes"`
+	BudgetBytes int64 `json:"budget_bytes"`
+	// BudgetNote says where BudgetBytes came from when no daemon answered.
+	BudgetNote   string `json:"budget_note,omitempty"`
+	OverBudget   bool   `json:"over_budget"`
+	Chunks       int    `json:"chunks"`
+	ChunkBytes   int64  `json:"chunk_bytes"`
+	Manifests    int    `json:"manifests"`
+	NarInfos     int    `json:"narinfos"`
+	Evictions    int64  `json:"evicted_chunks"`
+	EvictedBytes int64  `json:"evicted_bytes"`
+	PinnedBytes  int64  `json:"pinned_bytes"`
+	Pins         []Pin  `json:"pins"`
 
 	NARsInFlight   int              `json:"nars_in_flight"`
 	FetchedBytes   map[string]int64 `json:"fetched_bytes,omitempty"`
@@ -73,6 +90,8 @@ type Status struct {
 	NarInfoHits    int64            `json:"narinfo_cache_hits"`
 	NarInfoMisses  int64            `json:"narinfo_cache_misses"`
 	VerifyFailures int64            `json:"nar_verify_failures"`
+	// Savings are the bytes shoal saved against whole NARs since the daemon started.
+	Savings Savings `json:"savings"`
 	// Peers are the IDs of the connected peers not being shunned (with --lan or --dht).
 	Peers []string `json:"peers"`
 }
@@ -122,10 +141,15 @@ func (d *Daemon) Status(ctx context.Context) (Status, error) {
 		return st, err
 	}
 	st.Daemon = true
+	st.StateDir = d.cfg.StateDir
+	st.Store = d.cfg.StoreURL
+	st.StoreProblem, _ = d.storeHealth.get()
+	st.Version = buildinfo.Read().String()
 	bytes, fetches, events := d.metrics.Snapshot()
 	st.FetchedBytes, st.FetchedObjects = bytes, fetches
 	st.NarInfoHits, st.NarInfoMisses = events[eventNarInfoCacheHit], events[eventNarInfoCacheMiss]
 	st.VerifyFailures = events[eventNarVerifyFailure]
+	st.Savings = d.metrics.Savings()
 	if d.peers != nil {
 		for _, id := range d.peers.Peers() {
 			st.Peers = append(st.Peers, id.String())

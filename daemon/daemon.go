@@ -31,7 +31,10 @@ type Config struct {
 	Upstreams   []string // plain binary caches, in order
 	TrustedKeys []string
 	StateDir    string
-	Priority    int
+	// Priority is nix-cache-info's Priority: lower wins, 0 is the highest Nix knows.
+	// Every value is served as given (the CLI's default is DefaultPriority), so 0 is
+	// not taken to mean "unset".
+	Priority int
 
 	// CacheSize bounds the state directory's cache file in bytes (0: no bound); see
 	// localcache.Options.Budget.
@@ -85,13 +88,13 @@ type Config struct {
 	SeedRelated int
 }
 
+// DefaultPriority puts shoal ahead of cache.nixos.org, which says 40.
+const DefaultPriority = 30
+
 // Defaults fills zero fields with the documented defaults.
 func (c *Config) Defaults() {
 	if c.Listen == "" {
 		c.Listen = "127.0.0.1:37515"
-	}
-	if c.Priority == 0 {
-		c.Priority = 30
 	}
 	if c.VerifyWait == 0 {
 		c.VerifyWait = 60 * time.Second
@@ -135,6 +138,8 @@ type Daemon struct {
 	lookups   singleflight.Group
 	narInfos  *narInfoWriter
 	now       func() time.Time
+
+	storeHealth storeHealth
 }
 
 // New opens the state directory and checks the configuration; it does not contact any
@@ -147,6 +152,9 @@ func New(cfg Config) (*Daemon, error) {
 	}
 	if err := cfg.Params.Validate(); err != nil {
 		return nil, err
+	}
+	if cfg.Priority < 0 {
+		return nil, fmt.Errorf("priority %d: want 0 (highest) or more", cfg.Priority)
 	}
 	if cfg.StateDir == "" {
 		return nil, errors.New("no state directory: set --state-dir")
@@ -169,6 +177,11 @@ func New(cfg Config) (*Daemon, error) {
 	}
 	if len(d.upstreams) == 0 && d.store == nil {
 		return nil, errors.New("nothing to serve from: give --store or at least one --upstream")
+	}
+	if d.store != nil && isLocalStore(cfg.StoreURL) {
+		if err := d.checkLocalStore(); err != nil {
+			return nil, err
+		}
 	}
 	if d.codec, err = chunk.NewCodec(); err != nil {
 		return nil, err
@@ -264,10 +277,13 @@ func (d *Daemon) Serve(ctx context.Context, ln net.Listener) error {
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
-	d.log.Info("serving Nix", "listen", ln.Addr().String(), "store", d.cfg.StoreURL, "upstreams", d.cfg.Upstreams, "priority", d.cfg.Priority)
+	d.logStart(ln.Addr())
 	// The listener is bound, so connections queue from here on: Nix may be let in.
 	d.sdNotify("READY=1\nSTATUS=serving Nix on " + ln.Addr().String())
 	go d.pruneLoop(ctx)
+	if d.store != nil && !isLocalStore(d.cfg.StoreURL) {
+		go d.watchStore(ctx)
+	}
 	go d.pinLoop(ctx)
 	select {
 	case err := <-errc:
@@ -280,6 +296,7 @@ func (d *Daemon) Serve(ctx context.Context, ln net.Listener) error {
 	if err := srv.Shutdown(shutdown); err != nil {
 		return fmt.Errorf("shutting down HTTP server: %w", err)
 	}
+	d.log.Info("stopped serving Nix", "listen", ln.Addr().String())
 	return nil
 }
 

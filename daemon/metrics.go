@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/shoal-nix/shoal/fetch"
+	"github.com/shoal-nix/shoal/internal/buildinfo"
 	"github.com/shoal-nix/shoal/internal/promtext"
 )
 
@@ -35,7 +36,49 @@ type Metrics struct {
 	requests map[routeStatus]int64 // requests answered, by route and status
 	latency  *promtext.Histograms
 	events   map[string]int64 // named counters: narinfo hits, verify failures
+	savings  Savings
 	gauges   func() []Gauge
+}
+
+// Savings is what shoal saved against downloading whole NARs, counted from the
+// assembler's choice for each NAR that had a manifest (NARs without one come whole
+// and save nothing). Saved bytes are the whole NAR's size less what its missing
+// chunks cost; a NAR whose chunks then fail and come whole after all costs more than
+// was counted here, which shoal_fetched_bytes_total shows.
+type Savings struct {
+	NARsFromChunks int64 `json:"nars_from_chunks"`
+	NARsWhole      int64 `json:"nars_whole"`
+	// WholeBytes is what those NARs cost as whole NAR files from the upstream.
+	WholeBytes int64 `json:"whole_nar_bytes"`
+	// SavedBytes is WholeBytes less what shoal chose to download for them.
+	SavedBytes int64 `json:"saved_bytes"`
+	// DeltaSavedBytes is the part of SavedBytes that deltas saved over full chunks.
+	DeltaSavedBytes int64 `json:"delta_saved_bytes"`
+}
+
+// Priced implements fetch.Counters.
+func (m *Metrics) Priced(p fetch.Pricing) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if p.Whole {
+		m.savings.NARsWhole++
+		m.savings.WholeBytes += p.WholeBytes
+		return
+	}
+	m.savings.NARsFromChunks++
+	if p.WholeBytes <= 0 {
+		return // no size to save against
+	}
+	m.savings.WholeBytes += p.WholeBytes
+	m.savings.SavedBytes += p.WholeBytes - p.DownloadBytes
+	m.savings.DeltaSavedBytes += p.DeltaSavedBytes
+}
+
+// Savings returns what shoal saved so far.
+func (m *Metrics) Savings() Savings {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.savings
 }
 
 // NewMetrics returns zeroed counters.
@@ -130,6 +173,9 @@ func (m *Metrics) WriteTo(w io.Writer) (int64, error) {
 		k, _ := fmt.Fprintf(w, format, a...)
 		n += int64(k)
 	}
+	bi := buildinfo.Read()
+	p("# HELP shoal_build_info The running daemon's build (always 1).\n# TYPE shoal_build_info gauge\n")
+	p("shoal_build_info{version=%q,revision=%q,goversion=%q} 1\n", bi.Version, bi.Revision, bi.GoVersion)
 	p("# HELP shoal_fetched_bytes_total Bytes fetched for NARs, by source (stored/compressed size).\n# TYPE shoal_fetched_bytes_total counter\n")
 	for _, k := range sortedKeys(m.bytes) {
 		p("shoal_fetched_bytes_total{source=%q} %d\n", k, m.bytes[k])
@@ -138,6 +184,14 @@ func (m *Metrics) WriteTo(w io.Writer) (int64, error) {
 	for _, k := range sortedKeys(m.fetches) {
 		p("shoal_fetched_objects_total{source=%q} %d\n", k, m.fetches[k])
 	}
+	p("# HELP shoal_nars_priced_total NARs with a manifest, by what was chosen: the chunks missing locally or the whole NAR from the upstream.\n# TYPE shoal_nars_priced_total counter\n")
+	p("shoal_nars_priced_total{choice=\"chunks\"} %d\n", m.savings.NARsFromChunks)
+	p("shoal_nars_priced_total{choice=\"whole\"} %d\n", m.savings.NARsWhole)
+	p("# HELP shoal_whole_nar_bytes_total What the NARs with a manifest cost as whole NAR files from the upstream: the bytes Nix alone would have downloaded.\n# TYPE shoal_whole_nar_bytes_total counter\n")
+	p("shoal_whole_nar_bytes_total %d\n", m.savings.WholeBytes)
+	p("# HELP shoal_saved_bytes_total Bytes not downloaded against whole NARs, by what saved them: chunks already local (cache, /nix/store) or deltas instead of full chunks.\n# TYPE shoal_saved_bytes_total counter\n")
+	p("shoal_saved_bytes_total{by=\"delta\"} %d\n", m.savings.DeltaSavedBytes)
+	p("shoal_saved_bytes_total{by=\"local\"} %d\n", m.savings.SavedBytes-m.savings.DeltaSavedBytes)
 	p("# HELP shoal_narinfo_cache_total narinfo lookups answered from the local cache (hit) or from the store and upstreams (miss).\n# TYPE shoal_narinfo_cache_total counter\n")
 	p("shoal_narinfo_cache_total{result=\"hit\"} %d\n", m.events[eventNarInfoCacheHit])
 	p("shoal_narinfo_cache_total{result=\"miss\"} %d\n", m.events[eventNarInfoCacheMiss])

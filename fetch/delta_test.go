@@ -93,6 +93,8 @@ func (c *counters) Add(source string, n int64) {
 	c.mu.Unlock()
 }
 
+func (c *counters) Priced(fetch.Pricing) {}
+
 func (c *counters) Event(name string) {
 	c.mu.Lock()
 	c.events[name]++

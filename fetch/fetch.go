@@ -40,11 +40,26 @@ import (
 // ErrSourcesExhausted means no source could supply a correct NAR.
 var ErrSourcesExhausted = errors.New("no source could supply the NAR")
 
-// Counters receives byte counts by source and named events, for metrics and for tests
-// that prove what went over the wire.
+// Counters receives byte counts by source, named events and each NAR's pricing, for
+// metrics and for tests that prove what went over the wire.
 type Counters interface {
 	Add(source string, bytes int64)
 	Event(name string)
+	Priced(Pricing)
+}
+
+// Pricing is what the planner chose for one NAR that has a manifest: the whole NAR
+// from the upstream, or the chunks it lacks. Against WholeBytes, what Nix would have
+// downloaded without shoal, it tells what shoal saved.
+type Pricing struct {
+	// WholeBytes is the upstream's NAR file size (FileSize); 0 when unknown.
+	WholeBytes int64
+	// Whole is set when the whole NAR was chosen.
+	Whole bool
+	// DownloadBytes is what the missing chunks cost, as deltas where cheaper.
+	DownloadBytes int64
+	// DeltaSavedBytes is what deltas saved against those chunks' full objects.
+	DeltaSavedBytes int64
 }
 
 // Request is one NAR to make available.
@@ -222,6 +237,9 @@ func (f *Fetcher) attempt(ctx context.Context, c candidate, req Request, whole *
 		return nil, err
 	}
 	pl.log(log)
+	if f.Counters != nil {
+		f.Counters.Priced(pl.pricing())
+	}
 	if pl.whole {
 		return nil, nil
 	}

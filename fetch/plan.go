@@ -127,6 +127,11 @@ func (pl *plan) localOffers() []*offered {
 	return out
 }
 
+func (pl *plan) pricing() Pricing {
+	return Pricing{WholeBytes: int64(pl.wholeSize), Whole: pl.whole, DownloadBytes: int64(pl.price.Bytes),
+		DeltaSavedBytes: int64(pl.price.FullBytes - pl.price.DeltaBytes)}
+}
+
 func (pl *plan) log(log *slog.Logger) {
 	p := pl.price
 	log.Info("NAR source chosen", "manifest_from", pl.from.Name(),

@@ -4,11 +4,14 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"sort"
 	"sync"
 	"sync/atomic"
+	"syscall"
 
 	"github.com/shoal-nix/shoal/chunk"
 	"github.com/shoal-nix/shoal/manifest"
@@ -27,6 +30,27 @@ const (
 	lowWaterPercent  = 65
 	deleteBatch      = 512
 )
+
+// DefaultBudgetPercent is the default budget's share of the file system holding the
+// cache: enough for a few system upgrades' chunks on a typical disk, little enough
+// that a full cache never fills it.
+const DefaultBudgetPercent = 10
+
+// DefaultBudget is DefaultBudgetPercent of the file system that holds dir (or its
+// nearest existing parent, before the daemon creates it): the budget the daemon
+// uses when none is given, which `shoal status` shows while it is stopped.
+func DefaultBudget(dir string) (int64, error) {
+	for d := dir; ; d = filepath.Dir(d) {
+		var st syscall.Statfs_t
+		err := syscall.Statfs(d, &st)
+		if err == nil {
+			return int64(st.Blocks) * int64(st.Bsize) * DefaultBudgetPercent / 100, nil
+		}
+		if !errors.Is(err, os.ErrNotExist) || d == filepath.Dir(d) {
+			return 0, fmt.Errorf("measuring the file system of %s: %w", dir, err)
+		}
+	}
+}
 
 // budget is the Cache's size limit and what eviction has done.
 type budget struct {

@@ -29,9 +29,11 @@ assert lib.assertMsg (lib.versionAtLeast go.version wantGo)
   # a real Nix and network namespaces, which the build sandbox doesn't offer. The flake's
   # checks.vm runs the daemon for real, on NixOS.
   env.CGO_ENABLED = 0;
+  # The version --version, the daemon's start log and shoal_build_info report.
   ldflags = [
     "-s"
     "-w"
+    "-X github.com/shoal-nix/shoal/internal/buildinfo.version=${version}"
   ];
 
   meta = {

@@ -118,6 +118,9 @@ pkgs.testers.runNixOSTest {
         client1.succeed("nix-store --realise ${payload}")
         client1.succeed("nix-store --verify-path ${payload} ${dependency}")
         client1.succeed("curl -sf http://127.0.0.1:37515/metrics | grep -E '^shoal_fetched_bytes_total\\{source=\"(store|upstream)\"\\} [1-9]'")
+        # The module puts the CLI on the PATH; it reaches the daemon through its admin
+        # API, although the cache lies in the service's own 0700 directory.
+        client1.succeed("shoal status | grep -E '^saved: '")
 
     with subtest("with the CDN cut off, clients 2 and 3 substitute from client 1"):
         cdn.block()

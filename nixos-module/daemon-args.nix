@@ -64,4 +64,5 @@ flag "listen" (hostPort cfg.listenAddress cfg.port)
 ++ when cfg.dht.enable (flags "bootstrap-peer" cfg.dht.bootstrapPeers)
 ++ when (peering && cfg.peerPort != defaults.peerPort) (flags "peer-listen" peerAddrs)
 ++ when (peering && cfg.fleetKeyFile != null) (rawFlag "fleet-key" fleetKeyPath)
+++ when ((cfg.logLevel or null) != null) (flag "log-level" cfg.logLevel)
 ++ map escape cfg.extraArgs

@@ -70,7 +70,7 @@ in
     };
 
     priority = mkOption {
-      type = types.ints.positive;
+      type = types.ints.unsigned;
       default = defaults.priority;
       description = ''
         Priority of the daemon as a substituter; lower wins, and cache.nixos.org says 40,
@@ -83,9 +83,10 @@ in
       default = defaults.store;
       example = "https://chunks.example.org";
       description = ''
-        Chunk store written by `shoal publish` (`file://` or `http(s)://`). Without one,
-        the daemon fetches whole NARs from the upstreams and keeps their chunks, so later
-        versions can reuse them.
+        Chunk store written by `shoal publish`: a directory, `file://`, `http(s)://` or
+        `s3://bucket/prefix?region=R&endpoint=URL` (credentials through
+        `environmentFile`). Without one, the daemon fetches whole NARs from the upstreams
+        and keeps their chunks, so later versions can reuse them.
       '';
     };
 
@@ -189,6 +190,35 @@ in
       '';
     };
 
+    logLevel = mkOption {
+      type = types.nullOr (
+        types.enum [
+          "debug"
+          "info"
+          "warn"
+          "error"
+        ]
+      );
+      default = defaults.logLevel;
+      example = "debug";
+      description = ''
+        How much the daemon logs to the journal; `null` leaves it to the daemon (`info`:
+        one line per NAR, saying where its bytes came from).
+      '';
+    };
+
+    environmentFile = mkOption {
+      type = types.nullOr (types.strMatching "/.+");
+      default = defaults.environmentFile;
+      example = "/run/secrets/shoal-s3";
+      description = ''
+        File of `NAME=value` lines added to the daemon's environment, read by systemd
+        before it drops privileges, so it can stay root-only and out of the Nix store.
+        For an `s3://` store: `AWS_ACCESS_KEY_ID=...` and `AWS_SECRET_ACCESS_KEY=...`.
+        Any flag can be set here too, as `SHOAL_<FLAG>`.
+      '';
+    };
+
     extraArgs = mkOption {
       type = types.listOf types.str;
       default = defaults.extraArgs;
@@ -230,6 +260,11 @@ in
 
     warnings = optional (cfg.openFirewall && !peering) "services.shoal.openFirewall does nothing without services.shoal.lan.enable or services.shoal.dht.enable: the port Nix talks to is never opened.";
 
+    # The CLI on the PATH, pointed at the daemon: shoal status, pin and gc reach it
+    # through its admin API (loopback only), since its state directory is the service's.
+    environment.systemPackages = [ cfg.package ];
+    environment.variables.SHOAL_DAEMON = "${host cfg.listenAddress}:${toString cfg.port}";
+
     # Added to the substituters, not replacing them: cache.nixos.org keeps its slot.
     # The URL's priority wins over nix-cache-info's, so the two always agree.
     nix.settings.substituters = lib.mkBefore [ substituterURL ];
@@ -260,6 +295,7 @@ in
         StateDirectory = "shoal";
         StateDirectoryMode = "0700";
         LoadCredential = optional (peering && cfg.fleetKeyFile != null) "fleet-key:${cfg.fleetKeyFile}";
+        EnvironmentFile = optional (cfg.environmentFile != null) cfg.environmentFile;
         # Nix opens up to 25 connections, and every peer a few more.
         LimitNOFILE = 65536;
 

@@ -26,5 +26,7 @@
   };
   peerPort = 37516;
   fleetKeyFile = null;
+  logLevel = null;
+  environmentFile = null;
   extraArgs = [ ];
 }

@@ -40,7 +40,8 @@ func (c *byteCounts) Add(source string, n int64) {
 	c.m[source] += n
 }
 
-func (c *byteCounts) Event(string) {}
+func (c *byteCounts) Event(string)         {}
+func (c *byteCounts) Priced(fetch.Pricing) {}
 
 func (c *byteCounts) get(source string) int64 {
 	c.mu.Lock()

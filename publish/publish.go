@@ -46,6 +46,9 @@ type Options struct {
 	// Progress, when set, is told how many NAR bytes have been processed so far and
 	// the total of the NARs selected, so a caller can draw a bar.
 	Progress func(done, total int64)
+	// NARDone, when set, is called as each NAR is finished: published, found
+	// complete already, or refused. It is called from several goroutines.
+	NARDone func()
 
 	// Deltas makes delta objects for each NAR with a base (see the package comment).
 	Deltas bool
@@ -140,6 +143,9 @@ var ErrRefused = errors.New("some store paths were not published")
 func (p *Publisher) Run(ctx context.Context, hashParts []string) (Summary, error) {
 	start := time.Now()
 	var sum Summary
+	if err := p.checkDestination(ctx); err != nil {
+		return sum, err
+	}
 	if _, err := p.dst.Init(ctx, p.src.String(), p.opts.Params, start); err != nil {
 		return sum, err
 	}
@@ -208,6 +214,9 @@ func (p *Publisher) Run(ctx context.Context, hashParts []string) (Summary, error
 	for _, j := range jobs {
 		ni := j.ni
 		g.Go(func() error {
+			if p.opts.NARDone != nil {
+				defer p.opts.NARDone()
+			}
 			r, err := p.publishOne(gctx, j, &claimed, progress)
 			j.ok = err == nil
 			close(j.done)

@@ -13,15 +13,16 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/schollz/progressbar/v3"
 	"github.com/shoal-nix/shoal/analyze"
 	"github.com/shoal-nix/shoal/blob"
 	"github.com/shoal-nix/shoal/chunk"
 	"github.com/shoal-nix/shoal/delta"
+	"github.com/shoal-nix/shoal/internal/progress"
 	"github.com/shoal-nix/shoal/substituter"
 	"github.com/urfave/cli/v2"
-	"golang.org/x/term"
 )
 
 // defaultSweep keeps Min and Max at a quarter and four times Avg, as the
@@ -67,7 +68,7 @@ Examples:
 				&cli.StringFlag{Name: "plot-level", Value: "default", Usage: "zstd level of the totals, ratios and plot; one of --level", EnvVars: env("plot-level")},
 				&cli.StringFlag{Name: "out", Usage: "directory for summary.csv, nars.csv, sizes.csv and dedup.svg", EnvVars: env("out")},
 				&cli.IntFlag{Name: "jobs", Value: runtime.NumCPU(), Usage: "NARs read at once (each feeds every configuration concurrently)", EnvVars: env("jobs")},
-				&cli.BoolFlag{Name: "deltas", Usage: "also price upgrades from each package's previous version as delta objects (slower: encodes a delta per new chunk and configuration)", EnvVars: env("deltas")},
+				&cli.BoolFlag{Name: "deltas", Value: true, Usage: "also price upgrades from each package's previous version as delta objects, as publish writes them by default (slower: encodes a delta per new chunk and configuration; --deltas=false to leave them out)", EnvVars: env("deltas")},
 				&cli.IntFlag{Name: "delta-bases", Value: delta.DefaultBases, Usage: "base chunks per delta, as publish --delta-bases", EnvVars: env("delta-bases")},
 				&cli.StringFlag{Name: "delta-level", Value: "default", Usage: "zstd level of deltas, as publish --delta-level", EnvVars: env("delta-level")},
 			},
@@ -153,24 +154,9 @@ func runAnalyzeDedup(c *cli.Context) error {
 		total += int64(s.NarSize)
 	}
 	slog.Info("analyzing", "nars", len(sources), "nar_bytes", total, "configurations", len(opts.Configs), "levels", len(opts.Levels))
-	var bar *progressbar.ProgressBar
-	if term.IsTerminal(int(os.Stderr.Fd())) {
-		if total == 0 {
-			total = -1 // local paths: size unknown until read
-		}
-		bar = progressbar.NewOptions64(total, progressbar.OptionSetWriter(os.Stderr), progressbar.OptionShowBytes(true),
-			progressbar.OptionSetDescription("analyzing"), progressbar.OptionThrottle(100_000_000), progressbar.OptionClearOnFinish())
-		var mu sync.Mutex
-		opts.Progress = func(n int64) {
-			mu.Lock()
-			defer mu.Unlock()
-			_ = bar.Add64(n)
-		}
-	}
+	finish := analyzeProgress(c.App.ErrWriter, &opts, len(sources), total)
 	res, err := analyze.Run(ctx, sources, opts)
-	if bar != nil {
-		_ = bar.Finish()
-	}
+	finish()
 	if ctx.Err() != nil {
 		return errInterrupted
 	}
@@ -186,6 +172,70 @@ func runAnalyzeDedup(c *cli.Context) error {
 		reportFile{"sizes.csv", res.WriteSizesCSV},
 		reportFile{"dedup.svg", func(w io.Writer) error { return res.WriteSVG(w, plotIdx) }},
 	)
+}
+
+// analyzeProgress shows analyze dedup's progress: on a terminal a bar for reading
+// the NARs, then one for measuring deltas (which used to leave the screen empty);
+// elsewhere a line now and then for each phase. The returned func ends the display.
+func analyzeProgress(w io.Writer, opts *analyze.Options, nars int, total int64) (finish func()) {
+	var mu sync.Mutex
+	if isTerminal(w) {
+		size := total
+		if size == 0 {
+			size = -1 // local paths: size unknown until read
+		}
+		bar := progressbar.NewOptions64(size, progressbar.OptionSetWriter(w), progressbar.OptionShowBytes(true),
+			progressbar.OptionSetDescription(fmt.Sprintf("reading 0 of %d NARs", nars)), progressbar.OptionThrottle(100_000_000), progressbar.OptionClearOnFinish())
+		opts.Progress = func(n int64) {
+			mu.Lock()
+			defer mu.Unlock()
+			_ = bar.Add64(n)
+		}
+		opts.Step = func(phase string, done, all int) {
+			mu.Lock()
+			defer mu.Unlock()
+			if phase == "reading" {
+				bar.Describe(fmt.Sprintf("reading %d of %d NARs", done, all))
+				return
+			}
+			if bar.GetMax64() != int64(all) {
+				_ = bar.Finish()
+				bar = progressbar.NewOptions(all, progressbar.OptionSetWriter(w), progressbar.OptionThrottle(100_000_000),
+					progressbar.OptionSetDescription("measuring deltas of upgrades"), progressbar.OptionClearOnFinish())
+			}
+			_ = bar.Set(done)
+		}
+		return func() {
+			mu.Lock()
+			defer mu.Unlock()
+			_ = bar.Finish()
+		}
+	}
+	reading := progress.New(w, "reading", "NARs", nars, total, progressEvery, time.Now)
+	var deltas *progress.Meter
+	opts.Progress = reading.Add
+	opts.Step = func(phase string, done, all int) {
+		if phase == "reading" {
+			reading.ItemDone()
+			return
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if deltas == nil {
+			reading.Finish()
+			deltas = progress.New(w, "measuring deltas", "upgrades", all, 0, progressEvery, time.Now)
+		}
+		deltas.ItemDone()
+	}
+	return func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if deltas != nil {
+			deltas.Finish()
+		} else {
+			reading.Finish()
+		}
+	}
 }
 
 // reportFile is one file of an analysis report written with --out.
@@ -211,9 +261,9 @@ func writeReport(dir string, files ...reportFile) error {
 // cacheSources fetches and checks the narinfos of the requested store paths
 // and returns sources that decompress and verify each NAR as it is read.
 func cacheSources(ctx context.Context, c *cli.Context) ([]analyze.Source, error) {
-	keys, err := substituter.ParseKeyring(c.StringSlice("trusted-public-key"))
+	keys, err := trustedKeys(c)
 	if err != nil {
-		return nil, usageError("--trusted-public-key: %v", err)
+		return nil, err
 	}
 	b, err := blob.Open(c.String("from"), nil)
 	if err != nil {

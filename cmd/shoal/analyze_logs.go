@@ -83,7 +83,7 @@ func runAnalyzeLogs(c *cli.Context) error {
 	keepFile := c.String("keep-narinfos-from")
 	if c.IsSet("older-than") || keepFile == "" {
 		for _, s := range c.StringSlice("older-than") {
-			d, err := analyze.ParseAge(strings.TrimSpace(s))
+			d, err := parseAge(s)
 			if err != nil {
 				return usageError("--older-than: %v", err)
 			}

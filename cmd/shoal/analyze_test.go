@@ -69,7 +69,7 @@ func TestAnalyzeDedupCommand(t *testing.T) {
 		err := app.RunContext(context.Background(), append([]string{"shoal", "--log-level", "warn", "analyze", "dedup"}, args...))
 		return stdout.String(), err
 	}
-	common := []string{"--from", cache.Dir, "--sweep", "256/1k/4k", "--sweep", "1k/4k/16k", "--level", "fastest", "--level", "default"}
+	common := []string{"--from", cache.Dir, "--sweep", "256/1k/4k", "--sweep", "1k/4k/16k", "--level", "fastest", "--level", "default", "--deltas=false"}
 
 	refusals := map[string][]string{
 		"neither --all nor paths": common,
@@ -118,5 +118,27 @@ func TestAnalyzeDedupCommand(t *testing.T) {
 		if _, err := os.Stat(filepath.Join(out, name)); err != nil {
 			t.Error(err)
 		}
+	}
+}
+
+// analyze dedup prices deltas by default, as publish writes them, and says how far it
+// got off a terminal, through both of its phases.
+func TestAnalyzeDedupDefaultsAndProgress(t *testing.T) {
+	cache := cachetest.New(t, "analyze-2")
+	base := strings.Repeat("the same bytes in both versions ", 4000)
+	cache.Add(t, cachetest.HashPart("v1"), "pkg-1", testNAR(t, base+"version one"), "zstd")
+	cache.Add(t, cachetest.HashPart("v2"), "pkg-2", testNAR(t, base+"version two"), "zstd")
+	code, out, errOut := runCLI(t, "--log-level", "warn", "analyze", "dedup", "--from", cache.Dir, "--trusted-public-key", cache.PublicKey,
+		"--sweep", "1k/4k/16k", "--level", "default", "--all")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	for _, want := range []string{"reading: 2 of 2 NARs", "measuring deltas: 1 of 1 upgrades"} {
+		if !strings.Contains(errOut, want) {
+			t.Errorf("stderr lacks %q:\n%s", want, errOut)
+		}
+	}
+	if !strings.Contains(strings.ToLower(out), "delta") {
+		t.Errorf("the table has no deltas:\n%s", out)
 	}
 }

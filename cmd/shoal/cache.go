@@ -14,7 +14,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/shoal-nix/shoal/chunk"
@@ -28,11 +27,8 @@ import (
 // go through its loopback admin API instead; verify and gc --compact need the file to
 // themselves and ask for the daemon to be stopped.
 
-// cacheSizeShare is the default budget's share of the state directory's file system.
-const cacheSizeShare = 10
-
 func daemonAddrFlag() cli.Flag {
-	return &cli.StringFlag{Name: "daemon", Value: "127.0.0.1:37515", Usage: "the running daemon's --listen address, used when it holds the cache", EnvVars: env("daemon")}
+	return &cli.StringFlag{Name: "daemon", Value: "127.0.0.1:37515", Usage: "the running daemon's --listen address, asked before the cache file is opened (\"\": only the file)", EnvVars: env("daemon")}
 }
 
 // parseSize reads a byte count with an optional unit: 20GiB, 512MiB, 1.5G, 100000.
@@ -66,6 +62,15 @@ func parseSize(s string) (int64, error) {
 	return int64(v), nil
 }
 
+// formatSignedSize is formatSize for counts that can be negative: a NAR whose
+// chunks cost more than the whole file it was priced against.
+func formatSignedSize(n int64) string {
+	if n < 0 {
+		return "-" + formatSize(-n)
+	}
+	return formatSize(n)
+}
+
 // formatSize prints bytes in binary units for people.
 func formatSize(n int64) string {
 	const unit = 1024
@@ -78,21 +83,6 @@ func formatSize(n int64) string {
 		exp++
 	}
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGT"[exp])
-}
-
-// defaultCacheSize is cacheSizeShare percent of the file system that holds dir (or its
-// nearest existing parent, before the daemon creates it).
-func defaultCacheSize(dir string) (int64, error) {
-	for d := dir; ; d = filepath.Dir(d) {
-		var st syscall.Statfs_t
-		err := syscall.Statfs(d, &st)
-		if err == nil {
-			return int64(st.Blocks) * int64(st.Bsize) * cacheSizeShare / 100, nil
-		}
-		if !errors.Is(err, os.ErrNotExist) || d == filepath.Dir(d) {
-			return 0, fmt.Errorf("measuring the file system of %s: %w", dir, err)
-		}
-	}
 }
 
 // openCache opens the cache for a command, or says a daemon holds it.
@@ -127,7 +117,7 @@ func adminCall(ctx context.Context, addr, route string, req, reply any) error {
 	}
 	resp, err := http.DefaultClient.Do(r)
 	if err != nil {
-		return fmt.Errorf("the cache is locked by another process, and no shoal daemon answers at %s (set --daemon): %w", addr, err)
+		return fmt.Errorf("no shoal daemon answers at %s (set --daemon to its --listen address): %w", addr, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
@@ -140,12 +130,22 @@ func adminCall(ctx context.Context, addr, route string, req, reply any) error {
 	return nil
 }
 
-// withCache runs offline against the file when it can be opened, else online against
-// the daemon.
+// withCache runs online against a running daemon when one answers at --daemon,
+// and offline against the cache file otherwise. The daemon is asked first because
+// its state directory may be one the user can't read (a NixOS service's is 0700);
+// a daemon that serves another state directory than an explicit --state-dir is
+// not the one meant.
 func withCache(c *cli.Context, offline func(*localcache.Cache) error, online func(addr string) error) error {
+	addr := c.String("daemon")
+	if addr != "" && daemonServes(c, addr) {
+		return online(addr)
+	}
 	lc, err := openCache(c)
 	if errors.Is(err, localcache.ErrLocked) {
-		return online(c.String("daemon"))
+		if err := online(addr); err != nil {
+			return fmt.Errorf("the cache file is held by another process: %w", err)
+		}
+		return nil
 	}
 	if err != nil {
 		return err
@@ -154,11 +154,41 @@ func withCache(c *cli.Context, offline func(*localcache.Cache) error, online fun
 	return offline(lc)
 }
 
+// daemonServes reports whether a shoal daemon answers at addr for this command's
+// state directory.
+func daemonServes(c *cli.Context, addr string) bool {
+	ctx, cancel := context.WithTimeout(c.Context, 5*time.Second)
+	defer cancel()
+	var st daemon.Status
+	if err := adminCall(ctx, addr, "status", nil, &st); err != nil || !st.Daemon {
+		return false
+	}
+	if !c.IsSet("state-dir") || st.StateDir == "" {
+		return true
+	}
+	return sameDir(c.String("state-dir"), st.StateDir)
+}
+
+// sameDir compares two directory names after resolving them.
+func sameDir(a, b string) bool {
+	resolve := func(p string) string {
+		if abs, err := filepath.Abs(p); err == nil {
+			p = abs
+		}
+		if real, err := filepath.EvalSymlinks(p); err == nil {
+			p = real
+		}
+		return p
+	}
+	return resolve(a) == resolve(b)
+}
+
 func statusCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "status",
 		Usage: "show the local cache's size, budget, pins and, from a running daemon, hit rates and bytes by source",
 		Flags: []cli.Flag{stateDirFlag(), daemonAddrFlag(),
+			&cli.StringFlag{Name: "cache-size", Usage: "the daemon's --cache-size, for the budget shown while it is stopped (default: what the daemon would use)", EnvVars: env("cache-size")},
 			&cli.BoolFlag{Name: "json", Usage: "print JSON for scripts", EnvVars: env("json")}},
 		Action: func(c *cli.Context) error {
 			if c.NArg() > 0 {
@@ -166,7 +196,10 @@ func statusCommand() *cli.Command {
 			}
 			var st daemon.Status
 			err := withCache(c, func(lc *localcache.Cache) (err error) {
-				st, err = daemon.CacheStatus(c.Context, lc)
+				if st, err = daemon.CacheStatus(c.Context, lc); err != nil {
+					return err
+				}
+				st.BudgetBytes, st.BudgetNote, err = stoppedDaemonBudget(c)
 				return err
 			}, func(addr string) error {
 				return adminCall(c.Context, addr, "status", nil, &st)
@@ -185,10 +218,31 @@ func statusCommand() *cli.Command {
 	}
 }
 
+// stoppedDaemonBudget is the budget the daemon applies when it starts: its
+// --cache-size (through SHOAL_CACHE_SIZE too), else the default share of the file
+// system. The cache file alone does not record it.
+func stoppedDaemonBudget(c *cli.Context) (int64, string, error) {
+	if c.IsSet("cache-size") {
+		n, err := parseSize(c.String("cache-size"))
+		if err != nil {
+			return 0, "", usageError("--cache-size: %v", err)
+		}
+		return n, "--cache-size", nil
+	}
+	n, err := localcache.DefaultBudget(c.String("state-dir"))
+	if err != nil {
+		return 0, "", err
+	}
+	return n, fmt.Sprintf("the daemon's default: %d%% of the file system", localcache.DefaultBudgetPercent), nil
+}
+
 func printStatus(w io.Writer, st daemon.Status) {
 	budget := "unbounded"
 	if st.BudgetBytes > 0 {
 		budget = formatSize(st.BudgetBytes)
+	}
+	if st.BudgetNote != "" {
+		budget += " (" + st.BudgetNote + ")"
 	}
 	fmt.Fprintf(w, "cache file:   %s on disk, %s holding data, budget %s\n", formatSize(st.FileBytes), formatSize(st.UsedBytes), budget)
 	if st.OverBudget {
@@ -207,6 +261,14 @@ func printStatus(w io.Writer, st daemon.Status) {
 		fmt.Fprintf(w, "daemon:       not running (hit rates and bytes by source come from a running daemon)\n")
 		return
 	}
+	switch {
+	case st.StoreProblem != "":
+		fmt.Fprintf(w, "store:        UNUSABLE: %s\n", st.StoreProblem)
+	case st.Store != "":
+		fmt.Fprintf(w, "store:        %s\n", st.Store)
+	default:
+		fmt.Fprintf(w, "store:        none (whole NARs from the upstream; chunks kept for later versions)\n")
+	}
 	fmt.Fprintf(w, "evicted:      %d chunks, %s since the daemon started\n", st.Evictions, formatSize(st.EvictedBytes))
 	total := st.NarInfoHits + st.NarInfoMisses
 	rate := 0.0
@@ -215,6 +277,15 @@ func printStatus(w io.Writer, st daemon.Status) {
 	}
 	fmt.Fprintf(w, "narinfo:      %d lookups, %.1f%% from the local cache\n", total, rate)
 	fmt.Fprintf(w, "NARs:         %d being served, %d verify failures\n", st.NARsInFlight, st.VerifyFailures)
+	sv := st.Savings
+	share := 0.0
+	if sv.WholeBytes > 0 {
+		share = 100 * float64(sv.SavedBytes) / float64(sv.WholeBytes)
+	}
+	fmt.Fprintf(w, "saved:        %s of %s whole NAR files (%.1f%%), on %d NARs with a manifest: %d from chunks, %d whole\n",
+		formatSignedSize(sv.SavedBytes), formatSize(sv.WholeBytes), share, sv.NARsFromChunks+sv.NARsWhole, sv.NARsFromChunks, sv.NARsWhole)
+	fmt.Fprintf(w, "              %s by chunks already here, %s by deltas\n",
+		formatSignedSize(sv.SavedBytes-sv.DeltaSavedBytes), formatSignedSize(sv.DeltaSavedBytes))
 	sources := make([]string, 0, len(st.FetchedBytes))
 	for s := range st.FetchedBytes {
 		sources = append(sources, s)
@@ -259,7 +330,7 @@ func pinCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "pin",
 		Usage:     "keep the chunks of store paths' NARs from eviction",
-		ArgsUsage: "STORE-PATH...",
+		ArgsUsage: "STORE_PATH...",
 		Description: `A pinned path's chunks are never evicted, even past --cache-size (the daemon warns
 then). A path not fetched through shoal yet is pinned from its first fetch on.`,
 		Flags: []cli.Flag{stateDirFlag(), daemonAddrFlag(),
@@ -288,7 +359,7 @@ func unpinCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "unpin",
 		Usage:     "let the chunks of store paths' NARs be evicted again",
-		ArgsUsage: "STORE-PATH...",
+		ArgsUsage: "STORE_PATH...",
 		Flags: []cli.Flag{stateDirFlag(), daemonAddrFlag(),
 			&cli.BoolFlag{Name: "closure", Usage: "unpin each path's whole closure", EnvVars: env("closure")}},
 		Action: func(c *cli.Context) error {

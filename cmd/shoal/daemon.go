@@ -6,8 +6,10 @@ import (
 	"net"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/shoal-nix/shoal/daemon"
+	"github.com/shoal-nix/shoal/localcache"
 	"github.com/shoal-nix/shoal/p2p"
 	"github.com/shoal-nix/shoal/substituter"
 	"github.com/urfave/cli/v2"
@@ -29,11 +31,11 @@ Without --store the daemon fetches whole NARs from the upstream and keeps their 
 so later versions can reuse them.`,
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "listen", Value: "127.0.0.1:37515", Usage: "address to serve Nix on", EnvVars: env("listen")},
-			&cli.StringFlag{Name: "store", Usage: "chunk store published by `shoal publish` (file://, http(s)://)", EnvVars: env("store")},
+			&cli.StringFlag{Name: "store", Usage: "chunk store written by shoal publish (a directory, file://, http(s)://, s3://bucket/prefix?region=&endpoint=)", EnvVars: env("store")},
 			&cli.StringSliceFlag{Name: "upstream", Value: cli.NewStringSlice(substituter.DefaultUpstream), Usage: "plain binary cache for narinfos and whole NARs, in order (repeatable)", EnvVars: env("upstream")},
 			&cli.StringSliceFlag{Name: "trusted-public-key", Value: cli.NewStringSlice(substituter.DefaultTrustedKey), Usage: "accept narinfos signed by this key, `NAME:BASE64` (repeatable)", EnvVars: env("trusted-public-key")},
 			stateDirFlag(),
-			&cli.IntFlag{Name: "priority", Value: 30, Usage: "Priority in nix-cache-info; lower wins (cache.nixos.org says 40)", EnvVars: env("priority")},
+			&cli.IntFlag{Name: "priority", Value: daemon.DefaultPriority, Usage: "Priority in nix-cache-info: lower wins, 0 is the highest (cache.nixos.org says 40)", EnvVars: env("priority")},
 			&cli.StringFlag{Name: "cache-size", Usage: "bound the state directory's cache to this size, e.g. 20GiB; least recently used unpinned chunks are evicted (default: 10% of the file system holding --state-dir; 0: no bound)", EnvVars: env("cache-size")},
 			&cli.StringFlag{Name: "seed-store", Value: "/nix/store", Usage: "Nix store whose valid paths lend chunks to upgrades of the same package (\"\" turns this off)", EnvVars: env("seed-store")},
 			&cli.IntFlag{Name: "seed-related", Value: 3, Usage: "installed versions of a package to index when one of its NARs is requested, highest first (0: only paths given to shoal seed); each costs one read of the path", EnvVars: env("seed-related")},
@@ -47,7 +49,7 @@ so later versions can reuse them.`,
 			&cli.StringSliceFlag{Name: "bootstrap-peer", Usage: "join the DHT through this daemon, `MULTIADDR` ending in /p2p/<peer id> (repeatable; shoal id prints a daemon's peer ID)", EnvVars: env("bootstrap-peer")},
 			&cli.StringFlag{Name: "dht-mode", Value: "server", Usage: "server: answer DHT queries and hold records for others (fleet nodes); client: only ask; auto: server only once reachable from the internet, so never among nodes of one private network", EnvVars: env("dht-mode")},
 			&cli.IntFlag{Name: "dht-announce-max", Value: p2p.DefaultAnnounceMax, Usage: "announce at most this many NARs on the DHT, most recently used first; each costs a lookup and ~20 connections every 22h", EnvVars: env("dht-announce-max")},
-			&cli.DurationFlag{Name: "verify-wait", Value: 60_000_000_000, Usage: "how long Nix may wait for a NAR to be verified before shoal streams it with the end held back", EnvVars: env("verify-wait")},
+			durationFlag("verify-wait", time.Minute, "how long Nix may wait for a NAR to be verified before shoal streams it with the end held back"),
 		},
 		Action: func(c *cli.Context) error {
 			if c.NArg() > 0 {
@@ -59,14 +61,20 @@ so later versions can reuse them.`,
 				if cacheSize, err = parseSize(c.String("cache-size")); err != nil {
 					return usageError("--cache-size: %v", err)
 				}
-			} else if cacheSize, err = defaultCacheSize(c.String("state-dir")); err != nil {
+			} else if cacheSize, err = localcache.DefaultBudget(c.String("state-dir")); err != nil {
 				return err
 			}
 			if cacheSize > 0 && cacheSize < 16<<20 {
 				return usageError("--cache-size %s is below the 16 MiB minimum", c.String("cache-size"))
 			}
-			if c.Duration("verify-wait") < 0 {
-				return usageError("--verify-wait %s: want a duration of at least 0s", c.Duration("verify-wait"))
+			if durationOf(c, "verify-wait") < 0 {
+				return usageError("--verify-wait %s: want a duration of at least 0s", durationOf(c, "verify-wait"))
+			}
+			if _, err := trustedKeys(c); err != nil {
+				return err
+			}
+			if c.Int("priority") < 0 {
+				return usageError("--priority %d: want 0 (highest) or more", c.Int("priority"))
 			}
 			if !slices.Contains(p2p.DHTModes, c.String("dht-mode")) {
 				return usageError("--dht-mode %q: want one of %s", c.String("dht-mode"), strings.Join(p2p.DHTModes, ", "))
@@ -97,7 +105,7 @@ so later versions can reuse them.`,
 				TrustedKeys:  c.StringSlice("trusted-public-key"),
 				StateDir:     c.String("state-dir"),
 				Priority:     c.Int("priority"),
-				VerifyWait:   c.Duration("verify-wait"),
+				VerifyWait:   durationOf(c, "verify-wait"),
 				CacheSize:    cacheSize,
 				PinClosureOf: c.StringSlice("pin-closure-of"),
 				SeedStore:    c.String("seed-store"),

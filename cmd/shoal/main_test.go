@@ -186,3 +186,46 @@ func TestDaemonRefusesNegativeDeltaEncoders(t *testing.T) {
 		t.Fatalf("daemon --peer-delta-encoders -1: %v, want it refused by name", err)
 	}
 }
+
+// publish writes a store only into an empty place or an existing store: not into
+// the cache it reads, not into a directory holding other files.
+func TestPublishRefusesADestinationThatIsNotAStore(t *testing.T) {
+	cache := cachetest.New(t, "dest-1")
+	cache.Add(t, cachetest.HashPart("dest"), "dest-1.0", []byte(strings.Repeat("shoal ", 50000)), "zstd")
+	t.Setenv("SHOAL_TRUSTED_PUBLIC_KEY", cache.PublicKey)
+	other := t.TempDir()
+	if err := os.WriteFile(filepath.Join(other, "notes.txt"), []byte("mine"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ name, to, want string }{
+		{"the source cache", cache.Dir, "is the cache being published"},
+		{"a directory with other files", other, "is not a chunk store (it has no shoal-store.json) and not empty (it holds notes.txt)"},
+	} {
+		code, _, errOut := runCLI(t, "--log-level", "error", "publish", "--from", "file://"+cache.Dir, "--to", tc.to, "--all")
+		if code != 1 || !strings.Contains(errOut, tc.want) {
+			t.Errorf("%s: exit %d, %s", tc.name, code, errOut)
+		}
+		if _, err := os.Stat(filepath.Join(tc.to, "shoal-store.json")); err == nil {
+			t.Errorf("%s: store files written", tc.name)
+		}
+	}
+	// An empty directory becomes a store, and publishing to it again is fine.
+	to := t.TempDir()
+	for range 2 {
+		if code, _, errOut := runCLI(t, "--log-level", "error", "publish", "--from", "file://"+cache.Dir, "--to", to, "--all"); code != 0 {
+			t.Fatalf("publish to a new store: exit %d, %s", code, errOut)
+		}
+	}
+}
+
+// Off a terminal, publish says how far it got in NARs and bytes, not nothing.
+func TestPublishProgressOffATerminal(t *testing.T) {
+	cache := cachetest.New(t, "prog-1")
+	cache.Add(t, cachetest.HashPart("prog-a"), "prog-a-1.0", []byte(strings.Repeat("a", 100000)), "zstd")
+	cache.Add(t, cachetest.HashPart("prog-b"), "prog-b-1.0", []byte(strings.Repeat("b", 100000)), "zstd")
+	code, _, errOut := runCLI(t, "--log-level", "error", "publish", "--from", "file://"+cache.Dir, "--to", t.TempDir(),
+		"--trusted-public-key", cache.PublicKey, "--all")
+	if code != 0 || !strings.Contains(errOut, "publishing: 2 of 2 NARs, 0.2 of 0.2 MB (100%)") {
+		t.Errorf("exit %d, stderr:\n%s", code, errOut)
+	}
+}

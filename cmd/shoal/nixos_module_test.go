@@ -42,7 +42,7 @@ var pendingFlags = map[string]string{
 }
 
 // optionsWithoutFlags are module options that configure the service, not the daemon.
-var optionsWithoutFlags = []string{"enable", "package", "openFirewall"}
+var optionsWithoutFlags = []string{"enable", "package", "openFirewall", "environmentFile"}
 
 // baseArgs is the command line of a configuration with every option at its default.
 func baseArgs(extra ...string) []string {
@@ -88,6 +88,7 @@ var moduleCases = []struct {
 		"--trusted-public-key", "a-1:AAAA", "--trusted-public-key", "b-1:BBBB",
 	}},
 	{"extraArgs", `{"extraArgs": ["--verify-wait", "30s"]}`, baseArgs("--verify-wait", "30s")},
+	{"logLevel", `{"logLevel": "debug"}`, baseArgs("--log-level", "debug")},
 	{"cacheSize", `{"cacheSize": "20GiB"}`, baseArgs("--cache-size", "20GiB")},
 	{"pinClosureOf", `{"pinClosureOf": ["/run/current-system", "/nix/var/nix/profiles/default"]}`,
 		baseArgs("--pin-closure-of", "/run/current-system", "--pin-closure-of", "/nix/var/nix/profiles/default")},

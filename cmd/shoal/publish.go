@@ -3,21 +3,22 @@ package main
 import (
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
-	"os"
 	"runtime"
 	"sync"
+	"time"
 
 	"github.com/schollz/progressbar/v3"
 	"github.com/shoal-nix/shoal/analyze"
 	"github.com/shoal-nix/shoal/blob"
 	"github.com/shoal-nix/shoal/chunk"
 	"github.com/shoal-nix/shoal/delta"
+	"github.com/shoal-nix/shoal/internal/progress"
 	"github.com/shoal-nix/shoal/publish"
 	"github.com/shoal-nix/shoal/store"
 	"github.com/shoal-nix/shoal/substituter"
 	"github.com/urfave/cli/v2"
-	"golang.org/x/term"
 )
 
 func publishCommand() *cli.Command {
@@ -75,9 +76,9 @@ func runPublish(c *cli.Context) error {
 	if c.Bool("all") == (c.NArg() > 0) {
 		return usageError("publish needs either --all or store paths, not both and not neither")
 	}
-	keys, err := substituter.ParseKeyring(c.StringSlice("trusted-public-key"))
+	keys, err := trustedKeys(c)
 	if err != nil {
-		return usageError("--trusted-public-key: %v", err)
+		return err
 	}
 	srcBlob, err := blob.Open(c.String("from"), nil)
 	if err != nil {
@@ -128,21 +129,54 @@ func runPublish(c *cli.Context) error {
 		DeltaBases: c.Int("delta-bases"),
 		DeltaLevel: level,
 	}
+	errOut := c.App.ErrWriter
 	var bar *progressbar.ProgressBar
-	if term.IsTerminal(int(os.Stderr.Fd())) {
+	var meter *progress.Meter
+	if isTerminal(errOut) {
 		// On a terminal the bar replaces per-NAR lines; problems are still logged.
-		opts.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+		opts.Logger = slog.New(slog.NewTextHandler(errOut, &slog.HandlerOptions{Level: slog.LevelWarn}))
 		var once sync.Once
 		var mu sync.Mutex
+		var nars, bytes int64
+		show := func() {
+			bar.Describe(fmt.Sprintf("publishing %d of %d NARs", nars, len(hashParts)))
+			_ = bar.Set64(bytes)
+		}
 		opts.Progress = func(done, total int64) {
 			mu.Lock()
 			defer mu.Unlock()
 			once.Do(func() {
-				bar = progressbar.NewOptions64(total, progressbar.OptionSetWriter(os.Stderr),
+				bar = progressbar.NewOptions64(total, progressbar.OptionSetWriter(errOut),
 					progressbar.OptionShowBytes(true), progressbar.OptionSetDescription("publishing"),
 					progressbar.OptionThrottle(100_000_000), progressbar.OptionClearOnFinish())
 			})
-			_ = bar.Set64(done)
+			bytes = done
+			show()
+		}
+		opts.NARDone = func() {
+			mu.Lock()
+			defer mu.Unlock()
+			nars++
+			if bar != nil {
+				show()
+			}
+		}
+	} else {
+		// Elsewhere (a journal, CI, a file) a line now and then, so an hours-long
+		// publish is not silent.
+		var once sync.Once
+		start := func(total int64) {
+			once.Do(func() {
+				meter = progress.New(errOut, "publishing", "NARs", len(hashParts), total, progressEvery, time.Now)
+			})
+		}
+		opts.Progress = func(done, total int64) {
+			start(total)
+			meter.SetBytes(done)
+		}
+		opts.NARDone = func() {
+			start(0)
+			meter.ItemDone()
 		}
 	}
 	slog.Info("publishing", "from", src.String(), "to", dst.String(), "paths", len(hashParts), "chunker", opts.Params.Identity(), "xz_decoder", substituter.XZDecoder())
@@ -155,14 +189,17 @@ func runPublish(c *cli.Context) error {
 	if bar != nil {
 		_ = bar.Finish()
 	}
-	printSummary(sum)
+	if meter != nil {
+		meter.Finish()
+	}
+	printSummary(errOut, sum)
 	if ctx.Err() != nil {
 		return errInterrupted
 	}
 	return err
 }
 
-func printSummary(s publish.Summary) {
+func printSummary(w io.Writer, s publish.Summary) {
 	ratio := "n/a"
 	if s.SourceBytes > 0 {
 		ratio = fmt.Sprintf("%.3f", float64(s.NewBytes)/float64(s.SourceBytes))
@@ -171,7 +208,7 @@ func printSummary(s publish.Summary) {
 	if s.Elapsed > 0 {
 		mbps = float64(s.NarBytes) / 1e6 / s.Elapsed.Seconds()
 	}
-	fmt.Fprintf(os.Stderr, `published %d NARs (%d already complete, %d refused) in %s
+	fmt.Fprintf(w, `published %d NARs (%d already complete, %d refused) in %s
   NAR bytes:            %d (%.1f MB/s)
   source cache bytes:   %d (compressed NARs)
   chunks:               %d, of which new: %d

@@ -15,7 +15,7 @@ func seedCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "seed",
 		Usage:     "index the chunks of valid local store paths, so upgrades of them download only what changed",
-		ArgsUsage: "STORE-PATH...",
+		ArgsUsage: "STORE_PATH...",
 		Description: `Each path is serialized as a NAR, checked against the hash Nix registered for it, and
 cut into chunks whose locations (not bytes) go into the cache. The daemon does this by
 itself for installed versions of a package whose NAR it is asked for; seed does it ahead

@@ -44,7 +44,7 @@ Example:
 			&cli.StringFlag{Name: "listen", Value: "127.0.0.1:8090", Usage: "address to serve on (the CDN or web server in front connects here)", EnvVars: env("listen")},
 			&cli.StringSliceFlag{Name: "trusted-public-key", Value: cli.NewStringSlice(substituter.DefaultTrustedKey), Usage: "serve only NARs whose narinfo is signed by this key, `NAME:BASE64` (repeatable)", EnvVars: env("trusted-public-key")},
 			&cli.IntFlag{Name: "max-active", Value: 64, Usage: "NAR requests verified or streamed at once; more wait in line (each holds up to --prefetch chunks, 256 KiB each at most, in memory)", EnvVars: env("max-active")},
-			&cli.DurationFlag{Name: "queue-timeout", Value: 30 * time.Second, Usage: "how long a request may wait for a slot before it gets 503 Service Unavailable", EnvVars: env("queue-timeout")},
+			durationFlag("queue-timeout", 30*time.Second, "how long a request may wait for a slot before it gets 503 Service Unavailable"),
 			&cli.StringFlag{Name: "chunk-cache-size", Value: "256MiB", Usage: "memory for hot chunks shared between requests, e.g. 1GiB (0: none)", EnvVars: env("chunk-cache-size")},
 			&cli.StringFlag{Name: "memory-limit", Usage: "soft limit on the Go heap (runtime/debug.SetMemoryLimit), e.g. 1GiB: the garbage collector works harder near it (default: twice --chunk-cache-size plus 256MiB; GOMEMLIMIT, if set, wins)", EnvVars: env("memory-limit")},
 			&cli.IntFlag{Name: "prefetch", Value: 8, Usage: "chunks each request fetches ahead of what it sends; more hides store latency (S3), costs memory", EnvVars: env("prefetch")},
@@ -57,9 +57,9 @@ func runServe(c *cli.Context) error {
 	if c.NArg() > 0 {
 		return usageError("serve takes no arguments (got %q)", c.Args().Slice())
 	}
-	keys, err := substituter.ParseKeyring(c.StringSlice("trusted-public-key"))
+	keys, err := trustedKeys(c)
 	if err != nil {
-		return usageError("--trusted-public-key: %v", err)
+		return err
 	}
 	st, err := store.Open(c.String("store"), nil)
 	if err != nil {
@@ -84,14 +84,14 @@ func runServe(c *cli.Context) error {
 	if os.Getenv("GOMEMLIMIT") == "" {
 		debug.SetMemoryLimit(memLimit)
 	}
-	if c.Int("max-active") < 1 || c.Int("prefetch") < 1 || c.Duration("queue-timeout") <= 0 {
+	if c.Int("max-active") < 1 || c.Int("prefetch") < 1 || durationOf(c, "queue-timeout") <= 0 {
 		return usageError("--max-active and --prefetch must be at least 1, --queue-timeout positive")
 	}
 	if _, err := st.Meta(c.Context); err != nil {
 		return err
 	}
 	s, err := serve.New(st, serve.Options{
-		Keys: keys, MaxActive: c.Int("max-active"), QueueTimeout: c.Duration("queue-timeout"),
+		Keys: keys, MaxActive: c.Int("max-active"), QueueTimeout: durationOf(c, "queue-timeout"),
 		ChunkCacheBytes: cacheSize, Prefetch: c.Int("prefetch"), Logger: slog.Default(),
 	})
 	if err != nil {

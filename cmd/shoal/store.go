@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"strings"
@@ -32,13 +33,13 @@ chunk refreshes its time, so running gc while publishing is safe (see the storeg
 package for the one-request window that remains).
 
 Examples:
-  shoal store gc --store /srv/shoal-store --keep-since 720h --dry-run
+  shoal store gc --store /srv/shoal-store --keep-since 30d --dry-run
   shoal store gc --store 's3://chunks/store?region=eu-west-1' --keep-narinfos-from live.txt`,
 				Flags: []cli.Flag{
 					&cli.StringFlag{Name: "store", Required: true, Usage: "chunk store (a directory, file:///dir or s3://bucket/prefix?region=&endpoint=)", EnvVars: env("store")},
 					&cli.StringFlag{Name: "keep-narinfos-from", Usage: "keep the narinfos of the store paths listed in `FILE`", EnvVars: env("keep-narinfos-from")},
-					&cli.DurationFlag{Name: "keep-since", Usage: "keep narinfos published within this long", EnvVars: env("keep-since")},
-					&cli.DurationFlag{Name: "grace", Value: storegcDefaultGrace, Usage: "never delete anything younger than this", EnvVars: env("grace")},
+					durationFlag("keep-since", 0, "keep narinfos published within this long, e.g. 30d"),
+					durationFlag("grace", storegcDefaultGrace, "never delete anything younger than this"),
 					&cli.BoolFlag{Name: "dry-run", Usage: "report what would be deleted, delete nothing", EnvVars: env("dry-run")},
 					&cli.IntFlag{Name: "jobs", Value: 16, Usage: "requests in flight", EnvVars: env("jobs")},
 				},
@@ -86,12 +87,12 @@ Select with --older-than (the NAR file's last modification) and/or
 --apply nothing is deleted: the report says what would be freed.
 
 Examples:
-  shoal store retire --from /srv/cache --store /srv/shoal-store --older-than 2160h
+  shoal store retire --from /srv/cache --store /srv/shoal-store --older-than 90d
   shoal store retire --from s3://cache --store s3://chunks/store --keep-narinfos-from live.txt --apply`,
 				Flags: []cli.Flag{
 					&cli.StringFlag{Name: "from", Required: true, Usage: "the main binary cache whose NAR files are deleted (a directory, file:///dir or s3://bucket/prefix?region=&endpoint=)", EnvVars: env("from")},
 					&cli.StringFlag{Name: "store", Required: true, Usage: "the chunk store shoal serve reads", EnvVars: env("store")},
-					&cli.DurationFlag{Name: "older-than", Usage: "retire only NAR files last modified longer ago than this, e.g. 2160h", EnvVars: env("older-than")},
+					durationFlag("older-than", 0, "retire only NAR files last modified longer ago than this, e.g. 90d"),
 					&cli.StringFlag{Name: "keep-narinfos-from", Usage: "never retire the NARs of the store paths listed in `FILE`", EnvVars: env("keep-narinfos-from")},
 					&cli.StringSliceFlag{Name: "trusted-public-key", Value: cli.NewStringSlice(substituter.DefaultTrustedKey), Usage: "the keys shoal serve trusts, `NAME:BASE64` (repeatable): a NAR it would refuse is never retired", EnvVars: env("trusted-public-key")},
 					&cli.BoolFlag{Name: "apply", Usage: "delete; without it, only report", EnvVars: env("apply")},
@@ -113,8 +114,8 @@ func runStoreGC(c *cli.Context) error {
 		return usageError("--store: %v", err)
 	}
 	opts := storegc.Options{
-		KeepSince: c.Duration("keep-since"),
-		Grace:     c.Duration("grace"),
+		KeepSince: durationOf(c, "keep-since"),
+		Grace:     durationOf(c, "grace"),
 		DryRun:    c.Bool("dry-run"),
 		Jobs:      c.Int("jobs"),
 		Logger:    slog.Default(),
@@ -133,23 +134,26 @@ func runStoreGC(c *cli.Context) error {
 		return usageError("store gc needs --keep-narinfos-from or --keep-since: without either it would delete every narinfo")
 	}
 	rep, err := storegc.Collect(c.Context, s, opts)
+	printGCReport(c.App.Writer, rep, opts.DryRun)
+	return err
+}
+
+// printGCReport writes store gc's summary: one line per kind of object, each with
+// its own counts.
+func printGCReport(w io.Writer, rep storegc.Report, dryRun bool) {
 	verb := "freed"
-	if opts.DryRun {
+	if dryRun {
 		verb = "would free"
 	}
-	fmt.Fprintf(c.App.Writer, `%s %d objects, %d bytes in %s
-  narinfos:  %d deleted (%d bytes), %d kept
-  manifests: %d deleted (%d bytes), %d kept
-  chunks:    %d deleted (%d bytes), %d kept
-  NAR URL index entries: %d deleted
-  deltas:    %d deleted (%d bytes), %d kept
-  spared as younger than --grace: %d
-`, verb, rep.FreedObjects(), rep.FreedBytes(), rep.Elapsed.Round(1e6),
-		rep.NarInfos.Deleted, rep.NarInfos.DeletedBytes, rep.NarInfos.Kept,
-		rep.Manifests.Deleted, rep.Manifests.DeletedBytes, rep.Manifests.Kept,
-		rep.Chunks.Deleted, rep.Chunks.DeletedBytes, rep.Chunks.Kept,
-		rep.Deltas.Deleted, rep.Deltas.DeletedBytes, rep.Deltas.Kept, rep.NarURLs.Deleted, rep.Young)
-	return err
+	fmt.Fprintf(w, "%s %d objects, %d bytes in %s\n", verb, rep.FreedObjects(), rep.FreedBytes(), rep.Elapsed.Round(time.Millisecond))
+	for _, k := range []struct {
+		name string
+		c    storegc.Counts
+	}{{"narinfos:", rep.NarInfos}, {"manifests:", rep.Manifests}, {"chunks:", rep.Chunks}, {"deltas:", rep.Deltas}} {
+		fmt.Fprintf(w, "  %-10s %d deleted (%d bytes), %d kept\n", k.name, k.c.Deleted, k.c.DeletedBytes, k.c.Kept)
+	}
+	fmt.Fprintf(w, "  NAR URL index entries: %d deleted\n", rep.NarURLs.Deleted)
+	fmt.Fprintf(w, "  spared as younger than --grace: %d\n", rep.Young)
 }
 
 // readKeepList reads store paths or hash parts, one a line; blank lines and lines
@@ -191,9 +195,9 @@ func runStoreIndex(c *cli.Context) error {
 }
 
 func runStoreRetire(c *cli.Context) error {
-	keys, err := substituter.ParseKeyring(c.StringSlice("trusted-public-key"))
+	keys, err := trustedKeys(c)
 	if err != nil {
-		return usageError("--trusted-public-key: %v", err)
+		return err
 	}
 	cache, err := blob.Open(c.String("from"), nil)
 	if err != nil {
@@ -203,7 +207,7 @@ func runStoreRetire(c *cli.Context) error {
 	if err != nil {
 		return usageError("--store: %v", err)
 	}
-	opts := retire.Options{OlderThan: c.Duration("older-than"), Keys: keys, Apply: c.Bool("apply"), Jobs: c.Int("jobs"), Logger: slog.Default()}
+	opts := retire.Options{OlderThan: durationOf(c, "older-than"), Keys: keys, Apply: c.Bool("apply"), Jobs: c.Int("jobs"), Logger: slog.Default()}
 	if opts.OlderThan < 0 {
 		return usageError("--older-than must not be negative")
 	}

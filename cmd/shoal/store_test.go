@@ -1,0 +1,38 @@
+package main
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/shoal-nix/shoal/storegc"
+)
+
+// Each line of store gc's summary must carry its own kind's counts: a store with 80
+// kept deltas once read "deltas: 0 deleted (80 bytes), 0 kept".
+func TestStoreGCReportLines(t *testing.T) {
+	rep := storegc.Report{
+		NarInfos:  storegc.Counts{Deleted: 1, DeletedBytes: 11, Kept: 2},
+		Manifests: storegc.Counts{Deleted: 3, DeletedBytes: 33, Kept: 4},
+		Chunks:    storegc.Counts{Deleted: 5, DeletedBytes: 55, Kept: 6},
+		Deltas:    storegc.Counts{Deleted: 7, DeletedBytes: 77, Kept: 80},
+		NarURLs:   storegc.Counts{Deleted: 9},
+		Young:     10,
+		Elapsed:   1500 * time.Millisecond,
+	}
+	var out strings.Builder
+	printGCReport(&out, rep, true)
+	for _, want := range []string{
+		"would free 25 objects, 176 bytes in 1.5s\n",
+		"  narinfos:  1 deleted (11 bytes), 2 kept\n",
+		"  manifests: 3 deleted (33 bytes), 4 kept\n",
+		"  chunks:    5 deleted (55 bytes), 6 kept\n",
+		"  deltas:    7 deleted (77 bytes), 80 kept\n",
+		"  NAR URL index entries: 9 deleted\n",
+		"  spared as younger than --grace: 10\n",
+	} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("summary lacks %q:\n%s", want, out.String())
+		}
+	}
+}
