@@ -16,7 +16,7 @@ import (
 	"time"
 
 	"github.com/schollz/progressbar/v3"
-	"github.com/shoal-nix/shoal/analyze"
+	"github.com/shoal-nix/shoal/analyze/dedup"
 	"github.com/shoal-nix/shoal/blob"
 	"github.com/shoal-nix/shoal/chunk"
 	"github.com/shoal-nix/shoal/delta"
@@ -85,22 +85,22 @@ func runAnalyzeDedup(c *cli.Context) error {
 	if c.Bool("all") && c.String("from") == "" {
 		return usageError("--all needs --from")
 	}
-	var opts analyze.Options
+	var opts dedup.Options
 	for _, s := range c.StringSlice("strategy") {
-		st, err := analyze.ParseStrategy(s)
+		st, err := dedup.ParseStrategy(s)
 		if err != nil {
 			return usageError("--strategy: %v", err)
 		}
 		for _, sw := range c.StringSlice("sweep") {
-			p, err := analyze.ParseParams(sw)
+			p, err := dedup.ParseParams(sw)
 			if err != nil {
 				return usageError("--sweep: %v", err)
 			}
-			opts.Configs = append(opts.Configs, analyze.Config{Strategy: st, Params: p})
+			opts.Configs = append(opts.Configs, dedup.Config{Strategy: st, Params: p})
 		}
 	}
 	for _, s := range c.StringSlice("level") {
-		l, err := analyze.ParseLevel(s)
+		l, err := dedup.ParseLevel(s)
 		if err != nil {
 			return usageError("--level: %v", err)
 		}
@@ -109,7 +109,7 @@ func runAnalyzeDedup(c *cli.Context) error {
 		}
 		opts.Levels = append(opts.Levels, l)
 	}
-	plot, err := analyze.ParseLevel(c.String("plot-level"))
+	plot, err := dedup.ParseLevel(c.String("plot-level"))
 	if err != nil {
 		return usageError("--plot-level: %v", err)
 	}
@@ -128,7 +128,7 @@ func runAnalyzeDedup(c *cli.Context) error {
 		if opts.DeltaBases = c.Int("delta-bases"); opts.DeltaBases < 1 || opts.DeltaBases > chunk.MaxDeltaBases {
 			return usageError("--delta-bases %d: want 1 to %d", opts.DeltaBases, chunk.MaxDeltaBases)
 		}
-		if opts.DeltaLevel, err = analyze.ParseLevel(c.String("delta-level")); err != nil {
+		if opts.DeltaLevel, err = dedup.ParseLevel(c.String("delta-level")); err != nil {
 			return usageError("--delta-level: %v", err)
 		}
 	}
@@ -139,7 +139,7 @@ func runAnalyzeDedup(c *cli.Context) error {
 		}
 	}
 
-	var sources []analyze.Source
+	var sources []dedup.Source
 	if c.String("from") != "" {
 		sources, err = cacheSources(ctx, c)
 	} else {
@@ -155,7 +155,7 @@ func runAnalyzeDedup(c *cli.Context) error {
 	}
 	slog.Info("analyzing", "nars", len(sources), "nar_bytes", total, "configurations", len(opts.Configs), "levels", len(opts.Levels))
 	finish := analyzeProgress(c.App.ErrWriter, &opts, len(sources), total)
-	res, err := analyze.Run(ctx, sources, opts)
+	res, err := dedup.Run(ctx, sources, opts)
 	finish()
 	if ctx.Err() != nil {
 		return errInterrupted
@@ -177,7 +177,7 @@ func runAnalyzeDedup(c *cli.Context) error {
 // analyzeProgress shows analyze dedup's progress: on a terminal a bar for reading
 // the NARs, then one for measuring deltas (which used to leave the screen empty);
 // elsewhere a line now and then for each phase. The returned func ends the display.
-func analyzeProgress(w io.Writer, opts *analyze.Options, nars int, total int64) (finish func()) {
+func analyzeProgress(w io.Writer, opts *dedup.Options, nars int, total int64) (finish func()) {
 	var mu sync.Mutex
 	if isTerminal(w) {
 		size := total
@@ -260,7 +260,7 @@ func writeReport(dir string, files ...reportFile) error {
 
 // cacheSources fetches and checks the narinfos of the requested store paths
 // and returns sources that decompress and verify each NAR as it is read.
-func cacheSources(ctx context.Context, c *cli.Context) ([]analyze.Source, error) {
+func cacheSources(ctx context.Context, c *cli.Context) ([]dedup.Source, error) {
 	keys, err := trustedKeys(c)
 	if err != nil {
 		return nil, err
@@ -311,9 +311,9 @@ func cacheSources(ctx context.Context, c *cli.Context) ([]analyze.Source, error)
 			return strings.Compare(storePathName(a.StorePath), storePathName(b.StorePath))
 		})
 	}
-	sources := make([]analyze.Source, len(infos))
+	sources := make([]dedup.Source, len(infos))
 	for i, ni := range infos {
-		sources[i] = analyze.Source{Name: ni.StorePath, NarSize: ni.NarSize, FileSize: ni.FileSize,
+		sources[i] = dedup.Source{Name: ni.StorePath, NarSize: ni.NarSize, FileSize: ni.FileSize,
 			Open: func(ctx context.Context) (io.ReadCloser, error) {
 				rc, err := cache.OpenNAR(ctx, ni)
 				if err != nil {
@@ -335,17 +335,17 @@ func storePathName(p string) string {
 
 // localSources reads store paths from the local Nix store with nix-store --dump,
 // which serializes them as NARs.
-func localSources(paths []string) ([]analyze.Source, error) {
+func localSources(paths []string) ([]dedup.Source, error) {
 	nixStore, err := exec.LookPath("nix-store")
 	if err != nil {
 		return nil, usageError("reading local store paths needs nix-store on PATH (or give --from): %v", err)
 	}
-	var sources []analyze.Source
+	var sources []dedup.Source
 	for _, p := range paths {
 		if _, err := os.Stat(p); err != nil {
 			return nil, usageError("%s: %v", p, err)
 		}
-		sources = append(sources, analyze.Source{Name: p, Open: func(ctx context.Context) (io.ReadCloser, error) {
+		sources = append(sources, dedup.Source{Name: p, Open: func(ctx context.Context) (io.ReadCloser, error) {
 			cmd := exec.CommandContext(ctx, nixStore, "--dump", p)
 			var stderr strings.Builder
 			cmd.Stderr = &stderr

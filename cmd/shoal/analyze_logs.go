@@ -9,14 +9,14 @@ import (
 	"strings"
 	"time"
 
-	"github.com/shoal-nix/shoal/analyze"
+	"github.com/shoal-nix/shoal/analyze/accesslog"
 	"github.com/shoal-nix/shoal/blob"
 	"github.com/urfave/cli/v2"
 )
 
 func analyzeLogsCommand() *cli.Command {
-	formats := make([]string, len(analyze.LogFormats))
-	for i, f := range analyze.LogFormats {
+	formats := make([]string, len(accesslog.LogFormats))
+	for i, f := range accesslog.LogFormats {
 		formats[i] = string(f)
 	}
 	return &cli.Command{
@@ -47,7 +47,7 @@ Examples:
   shoal analyze logs --cache file:///srv/cache --older-than 30d,90d,180d,365d --out report/ access.log.gz
   shoal analyze logs --cache s3://cache-bucket --keep-narinfos-from keep.txt --format s3 logs/*`,
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "format", Value: string(analyze.FormatAuto), Usage: "log format: " + strings.Join(formats, ", "), EnvVars: env("format")},
+			&cli.StringFlag{Name: "format", Value: string(accesslog.FormatAuto), Usage: "log format: " + strings.Join(formats, ", "), EnvVars: env("format")},
 			&cli.StringSliceFlag{Name: "older-than", Value: cli.NewStringSlice("7d", "30d", "90d", "180d", "365d"), Usage: "cut-off `AGE`s to measure, e.g. 30d,90d (d days, w weeks, or a Go duration like 36h); the default sweep is dropped when only --keep-narinfos-from is given", EnvVars: env("older-than")},
 			&cli.StringFlag{Name: "keep-narinfos-from", Usage: "`FILE` naming what stays in the main cache, one a line: store paths, hash parts, <hash>.narinfo or nar/ URLs (store paths need --cache)", EnvVars: env("keep-narinfos-from")},
 			&cli.StringFlag{Name: "cache", Usage: "the main binary cache (file:///dir or s3://bucket): NAR upload times and store path names", EnvVars: env("cache")},
@@ -75,9 +75,9 @@ func runAnalyzeLogs(c *cli.Context) error {
 			return usageError("%s is not a regular file (logs are read twice)", f)
 		}
 	}
-	var opts analyze.LogOptions
+	var opts accesslog.LogOptions
 	var err error
-	if opts.Format, err = analyze.ParseLogFormat(c.String("format")); err != nil {
+	if opts.Format, err = accesslog.ParseLogFormat(c.String("format")); err != nil {
 		return usageError("--format: %v", err)
 	}
 	keepFile := c.String("keep-narinfos-from")
@@ -99,7 +99,7 @@ func runAnalyzeLogs(c *cli.Context) error {
 		if err != nil {
 			return usageError("--keep-narinfos-from: %v", err)
 		}
-		opts.Keep, err = analyze.ReadKeepList(f, filepath.Base(keepFile))
+		opts.Keep, err = accesslog.ReadKeepList(f, filepath.Base(keepFile))
 		f.Close()
 		if err != nil {
 			return usageError("--keep-narinfos-from: %v", err)
@@ -120,7 +120,7 @@ func runAnalyzeLogs(c *cli.Context) error {
 		if err != nil {
 			return usageError("--cache: %v", err)
 		}
-		opts.Resolver = analyze.CacheResolver{Backend: b, Jobs: c.Int("jobs")}
+		opts.Resolver = accesslog.CacheResolver{Backend: b, Jobs: c.Int("jobs")}
 	} else if opts.Keep != nil && opts.Keep.NeedsStorePaths() {
 		return usageError("--keep-narinfos-from names store paths: give --cache, whose narinfos map NAR URLs to store paths")
 	}
@@ -133,7 +133,7 @@ func runAnalyzeLogs(c *cli.Context) error {
 
 	start := time.Now()
 	slog.Info("analyzing access logs", "files", len(files))
-	rep, err := analyze.AnalyzeLogs(ctx, files, opts)
+	rep, err := accesslog.AnalyzeLogs(ctx, files, opts)
 	if ctx.Err() != nil {
 		return errInterrupted
 	}

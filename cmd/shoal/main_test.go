@@ -2,11 +2,12 @@ package main
 
 import (
 	"context"
-	"github.com/urfave/cli/v2"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/urfave/cli/v2"
 
 	"github.com/shoal-nix/shoal/internal/cachetest"
 )

@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/schollz/progressbar/v3"
-	"github.com/shoal-nix/shoal/analyze"
+	"github.com/shoal-nix/shoal/analyze/dedup"
 	"github.com/shoal-nix/shoal/blob"
 	"github.com/shoal-nix/shoal/chunk"
 	"github.com/shoal-nix/shoal/delta"
@@ -117,7 +117,7 @@ func runPublish(c *cli.Context) error {
 	if n := c.Int("delta-bases"); n < 1 || n > chunk.MaxDeltaBases {
 		return usageError("--delta-bases %d: want 1 to %d", n, chunk.MaxDeltaBases)
 	}
-	level, err := analyze.ParseLevel(c.String("delta-level"))
+	level, err := dedup.ParseLevel(c.String("delta-level"))
 	if err != nil {
 		return usageError("--delta-level: %v", err)
 	}

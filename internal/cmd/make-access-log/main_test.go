@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/shoal-nix/shoal/analyze"
+	"github.com/shoal-nix/shoal/analyze/accesslog"
 	"github.com/shoal-nix/shoal/blob"
 	"github.com/shoal-nix/shoal/internal/cachetest"
 )
@@ -39,9 +39,9 @@ func TestGeneratedLogIsAnalyzable(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		rep, err := analyze.AnalyzeLogs(context.Background(), []string{log}, analyze.LogOptions{
+		rep, err := accesslog.AnalyzeLogs(context.Background(), []string{log}, accesslog.LogOptions{
 			OlderThan: []time.Duration{0, 7 * 24 * time.Hour},
-			Resolver:  analyze.CacheResolver{Backend: mustOpen(t, filepath.Join(out, "cache")), Jobs: 2},
+			Resolver:  accesslog.CacheResolver{Backend: mustOpen(t, filepath.Join(out, "cache")), Jobs: 2},
 			Top:       5,
 		})
 		if err != nil {

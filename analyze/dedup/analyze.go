@@ -7,7 +7,7 @@
 // Each NAR is read once and fed to every configuration at the same time; only
 // chunk IDs and sizes are kept in memory, so a sweep over gigabytes of NARs
 // needs memory proportional to the number of distinct chunks, not their bytes.
-package analyze
+package dedup
 
 import (
 	"context"

@@ -1,28 +1,17 @@
-package analyze
+package dedup
 
 import (
 	"bufio"
 	"cmp"
 	"fmt"
-	"html"
 	"io"
 	"math"
 	"slices"
 	"strings"
 
+	"github.com/shoal-nix/shoal/analyze/chart"
 	"github.com/shoal-nix/shoal/chunk"
 )
-
-// Plot geometry, in SVG user units.
-const (
-	panelW, panelH = 420.0, 300.0
-	marginL        = 70.0
-	marginT        = 50.0
-	gap            = 90.0
-	legendH        = 22.0
-)
-
-var palette = []string{"#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"}
 
 // series is one line of the plot: configurations of one strategy whose Min
 // and Max are the same multiples of Avg, ordered by Avg.
@@ -37,7 +26,7 @@ func (r *Result) series() []series {
 	for i := range r.Configs {
 		c := &r.Configs[i]
 		label := fmt.Sprintf("%s, min=avg×%s, max=avg×%s", c.Strategy,
-			trimFloat(float64(c.Params.Min)/float64(c.Params.Avg)), trimFloat(float64(c.Params.Max)/float64(c.Params.Avg)))
+			chart.TrimFloat(float64(c.Params.Min)/float64(c.Params.Avg)), chart.TrimFloat(float64(c.Params.Max)/float64(c.Params.Avg)))
 		j, ok := index[label]
 		if !ok {
 			j = len(out)
@@ -51,8 +40,6 @@ func (r *Result) series() []series {
 	}
 	return out
 }
-
-func trimFloat(f float64) string { return fmt.Sprintf("%g", f) }
 
 // deltaDash is the dash pattern of the delta lines: long enough to read as dashes,
 // as the legend calls them.
@@ -90,14 +77,14 @@ func (r *Result) WriteSVG(w io.Writer, l int) error {
 	if markPublish {
 		legendRows++
 	}
-	ly := marginT + panelH + 56
-	width := 2*panelW + gap + marginL + 20
-	height := ly + legendH*float64(legendRows-1) + 14
+	ly := chart.MarginT + chart.PanelH + 56
+	width := 2*chart.PanelW + chart.Gap + chart.MarginL + 20
+	height := ly + chart.LegendH*float64(legendRows-1) + 14
 	fmt.Fprintf(bw, `<svg xmlns="http://www.w3.org/2000/svg" width="%.0f" height="%.0f" viewBox="0 0 %.0f %.0f" font-family="sans-serif" font-size="12">`+"\n",
 		width, height, width, height)
 	fmt.Fprintf(bw, `<rect width="100%%" height="100%%" fill="white"/>`+"\n")
-	fmt.Fprintf(bw, `<text x="%.0f" y="20" font-size="14" font-weight="bold">%s</text>`+"\n", marginL,
-		esc(fmt.Sprintf("shoal analyze dedup: %d NARs, %s MB uncompressed, zstd %s per chunk", len(r.NARs), mb(r.NarBytes()), r.Levels[l])))
+	fmt.Fprintf(bw, `<text x="%.0f" y="20" font-size="14" font-weight="bold">%s</text>`+"\n", chart.MarginL,
+		chart.Esc(fmt.Sprintf("shoal analyze dedup: %d NARs, %s MB uncompressed, zstd %s per chunk", len(r.NARs), mb(r.NarBytes()), r.Levels[l])))
 
 	// alt, when set, is a second value per configuration drawn dashed in the
 	// series' colour: the upgrade bytes with deltas.
@@ -121,8 +108,8 @@ func (r *Result) WriteSVG(w io.Writer, l int) error {
 		panels[1].title = "upgrade bytes after the first NAR (MB, log scale)"
 	}
 	for p, panel := range panels {
-		x0 := marginL + float64(p)*(panelW+gap)
-		y0 := marginT
+		x0 := chart.MarginL + float64(p)*(chart.PanelW+chart.Gap)
+		y0 := chart.MarginT
 		var top uint64
 		bottom := uint64(math.MaxUint64)
 		note := func(v uint64) {
@@ -150,52 +137,52 @@ func (r *Result) WriteSVG(w io.Writer, l int) error {
 			}
 			yOf = func(v float64) float64 {
 				v = max(v, lo)
-				return y0 + panelH - panelH*(math.Log10(v)-math.Log10(lo))/(math.Log10(hi)-math.Log10(lo))
+				return y0 + chart.PanelH - chart.PanelH*(math.Log10(v)-math.Log10(lo))/(math.Log10(hi)-math.Log10(lo))
 			}
 			for t := lo; t <= hi*1.0001; t *= 10 {
 				ticks = append(ticks, t)
 			}
 		} else {
-			ymax := niceCeil(float64(top) / 1e6)
-			yOf = func(v float64) float64 { return y0 + panelH - panelH*v/ymax }
+			ymax := chart.NiceCeil(float64(top) / 1e6)
+			yOf = func(v float64) float64 { return y0 + chart.PanelH - chart.PanelH*v/ymax }
 			for t := 0; t <= 5; t++ {
 				ticks = append(ticks, ymax*float64(t)/5)
 			}
 		}
 		xOf := func(avg int) float64 {
 			if maxAvg == minAvg {
-				return x0 + panelW/2
+				return x0 + chart.PanelW/2
 			}
-			return x0 + 20 + (panelW-40)*(math.Log2(float64(avg))-math.Log2(float64(minAvg)))/(math.Log2(float64(maxAvg))-math.Log2(float64(minAvg)))
+			return x0 + 20 + (chart.PanelW-40)*(math.Log2(float64(avg))-math.Log2(float64(minAvg)))/(math.Log2(float64(maxAvg))-math.Log2(float64(minAvg)))
 		}
 
-		fmt.Fprintf(bw, `<text x="%.1f" y="%.1f" font-weight="bold">%s</text>`+"\n", x0, y0-10, esc(panel.title))
-		fmt.Fprintf(bw, `<rect x="%.1f" y="%.1f" width="%.1f" height="%.1f" fill="none" stroke="#444"/>`+"\n", x0, y0, panelW, panelH)
+		fmt.Fprintf(bw, `<text x="%.1f" y="%.1f" font-weight="bold">%s</text>`+"\n", x0, y0-10, chart.Esc(panel.title))
+		fmt.Fprintf(bw, `<rect x="%.1f" y="%.1f" width="%.1f" height="%.1f" fill="none" stroke="#444"/>`+"\n", x0, y0, chart.PanelW, chart.PanelH)
 		for _, v := range ticks {
 			y := yOf(v)
-			fmt.Fprintf(bw, `<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="#ddd"/>`+"\n", x0, y, x0+panelW, y)
-			label := trimFloat(math.Round(v*10) / 10)
+			fmt.Fprintf(bw, `<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="#ddd"/>`+"\n", x0, y, x0+chart.PanelW, y)
+			label := chart.TrimFloat(math.Round(v*10) / 10)
 			if panel.log {
-				label = trimFloat(v)
+				label = chart.TrimFloat(v)
 			}
 			fmt.Fprintf(bw, `<text x="%.1f" y="%.1f" text-anchor="end">%s</text>`+"\n", x0-5, y+4, label)
 		}
 		for avg := minAvg; avg <= maxAvg && avg > 0; avg *= 2 {
 			x := xOf(avg)
-			fmt.Fprintf(bw, `<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="#ddd"/>`+"\n", x, y0, x, y0+panelH)
-			fmt.Fprintf(bw, `<text x="%.1f" y="%.1f" text-anchor="middle">%s</text>`+"\n", x, y0+panelH+16, FormatSize(avg))
+			fmt.Fprintf(bw, `<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="#ddd"/>`+"\n", x, y0, x, y0+chart.PanelH)
+			fmt.Fprintf(bw, `<text x="%.1f" y="%.1f" text-anchor="middle">%s</text>`+"\n", x, y0+chart.PanelH+16, FormatSize(avg))
 		}
-		fmt.Fprintf(bw, `<text x="%.1f" y="%.1f" text-anchor="middle">average chunk size (bytes)</text>`+"\n", x0+panelW/2, y0+panelH+34)
+		fmt.Fprintf(bw, `<text x="%.1f" y="%.1f" text-anchor="middle">average chunk size (bytes)</text>`+"\n", x0+chart.PanelW/2, y0+chart.PanelH+34)
 		if markPublish {
 			x := xOf(publishAvg)
-			fmt.Fprintf(bw, `<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="#999" stroke-width="2"><title>publish's default: %s average</title></line>`+"\n", x, y0, x, y0+panelH, FormatSize(publishAvg))
+			fmt.Fprintf(bw, `<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="#999" stroke-width="2"><title>publish's default: %s average</title></line>`+"\n", x, y0, x, y0+chart.PanelH, FormatSize(publishAvg))
 		}
 		if panel.ok {
 			y := yOf(float64(panel.ref) / 1e6)
-			fmt.Fprintf(bw, `<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="#000" stroke-dasharray="%s"><title>source cache %s MB</title></line>`+"\n", x0, y, x0+panelW, y, refDots, mb(panel.ref))
+			fmt.Fprintf(bw, `<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="#000" stroke-dasharray="%s"><title>source cache %s MB</title></line>`+"\n", x0, y, x0+chart.PanelW, y, refDots, mb(panel.ref))
 		}
 		for i, s := range ss {
-			color := palette[i%len(palette)]
+			color := chart.Palette[i%len(chart.Palette)]
 			fmt.Fprintf(bw, `<polyline fill="none" stroke="%s" stroke-width="2" points="`, color)
 			for j, c := range s.points {
 				if j > 0 {
@@ -206,7 +193,7 @@ func (r *Result) WriteSVG(w io.Writer, l int) error {
 			fmt.Fprint(bw, `"/>`+"\n")
 			for _, c := range s.points {
 				fmt.Fprintf(bw, `<circle cx="%.1f" cy="%.1f" r="3" fill="%s"><title>%s: %s MB</title></circle>`+"\n",
-					xOf(c.Params.Avg), yOf(float64(panel.value(c))/1e6), color, esc(c.Config.String()), mb(panel.value(c)))
+					xOf(c.Params.Avg), yOf(float64(panel.value(c))/1e6), color, chart.Esc(c.Config.String()), mb(panel.value(c)))
 			}
 			if panel.alt == nil {
 				continue
@@ -221,23 +208,23 @@ func (r *Result) WriteSVG(w io.Writer, l int) error {
 			fmt.Fprint(bw, `"/>`+"\n")
 			for _, c := range s.points {
 				fmt.Fprintf(bw, `<circle cx="%.1f" cy="%.1f" r="3" fill="white" stroke="%s"><title>%s with deltas: %s MB</title></circle>`+"\n",
-					xOf(c.Params.Avg), yOf(float64(panel.alt(c))/1e6), color, esc(c.Config.String()), mb(panel.alt(c)))
+					xOf(c.Params.Avg), yOf(float64(panel.alt(c))/1e6), color, chart.Esc(c.Config.String()), mb(panel.alt(c)))
 			}
 		}
 	}
 	row := 0
 	legend := func(stroke, dash, text string) {
-		y := ly + legendH*float64(row)
+		y := ly + chart.LegendH*float64(row)
 		row++
 		attr := ""
 		if dash != "" {
 			attr = fmt.Sprintf(` stroke-dasharray="%s"`, dash)
 		}
-		fmt.Fprintf(bw, `<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="%s" stroke-width="2"%s/>`+"\n", marginL, y, marginL+30, y, stroke, attr)
-		fmt.Fprintf(bw, `<text x="%.1f" y="%.1f">%s</text>`+"\n", marginL+38, y+4, esc(text))
+		fmt.Fprintf(bw, `<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="%s" stroke-width="2"%s/>`+"\n", chart.MarginL, y, chart.MarginL+30, y, stroke, attr)
+		fmt.Fprintf(bw, `<text x="%.1f" y="%.1f">%s</text>`+"\n", chart.MarginL+38, y+4, chart.Esc(text))
 	}
 	for i, s := range ss {
-		legend(palette[i%len(palette)], "", s.label)
+		legend(chart.Palette[i%len(chart.Palette)], "", s.label)
 	}
 	if r.HasDeltas() {
 		legend("#444", deltaDash, "dashed, hollow points: the NARs with an earlier version, fetched as deltas against it")
@@ -262,19 +249,5 @@ func (r *Result) WriteSVG(w io.Writer, l int) error {
 	return nil
 }
 
-// niceCeil rounds v up to 1, 2 or 5 times a power of ten, so the axis has
+// chart.NiceCeil rounds v up to 1, 2 or 5 times a power of ten, so the axis has
 // round ticks.
-func niceCeil(v float64) float64 {
-	if v <= 0 {
-		return 1
-	}
-	p := math.Pow(10, math.Floor(math.Log10(v)))
-	for _, m := range []float64{1, 2, 5, 10} {
-		if v <= m*p {
-			return m * p
-		}
-	}
-	return 10 * p
-}
-
-func esc(s string) string { return html.EscapeString(s) }

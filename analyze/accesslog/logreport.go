@@ -1,4 +1,4 @@
-package analyze
+package accesslog
 
 import (
 	"bufio"
@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"text/tabwriter"
 	"time"
+
+	"github.com/shoal-nix/shoal/analyze/chart"
 )
 
 // Share is part/all as a fraction, 0 when all is 0.
@@ -213,8 +215,8 @@ const maxPlotPoints = 600
 // the cut-off age (when there are cut-off ages).
 func (r *LogReport) WriteSVG(w io.Writer) error {
 	bw := bufio.NewWriter(w)
-	width := 2*panelW + gap + marginL + 30
-	height := marginT + panelH + 60 + legendH*float64(len(r.Scenarios)+2)
+	width := 2*chart.PanelW + chart.Gap + chart.MarginL + 30
+	height := chart.MarginT + chart.PanelH + 60 + chart.LegendH*float64(len(r.Scenarios)+2)
 	fmt.Fprintf(bw, `<svg xmlns="http://www.w3.org/2000/svg" width="%.0f" height="%.0f" viewBox="0 0 %.0f %.0f" font-family="sans-serif" font-size="12">`+"\n",
 		width, height, width, height)
 	fmt.Fprintf(bw, `<rect width="100%%" height="100%%" fill="white"/>`+"\n")
@@ -225,10 +227,10 @@ func (r *LogReport) WriteSVG(w io.Writer) error {
 	if !r.AgeFromCache {
 		title += " (ages: first appearance, a lower bound)"
 	}
-	fmt.Fprintf(bw, `<text x="%.0f" y="20" font-size="14" font-weight="bold">%s</text>`+"\n", marginL, esc(title))
+	fmt.Fprintf(bw, `<text x="%.0f" y="20" font-size="14" font-weight="bold">%s</text>`+"\n", chart.MarginL, chart.Esc(title))
 
 	// Panel 1: requests per minute to the service over time.
-	x0, y0 := marginL, marginT
+	x0, y0 := chart.MarginL, chart.MarginT
 	var t0, t1 int64
 	if len(r.Minutes) > 0 {
 		t0, t1 = r.Minutes[0].At.Unix()/60, r.Minutes[len(r.Minutes)-1].At.Unix()/60
@@ -246,26 +248,26 @@ func (r *LogReport) WriteSVG(w io.Writer) error {
 		}
 	}
 	// Requests are counts: at least 5 on the axis, so its five ticks are whole.
-	ymax := max(niceCeil(float64(top)), 5)
+	ymax := max(chart.NiceCeil(float64(top)), 5)
 	xOf := func(b int) float64 {
 		if nb == 1 {
-			return x0 + panelW/2
+			return x0 + chart.PanelW/2
 		}
-		return x0 + panelW*float64(b)/float64(nb-1)
+		return x0 + chart.PanelW*float64(b)/float64(nb-1)
 	}
-	yOf := func(v float64) float64 { return y0 + panelH - panelH*v/ymax }
+	yOf := func(v float64) float64 { return y0 + chart.PanelH - chart.PanelH*v/ymax }
 	axes(bw, x0, y0, "retired NAR requests per minute", ymax)
 	if len(r.Minutes) > 0 {
 		for _, tk := range []int{0, nb - 1} {
 			at := time.Unix((t0+int64(tk)*step)*60, 0).UTC()
-			fmt.Fprintf(bw, `<text x="%.1f" y="%.1f" text-anchor="middle">%s</text>`+"\n", xOf(tk), y0+panelH+16, at.Format(minuteLayout))
+			fmt.Fprintf(bw, `<text x="%.1f" y="%.1f" text-anchor="middle">%s</text>`+"\n", xOf(tk), y0+chart.PanelH+16, at.Format(minuteLayout))
 		}
 	}
 	label := "time (UTC)"
 	if step > 1 {
 		label = fmt.Sprintf("time (UTC); each point the busiest minute of %d", step)
 	}
-	fmt.Fprintf(bw, `<text x="%.1f" y="%.1f" text-anchor="middle">%s</text>`+"\n", x0+panelW/2, y0+panelH+34, esc(label))
+	fmt.Fprintf(bw, `<text x="%.1f" y="%.1f" text-anchor="middle">%s</text>`+"\n", x0+chart.PanelW/2, y0+chart.PanelH+34, chart.Esc(label))
 	// A scenario retiring exactly what an earlier one does draws the same line; it is
 	// drawn dashed over it, so both colours show, and the legend says so.
 	sameAs := make([]int, len(r.Scenarios))
@@ -283,7 +285,7 @@ func (r *LogReport) WriteSVG(w io.Writer) error {
 		if sameAs[i] >= 0 {
 			dash = ` stroke-dasharray="6,6"`
 		}
-		fmt.Fprintf(bw, `<polyline fill="none" stroke="%s" stroke-width="1.5"%s points="`, palette[i%len(palette)], dash)
+		fmt.Fprintf(bw, `<polyline fill="none" stroke="%s" stroke-width="1.5"%s points="`, chart.Palette[i%len(chart.Palette)], dash)
 		for b, v := range peaks[i] {
 			if b > 0 {
 				fmt.Fprint(bw, " ")
@@ -294,7 +296,7 @@ func (r *LogReport) WriteSVG(w io.Writer) error {
 	}
 
 	// Panel 2: retired share against the cut-off age.
-	x0 = marginL + panelW + gap
+	x0 = chart.MarginL + chart.PanelW + chart.Gap
 	axes(bw, x0, y0, "retired share of NAR traffic (%)", 100)
 	var ages []ScenarioResult
 	var keep *ScenarioResult
@@ -309,14 +311,14 @@ func (r *LogReport) WriteSVG(w io.Writer) error {
 	for _, s := range ages {
 		maxDays = max(maxDays, s.OlderThan.Hours()/24)
 	}
-	maxDays = niceCeil(maxDays)
-	xAge := func(d time.Duration) float64 { return x0 + panelW*d.Hours()/24/maxDays }
-	yPct := func(f float64) float64 { return y0 + panelH - panelH*f }
+	maxDays = chart.NiceCeil(maxDays)
+	xAge := func(d time.Duration) float64 { return x0 + chart.PanelW*d.Hours()/24/maxDays }
+	yPct := func(f float64) float64 { return y0 + chart.PanelH - chart.PanelH*f }
 	for t := 0; t <= 5; t++ {
 		d := maxDays * float64(t) / 5
-		fmt.Fprintf(bw, `<text x="%.1f" y="%.1f" text-anchor="middle">%s</text>`+"\n", x0+panelW*float64(t)/5, y0+panelH+16, trimFloat(math.Round(d*10)/10))
+		fmt.Fprintf(bw, `<text x="%.1f" y="%.1f" text-anchor="middle">%s</text>`+"\n", x0+chart.PanelW*float64(t)/5, y0+chart.PanelH+16, chart.TrimFloat(math.Round(d*10)/10))
 	}
-	fmt.Fprintf(bw, `<text x="%.1f" y="%.1f" text-anchor="middle">cut-off age (days)</text>`+"\n", x0+panelW/2, y0+panelH+34)
+	fmt.Fprintf(bw, `<text x="%.1f" y="%.1f" text-anchor="middle">cut-off age (days)</text>`+"\n", x0+chart.PanelW/2, y0+chart.PanelH+34)
 	for j, line := range []struct {
 		color string
 		f     func(ScenarioResult) float64
@@ -338,29 +340,29 @@ func (r *LogReport) WriteSVG(w io.Writer) error {
 		fmt.Fprint(bw, `"/>`+"\n")
 		for _, s := range ages {
 			fmt.Fprintf(bw, `<circle cx="%.1f" cy="%.1f" r="3" fill="%s"><title>%s: %.1f%%</title></circle>`+"\n",
-				xAge(s.OlderThan), yPct(line.f(s)), line.color, esc(s.Name), 100*line.f(s))
+				xAge(s.OlderThan), yPct(line.f(s)), line.color, chart.Esc(s.Name), 100*line.f(s))
 		}
 		if keep != nil {
 			y := yPct(line.f(*keep))
-			fmt.Fprintf(bw, `<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="#2ca02c"%s/>`+"\n", x0, y, x0+panelW, y, dash)
-			fmt.Fprintf(bw, `<text x="%.1f" y="%.1f" text-anchor="end" fill="#2ca02c">%s %.1f%%</text>`+"\n", x0+panelW-4, y-4, esc(keep.Name), 100*line.f(*keep))
+			fmt.Fprintf(bw, `<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="#2ca02c"%s/>`+"\n", x0, y, x0+chart.PanelW, y, dash)
+			fmt.Fprintf(bw, `<text x="%.1f" y="%.1f" text-anchor="end" fill="#2ca02c">%s %.1f%%</text>`+"\n", x0+chart.PanelW-4, y-4, chart.Esc(keep.Name), 100*line.f(*keep))
 		}
 	}
 
-	ly := marginT + panelH + 60
+	ly := chart.MarginT + chart.PanelH + 60
 	for i, s := range r.Scenarios {
-		y := ly + legendH*float64(i)
+		y := ly + chart.LegendH*float64(i)
 		dash, same := "", ""
 		if j := sameAs[i]; j >= 0 {
 			dash = ` stroke-dasharray="6,6"`
 			same = ", the same line as " + r.Scenarios[j].Name
 		}
-		fmt.Fprintf(bw, `<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="%s" stroke-width="2"%s/>`+"\n", marginL, y, marginL+30, y, palette[i%len(palette)], dash)
-		fmt.Fprintf(bw, `<text x="%.1f" y="%.1f">%s</text>`+"\n", marginL+38, y+4, esc(fmt.Sprintf("%s (peak %d/min%s)", s.Name, s.PeakRequests, same)))
+		fmt.Fprintf(bw, `<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="%s" stroke-width="2"%s/>`+"\n", chart.MarginL, y, chart.MarginL+30, y, chart.Palette[i%len(chart.Palette)], dash)
+		fmt.Fprintf(bw, `<text x="%.1f" y="%.1f">%s</text>`+"\n", chart.MarginL+38, y+4, chart.Esc(fmt.Sprintf("%s (peak %d/min%s)", s.Name, s.PeakRequests, same)))
 	}
-	x := marginL + panelW + gap
+	x := chart.MarginL + chart.PanelW + chart.Gap
 	for j, l := range []string{"share of requests", "share of bytes"} {
-		y := ly + legendH*float64(j)
+		y := ly + chart.LegendH*float64(j)
 		dash := ""
 		if j == 1 {
 			dash = ` stroke-dasharray="6,4"`
@@ -377,12 +379,15 @@ func (r *LogReport) WriteSVG(w io.Writer) error {
 
 // axes draws a panel's frame, title and horizontal grid up to ymax.
 func axes(w io.Writer, x0, y0 float64, title string, ymax float64) {
-	fmt.Fprintf(w, `<text x="%.1f" y="%.1f" font-weight="bold">%s</text>`+"\n", x0, y0-10, esc(title))
-	fmt.Fprintf(w, `<rect x="%.1f" y="%.1f" width="%.1f" height="%.1f" fill="none" stroke="#444"/>`+"\n", x0, y0, panelW, panelH)
+	fmt.Fprintf(w, `<text x="%.1f" y="%.1f" font-weight="bold">%s</text>`+"\n", x0, y0-10, chart.Esc(title))
+	fmt.Fprintf(w, `<rect x="%.1f" y="%.1f" width="%.1f" height="%.1f" fill="none" stroke="#444"/>`+"\n", x0, y0, chart.PanelW, chart.PanelH)
 	for t := 0; t <= 5; t++ {
 		v := ymax * float64(t) / 5
-		y := y0 + panelH - panelH*float64(t)/5
-		fmt.Fprintf(w, `<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="#ddd"/>`+"\n", x0, y, x0+panelW, y)
-		fmt.Fprintf(w, `<text x="%.1f" y="%.1f" text-anchor="end">%s</text>`+"\n", x0-5, y+4, trimFloat(math.Round(v*10)/10))
+		y := y0 + chart.PanelH - chart.PanelH*float64(t)/5
+		fmt.Fprintf(w, `<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="#ddd"/>`+"\n", x0, y, x0+chart.PanelW, y)
+		fmt.Fprintf(w, `<text x="%.1f" y="%.1f" text-anchor="end">%s</text>`+"\n", x0-5, y+4, chart.TrimFloat(math.Round(v*10)/10))
 	}
 }
+
+func itoa(n int) string    { return strconv.Itoa(n) }
+func utoa(n uint64) string { return strconv.FormatUint(n, 10) }
