@@ -140,7 +140,7 @@ var ErrRefused = errors.New("some store paths were not published")
 func (p *Publisher) Run(ctx context.Context, hashParts []string) (Summary, error) {
 	start := time.Now()
 	var sum Summary
-	if _, err := p.dst.Init(ctx, p.src.String(), p.opts.Params, start); err != nil {
+	if _, err := p.dst.Init(ctx, p.src.String(), p.opts.Params, 0, start); err != nil {
 		return sum, err
 	}
 

@@ -121,8 +121,12 @@ func Collect(ctx context.Context, s *store.Store, opts Options) (Report, error) 
 	}
 	b := s.Backend()
 	// The store must be one shoal knows, or its keys may mean something else.
-	if _, err := s.Meta(ctx); err != nil {
+	if meta, err := s.Meta(ctx); err != nil {
 		return Report{}, fmt.Errorf("gc: %w", err)
+	} else if meta.Packed() {
+		// Dead objects in a packed store are ranges of live packs: collecting them
+		// means repacking, which this collector does not do.
+		return Report{}, fmt.Errorf("gc: store %s is packed (layout %d): collecting it needs repacking, which this shoal does not do yet", s, meta.Version)
 	}
 	// Object stores report modification times truncated to the second (S3's
 	// Last-Modified header), so a time is read as the latest instant it can stand for.
