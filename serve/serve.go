@@ -349,12 +349,12 @@ func (s *Server) each(ctx context.Context, m *manifest.Manifest, first int, need
 		if next >= len(m.Entries) {
 			return
 		}
-		e := m.Entries[next]
+		i := next
 		ch := make(chan result, 1)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			obj, raw, pooled, err := s.chunk(ctx, e, needRaw, keepRaw)
+			obj, raw, pooled, err := s.chunk(ctx, m, i, needRaw, keepRaw)
 			ch <- result{obj, raw, pooled, err}
 		}()
 		pending = append(pending, ch)
@@ -387,11 +387,12 @@ func (s *Server) each(ctx context.Context, m *manifest.Manifest, first int, need
 	return nil
 }
 
-// chunk returns entry e's stored object, checked: one zstd frame without a dictionary,
+// chunk returns entry i's stored object, checked: one zstd frame without a dictionary,
 // as long as the manifest says (the zstd body's Content-Length is their sum), decoding
-// to the bytes e's ID names. Objects from the in-memory cache were checked when they
-// went in.
-func (s *Server) chunk(ctx context.Context, e manifest.Entry, needRaw, keepRaw bool) (obj, raw []byte, pooled bool, err error) {
+// to the bytes the entry's ID names. Objects from the in-memory cache were checked when
+// they went in. A packed manifest's object is read from where the manifest says.
+func (s *Server) chunk(ctx context.Context, m *manifest.Manifest, i int, needRaw, keepRaw bool) (obj, raw []byte, pooled bool, err error) {
+	e := m.Entries[i]
 	c, hit := s.chunks.Get(e.ID)
 	s.metrics.chunkLookup(hit)
 	if hit {
@@ -412,7 +413,12 @@ func (s *Server) chunk(ctx context.Context, e manifest.Entry, needRaw, keepRaw b
 		s.chunks.Add(e.ID, &cached{obj: c.obj, raw: raw}, int64(len(c.obj)+len(raw))+64)
 		return c.obj, raw, false, nil
 	}
-	obj, err = s.st.Chunk(ctx, e.ID)
+	if m.Packed() {
+		l := m.Locs[i]
+		obj, err = s.st.ReadPackRange(ctx, m.Packs[l.Pack], l.Offset, e.StoredSize)
+	} else {
+		obj, err = s.st.Chunk(ctx, e.ID)
+	}
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, nil, false, ctx.Err()
