@@ -54,6 +54,12 @@ type ReadOptions struct {
 	// rather than making two requests; default 16 KiB, a fraction of a request's
 	// fixed cost on any CDN or bucket.
 	MaxGap int
+	// Overread is how many unwanted bytes, as a share of the wanted bytes of a window,
+	// may be read on top of MaxGap's to save requests: the smallest gaps are read
+	// through first. Default 0.03; negative means none. A NAR made of chunks published with many
+	// releases lies in runs across the packs of those releases; reading through the
+	// few chunks between two runs costs far less than a request per run.
+	Overread float64
 	// MaxRange bounds one request; default 16 MiB, so a failed request costs a
 	// bounded retry and a large NAR is fetched by several requests at once.
 	MaxRange int
@@ -70,6 +76,9 @@ type ReadOptions struct {
 func (o *ReadOptions) defaults() {
 	if o.MaxGap <= 0 {
 		o.MaxGap = 16 << 10
+	}
+	if o.Overread == 0 {
+		o.Overread = 0.03
 	}
 	if o.MaxRange <= 0 {
 		o.MaxRange = 16 << 20
@@ -219,9 +228,76 @@ func (r *PackReader) window(ctx context.Context, reads []PackRead, base int, sta
 	return nil
 }
 
-// plan sorts a window's reads by where they lie and merges neighbours into spans, in
-// the order of the earliest read each holds.
+// plan sorts a window's reads by where they lie and merges neighbours into spans:
+// those less than MaxGap apart, then across the smallest remaining gaps while the
+// bytes read through stay within Overread of the wanted bytes. Spans come in the order
+// of the earliest read each holds.
 func (r *PackReader) plan(reads []PackRead) []*span {
+	spans := r.planNear(reads)
+	var wanted int64
+	for i := range reads {
+		wanted += int64(reads[i].Length)
+	}
+	budget := int64(max(r.opts.Overread, 0) * float64(wanted))
+	// Spans are in pack and offset order here; gap g lies between spans g and g+1.
+	type gap struct {
+		at   int
+		size uint64
+	}
+	var gaps []gap
+	for g := 0; g+1 < len(spans); g++ {
+		if a, b := spans[g], spans[g+1]; a.pack == b.pack {
+			gaps = append(gaps, gap{g, b.off - a.end})
+		}
+	}
+	slices.SortFunc(gaps, func(a, b gap) int { return cmp.Or(cmp.Compare(a.size, b.size), cmp.Compare(a.at, b.at)) })
+	// Merged spans are runs of neighbours: parent points toward a run's first span,
+	// which holds the run's extent.
+	parent := make([]int, len(spans))
+	for i := range parent {
+		parent[i] = i
+	}
+	var find func(int) int
+	find = func(i int) int {
+		for parent[i] != i {
+			parent[i] = parent[parent[i]]
+			i = parent[i]
+		}
+		return i
+	}
+	extent := make([][2]uint64, len(spans))
+	for i, sp := range spans {
+		extent[i] = [2]uint64{sp.off, sp.end}
+	}
+	for _, g := range gaps {
+		if int64(g.size) > budget {
+			break
+		}
+		a, b := find(g.at), find(g.at+1)
+		if extent[b][1]-extent[a][0] > uint64(r.opts.MaxRange) {
+			continue
+		}
+		budget -= int64(g.size)
+		parent[b] = a
+		extent[a][1] = extent[b][1]
+	}
+	var merged []*span
+	for i, sp := range spans {
+		root := find(i)
+		if root == i {
+			merged = append(merged, &span{pack: sp.pack, off: extent[i][0], end: extent[i][1], members: sp.members})
+			continue
+		}
+		m := merged[len(merged)-1] // the run's first span was appended just before
+		m.members = append(m.members, sp.members...)
+	}
+	slices.SortFunc(merged, func(a, b *span) int { return cmp.Compare(slices.Min(a.members), slices.Min(b.members)) })
+	return merged
+}
+
+// planNear sorts reads by where they lie and merges those less than MaxGap apart, in
+// pack and offset order.
+func (r *PackReader) planNear(reads []PackRead) []*span {
 	order := make([]int, len(reads))
 	for i := range order {
 		order[i] = i
@@ -244,7 +320,6 @@ func (r *PackReader) plan(reads []PackRead) []*span {
 		cur = &span{pack: rd.Pack, off: rd.Offset, end: end, members: []int{i}}
 		spans = append(spans, cur)
 	}
-	slices.SortFunc(spans, func(a, b *span) int { return cmp.Compare(slices.Min(a.members), slices.Min(b.members)) })
 	return spans
 }
 

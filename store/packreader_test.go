@@ -140,7 +140,10 @@ func TestPackReaderCoalesces(t *testing.T) {
 		{"a whole pack in order", store.ReadOptions{}, every(1), 1, true},
 		{"in reverse order", store.ReadOptions{}, reversed, 1, true},
 		{"every other object, gaps read through", store.ReadOptions{}, every(2), 1, false},
-		{"every other object, gaps too large", store.ReadOptions{MaxGap: 1}, every(2), 20, true},
+		{"every other object, gaps too large", store.ReadOptions{MaxGap: 1, Overread: -1}, every(2), 20, true},
+		{"every other object, within the overread budget", store.ReadOptions{MaxGap: 1, Overread: 1}, every(2), 1, false},
+		// Some gaps merged, and no more read through than the budget.
+		{"every other object, some within the budget", store.ReadOptions{MaxGap: 1, Overread: 0.2}, every(2), -1, false},
 		{"requests bounded", store.ReadOptions{MaxRange: maxRange}, every(1), bounded, true},
 		{"small windows", store.ReadOptions{Window: 1}, every(1), 40, true},
 		{"the same object twice", store.ReadOptions{}, []int{3, 3, 4}, 1, false},
@@ -158,8 +161,16 @@ func TestPackReaderCoalesces(t *testing.T) {
 					t.Fatalf("read %d (object %d): %v, or other bytes", k, tc.idx[k], o.err)
 				}
 			}
-			if got := f.requests.Load(); got != tc.wantRequests || int64(stats.Requests) != got {
-				t.Errorf("%d requests (stats say %d), want %d", got, stats.Requests, tc.wantRequests)
+			got := f.requests.Load()
+			if int64(stats.Requests) != got {
+				t.Errorf("%d requests, stats say %d", got, stats.Requests)
+			}
+			if tc.wantRequests < 0 {
+				if got <= 1 || got >= int64(len(reads)) || float64(stats.BytesRead-stats.BytesWanted) > tc.opts.Overread*float64(stats.BytesWanted) {
+					t.Errorf("%d requests for %d reads, %d bytes read for %d wanted", got, len(reads), stats.BytesRead, stats.BytesWanted)
+				}
+			} else if got != tc.wantRequests {
+				t.Errorf("%d requests, want %d", got, tc.wantRequests)
 			}
 			if exact := stats.BytesRead == stats.BytesWanted; exact != tc.wantExact && tc.name != "the same object twice" {
 				t.Errorf("read %d bytes for %d wanted", stats.BytesRead, stats.BytesWanted)
@@ -190,7 +201,7 @@ func TestPackReaderNeverHandsOutWrongBytes(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			bad := good
 			tc.edit(&bad)
-			out, _ := readAll(t, f, store.ReadOptions{MaxGap: 1}, []store.PackRead{f.reads[0], bad, f.reads[2]})
+			out, _ := readAll(t, f, store.ReadOptions{MaxGap: 1, Overread: -1}, []store.PackRead{f.reads[0], bad, f.reads[2]})
 			if out[1].err == nil || out[1].raw != nil {
 				t.Fatalf("a wrong location gave %d bytes and no error", len(out[1].raw))
 			}
