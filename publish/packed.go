@@ -40,6 +40,29 @@ func (p *Publisher) publishPacked(ctx context.Context, j *job, base *deltaBase, 
 	if base != nil {
 		deltas = newDeltaSet(base, ni.NarSize, p.opts.DeltaBases)
 	}
+	// run is the current run of chunks the store already holds back to back in one
+	// pack. A run shorter than MinReuseRun is written again, beside this NAR's new
+	// chunks (see Options.MinReuseRun); its objects are kept until that is known.
+	var run struct {
+		idxs  []int
+		objs  [][]byte
+		bytes int
+		pack  chunk.ID
+		end   uint64
+	}
+	closeRun := func() {
+		if len(run.idxs) > 0 && run.bytes < p.opts.MinReuseRun {
+			for k, i := range run.idxs {
+				c := p.packer.copyOf(store.KindChunk, refs[i].key.id, run.objs[k])
+				refs[i] = c
+				pending = append(pending, c)
+				size += len(run.objs[k])
+				r.rewritten++
+				r.rewrittenBytes += int64(len(run.objs[k]))
+			}
+		}
+		run.idxs, run.objs, run.bytes = run.idxs[:0], nil, 0
+	}
 	var off uint64
 	m, err := manifest.Build(ctx, nar, p.opts.Params, func(id chunk.ID, raw []byte) (int, error) {
 		idx, at := len(refs), off
@@ -49,7 +72,24 @@ func (p *Publisher) publishPacked(ctx context.Context, j *job, base *deltaBase, 
 		full := 0
 		if ok {
 			full = int(ref.length)
+			if pack, o, placed := placedAt(ref); placed && p.opts.MinReuseRun > 0 {
+				if len(run.idxs) == 0 || pack != run.pack || o != run.end {
+					closeRun()
+					run.pack = pack
+				}
+				run.end = o + uint64(ref.length)
+				run.idxs = append(run.idxs, idx)
+				run.bytes += int(ref.length)
+				if run.bytes < p.opts.MinReuseRun {
+					run.objs = append(run.objs, p.codec.Encode(nil, raw))
+				} else {
+					run.objs = nil // long enough: kept where it is
+				}
+			} else {
+				closeRun()
+			}
 		} else {
+			closeRun()
 			obj = p.codec.Encode(nil, raw)
 			full = len(obj)
 		}
@@ -75,6 +115,9 @@ func (p *Publisher) publishPacked(ctx context.Context, j *job, base *deltaBase, 
 		}
 		return int(ref.length), nil
 	})
+	if err == nil {
+		closeRun()
+	}
 	r.chunks = int64(len(refs))
 	if werr := makers.Wait(); err == nil && werr != nil {
 		err = fmt.Errorf("making deltas: %w", werr)

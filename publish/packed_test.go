@@ -181,7 +181,8 @@ func TestPublishPacked(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if sum, err = runWith(t, cache, storeDir, opts, hps...); err != nil || sum.NARs != 1 || sum.NewChunks != 0 || sum.Packs != 0 || sum.Deltas == 0 {
+	// Short runs of b's chunks shared with a may be written again; nothing else is.
+	if sum, err = runWith(t, cache, storeDir, opts, hps...); err != nil || sum.NARs != 1 || sum.NewChunks != 0 || (sum.Packs != 0 && sum.Rewritten == 0) || sum.Deltas == 0 {
 		t.Fatalf("rerun after an interruption: %+v, %v", sum, err)
 	}
 	checkPacked(t, s, b)
@@ -207,5 +208,55 @@ func TestPublishRefusesAnotherLayout(t *testing.T) {
 	_, err := runWith(t, cache, storeDir, publish.Options{Jobs: 1, Layout: store.FormatPacked}, a.HashPart())
 	if err == nil || !strings.Contains(err.Error(), "has layout 1, not 3") {
 		t.Fatalf("packed publish to a loose store: %v", err)
+	}
+}
+
+// TestPublishPackedRewritesShortRuns: a NAR that shares chunks with an older one in
+// runs shorter than MinReuseRun gets its own copies of them, beside its new chunks, so
+// a client reads it from few places; with reuse of every run, it points into the older
+// NAR's packs.
+func TestPublishPackedRewritesShortRuns(t *testing.T) {
+	cache := cachetest.New(t, "test-1")
+	v0 := randomBytes(60, 400<<10)
+	// A change every 40 KiB: shared runs of a few 4 KiB chunks between new ones.
+	v1 := nextRelease(v0, 5, 40<<10)
+	a := cache.Add(t, cachetest.HashPart("a"), "pkg-1.0", v0, "none")
+	b := cache.Add(t, cachetest.HashPart("b"), "pkg-1.1", v1, "none")
+	for _, tc := range []struct {
+		name        string
+		minRun      int
+		wantShared  bool // some of b's entries lie in a's packs
+		wantRewrite bool
+	}{
+		{"reuse every run", -1, true, false},
+		{"rewrite runs under 1 GiB", 1 << 30, false, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			storeDir := t.TempDir()
+			s, _ := store.Open(storeDir, nil)
+			opts := publish.Options{Jobs: 1, Layout: store.FormatPacked, MinReuseRun: tc.minRun}
+			if _, err := runWith(t, cache, storeDir, opts, a.HashPart()); err != nil {
+				t.Fatal(err)
+			}
+			sum, err := runWith(t, cache, storeDir, opts, b.HashPart())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if (sum.Rewritten > 0) != tc.wantRewrite || sum.NewChunks == 0 {
+				t.Fatalf("summary %+v", sum)
+			}
+			ma, mb := checkPacked(t, s, a), checkPacked(t, s, b)
+			aPacks := map[chunk.ID]bool{}
+			for _, id := range ma.Packs {
+				aPacks[id] = true
+			}
+			shared := false
+			for _, id := range mb.Packs {
+				shared = shared || aPacks[id]
+			}
+			if shared != tc.wantShared {
+				t.Fatalf("b's manifest points into a's packs: %v, want %v", shared, tc.wantShared)
+			}
+		})
 	}
 }

@@ -19,6 +19,13 @@ import (
 // percent of 64 MiB for requests per NAR (scripts/layout-bench).
 const DefaultPackSize = 32 << 20
 
+// DefaultMinReuseRun is Options.MinReuseRun's default. On five consecutive Go
+// toolchains (scripts/layout-bench), the newest fetched cold took 150 requests with
+// every run reused, 64 with 64 KiB, 26 (1.1% of its chunks) with 128 KiB and 21 with
+// 256 KiB, for a store 0%, 4.3%, 9.6% and 15% larger: 128 KiB is the smallest that keeps a
+// cold NAR within 2% as many requests as chunks.
+const DefaultMinReuseRun = 128 << 10
+
 // maxPackWrites bounds the sealed packs being uploaded at once, and so the memory a
 // slow store makes a publish hold.
 const maxPackWrites = 2
@@ -120,6 +127,22 @@ func (p *packer) claim(kind store.ObjectKind, id chunk.ID, obj []byte) (*objRef,
 	r := &objRef{key: k, length: uint32(len(obj)), done: make(chan struct{}), obj: obj}
 	p.index[k] = r
 	return r, true
+}
+
+// copyOf returns a reference for another copy of an object the store holds: written
+// like a new object, but not what later NARs find by ID.
+func (p *packer) copyOf(kind store.ObjectKind, id chunk.ID, obj []byte) *objRef {
+	return &objRef{key: objKey{kind, id}, length: uint32(len(obj)), done: make(chan struct{}), obj: obj}
+}
+
+// placedAt says where r lies if it is already in a written pack, without waiting.
+func placedAt(r *objRef) (chunk.ID, uint64, bool) {
+	select {
+	case <-r.done:
+		return r.pack, r.off, r.err == nil
+	default:
+		return chunk.ID{}, 0, false
+	}
 }
 
 // lookup returns the reference of an object the store holds or this run claimed.

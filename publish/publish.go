@@ -65,6 +65,13 @@ type Options struct {
 	// PackSize is the size at which a pack is closed, in a packed store; 0 means
 	// DefaultPackSize.
 	PackSize int
+	// MinReuseRun, in a packed store, is the least a run of chunks the store already
+	// holds back to back must weigh (stored bytes) to be reused where it lies; the
+	// chunks of a shorter run are written again beside the NAR's new chunks. A NAR
+	// sharing chunks with many releases would otherwise lie in many short runs across
+	// their packs, a ranged request each. 0 means DefaultMinReuseRun; negative
+	// reuses every run.
+	MinReuseRun int
 }
 
 // Summary is what a run did, for the closing report.
@@ -83,7 +90,10 @@ type Summary struct {
 	DeltaSaved  int64 // full chunk objects minus deltas, over the chunks that have one
 	Packs       int64 // pack files written, in a packed store
 	PackBytes   int64 // their size
-	Elapsed     time.Duration
+	// Rewritten counts chunks the store held that were written again because they lay
+	// in runs shorter than MinReuseRun; RewrittenBytes is their stored size.
+	Rewritten, RewrittenBytes int64
+	Elapsed                   time.Duration
 }
 
 // Publisher copies NARs from a binary cache into a store.
@@ -123,6 +133,9 @@ func New(src *substituter.BinaryCache, dst *store.Store, keys *substituter.Keyri
 	}
 	if opts.BaseCacheBytes <= 0 {
 		opts.BaseCacheBytes = 64 << 20
+	}
+	if opts.MinReuseRun == 0 {
+		opts.MinReuseRun = DefaultMinReuseRun
 	}
 	if opts.PackSize <= 0 {
 		opts.PackSize = DefaultPackSize
@@ -265,6 +278,8 @@ func (p *Publisher) Run(ctx context.Context, hashParts []string) (Summary, error
 		sum.Deltas += r.deltas
 		sum.DeltaBytes += r.deltaBytes
 		sum.DeltaSaved += r.deltaSaved
+		sum.Rewritten += r.rewritten
+		sum.RewrittenBytes += r.rewrittenBytes
 		return nil
 	}
 	// Jobs start in plan order, so a job waiting for its base holds a slot only while
@@ -308,6 +323,7 @@ type result struct {
 	chunks, newChunks, newBytes    int64
 	base                           string // store path of the base, when deltas were made
 	deltas, deltaBytes, deltaSaved int64
+	rewritten, rewrittenBytes      int64
 	// commit, when set, finishes publishing the NAR (packed stores: see publishPacked).
 	commit func(context.Context) error
 }

@@ -75,6 +75,7 @@ the built-in decoder).`,
 			&cli.IntFlag{Name: "delta-bases", Value: delta.DefaultBases, Usage: fmt.Sprintf("base chunks around the same place in the base that make a delta's dictionary (1..%d): more find more moved content and encode slower", chunk.MaxDeltaBases), EnvVars: env("delta-bases")},
 			&cli.StringFlag{Name: "layout", Usage: "layout of a new store: v1 (one object per chunk; the default) or v3 (pack files); an existing store keeps its own", EnvVars: env("layout")},
 			&cli.StringFlag{Name: "pack-size", Value: "32MiB", Usage: "close a pack at this size (v3 stores; 16MiB..64MiB advised)", EnvVars: env("pack-size")},
+			&cli.StringFlag{Name: "min-reuse-run", Value: "128KiB", Usage: "v3 stores: chunks the store holds in runs shorter than this are written again beside the NAR's new chunks (fewer requests per NAR, a larger store; 0 reuses every run)", EnvVars: env("min-reuse-run")},
 			&cli.StringFlag{Name: "delta-level", Value: "default", Usage: "zstd level of delta objects: fastest, default, better or best (better: 3% smaller on binaries, 13% on text, publish up to 20% slower)", EnvVars: env("delta-level")},
 		},
 		Action: runPublish,
@@ -145,15 +146,23 @@ func runPublish(c *cli.Context) error {
 	if err != nil || packSize < 1<<20 || packSize > 1<<30 {
 		return usageError("--pack-size %q: want a size from 1MiB to 1GiB, such as 32MiB", c.String("pack-size"))
 	}
+	minRun, err := parseSize(c.String("min-reuse-run"))
+	if err != nil || minRun < 0 || minRun > 1<<30 {
+		return usageError("--min-reuse-run %q: want a size from 0 to 1GiB, such as 128KiB", c.String("min-reuse-run"))
+	}
+	if minRun == 0 {
+		minRun = -1 // publish.Options: negative reuses every run
+	}
 	opts := publish.Options{
-		Layout:     layout,
-		PackSize:   int(packSize),
-		Params:     chunk.Params{Min: c.Int("chunk-min"), Avg: c.Int("chunk-avg"), Max: c.Int("chunk-max")},
-		Jobs:       c.Int("jobs"),
-		Logger:     slog.Default(),
-		Deltas:     c.Bool("deltas"),
-		DeltaBases: c.Int("delta-bases"),
-		DeltaLevel: level,
+		MinReuseRun: int(minRun),
+		Layout:      layout,
+		PackSize:    int(packSize),
+		Params:      chunk.Params{Min: c.Int("chunk-min"), Avg: c.Int("chunk-avg"), Max: c.Int("chunk-max")},
+		Jobs:        c.Int("jobs"),
+		Logger:      slog.Default(),
+		Deltas:      c.Bool("deltas"),
+		DeltaBases:  c.Int("delta-bases"),
+		DeltaLevel:  level,
 	}
 	var bar *progressbar.ProgressBar
 	if term.IsTerminal(int(os.Stderr.Fd())) {
@@ -207,6 +216,6 @@ func printSummary(s publish.Summary) {
 `, s.NARs, s.Skipped, s.Refused, s.Elapsed.Round(1e7), s.NarBytes, mbps, s.SourceBytes, s.Chunks, s.NewChunks, s.NewBytes, ratio,
 		s.Deltas, s.WithBase, s.DeltaBytes, s.DeltaSaved)
 	if s.Packs > 0 {
-		fmt.Fprintf(os.Stderr, "  packs:                %d, %d bytes\n", s.Packs, s.PackBytes)
+		fmt.Fprintf(os.Stderr, "  packs:                %d, %d bytes (%d chunks in short runs written again, %d bytes)\n", s.Packs, s.PackBytes, s.Rewritten, s.RewrittenBytes)
 	}
 }

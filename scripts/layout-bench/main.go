@@ -42,6 +42,7 @@ import (
 func main() {
 	packSizes := flag.String("pack-sizes", "32MiB", "pack sizes to measure the packed layout at, comma-separated (MiB)")
 	overread := flag.Float64("overread", 0, "store.ReadOptions.Overread of the packed reads (0: its default)")
+	minRun := flag.Int("min-reuse-run", 0, "publish.Options.MinReuseRun of the packed stores, bytes (0: its default; -1: reuse every run)")
 	keep := flag.String("keep", "", "write the stores under this directory and keep them (default: a temporary directory, removed)")
 	flag.Usage = func() {
 		fmt.Fprintln(os.Stderr, "usage: layout-bench [--pack-sizes 16MiB,32MiB,64MiB] [--keep DIR] CORPUS")
@@ -53,14 +54,18 @@ func main() {
 		os.Exit(2)
 	}
 	readOpts = store.ReadOptions{Overread: *overread}
+	minReuseRun = *minRun
 	if err := run(context.Background(), flag.Arg(0), *packSizes, *keep); err != nil {
 		fmt.Fprintln(os.Stderr, "layout-bench:", err)
 		os.Exit(1)
 	}
 }
 
-// readOpts are the packed reader's options, from the flags.
-var readOpts store.ReadOptions
+// readOpts and minReuseRun come from the flags.
+var (
+	readOpts    store.ReadOptions
+	minReuseRun int
+)
 
 type layout struct {
 	name     string
@@ -145,7 +150,7 @@ func measure(ctx context.Context, corpus, pk string, hps []string, l layout, dir
 	}
 	p, err := publish.New(substituter.NewBinaryCache(src), dst, kr, publish.Options{
 		Params: chunk.DefaultParams(), Jobs: runtime.NumCPU(), Deltas: true,
-		Layout: l.version, PackSize: l.packSize, Logger: slog.New(slog.DiscardHandler),
+		Layout: l.version, PackSize: l.packSize, MinReuseRun: minReuseRun, Logger: slog.New(slog.DiscardHandler),
 	})
 	if err != nil {
 		return nil, err
@@ -385,6 +390,7 @@ func printTable(results []*result) {
 	row("upgrade: bytes read", func(r *result) float64 { return float64(r.upgrade.bytesRead) }, "%.0f")
 	fmt.Println()
 	for _, r := range results {
-		fmt.Printf("%s: published %d NARs in %s, %d new chunks, %d deltas, %d packs\n", r.name, r.sum.NARs, r.sum.Elapsed.Round(time.Millisecond), r.sum.NewChunks, r.sum.Deltas, r.sum.Packs)
+		fmt.Printf("%s: published %d NARs in %s, %d new chunks, %d deltas, %d packs, %d chunks written again (%d bytes)\n",
+			r.name, r.sum.NARs, r.sum.Elapsed.Round(time.Millisecond), r.sum.NewChunks, r.sum.Deltas, r.sum.Packs, r.sum.Rewritten, r.sum.RewrittenBytes)
 	}
 }
