@@ -47,7 +47,7 @@ func (p *Publisher) publishPacked(ctx context.Context, j *job, base *deltaBase, 
 		idxs  []int
 		objs  [][]byte
 		bytes int
-		pack  chunk.ID
+		seq   int64
 		end   uint64
 	}
 	closeRun := func() {
@@ -72,10 +72,10 @@ func (p *Publisher) publishPacked(ctx context.Context, j *job, base *deltaBase, 
 		full := 0
 		if ok {
 			full = int(ref.length)
-			if pack, o, placed := placedAt(ref); placed && p.opts.MinReuseRun > 0 {
-				if len(run.idxs) == 0 || pack != run.pack || o != run.end {
+			if seq, o, placed := p.packer.position(ref); placed && p.opts.MinReuseRun > 0 {
+				if len(run.idxs) == 0 || seq != run.seq || o != run.end {
 					closeRun()
-					run.pack = pack
+					run.seq = seq
 				}
 				run.end = o + uint64(ref.length)
 				run.idxs = append(run.idxs, idx)

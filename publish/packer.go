@@ -20,11 +20,11 @@ import (
 const DefaultPackSize = 32 << 20
 
 // DefaultMinReuseRun is Options.MinReuseRun's default. On five consecutive Go
-// toolchains (scripts/layout-bench), the newest fetched cold took 150 requests with
-// every run reused, 64 with 64 KiB, 26 (1.1% of its chunks) with 128 KiB and 21 with
-// 256 KiB, for a store 0%, 4.3%, 9.6% and 15% larger: 128 KiB is the smallest that keeps a
-// cold NAR within 2% as many requests as chunks.
-const DefaultMinReuseRun = 128 << 10
+// toolchains (scripts/layout-bench, 32 MiB packs), the newest fetched cold took 97
+// requests with every run reused, 43 (1.8% of its chunks) with 64 KiB and 24 with
+// 128 KiB, for a store 0.2%, 7.0% and 11.9% larger than one object per chunk: 64 KiB
+// keeps a cold NAR within 2% as many requests as chunks for the least space.
+const DefaultMinReuseRun = 64 << 10
 
 // maxPackWrites bounds the sealed packs being uploaded at once, and so the memory a
 // slow store makes a publish hold.
@@ -49,6 +49,9 @@ type objRef struct {
 	pack chunk.ID
 	off  uint64
 	err  error
+	// seq numbers the pack the object is in, or will be in once added, so that
+	// neighbours can be told before the pack is written; 0 until then.
+	seq int64
 }
 
 // packer appends the objects of a run to packs, seals each pack at the target size,
@@ -60,6 +63,7 @@ type packer struct {
 	log    *slog.Logger
 
 	mu      sync.Mutex
+	seq     int64 // of the open pack; each pack read or made gets the next
 	index   map[objKey]*objRef
 	cur     store.PackBuilder
 	curRefs []*objRef
@@ -95,12 +99,13 @@ func newPacker(ctx context.Context, st *store.Store, target int, log *slog.Logge
 			}
 			mu.Lock()
 			defer mu.Unlock()
+			p.seq++
 			for _, o := range x.Objects {
 				k := objKey{o.Kind, o.ID}
 				if _, dup := p.index[k]; dup {
 					continue // written twice by publishes running at once; either copy serves
 				}
-				r := &objRef{key: k, length: o.Length, done: make(chan struct{}), pack: x.Pack, off: o.Offset}
+				r := &objRef{key: k, length: o.Length, done: make(chan struct{}), pack: x.Pack, off: o.Offset, seq: p.seq}
 				close(r.done)
 				p.index[k] = r
 			}
@@ -111,6 +116,7 @@ func newPacker(ctx context.Context, st *store.Store, target int, log *slog.Logge
 		return nil, fmt.Errorf("reading the store's pack indexes: %w", err)
 	}
 	log.Debug("read the store's pack indexes", "packs", len(ids), "objects", len(p.index))
+	p.seq++
 	return p, nil
 }
 
@@ -135,14 +141,12 @@ func (p *packer) copyOf(kind store.ObjectKind, id chunk.ID, obj []byte) *objRef 
 	return &objRef{key: objKey{kind, id}, length: uint32(len(obj)), done: make(chan struct{}), obj: obj}
 }
 
-// placedAt says where r lies if it is already in a written pack, without waiting.
-func placedAt(r *objRef) (chunk.ID, uint64, bool) {
-	select {
-	case <-r.done:
-		return r.pack, r.off, r.err == nil
-	default:
-		return chunk.ID{}, 0, false
-	}
+// position says where r lies or will lie (its pack's number and its offset) once it
+// is in a pack or added to one, without waiting for the pack to be written.
+func (p *packer) position(r *objRef) (seq int64, off uint64, ok bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return r.seq, r.off, r.seq != 0 && r.err == nil
 }
 
 // lookup returns the reference of an object the store holds or this run claimed.
@@ -159,7 +163,8 @@ func (p *packer) add(refs []*objRef) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for _, r := range refs {
-		p.cur.Add(r.key.kind, r.key.id, r.obj)
+		r.off = p.cur.Add(r.key.kind, r.key.id, r.obj)
+		r.seq = p.seq
 		p.curRefs = append(p.curRefs, r)
 		if p.cur.Len() >= p.target {
 			p.sealLocked()
@@ -183,6 +188,7 @@ func (p *packer) sealLocked() {
 	data, x := p.cur.Seal()
 	refs := p.curRefs
 	p.cur, p.curRefs = store.PackBuilder{}, nil
+	p.seq++
 	p.slots <- struct{}{}
 	p.writes.Add(1)
 	go func() {

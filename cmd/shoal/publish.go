@@ -75,7 +75,7 @@ the built-in decoder).`,
 			&cli.IntFlag{Name: "delta-bases", Value: delta.DefaultBases, Usage: fmt.Sprintf("base chunks around the same place in the base that make a delta's dictionary (1..%d): more find more moved content and encode slower", chunk.MaxDeltaBases), EnvVars: env("delta-bases")},
 			&cli.StringFlag{Name: "layout", Usage: "layout of a new store: v1 (one object per chunk; the default) or v3 (pack files); an existing store keeps its own", EnvVars: env("layout")},
 			&cli.StringFlag{Name: "pack-size", Value: "32MiB", Usage: "close a pack at this size (v3 stores; 16MiB..64MiB advised)", EnvVars: env("pack-size")},
-			&cli.StringFlag{Name: "min-reuse-run", Value: "128KiB", Usage: "v3 stores: chunks the store holds in runs shorter than this are written again beside the NAR's new chunks (fewer requests per NAR, a larger store; 0 reuses every run)", EnvVars: env("min-reuse-run")},
+			&cli.StringFlag{Name: "min-reuse-run", Value: "64KiB", Usage: "v3 stores: chunks the store holds in runs shorter than this are written again beside the NAR's new chunks (fewer requests per NAR, a larger store; 0 reuses every run)", EnvVars: env("min-reuse-run")},
 			&cli.StringFlag{Name: "delta-level", Value: "default", Usage: "zstd level of delta objects: fastest, default, better or best (better: 3% smaller on binaries, 13% on text, publish up to 20% slower)", EnvVars: env("delta-level")},
 		},
 		Action: runPublish,
@@ -148,7 +148,7 @@ func runPublish(c *cli.Context) error {
 	}
 	minRun, err := parseSize(c.String("min-reuse-run"))
 	if err != nil || minRun < 0 || minRun > 1<<30 {
-		return usageError("--min-reuse-run %q: want a size from 0 to 1GiB, such as 128KiB", c.String("min-reuse-run"))
+		return usageError("--min-reuse-run %q: want a size from 0 to 1GiB, such as 64KiB", c.String("min-reuse-run"))
 	}
 	if minRun == 0 {
 		minRun = -1 // publish.Options: negative reuses every run
