@@ -485,3 +485,39 @@ func TestServeChunkLostAfterVerification(t *testing.T) {
 		t.Fatalf("%d bytes of %d", len(body), resp.ContentLength)
 	}
 }
+
+// TestServePackedCoalesces: a NAR of a packed store is read from the store with a few
+// ranged requests, not one per chunk, and then served from memory.
+func TestServePackedCoalesces(t *testing.T) {
+	f := newLayoutFixture(t, store.FormatPacked, "zstd", "none")
+	var requests atomic.Int64
+	files := http.FileServer(http.Dir(f.store))
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasPrefix(r.URL.Path, "/packs/") {
+			requests.Add(1)
+		}
+		files.ServeHTTP(w, r)
+	}))
+	defer hs.Close()
+	b, err := blob.Open(hs.URL, hs.Client())
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, srv := f.server(t, b, serve.Options{})
+	st := store.New(b)
+	for url, nar := range f.nars {
+		ni := f.infos[url]
+		m, _, err := st.Manifest(context.Background(), ni.NarHash)
+		if err != nil {
+			t.Fatal(err)
+		}
+		requests.Store(0)
+		resp, body := get(t, "GET", srv.URL+"/"+url)
+		if resp.StatusCode != 200 || !bytes.Equal(decompress(t, ni.Compression, body), nar) {
+			t.Fatalf("GET %s: %s", url, resp.Status)
+		}
+		if n := requests.Load(); n == 0 || n > int64(len(m.Packs))+2 || n*4 > int64(len(m.Entries)) {
+			t.Errorf("GET %s: %d requests to the store for %d chunks in %d packs", url, n, len(m.Entries), len(m.Packs))
+		}
+	}
+}

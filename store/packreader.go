@@ -128,7 +128,8 @@ func (r *PackReader) Close() {
 }
 
 // Read fetches reads and calls fn once for each, in the order of reads, with the
-// chunk's checked bytes (fn may keep them) or the reason it could not have them:
+// stored object and the chunk's checked bytes (fn may keep both; obj shares memory
+// with its neighbours') or the reason it could not have them:
 // the pack is missing (blob.ErrNotFound) or shorter than the location says
 // (blob.ErrRange) — a stale manifest, so fetch it again — the bytes there do not
 // decode to the ID (chunk.ErrCorrupt), the dictionary could not be had, or the store
@@ -140,7 +141,7 @@ func (r *PackReader) Close() {
 // than MaxGap apart become one request, and requests go out Parallel at once, those
 // holding the earliest reads first. fn is called as soon as every earlier read is
 // done, so a caller can stream a NAR while the rest of the window arrives.
-func (r *PackReader) Read(ctx context.Context, reads []PackRead, fn func(i int, raw []byte, err error) error) (ReadStats, error) {
+func (r *PackReader) Read(ctx context.Context, reads []PackRead, fn func(i int, obj, raw []byte, err error) error) (ReadStats, error) {
 	var stats ReadStats
 	for start := 0; start < len(reads); {
 		end, size := start, 0
@@ -165,12 +166,12 @@ type span struct {
 }
 
 type readResult struct {
-	done chan struct{}
-	raw  []byte
-	err  error
+	done     chan struct{}
+	obj, raw []byte
+	err      error
 }
 
-func (r *PackReader) window(ctx context.Context, reads []PackRead, base int, stats *ReadStats, fn func(int, []byte, error) error) error {
+func (r *PackReader) window(ctx context.Context, reads []PackRead, base int, stats *ReadStats, fn func(int, []byte, []byte, error) error) error {
 	spans := r.plan(reads)
 	results := make([]readResult, len(reads))
 	for i := range results {
@@ -220,10 +221,10 @@ func (r *PackReader) window(ctx context.Context, reads []PackRead, base int, sta
 		case <-ctx.Done():
 			return ctx.Err()
 		}
-		if err := fn(base+i, results[i].raw, results[i].err); err != nil {
+		if err := fn(base+i, results[i].obj, results[i].raw, results[i].err); err != nil {
 			return err
 		}
-		results[i].raw = nil
+		results[i].obj, results[i].raw = nil, nil
 	}
 	return nil
 }
@@ -363,7 +364,10 @@ func (r *PackReader) finish(reads []PackRead, results []readResult, sp *span, bu
 		} else {
 			rd := &reads[i]
 			at := rd.Offset - sp.off
-			res.raw, res.err = r.open(rd, buf[at:at+uint64(rd.Length)])
+			obj := buf[at : at+uint64(rd.Length) : at+uint64(rd.Length)]
+			if res.raw, res.err = r.open(rd, obj); res.err == nil {
+				res.obj = obj
+			}
 		}
 		close(res.done)
 	}

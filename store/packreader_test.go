@@ -76,8 +76,8 @@ func newPackFixture(t *testing.T, n int) *packFixture {
 }
 
 type readOutcome struct {
-	raw []byte
-	err error
+	obj, raw []byte
+	err      error
 }
 
 func readAll(t *testing.T, f *packFixture, opts store.ReadOptions, reads []store.PackRead) ([]readOutcome, store.ReadStats) {
@@ -88,11 +88,11 @@ func readAll(t *testing.T, f *packFixture, opts store.ReadOptions, reads []store
 	}
 	defer r.Close()
 	var out []readOutcome
-	stats, err := r.Read(context.Background(), reads, func(i int, raw []byte, err error) error {
+	stats, err := r.Read(context.Background(), reads, func(i int, obj, raw []byte, err error) error {
 		if i != len(out) {
 			t.Fatalf("callback for read %d after %d reads", i, len(out))
 		}
-		out = append(out, readOutcome{raw, err})
+		out = append(out, readOutcome{obj, raw, err})
 		return nil
 	})
 	if err != nil {
@@ -157,7 +157,7 @@ func TestPackReaderCoalesces(t *testing.T) {
 			}
 			out, stats := readAll(t, f, tc.opts, reads)
 			for k, o := range out {
-				if o.err != nil || !bytes.Equal(o.raw, f.raws[tc.idx[k]]) {
+				if o.err != nil || !bytes.Equal(o.raw, f.raws[tc.idx[k]]) || len(o.obj) != int(reads[k].Length) {
 					t.Fatalf("read %d (object %d): %v, or other bytes", k, tc.idx[k], o.err)
 				}
 			}
@@ -263,7 +263,7 @@ func TestPackReaderDeltas(t *testing.T) {
 	rd := store.PackRead{Pack: x.Pack, Length: uint32(len(obj)), ID: id, Size: uint32(len(target)),
 		Dict: func() ([]byte, error) { calls++; return base, nil }}
 	var got []byte
-	if _, err := r.Read(context.Background(), []store.PackRead{rd}, func(i int, raw []byte, err error) error {
+	if _, err := r.Read(context.Background(), []store.PackRead{rd}, func(i int, obj, raw []byte, err error) error {
 		got = raw
 		return err
 	}); err != nil {
@@ -280,7 +280,7 @@ func TestPackReaderStopsWhenTold(t *testing.T) {
 	defer r.Close()
 	stop := errors.New("enough")
 	calls := 0
-	_, err := r.Read(context.Background(), f.reads, func(i int, raw []byte, err error) error {
+	_, err := r.Read(context.Background(), f.reads, func(i int, obj, raw []byte, err error) error {
 		calls++
 		if i == 3 {
 			return stop
@@ -292,7 +292,7 @@ func TestPackReaderStopsWhenTold(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if _, err := r.Read(ctx, f.reads, func(int, []byte, error) error { return nil }); !errors.Is(err, context.Canceled) {
+	if _, err := r.Read(ctx, f.reads, func(int, []byte, []byte, error) error { return nil }); !errors.Is(err, context.Canceled) {
 		t.Fatalf("Read with a cancelled context = %v", err)
 	}
 }

@@ -333,7 +333,7 @@ func fetch(ctx context.Context, st *store.Store, codec *chunk.Codec, m *manifest
 			return 0, 0, err
 		}
 		defer pr.Close()
-		if _, err := pr.Read(ctx, reads, func(i int, raw []byte, err error) error { return err }); err != nil {
+		if _, err := pr.Read(ctx, reads, func(i int, obj, raw []byte, err error) error { return err }); err != nil {
 			return 0, 0, err
 		}
 	}
