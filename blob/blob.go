@@ -19,6 +19,11 @@ import (
 // ErrReadOnly reports a write to a backend that cannot be written to.
 var ErrReadOnly = errors.New("blob: backend is read-only")
 
+// ErrRange reports a ranged read that starts at or past the end of the object:
+// the object is shorter than whoever asked believed, which for a pack means
+// the location came from a stale or lying manifest.
+var ErrRange = errors.New("blob: range outside the object")
+
 // ErrNotSupported reports an operation the backend cannot perform, such as
 // listing an HTTP server.
 var ErrNotSupported = errors.New("blob: operation not supported by this backend")
@@ -28,6 +33,12 @@ type Backend interface {
 	// Open streams one object. The error wraps shoal.ErrNotFound when the object
 	// is absent.
 	Open(ctx context.Context, key string) (io.ReadCloser, error)
+	// OpenRange streams n bytes of an object starting at byte off, so a
+	// reader of a pack file fetches the objects it needs and not the pack.
+	// The reader yields exactly n bytes or fails (io.ErrUnexpectedEOF when
+	// the object ends first); the error wraps shoal.ErrNotFound when the object is
+	// absent and ErrRange when it does not reach off.
+	OpenRange(ctx context.Context, key string, off, n int64) (io.ReadCloser, error)
 	// Put stores an object atomically: a concurrent reader sees either the
 	// whole object or nothing, never a prefix.
 	Put(ctx context.Context, key string, data []byte) error

@@ -278,3 +278,32 @@ func (f *fileBackend) Delete(ctx context.Context, key string) error {
 	}
 	return nil
 }
+
+// OpenRange reads the range with pread calls on the open file, so concurrent
+// ranges of one pack need no seeking and share nothing.
+func (f *fileBackend) OpenRange(ctx context.Context, key string, off, n int64) (io.ReadCloser, error) {
+	if err := checkRange(key, off, n); err != nil {
+		return nil, err
+	}
+	rc, err := f.Open(ctx, key)
+	if err != nil {
+		return nil, err
+	}
+	file := rc.(*os.File)
+	st, err := file.Stat()
+	if err != nil {
+		file.Close()
+		return nil, fmt.Errorf("opening %s in %s: %w", key, f.url, err)
+	}
+	if off >= st.Size() {
+		file.Close()
+		return nil, fmt.Errorf("reading %d bytes at %d of %s in %s (%d bytes): %w", n, off, key, f.url, st.Size(), ErrRange)
+	}
+	what := fmt.Sprintf("reading %d bytes at %d of %s in %s", n, off, key, f.url)
+	return newExactReader(sectionCloser{io.NewSectionReader(file, off, n), file}, n, what), nil
+}
+
+type sectionCloser struct {
+	*io.SectionReader
+	io.Closer
+}

@@ -143,6 +143,34 @@ func (s *s3Backend) Open(ctx context.Context, key string) (io.ReadCloser, error)
 	return obj, nil
 }
 
+// OpenRange is a ranged GetObject. S3 answers a range that starts past the
+// object's end with InvalidRange, reported as ErrRange.
+func (s *s3Backend) OpenRange(ctx context.Context, key string, off, n int64) (io.ReadCloser, error) {
+	if err := checkRange(key, off, n); err != nil {
+		return nil, err
+	}
+	var opts minio.GetObjectOptions
+	if err := opts.SetRange(off, off+n-1); err != nil {
+		return nil, fmt.Errorf("reading %d bytes at %d of %s in %s: %w", n, off, key, s.url, err)
+	}
+	obj, err := s.client.GetObject(ctx, s.bucket, s.prefix+key, opts)
+	if err != nil {
+		return nil, s.rangeError(key, off, n, err)
+	}
+	if _, err := obj.Stat(); err != nil {
+		obj.Close()
+		return nil, s.rangeError(key, off, n, err)
+	}
+	return newExactReader(obj, n, fmt.Sprintf("reading %d bytes at %d of %s in %s", n, off, key, s.url)), nil
+}
+
+func (s *s3Backend) rangeError(key string, off, n int64, err error) error {
+	if minio.ToErrorResponse(err).Code == "InvalidRange" {
+		return fmt.Errorf("reading %d bytes at %d of %s in %s: %w", n, off, key, s.url, ErrRange)
+	}
+	return s.s3Error(fmt.Sprintf("reading %d bytes at %d of", n, off), key, err)
+}
+
 func (s *s3Backend) Put(ctx context.Context, key string, data []byte) error {
 	if err := ValidateKey(key); err != nil {
 		return err

@@ -27,6 +27,13 @@ const (
 	// VersionDelta adds a table of base chunks and, per entry, the delta
 	// object that rebuilds it from some of them.
 	VersionDelta = 2
+	// VersionPacked adds, per entry, where its chunk object and its delta
+	// object lie in the store's pack files (store layout 3), so a client
+	// reads them with ranged reads and no index look-up.
+	VersionPacked = 3
+	// MaxPackSize bounds a pack file, and so every offset and object end a
+	// location names.
+	MaxPackSize = 1 << 32
 	// MaxEntries bounds the chunks of one manifest: 64 Mi entries cover a
 	// NAR of at least 1 TiB at the smallest allowed Min.
 	MaxEntries = 64 << 20
@@ -44,6 +51,9 @@ const (
 	// minDeltaEntryLen and minBaseLen are the same bounds for version 2.
 	minDeltaEntryLen = len(chunk.ID{}) + 3
 	minBaseLen       = len(chunk.ID{}) + 1
+	// minPackedEntryLen: an ID and five one-byte uvarints (Size, StoredSize,
+	// pack, offset, delta base count).
+	minPackedEntryLen = len(chunk.ID{}) + 5
 )
 
 // ErrInvalid is wrapped by every error Parse and Validate return for a
@@ -72,6 +82,15 @@ type BaseChunk struct {
 type Delta struct {
 	Bases      []uint32 // indexes into Manifest.Bases, in dictionary order
 	StoredSize uint32   // length of the delta object
+	Loc        Loc      // where the delta object lies, in a packed manifest
+}
+
+// Loc is where an object lies in a packed store: StoredSize bytes at Offset
+// in the pack Manifest.Packs[Pack]. A location is a claim like the rest of
+// the manifest; the bytes found there are checked against the object's ID.
+type Loc struct {
+	Pack   uint32
+	Offset uint64
 }
 
 // Manifest lists the chunks of one NAR.
@@ -90,6 +109,28 @@ type Manifest struct {
 	Bases []BaseChunk
 	// Deltas is empty, or parallel to Entries.
 	Deltas []Delta
+
+	// Packs lists the pack files (by pack ID) that locations point into,
+	// each once. Non-empty exactly when the manifest is packed (version 3).
+	Packs []chunk.ID
+	// Locs is empty, or parallel to Entries: where each chunk object lies.
+	Locs []Loc
+}
+
+// Packed reports whether the manifest says where its objects lie in pack
+// files (version 3) rather than leaving them to be found by ID.
+func (m *Manifest) Packed() bool { return len(m.Packs) > 0 }
+
+// Version is the encoding MarshalBinary writes for m: packed manifests are
+// version 3, others version 2 with deltas and version 1 without.
+func (m *Manifest) Version() byte {
+	switch {
+	case m.Packed():
+		return VersionPacked
+	case m.HasDeltas():
+		return VersionDelta
+	}
+	return Version
 }
 
 // HasDeltas reports whether any entry can be fetched as a delta.
@@ -120,17 +161,16 @@ func (m *Manifest) MarshalBinary() ([]byte, error) {
 	}
 	b := make([]byte, 0, len(Magic)+1+hashLen+3*binary.MaxVarintLen64+len(m.Chunker)+
 		len(m.Entries)*(len(chunk.ID{})+2*binary.MaxVarintLen32)+checksumLen)
+	version := m.Version()
 	b = append(b, Magic...)
-	if m.HasDeltas() {
-		b = append(b, VersionDelta)
-	} else {
-		b = append(b, Version)
-	}
+	b = append(b, version)
 	b = append(b, m.NarHash[:]...)
 	b = binary.AppendUvarint(b, m.NarSize)
 	b = binary.AppendUvarint(b, uint64(len(m.Chunker)))
 	b = append(b, m.Chunker...)
-	if m.HasDeltas() {
+	if version >= VersionDelta {
+		// Version 3 always carries the base fields, with a count of 0 when
+		// the manifest has no deltas.
 		b = append(b, m.BaseNarHash[:]...)
 		b = binary.AppendUvarint(b, uint64(len(m.Bases)))
 		for _, c := range m.Bases {
@@ -138,12 +178,24 @@ func (m *Manifest) MarshalBinary() ([]byte, error) {
 			b = binary.AppendUvarint(b, uint64(c.Size))
 		}
 	}
+	if version == VersionPacked {
+		b = binary.AppendUvarint(b, uint64(len(m.Packs)))
+		for _, id := range m.Packs {
+			b = append(b, id[:]...)
+		}
+	}
 	b = binary.AppendUvarint(b, uint64(len(m.Entries)))
 	for i, e := range m.Entries {
 		b = append(b, e.ID[:]...)
 		b = binary.AppendUvarint(b, uint64(e.Size))
 		b = binary.AppendUvarint(b, uint64(e.StoredSize))
-		if m.HasDeltas() {
+		if version == VersionPacked {
+			b = binary.AppendUvarint(b, uint64(m.Locs[i].Pack))
+			b = binary.AppendUvarint(b, m.Locs[i].Offset)
+		}
+		if version == VersionPacked && !m.HasDeltas() {
+			b = append(b, 0)
+		} else if version >= VersionDelta {
 			d := m.Deltas[i]
 			b = binary.AppendUvarint(b, uint64(len(d.Bases)))
 			for _, x := range d.Bases {
@@ -151,6 +203,10 @@ func (m *Manifest) MarshalBinary() ([]byte, error) {
 			}
 			if len(d.Bases) > 0 {
 				b = binary.AppendUvarint(b, uint64(d.StoredSize))
+				if version == VersionPacked {
+					b = binary.AppendUvarint(b, uint64(d.Loc.Pack))
+					b = binary.AppendUvarint(b, d.Loc.Offset)
+				}
 			}
 		}
 	}
@@ -179,8 +235,8 @@ func parse(b []byte) (*Manifest, error) {
 		return nil, errors.New("missing magic " + Magic)
 	}
 	version := b[len(Magic)]
-	if version != Version && version != VersionDelta {
-		return nil, fmt.Errorf("unsupported version %d, want %d or %d", version, Version, VersionDelta)
+	if version != Version && version != VersionDelta && version != VersionPacked {
+		return nil, fmt.Errorf("unsupported version %d, want %d, %d or %d", version, Version, VersionDelta, VersionPacked)
 	}
 	if len(b) < len(Magic)+1+hashLen+checksumLen {
 		return nil, fmt.Errorf("truncated: %d bytes", len(b))
@@ -197,20 +253,22 @@ func parse(b []byte) (*Manifest, error) {
 	chunkerLen := d.uvarint("chunker identity length", MaxChunkerLen)
 	m.Chunker = string(d.bytes(int(chunkerLen)))
 	entryLen := minEntryLen
-	if version == VersionDelta {
+	if version >= VersionDelta {
 		entryLen = minDeltaEntryLen
 		copy(m.BaseNarHash[:], d.bytes(hashLen))
 		nb := d.uvarint("base count", MaxEntries)
 		if d.err != nil {
 			return nil, d.err
 		}
-		if nb == 0 {
+		if nb == 0 && version == VersionDelta {
 			return nil, errors.New("version 2 without base chunks")
 		}
 		if nb > uint64(len(d.b)/minBaseLen) {
 			return nil, fmt.Errorf("base count %d does not fit in the remaining %d bytes", nb, len(d.b))
 		}
-		m.Bases = make([]BaseChunk, nb)
+		if nb > 0 {
+			m.Bases = make([]BaseChunk, nb)
+		}
 		for i := range m.Bases {
 			c := &m.Bases[i]
 			copy(c.ID[:], d.bytes(len(c.ID)))
@@ -218,6 +276,23 @@ func parse(b []byte) (*Manifest, error) {
 			if d.err != nil {
 				return nil, fmt.Errorf("base %d: %w", i, d.err)
 			}
+		}
+	}
+	if version == VersionPacked {
+		entryLen = minPackedEntryLen
+		np := d.uvarint("pack count", 2*MaxEntries)
+		if d.err != nil {
+			return nil, d.err
+		}
+		if np == 0 {
+			return nil, errors.New("version 3 without packs")
+		}
+		if np > uint64(len(d.b)/hashLen) {
+			return nil, fmt.Errorf("pack count %d does not fit in the remaining %d bytes", np, len(d.b))
+		}
+		m.Packs = make([]chunk.ID, np)
+		for i := range m.Packs {
+			copy(m.Packs[i][:], d.bytes(hashLen))
 		}
 	}
 	count := d.uvarint("entry count", MaxEntries)
@@ -229,8 +304,11 @@ func parse(b []byte) (*Manifest, error) {
 	}
 	if count > 0 {
 		m.Entries = make([]Entry, count)
-		if version == VersionDelta {
+		if version >= VersionDelta && len(m.Bases) > 0 {
 			m.Deltas = make([]Delta, count)
+		}
+		if version == VersionPacked {
+			m.Locs = make([]Loc, count)
 		}
 	}
 	for i := range m.Entries {
@@ -238,8 +316,16 @@ func parse(b []byte) (*Manifest, error) {
 		copy(e.ID[:], d.bytes(len(e.ID)))
 		e.Size = uint32(d.uvarint("chunk size", math.MaxUint32))
 		e.StoredSize = uint32(d.uvarint("stored size", math.MaxUint32))
-		if version == VersionDelta {
-			k := d.uvarint("delta base count", chunk.MaxDeltaBases)
+		if version == VersionPacked {
+			m.Locs[i] = d.loc(len(m.Packs))
+		}
+		if version >= VersionDelta {
+			// A version 3 manifest without base chunks still has the count, 0.
+			limit := uint64(chunk.MaxDeltaBases)
+			if len(m.Bases) == 0 {
+				limit = 0
+			}
+			k := d.uvarint("delta base count", limit)
 			if k > 0 {
 				dl := &m.Deltas[i]
 				dl.Bases = make([]uint32, k)
@@ -247,6 +333,9 @@ func parse(b []byte) (*Manifest, error) {
 					dl.Bases[j] = uint32(d.uvarint("delta base index", uint64(len(m.Bases)-1)))
 				}
 				dl.StoredSize = uint32(d.uvarint("delta stored size", math.MaxUint32))
+				if version == VersionPacked {
+					dl.Loc = d.loc(len(m.Packs))
+				}
 			}
 		}
 		if d.err != nil {
@@ -277,6 +366,13 @@ func (d *decoder) bytes(n int) []byte {
 	out := d.b[:n]
 	d.b = d.b[n:]
 	return out
+}
+
+// loc reads a location's pack index (below packs) and offset.
+func (d *decoder) loc(packs int) Loc {
+	p := d.uvarint("pack index", uint64(packs-1))
+	off := d.uvarint("pack offset", MaxPackSize-1)
+	return Loc{Pack: uint32(p), Offset: off}
 }
 
 // uvarint reads a minimally encoded uvarint no larger than limit. Minimal
@@ -341,7 +437,73 @@ func (m *Manifest) validate() error {
 	if sum != m.NarSize {
 		return fmt.Errorf("entry sizes add up to %d, NarSize is %d", sum, m.NarSize)
 	}
-	return m.validateDeltas(p)
+	if err := m.validateDeltas(p); err != nil {
+		return err
+	}
+	return m.validateLocs()
+}
+
+// validateLocs requires locations to be all or nothing, every pack to be
+// listed once and used (so the encoding stays unique), every location to lie
+// inside a pack's bounds, and every packed entry to have a stored object.
+func (m *Manifest) validateLocs() error {
+	if len(m.Packs) == 0 {
+		if len(m.Locs) != 0 {
+			return errors.New("locations without packs")
+		}
+		for i, d := range m.Deltas {
+			if d.Loc != (Loc{}) {
+				return fmt.Errorf("entry %d: delta location without packs", i)
+			}
+		}
+		return nil
+	}
+	if len(m.Locs) != len(m.Entries) {
+		return fmt.Errorf("%d locations for %d entries", len(m.Locs), len(m.Entries))
+	}
+	if len(m.Packs) > 2*MaxEntries {
+		return fmt.Errorf("%d packs, limit %d", len(m.Packs), 2*MaxEntries)
+	}
+	seen := make(map[chunk.ID]bool, len(m.Packs))
+	for i, id := range m.Packs {
+		if seen[id] {
+			return fmt.Errorf("pack %d: %s listed twice", i, id)
+		}
+		seen[id] = true
+	}
+	used := make([]bool, len(m.Packs))
+	check := func(what string, i int, l Loc, size uint32) error {
+		if int(l.Pack) >= len(m.Packs) {
+			return fmt.Errorf("entry %d: %s in pack %d of %d", i, what, l.Pack, len(m.Packs))
+		}
+		if l.Offset > MaxPackSize || uint64(size) > MaxPackSize-l.Offset {
+			return fmt.Errorf("entry %d: %s of %d bytes at %d ends past the largest pack", i, what, size, l.Offset)
+		}
+		used[l.Pack] = true
+		return nil
+	}
+	for i, e := range m.Entries {
+		// StoredSize 0 is kept for an entry whose only stored form is its delta.
+		if e.StoredSize == 0 {
+			return fmt.Errorf("entry %d: packed entry without a chunk object", i)
+		}
+		if err := check("chunk object", i, m.Locs[i], e.StoredSize); err != nil {
+			return err
+		}
+		if i < len(m.Deltas) && len(m.Deltas[i].Bases) > 0 {
+			if err := check("delta object", i, m.Deltas[i].Loc, m.Deltas[i].StoredSize); err != nil {
+				return err
+			}
+		} else if i < len(m.Deltas) && m.Deltas[i].Loc != (Loc{}) {
+			return fmt.Errorf("entry %d: delta location without a delta", i)
+		}
+	}
+	for i, u := range used {
+		if !u {
+			return fmt.Errorf("pack %d is used by no location", i)
+		}
+	}
+	return nil
 }
 
 // validateDeltas requires the delta tables to be all or nothing, every base

@@ -176,7 +176,7 @@ func TestParseRejects(t *testing.T) {
 		{"empty", nil, "magic"},
 		{"wrong magic", body(func(b []byte) []byte { b[0] = 's'; return b }), "magic"},
 		{"version 0", body(func(b []byte) []byte { b[8] = 0; return b }), "version"},
-		{"version 3", body(func(b []byte) []byte { b[8] = 3; return b }), "version"},
+		{"version 4", body(func(b []byte) []byte { b[8] = 4; return b }), "version"},
 		{"checksum", append(bytes.Clone(good[:len(good)-1]), good[len(good)-1]^1), "checksum"},
 		{"trailing bytes", body(func(b []byte) []byte { return append(b, 0, 0) }), "unexpected bytes"},
 		{"non-minimal uvarint", body(func(b []byte) []byte {
@@ -378,6 +378,10 @@ func FuzzParse(f *testing.F) {
 		f.Add(unsealed(f, sample(n)))
 		f.Add(mustMarshal(f, deltaSample(n)))
 		f.Add(unsealed(f, deltaSample(n)))
+		if n > 0 {
+			f.Add(mustMarshal(f, packedSample(sample(n))))
+			f.Add(mustMarshal(f, packedSample(deltaSample(n))))
+		}
 	}
 	f.Add([]byte(Magic + "\x01"))
 	f.Fuzz(func(t *testing.T, b []byte) {

@@ -26,6 +26,9 @@ type job struct {
 	base *baseRef
 	done chan struct{}
 	ok   bool // set before done closes: its manifest and chunks are in the store
+	// m is set before done closes in a packed store, where the manifest is written
+	// later, once its last pack is: a NAR based on this one reads it from here.
+	m *manifest.Manifest
 }
 
 // baseRef is the base a job's deltas are made against.
@@ -164,7 +167,13 @@ func (p *Publisher) loadBase(ctx context.Context, j *job) (*deltaBase, error) {
 			return nil, nil
 		}
 	}
-	m, _, err := p.dst.Manifest(ctx, ref.nar.NarHash)
+	var m *manifest.Manifest
+	var err error
+	if ref.from != nil && ref.from.m != nil {
+		m = ref.from.m
+	} else {
+		m, _, err = p.dst.Manifest(ctx, ref.nar.NarHash)
+	}
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
@@ -190,7 +199,9 @@ func (p *Publisher) loadBase(ctx context.Context, j *job) (*deltaBase, error) {
 // each base chunk is read from the store and decoded about once. Concurrent asks for
 // the same chunk share one read.
 type baseCache struct {
-	st    *store.Store
+	// fetch reads a chunk object: by key in a loose store, from the packer in a
+	// packed one.
+	fetch func(ctx context.Context, id chunk.ID) ([]byte, error)
 	codec *chunk.Codec
 	limit int
 
@@ -209,7 +220,7 @@ type baseEntry struct {
 }
 
 func newBaseCache(st *store.Store, codec *chunk.Codec, limit int) *baseCache {
-	return &baseCache{st: st, codec: codec, limit: limit, entries: map[chunk.ID]*baseEntry{}}
+	return &baseCache{fetch: st.Chunk, codec: codec, limit: limit, entries: map[chunk.ID]*baseEntry{}}
 }
 
 // get returns the raw bytes of base chunk id (size bytes). The slice is shared:
@@ -232,7 +243,7 @@ func (c *baseCache) get(ctx context.Context, id chunk.ID, size uint32) ([]byte, 
 	c.entries[id] = e
 	c.mu.Unlock()
 
-	obj, err := c.st.Chunk(ctx, id)
+	obj, err := c.fetch(ctx, id)
 	if err == nil {
 		e.raw, err = c.codec.Open(nil, id, obj, int(size))
 	}

@@ -10,6 +10,7 @@ import (
 	"github.com/shoal-nix/shoal/chunk"
 	"github.com/shoal-nix/shoal/delta"
 	"github.com/shoal-nix/shoal/manifest"
+	"github.com/shoal-nix/shoal/store"
 )
 
 // deltaSet collects the deltas of one NAR while its chunks are written.
@@ -31,6 +32,9 @@ type deltaSet struct {
 type deltaRec struct {
 	bases []int
 	size  uint32
+	// In a packed store: the delta ID, and the object when this run made it.
+	id  chunk.ID
+	obj []byte
 }
 
 func newDeltaSet(base *deltaBase, narSize uint64, n int) *deltaSet {
@@ -61,12 +65,20 @@ func (p *Publisher) makeDelta(ctx context.Context, d *deltaSet, idx int, idxs []
 	did := chunk.DeltaID(id, ids)
 	// A delta named by the same target and bases is the same delta: an earlier,
 	// interrupted run wrote it. Refreshing it also keeps a concurrent gc off it.
-	size, have, err := p.dst.RefreshDelta(ctx, did)
-	if err != nil {
+	var (
+		size int64
+		have bool
+		err  error
+	)
+	if p.packer != nil {
+		if ref, ok := p.packer.lookup(store.KindDelta, did); ok {
+			size, have = int64(ref.length), true
+		}
+	} else if size, have, err = p.dst.RefreshDelta(ctx, did); err != nil {
 		return err
 	}
 	if have && size > 0 && size < math.MaxUint32 {
-		d.record(idx, idxs, int(size), fullSize)
+		d.record(idx, idxs, did, nil, int(size), fullSize)
 		return nil
 	}
 	var dict []byte
@@ -97,17 +109,22 @@ func (p *Publisher) makeDelta(ctx context.Context, d *deltaSet, idx int, idxs []
 	if !delta.Worth(len(obj), fullSize) {
 		return nil
 	}
+	if p.packer != nil {
+		// The object joins the NAR's delta run once every delta is made.
+		d.record(idx, idxs, did, obj, len(obj), fullSize)
+		return nil
+	}
 	if err := p.dst.PutDelta(ctx, did, obj); err != nil {
 		return err
 	}
-	d.record(idx, idxs, len(obj), fullSize)
+	d.record(idx, idxs, did, nil, len(obj), fullSize)
 	return nil
 }
 
-func (d *deltaSet) record(idx int, bases []int, size, fullSize int) {
+func (d *deltaSet) record(idx int, bases []int, id chunk.ID, obj []byte, size, fullSize int) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.recs[idx] = deltaRec{bases: bases, size: uint32(size)}
+	d.recs[idx] = deltaRec{bases: bases, size: uint32(size), id: id, obj: obj}
 	d.count++
 	d.bytes += int64(size)
 	d.saved += int64(fullSize - size)

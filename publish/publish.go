@@ -59,6 +59,22 @@ type Options struct {
 	DeltaLevel zstd.EncoderLevel
 	// BaseCacheBytes bounds the decoded base chunks kept in memory; 0 means 64 MiB.
 	BaseCacheBytes int
+
+	// Layout is the store layout a new store gets: store.FormatVersion (one object
+	// per chunk) or store.FormatPacked (pack files); 0 means the store's own, or
+	// store.FormatVersion for a new store. An existing store of another layout is
+	// refused.
+	Layout int
+	// PackSize is the size at which a pack is closed, in a packed store; 0 means
+	// DefaultPackSize.
+	PackSize int
+	// MinReuseRun, in a packed store, is the least a run of chunks the store already
+	// holds back to back must weigh (stored bytes) to be reused where it lies; the
+	// chunks of a shorter run are written again beside the NAR's new chunks. A NAR
+	// sharing chunks with many releases would otherwise lie in many short runs across
+	// their packs, a ranged request each. 0 means DefaultMinReuseRun; negative
+	// reuses every run.
+	MinReuseRun int
 }
 
 // Summary is what a run did, for the closing report.
@@ -75,7 +91,12 @@ type Summary struct {
 	Deltas      int64 // delta objects in the manifests published
 	DeltaBytes  int64 // their stored size
 	DeltaSaved  int64 // full chunk objects minus deltas, over the chunks that have one
-	Elapsed     time.Duration
+	Packs       int64 // pack files written, in a packed store
+	PackBytes   int64 // their size
+	// Rewritten counts chunks the store held that were written again because they lay
+	// in runs shorter than MinReuseRun; RewrittenBytes is their stored size.
+	Rewritten, RewrittenBytes int64
+	Elapsed                   time.Duration
 }
 
 // Publisher copies NARs from a binary cache into a store.
@@ -91,6 +112,8 @@ type Publisher struct {
 	cpu  chan struct{}
 	opts Options
 	log  *slog.Logger
+	// packer is set for the length of a run on a packed store.
+	packer *packer
 }
 
 // New returns a publisher; the caller closes it to release the codec's buffers.
@@ -113,6 +136,15 @@ func New(src *substituter.BinaryCache, dst *store.Store, keys *substituter.Keyri
 	}
 	if opts.BaseCacheBytes <= 0 {
 		opts.BaseCacheBytes = 64 << 20
+	}
+	if opts.MinReuseRun == 0 {
+		opts.MinReuseRun = DefaultMinReuseRun
+	}
+	if opts.PackSize <= 0 {
+		opts.PackSize = DefaultPackSize
+	}
+	if opts.PackSize > manifest.MaxPackSize/2 {
+		return nil, fmt.Errorf("pack size %d: at most %d", opts.PackSize, manifest.MaxPackSize/2)
 	}
 	codec, err := chunk.NewCodec()
 	if err != nil {
@@ -146,8 +178,21 @@ func (p *Publisher) Run(ctx context.Context, hashParts []string) (Summary, error
 	if err := p.checkDestination(ctx); err != nil {
 		return sum, err
 	}
-	if _, err := p.dst.Init(ctx, p.src.String(), p.opts.Params, start); err != nil {
+	meta, err := p.dst.Init(ctx, p.src.String(), p.opts.Params, p.opts.Layout, start)
+	if err != nil {
 		return sum, err
+	}
+	if meta.Packed() {
+		if p.packer, err = newPacker(ctx, p.dst, p.opts.PackSize, p.log); err != nil {
+			return sum, err
+		}
+		defer func() { p.packer = nil }()
+		loose := p.bases.fetch
+		defer func() { p.bases.fetch = loose }()
+		pk := p.packer
+		p.bases.fetch = func(ctx context.Context, id chunk.ID) ([]byte, error) {
+			return pk.object(ctx, store.KindChunk, id)
+		}
 	}
 
 	// Narinfos first: they are small, they tell the total for the progress bar, and a
@@ -209,6 +254,40 @@ func (p *Publisher) Run(ctx context.Context, hashParts []string) (Summary, error
 	progress(0)
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(p.opts.Jobs)
+	// A packed store's manifests wait for their packs: commits run beside the jobs.
+	// Not derived from gctx, which ends when the jobs do, before the last commits.
+	commits, cctx := errgroup.WithContext(ctx)
+	account := func(ctx context.Context, ni *substituter.NarInfo, r result, err error) error {
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			p.log.Error("store path not published", "path", ni.StorePath, "err", err)
+			refused.Add(1)
+			return nil
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if r.skipped {
+			sum.Skipped++
+			return nil
+		}
+		sum.NARs++
+		sum.NarBytes += int64(ni.NarSize)
+		sum.SourceBytes += int64(ni.FileSize)
+		sum.Chunks += r.chunks
+		sum.NewChunks += r.newChunks
+		sum.NewBytes += r.newBytes
+		if r.deltas > 0 {
+			sum.WithBase++
+		}
+		sum.Deltas += r.deltas
+		sum.DeltaBytes += r.deltaBytes
+		sum.DeltaSaved += r.deltaSaved
+		sum.Rewritten += r.rewritten
+		sum.RewrittenBytes += r.rewrittenBytes
+		return nil
+	}
 	// Jobs start in plan order, so a job waiting for its base holds a slot only while
 	// an earlier job, which needs nothing later, is running.
 	for _, j := range jobs {
@@ -220,36 +299,23 @@ func (p *Publisher) Run(ctx context.Context, hashParts []string) (Summary, error
 			r, err := p.publishOne(gctx, j, &claimed, progress)
 			j.ok = err == nil
 			close(j.done)
-			if err != nil {
-				if gctx.Err() != nil {
-					return gctx.Err()
-				}
-				p.log.Error("store path not published", "path", ni.StorePath, "err", err)
-				refused.Add(1)
+			if err == nil && r.commit != nil {
+				commits.Go(func() error { return account(cctx, ni, r, r.commit(cctx)) })
 				return nil
 			}
-			mu.Lock()
-			defer mu.Unlock()
-			if r.skipped {
-				sum.Skipped++
-				return nil
-			}
-			sum.NARs++
-			sum.NarBytes += int64(ni.NarSize)
-			sum.SourceBytes += int64(ni.FileSize)
-			sum.Chunks += r.chunks
-			sum.NewChunks += r.newChunks
-			sum.NewBytes += r.newBytes
-			if r.deltas > 0 {
-				sum.WithBase++
-			}
-			sum.Deltas += r.deltas
-			sum.DeltaBytes += r.deltaBytes
-			sum.DeltaSaved += r.deltaSaved
-			return nil
+			return account(gctx, ni, r, err)
 		})
 	}
 	err = g.Wait()
+	if p.packer != nil {
+		// Every NAR has handed its objects over: the last pack is as full as it gets.
+		p.packer.flush()
+		if cerr := commits.Wait(); err == nil {
+			err = cerr
+		}
+		p.packer.wait()
+		sum.Packs, sum.PackBytes = p.packer.packs.Load(), p.packer.bytes.Load()
+	}
 	sum.Refused = int(refused.Load())
 	sum.Elapsed = time.Since(start)
 	if err != nil {
@@ -266,6 +332,9 @@ type result struct {
 	chunks, newChunks, newBytes    int64
 	base                           string // store path of the base, when deltas were made
 	deltas, deltaBytes, deltaSaved int64
+	rewritten, rewrittenBytes      int64
+	// commit, when set, finishes publishing the NAR (packed stores: see publishPacked).
+	commit func(context.Context) error
 }
 
 func (p *Publisher) publishOne(ctx context.Context, j *job, claimed *sync.Map, progress func(int64)) (result, error) {
@@ -301,6 +370,9 @@ func (p *Publisher) publishOne(ctx context.Context, j *job, claimed *sync.Map, p
 	// Build hashes what it reads; the limit stops a source that sends more than the
 	// narinfo promised before it fills the store, and the check below does the rest.
 	counted := &countingReader{r: io.LimitReader(nar, int64(ni.NarSize)+1), report: progress}
+	if p.packer != nil {
+		return p.publishPacked(ctx, j, base, counted)
+	}
 
 	// Chunk writes run in the background, several at once: each is fsynced, and
 	// overlapping fsyncs share the file system's journal commits. The manifest waits

@@ -12,6 +12,7 @@
 package serve
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -79,6 +80,7 @@ type Server struct {
 	st       *store.Store
 	keys     *substituter.Keyring
 	codec    *chunk.Codec
+	packs    *store.PackReader // reads packed manifests' objects, coalesced
 	metrics  *Metrics
 	log      *slog.Logger
 	slots    chan struct{}
@@ -129,8 +131,13 @@ func New(st *store.Store, opts Options) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	packs, err := store.NewPackReader(st, store.ReadOptions{Parallel: min(opts.Prefetch, 8)})
+	if err != nil {
+		codec.Close()
+		return nil, err
+	}
 	s := &Server{
-		st: st, keys: opts.Keys, codec: codec, metrics: opts.Metrics, log: opts.Logger,
+		st: st, keys: opts.Keys, codec: codec, packs: packs, metrics: opts.Metrics, log: opts.Logger,
 		slots: make(chan struct{}, opts.MaxActive), queueMax: opts.QueueTimeout, prefetch: opts.Prefetch,
 		chunks:   lru.New[chunk.ID, *cached](max(opts.ChunkCacheBytes, 0), 0),
 		resolved: lru.New[string, *nar](64<<20, resolvedTTL),
@@ -150,6 +157,7 @@ func (s *Server) Close() {
 	s.end()
 	s.work.Wait()
 	s.codec.Close()
+	s.packs.Close()
 }
 
 // Metrics returns the server's counters.
@@ -333,6 +341,9 @@ func (s *Server) verify(ctx context.Context, n *nar) error {
 // keepRaw keeps the decoded bytes with the chunk in the in-memory cache, for the routes
 // that send them.
 func (s *Server) each(ctx context.Context, m *manifest.Manifest, first int, needRaw, keepRaw bool, fn func(i int, obj, raw []byte) error) error {
+	if m.Packed() {
+		return s.eachPacked(ctx, m, first, keepRaw, fn)
+	}
 	// Fetches still running when this returns early are cancelled and waited for: none
 	// may outlive the request (or the server's codec).
 	var wg sync.WaitGroup
@@ -350,12 +361,12 @@ func (s *Server) each(ctx context.Context, m *manifest.Manifest, first int, need
 		if next >= len(m.Entries) {
 			return
 		}
-		e := m.Entries[next]
+		i := next
 		ch := make(chan result, 1)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			obj, raw, pooled, err := s.chunk(ctx, e, needRaw, keepRaw)
+			obj, raw, pooled, err := s.chunk(ctx, m, i, needRaw, keepRaw)
 			ch <- result{obj, raw, pooled, err}
 		}()
 		pending = append(pending, ch)
@@ -388,11 +399,76 @@ func (s *Server) each(ctx context.Context, m *manifest.Manifest, first int, need
 	return nil
 }
 
-// chunk returns entry e's stored object, checked: one zstd frame without a dictionary,
+// eachPacked is each for a packed manifest: the entries not in the in-memory cache are
+// read with coalesced ranged requests (store.PackReader), so a NAR costs a few
+// requests to the store rather than one per chunk. Their bytes are always at hand.
+func (s *Server) eachPacked(ctx context.Context, m *manifest.Manifest, first int, keepRaw bool, fn func(i int, obj, raw []byte) error) error {
+	var reads []store.PackRead
+	var entry []int // the entry of each read
+	for i := first; i < len(m.Entries); i++ {
+		if _, hit := s.chunks.Get(m.Entries[i].ID); hit {
+			continue
+		}
+		rd, err := store.ChunkRead(m, i)
+		if err != nil {
+			return broken("%w", err)
+		}
+		reads = append(reads, rd)
+		entry = append(entry, i)
+	}
+	next := first
+	// cachedUpTo hands fn the entries before end, which were cached when planned; one
+	// evicted since is fetched on its own.
+	cachedUpTo := func(end int) error {
+		for ; next < end; next++ {
+			obj, raw, pooled, err := s.chunk(ctx, m, next, true, keepRaw)
+			if err != nil {
+				return err
+			}
+			err = fn(next, obj, raw)
+			if pooled {
+				s.release(raw)
+			}
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	_, err := s.packs.Read(ctx, reads, func(k int, obj, raw []byte, err error) error {
+		i := entry[k]
+		if err := cachedUpTo(i); err != nil {
+			return err
+		}
+		s.metrics.chunkLookup(false)
+		if err != nil {
+			return broken("%w", err)
+		}
+		// obj shares its request's buffer: a copy is cached, so the cache's bound holds.
+		obj = bytes.Clone(obj)
+		if keepRaw {
+			s.chunks.Add(m.Entries[i].ID, &cached{obj: obj, raw: raw}, int64(len(obj)+len(raw))+64)
+		} else {
+			s.chunks.Add(m.Entries[i].ID, &cached{obj: obj}, int64(len(obj))+64)
+		}
+		next = i + 1
+		return fn(i, obj, raw)
+	})
+	if err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return err
+	}
+	return cachedUpTo(len(m.Entries))
+}
+
+// chunk returns entry i's stored object, checked: one zstd frame without a dictionary,
 // as long as the manifest says (the zstd body's Content-Length is their sum), decoding
-// to the bytes e's ID names. Objects from the in-memory cache were checked when they
-// went in.
-func (s *Server) chunk(ctx context.Context, e manifest.Entry, needRaw, keepRaw bool) (obj, raw []byte, pooled bool, err error) {
+// to the bytes the entry's ID names. Objects from the in-memory cache were checked when
+// they went in. A packed manifest's object is read from where the manifest says.
+func (s *Server) chunk(ctx context.Context, m *manifest.Manifest, i int, needRaw, keepRaw bool) (obj, raw []byte, pooled bool, err error) {
+	e := m.Entries[i]
 	c, hit := s.chunks.Get(e.ID)
 	s.metrics.chunkLookup(hit)
 	if hit {
@@ -413,7 +489,12 @@ func (s *Server) chunk(ctx context.Context, e manifest.Entry, needRaw, keepRaw b
 		s.chunks.Add(e.ID, &cached{obj: c.obj, raw: raw}, int64(len(c.obj)+len(raw))+64)
 		return c.obj, raw, false, nil
 	}
-	obj, err = s.st.Chunk(ctx, e.ID)
+	if m.Packed() {
+		l := m.Locs[i]
+		obj, err = s.st.ReadPackRange(ctx, m.Packs[l.Pack], l.Offset, e.StoredSize)
+	} else {
+		obj, err = s.st.Chunk(ctx, e.ID)
+	}
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, nil, false, ctx.Err()

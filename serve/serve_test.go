@@ -48,6 +48,12 @@ type fixture struct {
 
 func newFixture(t *testing.T, compressions ...string) *fixture {
 	t.Helper()
+	return newLayoutFixture(t, 0, compressions...)
+}
+
+// newLayoutFixture publishes to a store of the given layout (0: the default).
+func newLayoutFixture(t *testing.T, layout int, compressions ...string) *fixture {
+	t.Helper()
 	f := &fixture{cache: cachetest.New(t, "test-1"), store: t.TempDir(), nars: map[string][]byte{}, infos: map[string]*substituter.NarInfo{}}
 	var hps []string
 	for i, c := range compressions {
@@ -60,7 +66,7 @@ func newFixture(t *testing.T, compressions ...string) *fixture {
 	src, _ := blob.Open(f.cache.Dir, nil)
 	dst, _ := store.Open(f.store, nil)
 	kr, _ := substituter.ParseKeyring([]string{f.cache.PublicKey})
-	p, err := publish.New(substituter.NewBinaryCache(src), dst, kr, publish.Options{Params: smallParams, Jobs: 2})
+	p, err := publish.New(substituter.NewBinaryCache(src), dst, kr, publish.Options{Params: smallParams, Jobs: 2, Layout: layout, PackSize: 64 << 10})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -69,6 +75,19 @@ func newFixture(t *testing.T, compressions ...string) *fixture {
 		t.Fatal(err)
 	}
 	return f
+}
+
+// httpStore serves the fixture's store directory with net/http's file server, which
+// honours Range, as nginx or a CDN would.
+func (f *fixture) httpStore(t *testing.T) blob.Backend {
+	t.Helper()
+	hs := httptest.NewServer(http.FileServer(http.Dir(f.store)))
+	t.Cleanup(hs.Close)
+	b, err := blob.Open(hs.URL, hs.Client())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
 
 func (f *fixture) server(t *testing.T, b blob.Backend, opts serve.Options) (*serve.Server, *httptest.Server) {
@@ -139,8 +158,24 @@ func decompress(t *testing.T, compression string, body []byte) []byte {
 }
 
 func TestServeEncodingsRangeHead(t *testing.T) {
-	f := newFixture(t, "none", "zstd", "xz")
-	_, hs := f.server(t, nil, serve.Options{})
+	for _, layout := range []struct {
+		name   string
+		layout int
+		http   bool
+	}{{"v1", store.FormatVersion, false}, {"v3", store.FormatPacked, false}, {"v3 over HTTP", store.FormatPacked, true}} {
+		t.Run(layout.name, func(t *testing.T) {
+			f := newLayoutFixture(t, layout.layout, "none", "zstd", "xz")
+			var b blob.Backend
+			if layout.http {
+				b = f.httpStore(t)
+			}
+			testEncodingsRangeHead(t, f, b)
+		})
+	}
+}
+
+func testEncodingsRangeHead(t *testing.T, f *fixture, b blob.Backend) {
+	_, hs := f.server(t, b, serve.Options{})
 	for url, nar := range f.nars {
 		ni := f.infos[url]
 		t.Run(ni.Compression, func(t *testing.T) {
@@ -221,16 +256,27 @@ func TestServeMisses(t *testing.T) {
 // A store that lost or garbled a chunk must never produce a 200: the NAR is checked
 // before its first byte.
 func TestServeBrokenStore(t *testing.T) {
-	for _, damage := range []string{"corrupt", "missing"} {
-		t.Run(damage, func(t *testing.T) {
-			f := newFixture(t, "zstd", "xz")
+	for _, tc := range []struct {
+		damage string
+		layout int
+	}{{"corrupt", 0}, {"missing", 0}, {"corrupt", store.FormatPacked}, {"missing", store.FormatPacked}} {
+		damage := tc.damage
+		t.Run(fmt.Sprintf("%s/layout %d", damage, tc.layout), func(t *testing.T) {
+			f := newLayoutFixture(t, tc.layout, "zstd", "xz")
+			dir := "chunks"
+			if tc.layout == store.FormatPacked {
+				dir = "packs"
+			}
 			var chunks []string
-			filepath.WalkDir(filepath.Join(f.store, "chunks"), func(p string, d os.DirEntry, err error) error {
-				if err == nil && !d.IsDir() {
+			filepath.WalkDir(filepath.Join(f.store, dir), func(p string, d os.DirEntry, err error) error {
+				if err == nil && !d.IsDir() && !strings.HasSuffix(p, ".idx") {
 					chunks = append(chunks, p)
 				}
 				return nil
 			})
+			if len(chunks) == 0 {
+				t.Fatal("nothing to damage")
+			}
 			for _, c := range chunks {
 				if damage == "missing" {
 					os.Remove(c)
@@ -437,5 +483,41 @@ func TestServeChunkLostAfterVerification(t *testing.T) {
 	}
 	if int64(len(body)) >= resp.ContentLength {
 		t.Fatalf("%d bytes of %d", len(body), resp.ContentLength)
+	}
+}
+
+// TestServePackedCoalesces: a NAR of a packed store is read from the store with a few
+// ranged requests, not one per chunk, and then served from memory.
+func TestServePackedCoalesces(t *testing.T) {
+	f := newLayoutFixture(t, store.FormatPacked, "zstd", "none")
+	var requests atomic.Int64
+	files := http.FileServer(http.Dir(f.store))
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasPrefix(r.URL.Path, "/packs/") {
+			requests.Add(1)
+		}
+		files.ServeHTTP(w, r)
+	}))
+	defer hs.Close()
+	b, err := blob.Open(hs.URL, hs.Client())
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, srv := f.server(t, b, serve.Options{})
+	st := store.New(b)
+	for url, nar := range f.nars {
+		ni := f.infos[url]
+		m, _, err := st.Manifest(context.Background(), ni.NarHash)
+		if err != nil {
+			t.Fatal(err)
+		}
+		requests.Store(0)
+		resp, body := get(t, "GET", srv.URL+"/"+url)
+		if resp.StatusCode != 200 || !bytes.Equal(decompress(t, ni.Compression, body), nar) {
+			t.Fatalf("GET %s: %s", url, resp.Status)
+		}
+		if n := requests.Load(); n == 0 || n > int64(len(m.Packs))+2 || n*4 > int64(len(m.Entries)) {
+			t.Errorf("GET %s: %d requests to the store for %d chunks in %d packs", url, n, len(m.Entries), len(m.Packs))
+		}
 	}
 }

@@ -22,6 +22,7 @@ func FuzzMeta(f *testing.F) {
 	}
 	f.Add(good)
 	f.Add([]byte(`{"version":2,"chunker":"` + chunk.DefaultParams().Identity() + `"}`))
+	f.Add([]byte(`{"version":3,"chunker":"` + chunk.DefaultParams().Identity() + `"}`))
 	f.Add([]byte(`{"version":-1,"chunker":"` + chunk.DefaultParams().Identity() + `"}`))
 	f.Add([]byte(`{}`))
 	f.Add([]byte(`[`))
@@ -38,8 +39,8 @@ func FuzzMeta(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if m.Version < 1 || m.Version > store.FormatVersion {
-			t.Fatalf("accepted a store of format version %d; this shoal reads 1..%d", m.Version, store.FormatVersion)
+		if m.Version != store.FormatVersion && m.Version != store.FormatPacked {
+			t.Fatalf("accepted a store of format version %d; this shoal reads %d and %d", m.Version, store.FormatVersion, store.FormatPacked)
 		}
 		if _, err := chunk.ParseIdentity(m.Chunker); err != nil {
 			t.Fatalf("accepted an unknown chunker %q", m.Chunker)

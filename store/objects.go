@@ -108,9 +108,13 @@ type Inventory struct {
 	Manifests [][32]byte // NarHashes
 	Chunks    []chunk.ID
 	Deltas    []chunk.ID // delta IDs
+	// Packs and PackIndexes are the pack files and pack indexes of a packed store,
+	// by pack ID; a pack without an index is an interrupted publish's.
+	Packs       []chunk.ID
+	PackIndexes []chunk.ID
 }
 
-// Inventory lists every narinfo, manifest, chunk and delta in the store in one pass, for the
+// Inventory lists every narinfo, manifest, chunk, delta and pack in the store in one pass, for the
 // tools that walk all of it (gc, verify). Other keys are ignored.
 func (s *Store) Inventory(ctx context.Context) (*Inventory, error) {
 	var inv Inventory
@@ -123,6 +127,10 @@ func (s *Store) Inventory(ctx context.Context) (*Inventory, error) {
 			inv.Chunks = append(inv.Chunks, id)
 		} else if id, ok := ParseDeltaKey(key); ok {
 			inv.Deltas = append(inv.Deltas, id)
+		} else if id, ok := ParsePackKey(key); ok {
+			inv.Packs = append(inv.Packs, id)
+		} else if id, ok := ParsePackIndexKey(key); ok {
+			inv.PackIndexes = append(inv.PackIndexes, id)
 		}
 		return nil
 	})

@@ -22,9 +22,14 @@ import (
 const (
 	CacheInfoKey = "nix-cache-info"
 	MetaKey      = "shoal-store.json"
-	// FormatVersion is the layout version written to MetaKey. Readers refuse stores with a
-	// newer version rather than misreading them.
+	// FormatVersion is the layout a new store gets unless asked for another: one object
+	// per chunk and per delta (docs/format.md, "Store layout"). Readers refuse stores
+	// with a version they do not know rather than misreading them.
 	FormatVersion = 1
+	// FormatPacked is layout 3: chunk and delta objects in pack files, version 3
+	// manifests saying where (docs/format.md, "Store layout 3"). Its number matches
+	// the manifest version it uses; no layout 2 exists.
+	FormatPacked = 3
 )
 
 // Object size ceilings: anything larger is refused before it is read into memory, so a
@@ -202,8 +207,8 @@ func (s *Store) Meta(ctx context.Context) (*Meta, error) {
 	if m.Version < 1 {
 		return nil, fmt.Errorf("store %s: %s has format version %d, which no shoal writes: not a shoal store", s.b, MetaKey, m.Version)
 	}
-	if m.Version > FormatVersion {
-		return nil, fmt.Errorf("store %s has format version %d; this shoal reads up to %d: upgrade shoal", s.b, m.Version, FormatVersion)
+	if m.Version != FormatVersion && m.Version != FormatPacked {
+		return nil, fmt.Errorf("store %s has format version %d; this shoal reads %d and %d: upgrade shoal", s.b, m.Version, FormatVersion, FormatPacked)
 	}
 	if _, err := chunk.ParseIdentity(m.Chunker); err != nil {
 		return nil, fmt.Errorf("store %s: %w", s.b, err)
@@ -211,13 +216,25 @@ func (s *Store) Meta(ctx context.Context) (*Meta, error) {
 	return &m, nil
 }
 
+// Packed reports whether the store keeps its objects in pack files (layout 3).
+func (m *Meta) Packed() bool { return m.Version == FormatPacked }
+
 // Init prepares a store for publishing: it writes nix-cache-info and the metadata file
 // when absent, and refuses a store that was cut with another chunker or published from
-// another cache, since mixing them silently ruins deduplication or provenance.
-func (s *Store) Init(ctx context.Context, source string, p chunk.Params, now time.Time) (*Meta, error) {
+// another cache, since mixing them silently ruins deduplication or provenance. layout
+// is the format version a new store gets (FormatVersion or FormatPacked); 0 takes an
+// existing store's, or FormatVersion for a new one. An existing store of another
+// layout is refused: one store holds one layout.
+func (s *Store) Init(ctx context.Context, source string, p chunk.Params, layout int, now time.Time) (*Meta, error) {
+	if layout != 0 && layout != FormatVersion && layout != FormatPacked {
+		return nil, fmt.Errorf("store layout %d: want %d or %d", layout, FormatVersion, FormatPacked)
+	}
 	m, err := s.Meta(ctx)
 	switch {
 	case err == nil:
+		if layout != 0 && m.Version != layout {
+			return nil, fmt.Errorf("store %s has layout %d, not %d: publish to it with its own layout or use a new store", s.b, m.Version, layout)
+		}
 		if m.Chunker != p.Identity() {
 			return nil, fmt.Errorf("store %s was cut with %s, not %s: publish with the store's parameters or use a new store", s.b, m.Chunker, p.Identity())
 		}
@@ -225,7 +242,10 @@ func (s *Store) Init(ctx context.Context, source string, p chunk.Params, now tim
 			return nil, fmt.Errorf("store %s was published from %s, not %s: use one store per source cache", s.b, m.Source, source)
 		}
 	case errors.Is(err, shoal.ErrNotFound):
-		m = &Meta{Version: FormatVersion, Source: source, Chunker: p.Identity(), Created: now.UTC()}
+		if layout == 0 {
+			layout = FormatVersion
+		}
+		m = &Meta{Version: layout, Source: source, Chunker: p.Identity(), Created: now.UTC()}
 		raw, err := json.MarshalIndent(m, "", "  ")
 		if err != nil {
 			return nil, err

@@ -159,8 +159,12 @@ func newCollector(ctx context.Context, s *store.Store, opts Options) (*collector
 		return nil, fmt.Errorf("gc: negative grace period %s", opts.Grace)
 	}
 	// The store must be one shoal knows, or its keys may mean something else.
-	if _, err := s.Meta(ctx); err != nil {
+	if meta, err := s.Meta(ctx); err != nil {
 		return nil, fmt.Errorf("gc: %w", err)
+	} else if meta.Packed() {
+		// Dead objects in a packed store are ranges of live packs: collecting them
+		// means repacking, which this collector does not do.
+		return nil, fmt.Errorf("gc: store %s is packed (layout %d): collecting it needs repacking, which this shoal does not do yet", s, meta.Version)
 	}
 	c.start = c.now()
 	// Object stores report modification times truncated to the second (S3's

@@ -31,6 +31,9 @@ type VerifyOptions struct {
 // VerifyReport counts what was checked and lists what was wrong.
 type VerifyReport struct {
 	Chunks, Manifests, NarInfos int // objects checked
+	// Packs counts the pack files of a packed store read whole and checked against
+	// their pack ID and index (their chunk objects count in Chunks).
+	Packs int
 	// Deltas counts the delta objects of the checked manifests that were decoded
 	// against their base chunks. A delta whose base chunks the store no longer
 	// holds (the base NAR was collected) cannot be checked here and is not counted.
@@ -60,9 +63,16 @@ func Verify(ctx context.Context, s *store.Store, opts VerifyOptions) (VerifyRepo
 		log = slog.New(slog.DiscardHandler)
 	}
 	var rep VerifyReport
+	meta, err := s.Meta(ctx)
+	if err != nil && !errors.Is(err, shoal.ErrNotFound) {
+		return rep, 0, fmt.Errorf("verify: %w", err)
+	}
 	inv, err := s.Inventory(ctx)
 	if err != nil {
 		return rep, 0, fmt.Errorf("verify: %w", err)
+	}
+	if meta != nil && meta.Packed() {
+		return verifyPacked(ctx, s, inv, opts, jobs, log)
 	}
 	narinfos, manifests, chunks := sample(inv.NarInfos, opts.Sample), sample(inv.Manifests, opts.Sample), sample(inv.Chunks, opts.Sample)
 	rep.NarInfos, rep.Manifests, rep.Chunks = len(narinfos), len(manifests), len(chunks)
@@ -180,6 +190,19 @@ func Verify(ctx context.Context, s *store.Store, opts VerifyOptions) (VerifyRepo
 // returns how many it decoded. Neighbouring entries share base chunks, so the base
 // chunks of the previous delta are kept for the next.
 func verifyDeltas(ctx context.Context, s *store.Store, codec *chunk.Codec, deltas *chunk.DeltaCodec, m *manifest.Manifest, problem func(format string, a ...any)) (int, error) {
+	return verifyDeltasWith(ctx, codec, deltas, m, problem,
+		func(_ int, id chunk.ID) ([]byte, string, error) {
+			obj, err := s.Delta(ctx, id)
+			return obj, store.DeltaKey(id), err
+		},
+		func(id chunk.ID) ([]byte, error) { return s.Chunk(ctx, id) })
+}
+
+// verifyDeltasWith is verifyDeltas reading delta objects (of entry i, named id) and
+// base chunk objects through the functions given, for either layout. delta also
+// returns where it looked, for the report.
+func verifyDeltasWith(ctx context.Context, codec *chunk.Codec, deltas *chunk.DeltaCodec, m *manifest.Manifest, problem func(format string, a ...any),
+	delta func(i int, id chunk.ID) ([]byte, string, error), base func(id chunk.ID) ([]byte, error)) (int, error) {
 	checked := 0
 	prev := map[chunk.ID][]byte{}
 	for i, e := range m.Entries {
@@ -187,9 +210,9 @@ func verifyDeltas(ctx context.Context, s *store.Store, codec *chunk.Codec, delta
 		if !ok {
 			continue
 		}
-		obj, err := s.Delta(ctx, id)
-		if errors.Is(err, shoal.ErrNotFound) {
-			problem("delta of chunk %d (%s) is missing: %s", i, e.ID, store.DeltaKey(id))
+		obj, where, err := delta(i, id)
+		if errors.Is(err, shoal.ErrNotFound) || errors.Is(err, blob.ErrRange) {
+			problem("delta of chunk %d (%s) is missing: %s", i, e.ID, where)
 			continue
 		}
 		if err != nil {
@@ -204,7 +227,7 @@ func verifyDeltas(ctx context.Context, s *store.Store, codec *chunk.Codec, delta
 		for _, b := range bases {
 			raw, ok := prev[b.ID]
 			if !ok {
-				bobj, err := s.Chunk(ctx, b.ID)
+				bobj, err := base(b.ID)
 				if errors.Is(err, shoal.ErrNotFound) {
 					break // the base NAR was collected: clients may still hold it
 				}

@@ -255,7 +255,11 @@ func runStoreVerify(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(c.App.Writer, "checked %d chunks, %d manifests (%d of their deltas), %d narinfos: %d problems\n", rep.Chunks, rep.Manifests, rep.Deltas, rep.NarInfos, problems)
+	packs := ""
+	if rep.Packs > 0 {
+		packs = fmt.Sprintf(" in %d packs", rep.Packs)
+	}
+	fmt.Fprintf(c.App.Writer, "checked %d chunks%s, %d manifests (%d of their deltas), %d narinfos: %d problems\n", rep.Chunks, packs, rep.Manifests, rep.Deltas, rep.NarInfos, problems)
 	for _, p := range rep.Problems {
 		fmt.Fprintln(c.App.Writer, "  "+p)
 	}
