@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/shoal-nix/shoal/internal/testkit"
 )
 
 // revision returns base with a few scattered edits and a shifted tail, the
@@ -24,7 +26,7 @@ func revision(base []byte, seed uint64) []byte {
 }
 
 func TestDeltaRoundTrip(t *testing.T) {
-	base := randomBytes(3, 192<<10)
+	base := testkit.RandomBytes(3, 192<<10)
 	target := revision(base, 4)[:64<<10]
 	c := NewDeltaCodec(0, 2)
 	defer c.Close()
@@ -53,7 +55,7 @@ func TestDeltaRoundTrip(t *testing.T) {
 }
 
 func TestOpenDeltaRejects(t *testing.T) {
-	base := randomBytes(5, 128<<10)
+	base := testkit.RandomBytes(5, 128<<10)
 	target := revision(base, 6)[:50000]
 	c := NewDeltaCodec(0, 1)
 	defer c.Close()
@@ -71,7 +73,7 @@ func TestOpenDeltaRejects(t *testing.T) {
 		corrupt bool   // want ErrCorrupt
 		want    string // else an error mentioning this
 	}{
-		{"other dictionary", obj, randomBytes(7, 128<<10), len(target), false, "CRC"}, // the frame checksum catches it before the ID does
+		{"other dictionary", obj, testkit.RandomBytes(7, 128<<10), len(target), false, "CRC"}, // the frame checksum catches it before the ID does
 		{"no dictionary", obj, nil, len(target), false, "dictionary"},
 		{"dictionary too large", obj, make([]byte, MaxDictSize+1), len(target), false, "dictionary"},
 		{"declared size above limit", obj, base, len(target) - 1, false, "exceeds"},
@@ -121,7 +123,7 @@ func TestDeltaDecodesWithReferenceZstd(t *testing.T) {
 		}
 		t.Skip("zstd not on PATH; set SHOAL_E2E=1 to require it")
 	}
-	base := randomBytes(8, 256<<10)
+	base := testkit.RandomBytes(8, 256<<10)
 	target := revision(base, 9)[:200<<10]
 	c := NewDeltaCodec(0, 1)
 	defer c.Close()
@@ -144,13 +146,4 @@ func TestDeltaDecodesWithReferenceZstd(t *testing.T) {
 	if !bytes.Equal(out, target) {
 		t.Fatalf("zstd decoded %d bytes that differ from the %d-byte chunk", len(out), len(target))
 	}
-}
-
-func randomBytes(seed uint64, n int) []byte {
-	r := rand.New(rand.NewPCG(seed, 2))
-	b := make([]byte, n)
-	for i := range b {
-		b[i] = byte(r.Uint32())
-	}
-	return b
 }

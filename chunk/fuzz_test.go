@@ -3,6 +3,8 @@ package chunk
 import (
 	"bytes"
 	"testing"
+
+	"github.com/shoal-nix/shoal/internal/testkit"
 )
 
 // FuzzDecode feeds arbitrary bytes to the chunk object decoder, as a store or a peer
@@ -93,7 +95,7 @@ func FuzzParseIdentity(f *testing.F) {
 func FuzzOpenDelta(f *testing.F) {
 	c := NewDeltaCodec(0, 1)
 	f.Cleanup(c.Close)
-	dict := randomBytes(11, 64<<10)
+	dict := testkit.RandomBytes(11, 64<<10)
 	for _, raw := range [][]byte{[]byte("a"), revision(dict, 12)[:40000], randomInput(5000)} {
 		obj, err := c.EncodeDelta(nil, raw, dict)
 		if err != nil {

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"math/rand/v2"
 	"sync"
 	"testing"
 
@@ -13,6 +12,7 @@ import (
 	"github.com/shoal-nix/shoal/chunk"
 	"github.com/shoal-nix/shoal/fetch"
 	"github.com/shoal-nix/shoal/internal/cachetest"
+	"github.com/shoal-nix/shoal/internal/testkit"
 	"github.com/shoal-nix/shoal/manifest"
 	"github.com/shoal-nix/shoal/store"
 	"github.com/shoal-nix/shoal/substituter"
@@ -37,7 +37,7 @@ var _ fetch.Source = (*liar)(nil)
 
 func newLiar(t *testing.T, codec *chunk.Codec, narHash [32]byte, size int) *liar {
 	t.Helper()
-	junk := randomBytes(size, 99)
+	junk := testkit.RandomBytes(99, size)
 	l := &liar{objs: map[chunk.ID][]byte{}}
 	m, err := manifest.Build(context.Background(), bytes.NewReader(junk), chunk.DefaultParams(), func(id chunk.ID, raw []byte) (int, error) {
 		obj := codec.Encode(nil, raw)
@@ -91,16 +91,6 @@ func (l *liar) Reject(chunk.ID, error) {
 	l.rejectedChunks++
 }
 
-// randomBytes returns n bytes from a generator seeded with seed.
-func randomBytes(n int, seed uint64) []byte {
-	r := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
-	b := make([]byte, n)
-	for i := range b {
-		b[i] = byte(r.Uint32())
-	}
-	return b
-}
-
 // TestLyingPeerManifest: a peer's manifest that does not assemble into the NAR costs a
 // try, never the NAR. The chunk store's manifest is preferred when there is one (the
 // peer is not even asked); without one, the peer's manifest is tried, rejected (so the
@@ -112,7 +102,7 @@ func TestLyingPeerManifest(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer codec.Close()
-	nar := randomBytes(600_000, 1)
+	nar := testkit.RandomBytes(1, 600_000)
 	up := cachetest.New(t, "test-1")
 	ni := up.Add(t, cachetest.HashPart("lie"), "demo-1.0", nar, "zstd")
 	upBlob, err := blob.Open(up.Dir, nil)

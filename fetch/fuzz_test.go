@@ -13,6 +13,7 @@ import (
 
 	"github.com/shoal-nix/shoal/chunk"
 	"github.com/shoal-nix/shoal/fetch"
+	"github.com/shoal-nix/shoal/internal/testkit"
 	"github.com/shoal-nix/shoal/localcache"
 	"github.com/shoal-nix/shoal/manifest"
 	"github.com/shoal-nix/shoal/substituter"
@@ -80,7 +81,7 @@ func servedNAR(t testing.TB, size int) (*fetch.Fetcher, *manifest.Manifest, []by
 		t.Fatal(err)
 	}
 	t.Cleanup(codec.Close)
-	nar := randomBytes(size, 1)
+	nar := testkit.RandomBytes(1, size)
 	var puts []localcache.ChunkPut
 	m, err := manifest.Build(context.Background(), bytes.NewReader(nar), chunk.Params{Min: 4 << 10, Avg: 16 << 10, Max: 64 << 10}, func(id chunk.ID, raw []byte) (int, error) {
 		obj := codec.Encode(nil, raw)

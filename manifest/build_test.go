@@ -6,21 +6,12 @@ import (
 	"crypto/sha256"
 	"errors"
 	"io"
-	"math/rand/v2"
 	"testing"
 	"testing/iotest"
 
 	"github.com/shoal-nix/shoal/chunk"
+	"github.com/shoal-nix/shoal/internal/testkit"
 )
-
-func randomNAR(n int, seed uint64) []byte {
-	b := make([]byte, n)
-	r := rand.New(rand.NewPCG(seed, seed))
-	for i := range b {
-		b[i] = byte(r.Uint32())
-	}
-	return b
-}
 
 // memStore is a put function's backing: chunks by ID, with their stored size.
 type memStore struct {
@@ -41,11 +32,11 @@ func (s *memStore) put(id chunk.ID, raw []byte) (int, error) {
 }
 
 func TestBuild(t *testing.T) {
-	repeated := randomNAR(100<<10, 9)
+	repeated := testkit.RandomBytes(9, 100<<10)
 	inputs := map[string][]byte{
 		"empty":      nil,
 		"tiny":       []byte("nix-archive-1"),
-		"random":     randomNAR(3<<20+11, 1),
+		"random":     testkit.RandomBytes(1, 3<<20+11),
 		"repetitive": bytes.Repeat(repeated, 8),
 	}
 	for _, p := range []chunk.Params{chunk.DefaultParams(), small} {
@@ -94,7 +85,7 @@ func TestBuild(t *testing.T) {
 }
 
 func TestBuildDeduplicatesRepeats(t *testing.T) {
-	block := randomNAR(2<<20, 3)
+	block := testkit.RandomBytes(3, 2<<20)
 	var s memStore
 	m, err := Build(context.Background(), bytes.NewReader(bytes.Repeat(block, 4)), chunk.DefaultParams(), s.put)
 	if err != nil {
@@ -106,7 +97,7 @@ func TestBuildDeduplicatesRepeats(t *testing.T) {
 }
 
 func TestBuildErrors(t *testing.T) {
-	in := randomNAR(1<<20, 5)
+	in := testkit.RandomBytes(5, 1<<20)
 	boom := errors.New("boom")
 	canceled, cancel := context.WithCancel(context.Background())
 	cancel()
@@ -142,7 +133,7 @@ func TestBuildStopsWhenCanceledMidway(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	calls := 0
-	_, err := Build(ctx, bytes.NewReader(randomNAR(1<<20, 6)), small, func(chunk.ID, []byte) (int, error) {
+	_, err := Build(ctx, bytes.NewReader(testkit.RandomBytes(6, 1<<20)), small, func(chunk.ID, []byte) (int, error) {
 		calls++
 		if calls == 3 {
 			cancel()

@@ -12,6 +12,7 @@ import (
 	"github.com/shoal-nix/shoal/blob"
 	"github.com/shoal-nix/shoal/chunk"
 	"github.com/shoal-nix/shoal/internal/cachetest"
+	"github.com/shoal-nix/shoal/internal/testkit"
 	"github.com/shoal-nix/shoal/manifest"
 	"github.com/shoal-nix/shoal/publish"
 	"github.com/shoal-nix/shoal/store"
@@ -110,7 +111,7 @@ func checkDeltas(t *testing.T, s *store.Store, ni *substituter.NarInfo, baseNar 
 
 func TestPublishDeltas(t *testing.T) {
 	cache := cachetest.New(t, "test-1")
-	v0 := randomBytes(20, 300<<10)
+	v0 := testkit.RandomBytes(20, 300<<10)
 	v1 := nextRelease(v0, 1, 3000)
 	v2 := nextRelease(v1, 2, 2500)
 	a := cache.Add(t, cachetest.HashPart("a"), "pkg-1.0", v0, "zstd")
@@ -159,7 +160,7 @@ func TestPublishDeltas(t *testing.T) {
 
 func TestPublishDeltasRestart(t *testing.T) {
 	cache := cachetest.New(t, "test-1")
-	v0 := randomBytes(21, 200<<10)
+	v0 := testkit.RandomBytes(21, 200<<10)
 	a := cache.Add(t, cachetest.HashPart("a"), "pkg-1.0", v0, "none")
 	b := cache.Add(t, cachetest.HashPart("b"), "pkg-1.1", nextRelease(v0, 1, 3000), "none")
 	storeDir := t.TempDir()
@@ -234,7 +235,7 @@ func TestPublishDeltasRestart(t *testing.T) {
 
 func TestPublishWithoutDeltas(t *testing.T) {
 	cache := cachetest.New(t, "test-1")
-	v0 := randomBytes(22, 100<<10)
+	v0 := testkit.RandomBytes(22, 100<<10)
 	a := cache.Add(t, cachetest.HashPart("a"), "pkg-1.0", v0, "none")
 	b := cache.Add(t, cachetest.HashPart("b"), "pkg-1.1", nextRelease(v0, 1, 3000), "none")
 	storeDir := t.TempDir()
@@ -256,7 +257,7 @@ func BenchmarkPublishDeltas(b *testing.B) {
 	if testing.Short() {
 		size = 1 << 20
 	}
-	v0 := randomBytes(30, size)
+	v0 := testkit.RandomBytes(30, size)
 	for i := 0; i < size; i += 8 << 10 {
 		clear(v0[i : i+2<<10]) // compressible stretches, as in real NARs
 	}
@@ -295,7 +296,7 @@ func BenchmarkPublishDeltas(b *testing.B) {
 
 func TestPublishDeltasBaseTrouble(t *testing.T) {
 	cache := cachetest.New(t, "test-1")
-	v0 := randomBytes(23, 150<<10)
+	v0 := testkit.RandomBytes(23, 150<<10)
 	a := cache.Add(t, cachetest.HashPart("a"), "pkg-1.0", v0, "none")
 	b := cache.Add(t, cachetest.HashPart("b"), "pkg-1.1", nextRelease(v0, 1, 3000), "none")
 	ctx := context.Background()
@@ -304,7 +305,7 @@ func TestPublishDeltasBaseTrouble(t *testing.T) {
 		broken := cachetest.New(t, "test-1")
 		bad := broken.Add(t, cachetest.HashPart("a"), "pkg-1.0", v0, "none")
 		good := broken.Add(t, cachetest.HashPart("b"), "pkg-1.1", nextRelease(v0, 1, 3000), "none")
-		if err := os.WriteFile(filepath.Join(broken.Dir, bad.URL), randomBytes(24, len(v0)), 0o644); err != nil {
+		if err := os.WriteFile(filepath.Join(broken.Dir, bad.URL), testkit.RandomBytes(24, len(v0)), 0o644); err != nil {
 			t.Fatal(err)
 		}
 		storeDir := t.TempDir()

@@ -10,6 +10,7 @@ import (
 
 	"github.com/shoal-nix/shoal/chunk"
 	"github.com/shoal-nix/shoal/internal/cachetest"
+	"github.com/shoal-nix/shoal/internal/testkit"
 	"github.com/shoal-nix/shoal/manifest"
 	"github.com/shoal-nix/shoal/publish"
 	"github.com/shoal-nix/shoal/store"
@@ -110,13 +111,13 @@ func checkPacked(t *testing.T, s *store.Store, ni *substituter.NarInfo) *manifes
 
 func TestPublishPacked(t *testing.T) {
 	cache := cachetest.New(t, "test-1")
-	v0 := randomBytes(30, 300<<10)
+	v0 := testkit.RandomBytes(30, 300<<10)
 	v1 := nextRelease(v0, 1, 3000)
 	a := cache.Add(t, cachetest.HashPart("a"), "pkg-1.0", v0, "zstd")
 	b := cache.Add(t, cachetest.HashPart("b"), "pkg-1.1", v1, "none")
 	var small []*substituter.NarInfo
 	for i := range 5 {
-		small = append(small, cache.Add(t, cachetest.HashPart("s"+string(rune('0'+i))), "small-"+string(rune('0'+i)), randomBytes(uint64(40+i), 3000), "none"))
+		small = append(small, cache.Add(t, cachetest.HashPart("s"+string(rune('0'+i))), "small-"+string(rune('0'+i)), testkit.RandomBytes(uint64(40+i), 3000), "none"))
 	}
 	storeDir := t.TempDir()
 	s, _ := store.Open(storeDir, nil)
@@ -200,7 +201,7 @@ func TestPublishPacked(t *testing.T) {
 
 func TestPublishRefusesAnotherLayout(t *testing.T) {
 	cache := cachetest.New(t, "test-1")
-	a := cache.Add(t, cachetest.HashPart("a"), "pkg-1.0", randomBytes(50, 20<<10), "none")
+	a := cache.Add(t, cachetest.HashPart("a"), "pkg-1.0", testkit.RandomBytes(50, 20<<10), "none")
 	storeDir := t.TempDir()
 	if _, err := runWith(t, cache, storeDir, publish.Options{Jobs: 1}, a.HashPart()); err != nil {
 		t.Fatal(err)
@@ -217,7 +218,7 @@ func TestPublishRefusesAnotherLayout(t *testing.T) {
 // NAR's packs.
 func TestPublishPackedRewritesShortRuns(t *testing.T) {
 	cache := cachetest.New(t, "test-1")
-	v0 := randomBytes(60, 400<<10)
+	v0 := testkit.RandomBytes(60, 400<<10)
 	// A change every 40 KiB: shared runs of a few 4 KiB chunks between new ones.
 	v1 := nextRelease(v0, 5, 40<<10)
 	a := cache.Add(t, cachetest.HashPart("a"), "pkg-1.0", v0, "none")

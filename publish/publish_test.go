@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"testing"
@@ -14,20 +13,12 @@ import (
 	"github.com/shoal-nix/shoal/blob"
 	"github.com/shoal-nix/shoal/chunk"
 	"github.com/shoal-nix/shoal/internal/cachetest"
+	"github.com/shoal-nix/shoal/internal/testkit"
 	"github.com/shoal-nix/shoal/manifest"
 	"github.com/shoal-nix/shoal/publish"
 	"github.com/shoal-nix/shoal/store"
 	"github.com/shoal-nix/shoal/substituter"
 )
-
-func randomBytes(seed uint64, n int) []byte {
-	r := rand.New(rand.NewPCG(seed, seed))
-	b := make([]byte, n)
-	for i := range b {
-		b[i] = byte(r.Uint32())
-	}
-	return b
-}
 
 // smallParams keep test NARs small while still cutting many chunks.
 var smallParams = chunk.Params{Min: 1 << 10, Avg: 4 << 10, Max: 16 << 10}
@@ -56,7 +47,7 @@ func run(t *testing.T, cache *cachetest.Cache, storeDir string, keys []string, h
 
 func TestPublish(t *testing.T) {
 	cache := cachetest.New(t, "test-1")
-	base := randomBytes(1, 200<<10)
+	base := testkit.RandomBytes(1, 200<<10)
 	next := append(append(append([]byte{}, base[:100<<10]...), []byte("a change in the middle")...), base[100<<10:]...)
 	a := cache.Add(t, cachetest.HashPart("a"), "pkg-1", base, "zstd")
 	b := cache.Add(t, cachetest.HashPart("b"), "pkg-2", next, "none")
@@ -132,11 +123,11 @@ func TestPublish(t *testing.T) {
 
 func TestPublishRefuses(t *testing.T) {
 	cache := cachetest.New(t, "test-1")
-	good := cache.Add(t, cachetest.HashPart("good"), "good", randomBytes(2, 50<<10), "none")
-	lying := cache.Add(t, cachetest.HashPart("lying"), "lying", randomBytes(3, 50<<10), "none")
+	good := cache.Add(t, cachetest.HashPart("good"), "good", testkit.RandomBytes(2, 50<<10), "none")
+	lying := cache.Add(t, cachetest.HashPart("lying"), "lying", testkit.RandomBytes(3, 50<<10), "none")
 	// The NAR file no longer matches its signed narinfo.
 	narFile := filepath.Join(cache.Dir, lying.URL)
-	if err := os.WriteFile(narFile, randomBytes(4, 50<<10), 0o644); err != nil {
+	if err := os.WriteFile(narFile, testkit.RandomBytes(4, 50<<10), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	other := cachetest.New(t, "other-1")
@@ -174,7 +165,7 @@ func TestPublishRefuses(t *testing.T) {
 
 func TestStoreRefusesOtherChunker(t *testing.T) {
 	cache := cachetest.New(t, "test-1")
-	ni := cache.Add(t, cachetest.HashPart("x"), "x", randomBytes(5, 10<<10), "none")
+	ni := cache.Add(t, cachetest.HashPart("x"), "x", testkit.RandomBytes(5, 10<<10), "none")
 	storeDir := t.TempDir()
 	if _, err := run(t, cache, storeDir, []string{cache.PublicKey}, ni.HashPart()); err != nil {
 		t.Fatal(err)
@@ -189,7 +180,7 @@ func TestStoreRefusesOtherChunker(t *testing.T) {
 // in-process work it cannot avoid (cut, hash, compress), measured in the same run.
 func BenchmarkPublish(b *testing.B) {
 	const size = 32 << 20
-	nar := randomBytes(9, size)
+	nar := testkit.RandomBytes(9, size)
 	for i := 0; i < size; i += 8 << 10 {
 		clear(nar[i : i+4<<10]) // compressible stretches, as in real NARs
 	}
@@ -237,8 +228,8 @@ func BenchmarkPublish(b *testing.B) {
 // rerun of publish writes the entries a store published before the index lacks.
 func TestPublishIndexesNarURLs(t *testing.T) {
 	cache := cachetest.New(t, "test-1")
-	a := cache.Add(t, cachetest.HashPart("a"), "pkg-1", randomBytes(3, 50<<10), "zstd")
-	b := cache.Add(t, cachetest.HashPart("b"), "pkg-2", randomBytes(4, 50<<10), "none")
+	a := cache.Add(t, cachetest.HashPart("a"), "pkg-1", testkit.RandomBytes(3, 50<<10), "zstd")
+	b := cache.Add(t, cachetest.HashPart("b"), "pkg-2", testkit.RandomBytes(4, 50<<10), "none")
 	storeDir := t.TempDir()
 	if _, err := run(t, cache, storeDir, []string{cache.PublicKey}, a.HashPart(), b.HashPart()); err != nil {
 		t.Fatal(err)

@@ -2,7 +2,6 @@ package retire_test
 
 import (
 	"context"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,26 +11,18 @@ import (
 	"github.com/shoal-nix/shoal/blob"
 	"github.com/shoal-nix/shoal/chunk"
 	"github.com/shoal-nix/shoal/internal/cachetest"
+	"github.com/shoal-nix/shoal/internal/testkit"
 	"github.com/shoal-nix/shoal/publish"
 	"github.com/shoal-nix/shoal/retire"
 	"github.com/shoal-nix/shoal/store"
 	"github.com/shoal-nix/shoal/substituter"
 )
 
-func randomBytes(seed uint64, n int) []byte {
-	r := rand.New(rand.NewPCG(seed, seed))
-	b := make([]byte, n)
-	for i := range b {
-		b[i] = byte(r.Uint32())
-	}
-	return b
-}
-
 func TestRetire(t *testing.T) {
 	ctx := context.Background()
 	cache := cachetest.New(t, "test-1")
 	add := func(name, compression string, seed uint64) *substituter.NarInfo {
-		return cache.Add(t, cachetest.HashPart(name), name, randomBytes(seed, 60<<10), compression)
+		return cache.Add(t, cachetest.HashPart(name), name, testkit.RandomBytes(seed, 60<<10), compression)
 	}
 	old := add("old", "xz", 1)         // published, old: retired
 	kept := add("kept", "zstd", 2)     // published, on the keep list

@@ -15,6 +15,7 @@ import (
 	"github.com/shoal-nix/shoal/chunk"
 	"github.com/shoal-nix/shoal/internal/cachetest"
 	"github.com/shoal-nix/shoal/internal/s3test"
+	"github.com/shoal-nix/shoal/internal/testkit"
 	"github.com/shoal-nix/shoal/publish"
 	"github.com/shoal-nix/shoal/retire"
 	"github.com/shoal-nix/shoal/serve"
@@ -29,8 +30,8 @@ func TestRetireS3(t *testing.T) {
 	srv := s3test.Start(t)
 	cacheBucket, storeBucket := srv.Bucket(t, "cache"), srv.Bucket(t, "chunks")
 	local := cachetest.New(t, "test-1")
-	old := local.Add(t, cachetest.HashPart("old"), "old", randomBytes(1, 80<<10), "zstd")
-	cur := local.Add(t, cachetest.HashPart("cur"), "cur", randomBytes(2, 80<<10), "zstd")
+	old := local.Add(t, cachetest.HashPart("old"), "old", testkit.RandomBytes(1, 80<<10), "zstd")
+	cur := local.Add(t, cachetest.HashPart("cur"), "cur", testkit.RandomBytes(2, 80<<10), "zstd")
 	cache, err := blob.Open(srv.URL(cacheBucket, ""), nil)
 	if err != nil {
 		t.Fatal(err)
@@ -88,7 +89,7 @@ func TestRetireS3(t *testing.T) {
 	d, _ := zstd.NewReader(nil)
 	defer d.Close()
 	nar, err := d.DecodeAll(body, nil)
-	if resp.StatusCode != 200 || err != nil || !bytes.Equal(nar, randomBytes(1, 80<<10)) {
+	if resp.StatusCode != 200 || err != nil || !bytes.Equal(nar, testkit.RandomBytes(1, 80<<10)) {
 		t.Fatalf("serving the retired NAR from the store bucket: %s, %v", resp.Status, err)
 	}
 }

@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -20,6 +19,7 @@ import (
 	"github.com/shoal-nix/shoal/blob"
 	"github.com/shoal-nix/shoal/chunk"
 	"github.com/shoal-nix/shoal/internal/cachetest"
+	"github.com/shoal-nix/shoal/internal/testkit"
 	"github.com/shoal-nix/shoal/publish"
 	"github.com/shoal-nix/shoal/serve"
 	"github.com/shoal-nix/shoal/store"
@@ -28,15 +28,6 @@ import (
 )
 
 var smallParams = chunk.Params{Min: 1 << 10, Avg: 4 << 10, Max: 16 << 10}
-
-func randomBytes(seed uint64, n int) []byte {
-	r := rand.New(rand.NewPCG(seed, seed))
-	b := make([]byte, n)
-	for i := range b {
-		b[i] = byte(r.Uint32())
-	}
-	return b
-}
 
 // fixture is a signed cache, its published store and a server on it.
 type fixture struct {
@@ -58,7 +49,7 @@ func newLayoutFixture(t *testing.T, layout int, compressions ...string) *fixture
 	var hps []string
 	for i, c := range compressions {
 		// Sizes across xz piece boundaries, chunks shared between NARs.
-		nar := append(randomBytes(7, 90<<10), randomBytes(uint64(i+10), 40<<10+i*977)...)
+		nar := append(testkit.RandomBytes(7, 90<<10), testkit.RandomBytes(uint64(i+10), 40<<10+i*977)...)
 		ni := f.cache.Add(t, cachetest.HashPart(fmt.Sprint("p", i)), fmt.Sprintf("pkg-%d", i), nar, c)
 		f.nars[ni.URL], f.infos[ni.URL] = nar, ni
 		hps = append(hps, ni.HashPart())

@@ -3,10 +3,10 @@ package serve
 import (
 	"bytes"
 	"io"
-	"math/rand/v2"
 	"os/exec"
 	"testing"
 
+	"github.com/shoal-nix/shoal/internal/testkit"
 	"github.com/ulikunitz/xz"
 )
 
@@ -27,15 +27,6 @@ func xzBody(nar []byte) []byte {
 	return out.Bytes()
 }
 
-func randomNAR(seed uint64, n int) []byte {
-	r := rand.New(rand.NewPCG(seed, seed))
-	b := make([]byte, n)
-	for i := range b {
-		b[i] = byte(r.Uint32())
-	}
-	return b
-}
-
 // Two independent decoders (Go's ulikunitz/xz and the xz program, which uses liblzma
 // like Nix's libarchive) must read the body back, for sizes around the piece boundaries.
 func TestXZBodyDecodes(t *testing.T) {
@@ -44,7 +35,7 @@ func TestXZBodyDecodes(t *testing.T) {
 		t.Fatalf("the xz program is needed to check the xz bodies (Debian xz-utils): %v", err)
 	}
 	for _, n := range []int{0, 1, 100, xzPieceSize - 1, xzPieceSize, xzPieceSize + 1, 3*xzPieceSize + 17, 1 << 20} {
-		nar := randomNAR(uint64(n), n)
+		nar := testkit.RandomBytes(uint64(n), n)
 		body := xzBody(nar)
 		if got := xzSize(uint64(n)); got != uint64(len(body)) {
 			t.Fatalf("%d bytes: xzSize says %d, body is %d", n, got, len(body))

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/shoal-nix/shoal/chunk"
+	"github.com/shoal-nix/shoal/internal/testkit"
 	"github.com/shoal-nix/shoal/publish"
 	"github.com/shoal-nix/shoal/store"
 )
@@ -52,7 +53,7 @@ func TestCollectDeltas(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			ctx := context.Background()
 			f := newFixture(t, open(t))
-			r1 := randomBytes(41, 120<<10)
+			r1 := testkit.RandomBytes(41, 120<<10)
 			r2 := release(r1, 1, 3000)
 			r3 := release(r2, 2, 2000)
 			v1, v2, v3 := f.add(t, "pkg-1", r1), f.add(t, "pkg-2", r2), f.add(t, "pkg-3", r3)
@@ -101,7 +102,7 @@ func TestCollectDeltas(t *testing.T) {
 func TestVerifyFindsBadDeltas(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t, t.TempDir())
-	r1 := randomBytes(51, 120<<10)
+	r1 := testkit.RandomBytes(51, 120<<10)
 	v1, v2 := f.add(t, "pkg-1", r1), f.add(t, "pkg-2", release(r1, 1, 3000))
 	f.publishDeltas(t, v1, v2)
 	ids := f.deltasOf(t, v2)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"net/http"
 	"slices"
 	"strings"
@@ -17,6 +16,7 @@ import (
 	"github.com/shoal-nix/shoal/chunk"
 	"github.com/shoal-nix/shoal/internal/cachetest"
 	"github.com/shoal-nix/shoal/internal/s3test"
+	"github.com/shoal-nix/shoal/internal/testkit"
 	"github.com/shoal-nix/shoal/manifest"
 	"github.com/shoal-nix/shoal/publish"
 	"github.com/shoal-nix/shoal/store"
@@ -25,20 +25,11 @@ import (
 
 var smallParams = chunk.Params{Min: 1 << 10, Avg: 4 << 10, Max: 16 << 10}
 
-func randomBytes(seed uint64, n int) []byte {
-	r := rand.New(rand.NewPCG(seed, seed))
-	b := make([]byte, n)
-	for i := range b {
-		b[i] = byte(r.Uint32())
-	}
-	return b
-}
-
 // version returns a "package version": shared with the previous version except
 // for a fresh middle part, so consecutive versions share most chunks.
 func version(seed uint64, v int) []byte {
-	base := randomBytes(seed, 120<<10)
-	fresh := randomBytes(seed*1000+uint64(v), 30<<10)
+	base := testkit.RandomBytes(seed, 120<<10)
+	fresh := testkit.RandomBytes(seed*1000+uint64(v), 30<<10)
 	return slices.Concat(base[:60<<10], fresh, base[60<<10:])
 }
 
@@ -148,7 +139,7 @@ func TestCollect(t *testing.T) {
 			v1 := f.add(t, "pkg-1", version(7, 1))
 			v2 := f.add(t, "pkg-2", version(7, 2))
 			v3 := f.add(t, "pkg-3", version(7, 3))
-			other := f.add(t, "other-1", randomBytes(99, 80<<10))
+			other := f.add(t, "other-1", testkit.RandomBytes(99, 80<<10))
 			f.publish(t, v1, v2, v3, other)
 			const grace = time.Second
 			waitOlder(grace)
@@ -411,7 +402,7 @@ func TestVerifyFindsDamage(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t, t.TempDir())
 	a := f.add(t, "pkg-1", version(31, 1))
-	b := f.add(t, "pkg-2", randomBytes(32, 60<<10))
+	b := f.add(t, "pkg-2", testkit.RandomBytes(32, 60<<10))
 	f.publish(t, a, b)
 	f.verify(t)
 	ids := f.chunksOf(t, a)

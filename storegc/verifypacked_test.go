@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/shoal-nix/shoal/internal/testkit"
 	"github.com/shoal-nix/shoal/publish"
 	"github.com/shoal-nix/shoal/store"
 )
@@ -18,10 +19,10 @@ func packedFixture(t *testing.T) (f *fixture, dir string, a, b string) {
 	t.Helper()
 	dir = t.TempDir()
 	f = newFixture(t, dir)
-	v1 := randomBytes(61, 120<<10)
+	v1 := testkit.RandomBytes(61, 120<<10)
 	a = f.add(t, "pkg-1.0", v1)
 	b = f.add(t, "pkg-1.1", release(v1, 3, 2000))
-	c := f.add(t, "other-1", randomBytes(62, 50<<10))
+	c := f.add(t, "other-1", testkit.RandomBytes(62, 50<<10))
 	sum := f.publishWith(t, publish.Options{Params: smallParams, Jobs: 2, Deltas: true, Layout: store.FormatPacked, PackSize: 64 << 10}, a, b, c)
 	if sum.Deltas == 0 || sum.Packs < 2 {
 		t.Fatalf("publish: %+v", sum)
@@ -122,7 +123,7 @@ func TestPackedStoreOnEveryBackend(t *testing.T) {
 	for name, open := range stores(t) {
 		t.Run(name, func(t *testing.T) {
 			f := newFixture(t, open(t))
-			v1 := randomBytes(71, 120<<10)
+			v1 := testkit.RandomBytes(71, 120<<10)
 			a := f.add(t, "pkg-1.0", v1)
 			b := f.add(t, "pkg-1.1", release(v1, 3, 2000))
 			sum := f.publishWith(t, publish.Options{Params: smallParams, Jobs: 2, Deltas: true, Layout: store.FormatPacked, PackSize: 64 << 10}, a, b)
