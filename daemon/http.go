@@ -23,7 +23,7 @@ var (
 
 // Handler returns the binary-cache HTTP API Nix talks to.
 func (d *Daemon) Handler() http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	return newHostCheck(d.cfg.Listen, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if strings.HasPrefix(r.URL.Path, adminPrefix) {
 			d.serveAdmin(w, r)
 			return
@@ -53,7 +53,7 @@ func (d *Daemon) Handler() http.Handler {
 		default:
 			http.NotFound(rec, r)
 		}
-	})
+	}))
 }
 
 type statusRecorder struct {
