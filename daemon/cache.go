@@ -65,6 +65,8 @@ func (d *Daemon) gauges() []Gauge {
 		{"shoal_cache_evicted_chunks_total", "Chunks evicted to stay within the budget since the daemon started.", u.Evictions},
 		{"shoal_cache_evicted_bytes_total", "Stored bytes evicted since the daemon started.", u.EvictedBytes},
 		{"shoal_nars_in_flight", "NARs being served, whose chunks eviction leaves alone.", int64(d.cache.ActiveLeases())},
+		{"shoal_nar_responses_running", "NAR requests being answered (bounded by MaxNARResponses).", int64(d.narSlots.running())},
+		{"shoal_nar_responses_waiting", "NAR requests waiting for one of the running ones to end.", int64(d.narSlots.queued())},
 	}
 }
 
@@ -88,6 +90,7 @@ type Status struct {
 	Pins         []Pin `json:"pins"`
 
 	NARsInFlight   int              `json:"nars_in_flight"`
+	NARsWaiting    int              `json:"nars_waiting"`
 	FetchedBytes   map[string]int64 `json:"fetched_bytes,omitempty"`
 	FetchedObjects map[string]int64 `json:"fetched_objects,omitempty"`
 	NarInfoHits    int64            `json:"narinfo_cache_hits"`
@@ -142,6 +145,7 @@ func (d *Daemon) Status(ctx context.Context) (Status, error) {
 		return st, err
 	}
 	st.Daemon = true
+	st.NARsWaiting = d.narSlots.queued()
 	bytes, fetches, events := d.metrics.Snapshot()
 	st.FetchedBytes, st.FetchedObjects = bytes, fetches
 	st.NarInfoHits, st.NarInfoMisses = events[eventNarInfoCacheHit], events[eventNarInfoCacheMiss]

@@ -54,6 +54,15 @@ type Config struct {
 	// can't stall every Nix query.
 	LookupTimeout time.Duration
 
+	// StallTimeout cuts a connection whose client takes no bytes of a response for
+	// this long (60s; Nix's own stall timeout is 300s), so a reader that stops can't
+	// keep a NAR's lease and slot.
+	StallTimeout time.Duration
+	// MaxNARResponses bounds the NAR responses served at once (32, above Nix's 25
+	// connections); MaxNARWaiting the requests queued for one beyond it (256).
+	MaxNARResponses int
+	MaxNARWaiting   int
+
 	Params     chunk.Params
 	Logger     *slog.Logger
 	HTTPClient *http.Client
@@ -107,6 +116,15 @@ func (c *Config) Defaults() {
 	if c.LookupTimeout == 0 {
 		c.LookupTimeout = 20 * time.Second
 	}
+	if c.StallTimeout <= 0 {
+		c.StallTimeout = 60 * time.Second
+	}
+	if c.MaxNARResponses <= 0 {
+		c.MaxNARResponses = 32
+	}
+	if c.MaxNARWaiting <= 0 {
+		c.MaxNARWaiting = 256
+	}
 	if c.PinRefresh == 0 {
 		c.PinRefresh = time.Hour
 	}
@@ -133,6 +151,7 @@ type Daemon struct {
 	local     *localstore.Store
 	lookups   singleflight.Group
 	narInfos  *narInfoWriter
+	narSlots  *narLimiter
 	now       func() time.Time
 }
 
@@ -153,7 +172,8 @@ func New(cfg Config) (*Daemon, error) {
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("creating state directory: %w", err)
 	}
-	d := &Daemon{cfg: cfg, log: cfg.Logger, keys: keys, metrics: NewMetrics(), now: time.Now}
+	d := &Daemon{cfg: cfg, log: cfg.Logger, keys: keys, metrics: NewMetrics(), now: time.Now,
+		narSlots: newNARLimiter(cfg.MaxNARResponses, cfg.MaxNARWaiting)}
 	for _, u := range cfg.Upstreams {
 		b, err := blob.Open(u, cfg.HTTPClient)
 		if err != nil {
@@ -234,7 +254,7 @@ func (d *Daemon) Metrics() *Metrics { return d.metrics }
 // Serve answers Nix on ln until ctx ends, then drains in-flight requests for a while.
 func (d *Daemon) Serve(ctx context.Context, ln net.Listener) error {
 	srv := &http.Server{
-		Handler:           d.Handler(),
+		Handler:           cutStalledWriters(d.cfg.StallTimeout, d.Handler()),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(d.log.Handler(), slog.LevelDebug),

@@ -46,7 +46,7 @@ func (d *Daemon) Handler() http.Handler {
 			d.serveNarInfo(rec, r, narInfoPath.FindStringSubmatch(p)[1])
 		case narPath.MatchString(p):
 			route = "nar"
-			d.serveNAR(rec, r, narPath.FindStringSubmatch(p)[1])
+			d.narSlots.serve(rec, r, func(w http.ResponseWriter, r *http.Request) { d.serveNAR(w, r, narPath.FindStringSubmatch(p)[1]) })
 		case p == "/metrics":
 			route = "metrics"
 			d.metrics.serveHTTP(rec, r)
