@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"net/http"
 	"regexp"
 	"strconv"
@@ -473,44 +474,66 @@ func (d *Daemon) streamProgress(w http.ResponseWriter, r *http.Request, p *subst
 	return true
 }
 
-// parseRange understands the single ranges Nix sends to resume a download.
+// parseRange understands the single byte ranges Nix sends to resume a download, as
+// RFC 9110 says: a Range in another unit, a malformed one, or a set of several is
+// ignored (the whole NAR is served); an end past the NAR, however large, is clamped.
+// Only a range that starts past the end (or asks for an empty suffix) is an error,
+// for 416.
 func parseRange(header string, size int64) (start, end int64, ranged bool, err error) {
-	if header == "" {
-		return 0, size, false, nil
-	}
+	whole := func() (int64, int64, bool, error) { return 0, size, false, nil }
 	spec, ok := strings.CutPrefix(header, "bytes=")
-	if !ok || strings.Contains(spec, ",") {
-		return 0, 0, false, fmt.Errorf("unsupported range %q", header)
+	if header == "" || !ok || strings.Contains(spec, ",") {
+		return whole()
 	}
-	a, b, ok := strings.Cut(spec, "-")
+	a, b, ok := strings.Cut(strings.TrimSpace(spec), "-")
 	if !ok {
-		return 0, 0, false, fmt.Errorf("bad range %q", header)
+		return whole()
 	}
 	switch {
 	case a == "":
-		n, err := strconv.ParseInt(b, 10, 64)
-		if err != nil || n <= 0 {
-			return 0, 0, false, fmt.Errorf("bad range %q", header)
+		n, ok := rangeNumber(b)
+		if !ok {
+			return whole()
+		}
+		if n == 0 {
+			return 0, 0, false, fmt.Errorf("range %q asks for no bytes", header)
 		}
 		start, end = max(size-n, 0), size
 	default:
-		start, err = strconv.ParseInt(a, 10, 64)
-		if err != nil || start < 0 {
-			return 0, 0, false, fmt.Errorf("bad range %q", header)
+		if start, ok = rangeNumber(a); !ok {
+			return whole()
 		}
 		end = size
 		if b != "" {
-			last, err := strconv.ParseInt(b, 10, 64)
-			if err != nil || last < start {
-				return 0, 0, false, fmt.Errorf("bad range %q", header)
+			last, ok := rangeNumber(b)
+			if !ok || last < start {
+				return whole()
 			}
-			end = min(last+1, size)
+			end = min(last, size-1) + 1
 		}
 	}
 	if start >= size {
 		return 0, 0, false, fmt.Errorf("range %q starts past the end (%d bytes)", header, size)
 	}
 	return start, end, true, nil
+}
+
+// rangeNumber reads a Range position: digits only, and a number too large for an
+// int64 is as good as the largest, since every position is clamped to the NAR.
+func rangeNumber(s string) (int64, bool) {
+	if s == "" {
+		return 0, false
+	}
+	for _, c := range s {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil {
+		return math.MaxInt64, true
+	}
+	return n, true
 }
 
 // assembled records that a version of the NAR's package is now local, so the next
