@@ -192,7 +192,7 @@ func New(cfg Config) (*Daemon, error) {
 	if d.codec, err = chunk.NewCodec(); err != nil {
 		return nil, err
 	}
-	d.cache, err = localcache.Open(filepath.Join(cfg.StateDir, CacheFile), localcache.Options{Budget: cfg.CacheSize, Logger: d.log})
+	d.cache, err = openCache(filepath.Join(cfg.StateDir, CacheFile), localcache.Options{Budget: cfg.CacheSize, Logger: d.log}, d.log)
 	if err != nil {
 		d.codec.Close()
 		return nil, fmt.Errorf("opening local cache: %w", err)
@@ -226,6 +226,23 @@ func New(cfg Config) (*Daemon, error) {
 	}
 	d.narInfos = newNarInfoWriter(d.cache.PutNarInfo, d.log)
 	return d, nil
+}
+
+// openCache opens the cache file; a damaged one is moved aside and replaced by an
+// empty cache, since everything in it can be fetched again, and a daemon that stops
+// at a damaged file would be restarted into the same failure forever. The moved
+// file stays for `shoal verify --repair` to salvage.
+func openCache(path string, opts localcache.Options, log *slog.Logger) (*localcache.Cache, error) {
+	c, err := localcache.Open(path, opts)
+	if !errors.Is(err, localcache.ErrCorrupt) {
+		return c, err
+	}
+	aside := fmt.Sprintf("%s.broken-%d", path, time.Now().Unix())
+	log.Error("local cache file is damaged; moving it aside and starting with an empty cache", "file", path, "moved_to", aside, "err", err)
+	if rerr := os.Rename(path, aside); rerr != nil {
+		return nil, fmt.Errorf("%w (moving it aside: %w)", err, rerr)
+	}
+	return localcache.Open(path, opts)
 }
 
 // deltaDecodes bounds the delta objects decoded at once: decoding runs at hundreds of
