@@ -37,6 +37,13 @@ const (
 // names of the buckets above it; damaged subtrees are skipped (and reported) instead
 // of ending the walk, which is what Salvage needs.
 func checkFile(path string, visit func(buckets [][]byte, k, v []byte)) error {
+	return walkFile(path, visit, nil)
+}
+
+// walkFile is checkFile that also hands orphan, when set, the records of every sound
+// leaf page the tree no longer reaches (under a damaged branch page), with no bucket
+// to say what they are.
+func walkFile(path string, visit func(buckets [][]byte, k, v []byte), orphan func(k, v []byte)) error {
 	f, err := os.Open(path)
 	if err != nil {
 		return err
@@ -47,7 +54,31 @@ func checkFile(path string, visit func(buckets [][]byte, k, v []byte)) error {
 		return err
 	}
 	w := &walker{f: f, size: fi.Size(), visit: visit, seen: map[uint64]bool{}}
-	return w.run()
+	err = w.run()
+	if orphan != nil && w.pageSize > 0 {
+		w.orphans(orphan)
+	}
+	return err
+}
+
+// orphans reads every page the walk did not reach, and passes on the records of those
+// that are sound leaf pages.
+func (w *walker) orphans(fn func(k, v []byte)) {
+	reached := w.seen
+	for id := uint64(2); id < w.highMark; id++ {
+		if reached[id] {
+			continue
+		}
+		w.seen = map[uint64]bool{}
+		w.damage = nil
+		w.visit = func(_ [][]byte, k, v []byte) { fn(k, v) }
+		p, err := w.page(id, leafPageFlag)
+		if err != nil {
+			continue
+		}
+		w.elements(p, w.spanOf(p), -1, id, nil, nil, nil)
+		id += uint64(binary.LittleEndian.Uint32(p[12:]))
+	}
 }
 
 type walker struct {

@@ -377,7 +377,9 @@ func verifyCommand() *cli.Command {
 		Usage: "re-check every chunk in the local cache against its ID (the daemon must be stopped)",
 		Description: `Decodes every stored chunk and checks it hashes to its ID, and checks the index
 against the stored chunks. Exits 1 when anything is wrong; --repair removes what is bad
-(the daemon fetches those chunks again when a NAR needs them).`,
+(the daemon fetches those chunks again when a NAR needs them). A cache file whose
+structure is damaged is salvaged first with --repair: every record still readable is
+copied into a new file, the damaged one is kept beside it as cache.db.broken-<time>.`,
 		Flags: []cli.Flag{stateDirFlag(),
 			&cli.BoolFlag{Name: "repair", Usage: "remove bad chunks and dangling records, fix the totals", EnvVars: env("repair")}},
 		Action: func(c *cli.Context) error {
@@ -387,6 +389,18 @@ against the stored chunks. Exits 1 when anything is wrong; --repair removes what
 			lc, err := openCache(c)
 			if errors.Is(err, localcache.ErrLocked) {
 				return fmt.Errorf("verify needs the cache to itself: stop the shoal daemon first (%w)", err)
+			}
+			if errors.Is(err, localcache.ErrCorrupt) {
+				if !c.Bool("repair") {
+					return fmt.Errorf("%w; shoal verify --repair salvages what it can", err)
+				}
+				path := filepath.Join(c.String("state-dir"), daemon.CacheFile)
+				rep, serr := localcache.Salvage(path, time.Second)
+				if serr != nil {
+					return serr
+				}
+				fmt.Fprintf(c.App.Writer, "salvaged %d records of the damaged cache file (moved to %s): %s\n", rep.Kept, rep.Aside, rep.Damage)
+				lc, err = openCache(c)
 			}
 			if err != nil {
 				return err
