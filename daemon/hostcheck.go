@@ -3,7 +3,6 @@ package daemon
 import (
 	"net"
 	"net/http"
-	"net/url"
 	"strings"
 )
 
@@ -14,10 +13,12 @@ import (
 // same-origin with the daemon as far as the browser cares, so neither CORS nor the
 // admin API's content-type rule stops it; but its requests still carry
 // "Host: evil.example:37515". Only names that cannot be rebound are accepted: the
-// loopback names, the address the connection arrived at, and the --listen host,
-// each with the port the connection arrived at. A browser adds Origin to every
-// request a page makes (fetch, forms), and nothing in shoal's own clients does, so
-// an admin request with a foreign Origin is refused too.
+// loopback names, the address the connection arrived at, and the --listen host. The
+// port is not checked, since a port forward (ssh -L, a container's published port)
+// changes it and rebinding can't. A browser adds Origin to the requests a page makes
+// (fetch, form posts), and none of shoal's own clients does, so an admin request
+// whose Origin is anything but the daemon itself, as the request names it, is
+// refused too: that also stops pages of other local web services.
 type hostCheck struct {
 	listenHost string // Config.Listen's host part, if it names one
 	next       http.Handler
@@ -37,40 +38,35 @@ func (h *hostCheck) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if strings.HasPrefix(r.URL.Path, adminPrefix) {
-		if o := r.Header.Get("Origin"); o != "" {
-			u, err := url.Parse(o)
-			if err != nil || u.Scheme != "http" || !h.allowed(r, u.Host) {
-				http.Error(w, "admin requests from web pages are refused", http.StatusForbidden)
-				return
-			}
+		if o := r.Header.Get("Origin"); o != "" && !strings.EqualFold(o, "http://"+r.Host) {
+			http.Error(w, "admin requests from web pages are refused", http.StatusForbidden)
+			return
 		}
 	}
 	h.next.ServeHTTP(w, r)
 }
 
-// allowed tells whether hostport names this daemon on the connection's own port.
+// allowed tells whether hostport names this daemon.
 func (h *hostCheck) allowed(r *http.Request, hostport string) bool {
-	local, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr)
-	if !ok {
-		return false
-	}
-	localHost, localPort, err := net.SplitHostPort(local.String())
+	host, _, err := net.SplitHostPort(hostport)
 	if err != nil {
-		return false
-	}
-	host, port, err := net.SplitHostPort(hostport)
-	if err != nil {
-		// No port: only right when the connection came in on HTTP's default one.
-		host, port = strings.TrimSuffix(strings.TrimPrefix(hostport, "["), "]"), "80"
-	}
-	if port != localPort || host == "" {
-		return false
+		host = strings.TrimSuffix(strings.TrimPrefix(hostport, "["), "]")
 	}
 	host = strings.ToLower(host)
 	switch host {
+	case "":
+		return false
 	case "localhost", "127.0.0.1", "::1", strings.ToLower(h.listenHost):
 		return true
 	}
 	ip := net.ParseIP(host)
-	return ip != nil && ip.Equal(net.ParseIP(localHost))
+	if ip == nil {
+		return false
+	}
+	local, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr)
+	if !ok {
+		return false
+	}
+	localHost, _, err := net.SplitHostPort(local.String())
+	return err == nil && ip.Equal(net.ParseIP(localHost))
 }

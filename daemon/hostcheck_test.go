@@ -31,11 +31,13 @@ func TestForeignHostRefused(t *testing.T) {
 		{"nix-cache-info, rebound name", "GET", "/nix-cache-info", "evil.example:" + port, "", http.StatusMisdirectedRequest},
 		{"status, rebound name", "GET", "/shoal/status", "evil.example:" + port, "", http.StatusMisdirectedRequest},
 		{"gc, rebound name", "POST", "/shoal/gc", "evil.example:" + port, "http://evil.example:" + port, http.StatusMisdirectedRequest},
-		{"status, loopback with another port", "GET", "/shoal/status", "127.0.0.1:1", "", http.StatusMisdirectedRequest},
-		{"status, no port", "GET", "/shoal/status", "localhost", "", http.StatusMisdirectedRequest},
+		{"status through a port forward", "GET", "/shoal/status", "127.0.0.1:1", "", 200},
+		{"status, no port", "GET", "/shoal/status", "localhost", "", 200},
+		{"status, loopback-looking name", "GET", "/shoal/status", "127.0.0.1.evil.example:" + port, "", http.StatusMisdirectedRequest},
 		{"status, foreign origin", "GET", "/shoal/status", "127.0.0.1:" + port, "http://evil.example", http.StatusForbidden},
 		{"pin, foreign origin", "POST", "/shoal/pin", "127.0.0.1:" + port, "http://evil.example", http.StatusForbidden},
 		{"pin, opaque origin", "POST", "/shoal/pin", "127.0.0.1:" + port, "null", http.StatusForbidden},
+		{"pin from another local web service", "POST", "/shoal/pin", "127.0.0.1:" + port, "http://127.0.0.1:8080", http.StatusForbidden},
 		{"pin, own origin", "POST", "/shoal/pin", "127.0.0.1:" + port, "http://127.0.0.1:" + port, 200},
 	}
 	for _, tc := range tests {
