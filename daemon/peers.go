@@ -162,12 +162,28 @@ func (d *Daemon) peerManifest(ctx context.Context, job *substituter.NarJob) {
 // peerBackend serves the local cache to peers, limited to what this daemon verified.
 type peerBackend struct{ d *Daemon }
 
+// NarInfo serves a narinfo only when this daemon verified its NAR: narinfos looked
+// up but never fetched may come from a private --store, which a peer is not to read
+// through this daemon, and tell what this machine's Nix merely asked about.
 func (b peerBackend) NarInfo(hashPart string) ([]byte, bool) {
 	e, err := b.d.cache.GetNarInfo(hashPart, b.d.now())
 	if err != nil || e.Negative {
 		return nil, false
 	}
+	ni, err := substituter.ParseNarInfo(e.Raw)
+	if err != nil {
+		return nil, false
+	}
+	if ok, err := b.d.cache.HasVerified(manifest.Key(ni.NarHash)); err != nil || !ok {
+		return nil, false
+	}
 	return e.Raw, true
+}
+
+// HasVerified answers "have" from the verified mark alone (see p2p.VerifiedChecker).
+func (b peerBackend) HasVerified(narHash [32]byte) bool {
+	ok, err := b.d.cache.HasVerified(manifest.Key(narHash))
+	return err == nil && ok
 }
 
 func (b peerBackend) VerifiedManifest(narHash [32]byte) ([]byte, bool) {

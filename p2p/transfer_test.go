@@ -146,7 +146,7 @@ func TestStalledPeerGivesWayToStore(t *testing.T) {
 		stalled <- time.Now()
 		<-release
 	})
-	connect(t, f, n.AddrInfo())
+	introduce(t, n, peer.AddrInfo{ID: f.ID(), Addrs: f.Addrs()})
 
 	began := time.Now()
 	counts := assembleVia(t, n, x)
@@ -188,7 +188,7 @@ func TestPeerLackingAChunk(t *testing.T) {
 	}
 	server := lanNode(t, &chunkBackend{manifests: map[[32]byte][]byte{x.m.NarHash: x.raw}, objs: held}, nil)
 	n := lanNode(t, &chunkBackend{}, func(c *Config) { c.BatchTimeout = 5 * time.Second })
-	connect(t, n.host, server.AddrInfo())
+	introduce(t, n, server.AddrInfo())
 
 	counts := assembleVia(t, n, x)
 	if got, want := counts.get("store"), int64(len(x.objs[lost])); got != want {
@@ -225,8 +225,8 @@ func TestFrozenPeerDoesNotHoldUpQuestions(t *testing.T) {
 			<-release
 		})
 	}
-	connect(t, n.host, good.AddrInfo())
-	connect(t, n.host, peer.AddrInfo{ID: frozen.ID(), Addrs: frozen.Addrs()})
+	introduce(t, n, good.AddrInfo())
+	introduce(t, n, peer.AddrInfo{ID: frozen.ID(), Addrs: frozen.Addrs()})
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
