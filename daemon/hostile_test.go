@@ -1,20 +1,25 @@
 package daemon
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/binary"
 	"io"
 	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"testing"
 	"time"
 
 	"github.com/libp2p/go-libp2p"
 	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
 
+	"github.com/shoal-nix/shoal/internal/cachetest"
 	"github.com/shoal-nix/shoal/localcache"
 	"github.com/shoal-nix/shoal/manifest"
 	"github.com/shoal-nix/shoal/p2p"
@@ -154,5 +159,59 @@ func TestPeerNarInfoOnlyForVerifiedNARs(t *testing.T) {
 	}
 	if out := ask(t, h, d.peers.ID(), p2p.ProtoNarInfo, []byte(hashPart)); len(out) == 0 || out[0] != 0 {
 		t.Errorf("the narinfo of a verified NAR was not served")
+	}
+}
+
+// TestPeerNarInfoLosesUnsignedFields has a peer the daemon found answer a narinfo
+// whose signature is valid, with unsigned fields added: Nix must get only what it
+// needs, never the peer's Deriver, CA or keys of its own.
+func TestPeerNarInfoLosesUnsignedFields(t *testing.T) {
+	c := cachetest.New(t, "peer-fields-1")
+	ni := c.Add(t, cachetest.HashPart("fields"), "fields-1.0", []byte("nar bytes"), "none")
+	d, err := New(Config{
+		Upstreams: []string{t.TempDir()}, TrustedKeys: []string{c.PublicKey}, StateDir: t.TempDir(),
+		DHT: true, PeerListen: []string{"/ip4/127.0.0.1/tcp/0"}, Logger: slog.New(slog.DiscardHandler),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	padded := append(bytes.Clone(ni.Raw), "Deriver: 00000000000000000000000000000000-evil.drv\nCA: fixed:r:sha256:1b8m03r63zqhnjf7l5wnldhh7c134ap5vpj0850ymkq1iyzicy5s\nX-Peer: yes\n"...)
+	peerHost, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"), libp2p.DisableRelay())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peerHost.Close()
+	peerHost.SetStreamHandler(p2p.ProtoNarInfo, func(s network.Stream) {
+		_, _ = io.ReadAll(s)
+		_, _ = s.Write(append([]byte{0}, binary.AppendUvarint(nil, uint64(len(padded)))...))
+		_, _ = s.Write(padded)
+		_ = s.Close()
+	})
+	if err := d.peers.Connect(context.Background(), peer.AddrInfo{ID: peerHost.ID(), Addrs: peerHost.Addrs()}); err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(d.Handler())
+	defer srv.Close()
+	resp, err := http.Get(srv.URL + "/" + ni.HashPart() + ".narinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("status %d: %s", resp.StatusCode, body)
+	}
+	for _, field := range []string{"Deriver:", "CA:", "X-Peer:"} {
+		if bytes.Contains(body, []byte(field)) {
+			t.Errorf("the peer's %s reached Nix:\n%s", field, body)
+		}
+	}
+	got, err := substituter.ParseNarInfo(body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.keys.Verify(got); err != nil {
+		t.Errorf("the narinfo passed on no longer verifies: %v", err)
 	}
 }

@@ -1,11 +1,13 @@
 package daemon
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"errors"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/shoal-nix/shoal/chunk"
@@ -124,6 +126,9 @@ func (d *Daemon) peerNarInfo(ctx context.Context, hashPart string) (*substituter
 		if _, err := d.keys.Verify(n); err != nil {
 			return err
 		}
+		if n, err = peerFields(n); err != nil {
+			return err
+		}
 		ni = n
 		return nil
 	})
@@ -131,6 +136,23 @@ func (d *Daemon) peerNarInfo(ctx context.Context, hashPart string) (*substituter
 		return nil, err
 	}
 	return ni, nil
+}
+
+// peerFields keeps of a peer's narinfo only the fields Nix needs: the signed ones
+// (StorePath, NarHash, NarSize, References, Sig) and those shoal rewrites anyway (URL,
+// Compression, FileHash, FileSize). Deriver, CA and unknown keys are signed by no one,
+// and a peer could set them to anything, so they are not passed on to Nix.
+func peerFields(n *substituter.NarInfo) (*substituter.NarInfo, error) {
+	var b bytes.Buffer
+	for line := range strings.SplitSeq(strings.TrimSuffix(string(n.Raw), "\n"), "\n") {
+		key, _, _ := strings.Cut(line, ":")
+		switch key {
+		case "StorePath", "URL", "Compression", "FileHash", "FileSize", "NarHash", "NarSize", "References", "Sig":
+			b.WriteString(line)
+			b.WriteByte('\n')
+		}
+	}
+	return substituter.ParseNarInfo(b.Bytes())
 }
 
 // peerManifest asks the LAN for the NAR's manifest. A peer serves only manifests of
