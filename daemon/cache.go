@@ -263,6 +263,12 @@ func (d *Daemon) serveAdmin(w http.ResponseWriter, r *http.Request) {
 		http.Error(rec, "admin requests must be application/json", http.StatusUnsupportedMediaType)
 		return
 	}
+	// Changing the cache is for whoever can read the token file: root and the
+	// daemon's user, not every local user.
+	if wantMethod == http.MethodPost && !d.adminAuthorized(r) {
+		http.Error(rec, "this admin call needs the token in the daemon's state directory ("+AdminTokenFile+"): run it as root or as the daemon's user", http.StatusForbidden)
+		return
+	}
 	ctx := r.Context()
 	switch route {
 	case "status":

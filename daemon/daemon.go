@@ -152,6 +152,8 @@ type Daemon struct {
 	lookups   singleflight.Group
 	narInfos  *narInfoWriter
 	narSlots  *narLimiter
+	// adminToken is what admin calls that change the cache must present.
+	adminToken string
 	now       func() time.Time
 }
 
@@ -172,8 +174,12 @@ func New(cfg Config) (*Daemon, error) {
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("creating state directory: %w", err)
 	}
+	adminToken, err := loadAdminToken(cfg.StateDir)
+	if err != nil {
+		return nil, err
+	}
 	d := &Daemon{cfg: cfg, log: cfg.Logger, keys: keys, metrics: NewMetrics(), now: time.Now,
-		narSlots: newNARLimiter(cfg.MaxNARResponses, cfg.MaxNARWaiting)}
+		narSlots: newNARLimiter(cfg.MaxNARResponses, cfg.MaxNARWaiting), adminToken: adminToken}
 	for _, u := range cfg.Upstreams {
 		b, err := blob.Open(u, cfg.HTTPClient)
 		if err != nil {

@@ -14,7 +14,8 @@ import (
 // loopback, but name the attacker's host, and (from fetch) carry its Origin.
 func TestForeignHostRefused(t *testing.T) {
 	c := cachetest.New(t, "host-1")
-	_, base := startDaemon(t, daemon.Config{Upstreams: []string{c.Dir}, TrustedKeys: []string{c.PublicKey}})
+	state := t.TempDir()
+	_, base := startDaemon(t, daemon.Config{Upstreams: []string{c.Dir}, TrustedKeys: []string{c.PublicKey}, StateDir: state})
 	u, err := url.Parse(base)
 	if err != nil {
 		t.Fatal(err)
@@ -49,6 +50,7 @@ func TestForeignHostRefused(t *testing.T) {
 			req.Host = tc.host
 			if tc.method == "POST" {
 				req.Header.Set("Content-Type", "application/json")
+				req.Header.Set("Authorization", "Bearer "+daemon.ReadAdminToken(state))
 			}
 			if tc.origin != "" {
 				req.Header.Set("Origin", tc.origin)

@@ -108,8 +108,10 @@ func openCache(c *cli.Context) (*localcache.Cache, error) {
 	return localcache.Open(path, localcache.Options{Timeout: time.Second})
 }
 
-// adminCall sends a request to the running daemon's admin API and decodes its answer.
-func adminCall(ctx context.Context, addr, route string, req, reply any) error {
+// adminCall sends a request to the running daemon's admin API and decodes its answer,
+// with the admin token from the state directory when the caller can read it (calls
+// that change the cache need it).
+func adminCall(ctx context.Context, stateDir, addr, route string, req, reply any) error {
 	method, body := http.MethodGet, io.Reader(nil)
 	if req != nil {
 		b, err := json.Marshal(req)
@@ -124,6 +126,9 @@ func adminCall(ctx context.Context, addr, route string, req, reply any) error {
 	}
 	if body != nil {
 		r.Header.Set("Content-Type", "application/json")
+	}
+	if token := daemon.ReadAdminToken(stateDir); token != "" {
+		r.Header.Set("Authorization", "Bearer "+token)
 	}
 	resp, err := http.DefaultClient.Do(r)
 	if err != nil {
@@ -169,7 +174,7 @@ func statusCommand() *cli.Command {
 				st, err = daemon.CacheStatus(c.Context, lc)
 				return err
 			}, func(addr string) error {
-				return adminCall(c.Context, addr, "status", nil, &st)
+				return adminCall(c.Context, c.String("state-dir"), addr, "status", nil, &st)
 			})
 			if err != nil {
 				return err
@@ -273,7 +278,7 @@ then). A path not fetched through shoal yet is pinned from its first fetch on.`,
 				return lc.Pin("", paths)
 			}, func(addr string) error {
 				var r daemon.CountReply
-				return adminCall(c.Context, addr, "pin", daemon.PathsRequest{Paths: paths}, &r)
+				return adminCall(c.Context, c.String("state-dir"), addr, "pin", daemon.PathsRequest{Paths: paths}, &r)
 			})
 			if err != nil {
 				return err
@@ -302,7 +307,7 @@ func unpinCommand() *cli.Command {
 				return err
 			}, func(addr string) error {
 				var r daemon.CountReply
-				err := adminCall(c.Context, addr, "unpin", daemon.PathsRequest{Paths: paths}, &r)
+				err := adminCall(c.Context, c.String("state-dir"), addr, "unpin", daemon.PathsRequest{Paths: paths}, &r)
 				n = r.Count
 				return err
 			})
@@ -343,7 +348,7 @@ rewrites it without them, which needs the daemon stopped.`,
 					res, err = lc.Evict(c.Context, to)
 					return err
 				}, func(addr string) error {
-					return adminCall(c.Context, addr, "gc", daemon.GCRequest{ToBytes: to}, &res)
+					return adminCall(c.Context, c.String("state-dir"), addr, "gc", daemon.GCRequest{ToBytes: to}, &res)
 				})
 				if err != nil {
 					return err
