@@ -154,7 +154,7 @@ type Daemon struct {
 	narSlots  *narLimiter
 	// adminToken is what admin calls that change the cache must present.
 	adminToken string
-	now       func() time.Time
+	now        func() time.Time
 }
 
 // New opens the state directory and checks the configuration; it does not contact any
