@@ -47,6 +47,8 @@ func (d *Daemon) gauges() []Gauge {
 		{"shoal_cache_evicted_chunks_total", "Chunks evicted to stay within the budget since the daemon started.", u.Evictions},
 		{"shoal_cache_evicted_bytes_total", "Stored bytes evicted since the daemon started.", u.EvictedBytes},
 		{"shoal_nars_in_flight", "NARs being served, whose chunks eviction leaves alone.", int64(d.cache.ActiveLeases())},
+		{"shoal_nar_responses_running", "NAR requests being answered (bounded by MaxNARResponses).", int64(d.narSlots.running())},
+		{"shoal_nar_responses_waiting", "NAR requests waiting for one of the running ones to end.", int64(d.narSlots.queued())},
 	}
 	if d.peers != nil {
 		gs = append(gs, d.peerGauges()...)
@@ -85,6 +87,7 @@ type Status struct {
 	Pins         []Pin  `json:"pins"`
 
 	NARsInFlight   int              `json:"nars_in_flight"`
+	NARsWaiting    int              `json:"nars_waiting"`
 	FetchedBytes   map[string]int64 `json:"fetched_bytes,omitempty"`
 	FetchedObjects map[string]int64 `json:"fetched_objects,omitempty"`
 	NarInfoHits    int64            `json:"narinfo_cache_hits"`
@@ -145,6 +148,7 @@ func (d *Daemon) Status(ctx context.Context) (Status, error) {
 	st.Store = d.cfg.StoreURL
 	st.StoreProblem, _ = d.storeHealth.get()
 	st.Version = buildinfo.Read().String()
+	st.NARsWaiting = d.narSlots.queued()
 	bytes, fetches, events := d.metrics.Snapshot()
 	st.FetchedBytes, st.FetchedObjects = bytes, fetches
 	st.NarInfoHits, st.NarInfoMisses = events[eventNarInfoCacheHit], events[eventNarInfoCacheMiss]
@@ -261,6 +265,12 @@ func (d *Daemon) serveAdmin(w http.ResponseWriter, r *http.Request) {
 	// type without a CORS preflight, which this API never grants.
 	if wantMethod == http.MethodPost && r.Header.Get("Content-Type") != "application/json" {
 		http.Error(rec, "admin requests must be application/json", http.StatusUnsupportedMediaType)
+		return
+	}
+	// Changing the cache is for whoever can read the token file: root and the
+	// daemon's user, not every local user.
+	if wantMethod == http.MethodPost && !d.adminAuthorized(r) {
+		http.Error(rec, "this admin call needs the token in the daemon's state directory ("+AdminTokenFile+"): run it as root or as the daemon's user", http.StatusForbidden)
 		return
 	}
 	ctx := r.Context()

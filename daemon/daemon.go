@@ -58,6 +58,15 @@ type Config struct {
 	// can't stall every Nix query.
 	LookupTimeout time.Duration
 
+	// StallTimeout cuts a connection whose client takes no bytes of a response for
+	// this long (60s; Nix's own stall timeout is 300s), so a reader that stops can't
+	// keep a NAR's lease and slot.
+	StallTimeout time.Duration
+	// MaxNARResponses bounds the NAR responses served at once (32, above Nix's 25
+	// connections); MaxNARWaiting the requests queued for one beyond it (256).
+	MaxNARResponses int
+	MaxNARWaiting   int
+
 	Params     chunk.Params
 	Logger     *slog.Logger
 	HTTPClient *http.Client
@@ -111,6 +120,15 @@ func (c *Config) Defaults() {
 	if c.LookupTimeout == 0 {
 		c.LookupTimeout = 20 * time.Second
 	}
+	if c.StallTimeout <= 0 {
+		c.StallTimeout = 60 * time.Second
+	}
+	if c.MaxNARResponses <= 0 {
+		c.MaxNARResponses = 32
+	}
+	if c.MaxNARWaiting <= 0 {
+		c.MaxNARWaiting = 256
+	}
 	if c.PinRefresh == 0 {
 		c.PinRefresh = time.Hour
 	}
@@ -124,22 +142,24 @@ func (c *Config) Defaults() {
 
 // Daemon serves Nix. Create it with New, serve with Serve or Handler, then Close.
 type Daemon struct {
-	cfg       Config
-	log       *slog.Logger
-	cache     *localcache.Cache
-	store     *store.Store
-	upstreams []*substituter.BinaryCache
-	keys      *substituter.Keyring
-	codec     *chunk.Codec
-	fetcher   *fetch.Fetcher
-	metrics   *Metrics
-	peers     *p2p.Node
-	local     *localstore.Store
-	lookups   singleflight.Group
-	narInfos  *narInfoWriter
-	now       func() time.Time
-
+	cfg         Config
+	log         *slog.Logger
+	cache       *localcache.Cache
+	store       *store.Store
+	upstreams   []*substituter.BinaryCache
+	keys        *substituter.Keyring
+	codec       *chunk.Codec
+	fetcher     *fetch.Fetcher
+	metrics     *Metrics
+	peers       *p2p.Node
+	local       *localstore.Store
+	lookups     singleflight.Group
+	narInfos    *narInfoWriter
 	storeHealth storeHealth
+	narSlots    *narLimiter
+	// adminToken is what admin calls that change the cache must present.
+	adminToken string
+	now        func() time.Time
 }
 
 // New opens the state directory and checks the configuration; it does not contact any
@@ -162,7 +182,12 @@ func New(cfg Config) (*Daemon, error) {
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("creating state directory: %w", err)
 	}
-	d := &Daemon{cfg: cfg, log: cfg.Logger, keys: keys, metrics: NewMetrics(), now: time.Now}
+	adminToken, err := loadAdminToken(cfg.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	d := &Daemon{cfg: cfg, log: cfg.Logger, keys: keys, metrics: NewMetrics(), now: time.Now,
+		narSlots: newNARLimiter(cfg.MaxNARResponses, cfg.MaxNARWaiting), adminToken: adminToken}
 	for _, u := range cfg.Upstreams {
 		b, err := blob.Open(u, cfg.HTTPClient)
 		if err != nil {
@@ -186,7 +211,7 @@ func New(cfg Config) (*Daemon, error) {
 	if d.codec, err = chunk.NewCodec(); err != nil {
 		return nil, err
 	}
-	d.cache, err = localcache.Open(filepath.Join(cfg.StateDir, CacheFile), localcache.Options{Budget: cfg.CacheSize, Logger: d.log})
+	d.cache, err = openCache(filepath.Join(cfg.StateDir, CacheFile), localcache.Options{Budget: cfg.CacheSize, Logger: d.log}, d.log)
 	if err != nil {
 		d.codec.Close()
 		return nil, fmt.Errorf("opening local cache: %w", err)
@@ -236,6 +261,23 @@ func (d *Daemon) chunkSources() []fetch.Source {
 	return sources
 }
 
+// openCache opens the cache file; a damaged one is moved aside and replaced by an
+// empty cache, since everything in it can be fetched again, and a daemon that stops
+// at a damaged file would be restarted into the same failure forever. The moved
+// file stays for `shoal verify --repair` to salvage.
+func openCache(path string, opts localcache.Options, log *slog.Logger) (*localcache.Cache, error) {
+	c, err := localcache.Open(path, opts)
+	if !errors.Is(err, localcache.ErrCorrupt) {
+		return c, err
+	}
+	aside := fmt.Sprintf("%s.broken-%d", path, time.Now().Unix())
+	log.Error("local cache file is damaged; moving it aside and starting with an empty cache", "file", path, "moved_to", aside, "err", err)
+	if rerr := os.Rename(path, aside); rerr != nil {
+		return nil, fmt.Errorf("%w (moving it aside: %w)", err, rerr)
+	}
+	return localcache.Open(path, opts)
+}
+
 // deltaDecodes bounds the delta objects decoded at once: decoding runs at hundreds of
 // MB/s, so a few keep up with any link, and each holds up to 8 MiB (dictionary and
 // chunk).
@@ -269,7 +311,7 @@ func (d *Daemon) Metrics() *Metrics { return d.metrics }
 // Serve answers Nix on ln until ctx ends, then drains in-flight requests for a while.
 func (d *Daemon) Serve(ctx context.Context, ln net.Listener) error {
 	srv := &http.Server{
-		Handler:           d.Handler(),
+		Handler:           cutStalledWriters(d.cfg.StallTimeout, d.Handler()),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(d.log.Handler(), slog.LevelDebug),

@@ -26,11 +26,12 @@ func (d *Daemon) Handler() http.Handler {
 	// A GET pattern answers HEAD too; other methods get 405 with an Allow header.
 	mux.Handle("GET /nix-cache-info", d.route("nix-cache-info", d.serveCacheInfo))
 	mux.Handle("GET /{file}", d.route("narinfo", d.serveNarInfo))
-	mux.Handle("GET /nar/{file}", d.route("nar", d.serveNAR))
+	// NAR responses are capped (see narLimiter); the slot is taken before the fetch.
+	mux.Handle("GET /nar/{file}", d.route("nar", func(w http.ResponseWriter, r *http.Request) { d.narSlots.serve(w, r, d.serveNAR) }))
 	mux.Handle("GET /metrics", d.route("metrics", d.metrics.serveHTTP))
 	mux.HandleFunc(adminPrefix, d.serveAdmin)
 	mux.Handle("/", d.route("other", http.NotFound))
-	return mux
+	return newHostCheck(d.cfg.Listen, mux)
 }
 
 // route counts a route's requests by status and latency for /metrics.

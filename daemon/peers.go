@@ -1,10 +1,12 @@
 package daemon
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/shoal-nix/shoal/chunk"
@@ -124,6 +126,9 @@ func (d *Daemon) peerNarInfo(ctx context.Context, hashPart string) (*substituter
 		if _, err := d.keys.Verify(n); err != nil {
 			return err
 		}
+		if n, err = peerFields(n); err != nil {
+			return err
+		}
 		ni = n
 		return nil
 	})
@@ -133,15 +138,48 @@ func (d *Daemon) peerNarInfo(ctx context.Context, hashPart string) (*substituter
 	return ni, nil
 }
 
+// peerFields keeps of a peer's narinfo only the fields Nix needs: the signed ones
+// (StorePath, NarHash, NarSize, References, Sig) and those shoal rewrites anyway (URL,
+// Compression, FileHash, FileSize). Deriver, CA and unknown keys are signed by no one,
+// and a peer could set them to anything, so they are not passed on to Nix.
+func peerFields(n *substituter.NarInfo) (*substituter.NarInfo, error) {
+	var b bytes.Buffer
+	for line := range strings.SplitSeq(strings.TrimSuffix(string(n.Raw), "\n"), "\n") {
+		key, _, _ := strings.Cut(line, ":")
+		switch key {
+		case "StorePath", "URL", "Compression", "FileHash", "FileSize", "NarHash", "NarSize", "References", "Sig":
+			b.WriteString(line)
+			b.WriteByte('\n')
+		}
+	}
+	return substituter.ParseNarInfo(b.Bytes())
+}
+
 // peerBackend serves the local cache to peers, limited to what this daemon verified.
 type peerBackend struct{ d *Daemon }
 
+// NarInfo serves a narinfo only when this daemon verified its NAR: narinfos looked
+// up but never fetched may come from a private --store, which a peer is not to read
+// through this daemon, and tell what this machine's Nix merely asked about.
 func (b peerBackend) NarInfo(hashPart string) ([]byte, bool) {
 	e, err := b.d.cache.GetNarInfo(hashPart, b.d.now())
 	if err != nil || e.Negative {
 		return nil, false
 	}
+	ni, err := substituter.ParseNarInfo(e.Raw)
+	if err != nil {
+		return nil, false
+	}
+	if ok, err := b.d.cache.HasVerified(manifest.Key(ni.NarHash)); err != nil || !ok {
+		return nil, false
+	}
 	return e.Raw, true
+}
+
+// HasVerified answers "have" from the verified mark alone (see p2p.VerifiedChecker).
+func (b peerBackend) HasVerified(narHash [32]byte) bool {
+	ok, err := b.d.cache.HasVerified(manifest.Key(narHash))
+	return err == nil && ok
 }
 
 func (b peerBackend) VerifiedManifest(narHash [32]byte) ([]byte, bool) {

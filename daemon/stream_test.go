@@ -163,10 +163,12 @@ func TestStalledClientKeepsOnlyItsNAR(t *testing.T) {
 		cache.Add(t, cachetest.HashPart("c"), "c-1.0", noise(13, 1<<20), "none"),
 	}
 	dir := publishDir(t, cache, append([]*substituter.NarInfo{big}, others...)...)
+	state := t.TempDir()
 	_, url := startDaemon(t, daemon.Config{
 		StoreURL:    "file://" + dir,
 		Upstreams:   []string{"http://127.0.0.1:1"},
 		TrustedKeys: []string{cache.PublicKey},
+		StateDir:    state,
 	})
 	mustGet(t, url+"/"+big.HashPart()+".narinfo", 200)
 
@@ -189,7 +191,7 @@ func TestStalledClientKeepsOnlyItsNAR(t *testing.T) {
 			t.Fatalf("NAR %s: status %d, err %v", ni.StorePath, status, err)
 		}
 	}
-	gc := adminPost(t, url, "gc", daemon.GCRequest{ToBytes: 0})
+	gc := adminPost(t, url, daemon.ReadAdminToken(state), "gc", daemon.GCRequest{ToBytes: 0})
 	var st daemon.Status
 	if err := json.Unmarshal(mustGet(t, url+"/shoal/status", 200), &st); err != nil {
 		t.Fatal(err)
@@ -211,14 +213,21 @@ func TestStalledClientKeepsOnlyItsNAR(t *testing.T) {
 	}
 }
 
-// adminPost calls an admin route of the daemon at url and returns the reply.
-func adminPost(t *testing.T, url, route string, req any) string {
+// adminPost calls an admin route of the daemon at url with its admin token and
+// returns the reply.
+func adminPost(t *testing.T, url, token, route string, req any) string {
 	t.Helper()
 	body, err := json.Marshal(req)
 	if err != nil {
 		t.Fatal(err)
 	}
-	resp, err := http.Post(url+"/shoal/"+route, "application/json", bytes.NewReader(body))
+	r, err := http.NewRequest(http.MethodPost, url+"/shoal/"+route, bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Header.Set("Content-Type", "application/json")
+	r.Header.Set("Authorization", "Bearer "+token)
+	resp, err := http.DefaultClient.Do(r)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -95,14 +95,33 @@ type Cache struct {
 }
 
 // Open opens or creates the cache file at path, creating any missing
-// buckets. It refuses files whose schema is newer than this code knows.
-func Open(path string, opts Options) (*Cache, error) {
+// buckets. It refuses files whose schema is newer than this code knows, and
+// damaged ones with ErrCorrupt: their page tree is walked with every bound
+// checked before bbolt, which trusts its pages and panics on damaged ones, maps
+// the file.
+func Open(path string, opts Options) (c *Cache, err error) {
 	if opts.InitialMmapSize <= 0 {
 		opts.InitialMmapSize = defaultInitialMmapSize
 	}
 	if opts.Timeout <= 0 {
 		opts.Timeout = defaultTimeout
 	}
+	if fi, err := os.Stat(path); err == nil && fi.Size() > 0 {
+		err := withFileLock(path, opts.Timeout, func() error { return checkFile(path, nil) })
+		if errors.Is(err, ErrLocked) {
+			return nil, fmt.Errorf("opening cache %s: no file lock after %s: %w", path, opts.Timeout, ErrLocked)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("opening cache %s: %w", path, err)
+		}
+	}
+	// What the walk can't see (a damaged key inside a sound page) may still make
+	// bbolt panic here; it is reported as damage, not a crash.
+	defer func() {
+		if r := recover(); r != nil {
+			c, err = nil, fmt.Errorf("opening cache %s: %w: %v", path, ErrCorrupt, r)
+		}
+	}()
 	db, err := bolt.Open(path, 0o600, &bolt.Options{
 		Timeout:         opts.Timeout,
 		InitialMmapSize: opts.InitialMmapSize,
@@ -124,7 +143,7 @@ func Open(path string, opts Options) (*Cache, error) {
 		db.Close()
 		return nil, fmt.Errorf("opening cache %s: %w", path, err)
 	}
-	c := &Cache{db: db, log: opts.Logger}
+	c = &Cache{db: db, log: opts.Logger}
 	if c.log == nil {
 		c.log = slog.New(slog.DiscardHandler)
 	}

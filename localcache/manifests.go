@@ -11,7 +11,8 @@ import (
 )
 
 // PutManifest stores a manifest under key (the NAR's nix32 hash), replacing
-// any previous one. The bytes are opaque here.
+// any previous one. The bytes are opaque here. A different manifest drops the
+// verified mark, so that HasVerified can answer from the mark alone.
 func (c *Cache) PutManifest(key string, data []byte) error {
 	if err := checkKey("storing manifest", key); err != nil {
 		return err
@@ -20,7 +21,13 @@ func (c *Cache) PutManifest(key string, data []byte) error {
 		data = []byte{}
 	}
 	err := c.update(context.Background(), 1, len(data), func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketManifests).Put([]byte(key), data)
+		b := tx.Bucket(bucketManifests)
+		if old := b.Get([]byte(key)); old != nil && !bytes.Equal(old, data) {
+			if err := tx.Bucket(bucketVerified).Delete([]byte(key)); err != nil {
+				return err
+			}
+		}
+		return b.Put([]byte(key), data)
 	})
 	if err != nil {
 		return fmt.Errorf("storing manifest %s: %w", key, err)
@@ -93,6 +100,22 @@ func (c *Cache) IsVerified(key string, manifestDigest [32]byte) (bool, error) {
 	err := c.db.View(func(tx *bolt.Tx) error {
 		v := tx.Bucket(bucketVerified).Get([]byte(key))
 		ok = bytes.Equal(v, manifestDigest[:])
+		return nil
+	})
+	if err != nil {
+		return false, fmt.Errorf("checking verified mark of NAR %s: %w", key, err)
+	}
+	return ok, nil
+}
+
+// HasVerified reports whether the NAR under key has a manifest that was verified:
+// two lookups, without copying or hashing the manifest (MarkVerified records the
+// digest when the NAR is verified, and PutManifest drops it when the manifest
+// changes).
+func (c *Cache) HasVerified(key string) (bool, error) {
+	var ok bool
+	err := c.db.View(func(tx *bolt.Tx) error {
+		ok = tx.Bucket(bucketVerified).Get([]byte(key)) != nil && tx.Bucket(bucketManifests).Get([]byte(key)) != nil
 		return nil
 	})
 	if err != nil {

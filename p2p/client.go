@@ -79,7 +79,7 @@ func readAnswer(r *bufio.Reader, limit int) ([]byte, bool, error) {
 // accept takes; wrong answers are logged and the rest keep counting.
 func (n *Node) askPeers(ctx context.Context, proto protocol.ID, req []byte, limit int, prefer []peer.ID, accept func([]byte) error) ([]byte, peer.ID, error) {
 	peers := slices.Clone(prefer)
-	for _, p := range n.Peers() {
+	for _, p := range n.askable() {
 		if !slices.Contains(prefer, p) {
 			peers = append(peers, p)
 		}
@@ -154,12 +154,17 @@ func (n *Node) askManifest(ctx context.Context, narHash [32]byte, accept func([]
 	return n.askPeers(ctx, ProtoManifest, narHash[:], MaxManifest, n.providersFor(ctx, narHash), accept)
 }
 
-// Have asks every connected peer, and the NAR's DHT providers once connected, whether
-// it holds the verified NAR, and returns those that do. One small question per peer
-// and NAR: wants are never broadcast chunk by chunk.
+// Have asks the peers this node found (every connected one with a fleet key) and
+// the NAR's DHT providers whether they hold the verified NAR, and returns those that
+// do. One small question per peer and NAR: wants are never broadcast chunk by chunk,
+// nor sent to a peer that merely connected.
 func (n *Node) Have(ctx context.Context, narHash [32]byte) []peer.ID {
-	n.providersFor(ctx, narHash) // connects them, so they are among the peers
-	peers := n.Peers()
+	peers := n.providersFor(ctx, narHash) // connected, if they could be reached
+	for _, p := range n.askable() {
+		if !slices.Contains(peers, p) {
+			peers = append(peers, p)
+		}
+	}
 	req := appendHashes(nil, [][32]byte{narHash})
 	var mu sync.Mutex
 	var wg sync.WaitGroup

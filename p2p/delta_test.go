@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/shoal-nix/shoal"
 	"github.com/shoal-nix/shoal/chunk"
 	"github.com/shoal-nix/shoal/fetch"
@@ -177,7 +178,7 @@ func TestPeerServesDelta(t *testing.T) {
 	v1, v2 := rs[0], rs[1]
 	server := lanNode(t, backendOf([]*nar{v1, v2}, v1, v2), nil)
 	n := lanNode(t, &chunkBackend{}, nil)
-	connect(t, n.host, server.AddrInfo())
+	introduce(t, n, server.AddrInfo())
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	src, _ := deltaSourceFor(t, ctx, n, upgrade(v1, v2))
@@ -358,7 +359,7 @@ func TestDeltaBusyIsNotAQueue(t *testing.T) {
 		c.StreamTimeout = time.Minute
 	})
 	n := lanNode(t, &chunkBackend{}, func(c *Config) { c.StreamTimeout = time.Minute })
-	connect(t, n.host, server.AddrInfo())
+	introduce(t, n, server.AddrInfo())
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	src, _ := deltaSourceFor(t, ctx, n, upgrade(v1, v2))
@@ -436,8 +437,8 @@ func TestLyingPeerDeltaIsReported(t *testing.T) {
 			liar := rawHost(t)
 			fakeAnswers(liar, ProtoHave, []byte{1}, false)
 			fakeAnswers(liar, ProtoDelta, cat([]byte{statusFound}, uvarint(uint64(len(lie))), lie), false)
-			connect(t, n.host, honest.AddrInfo())
-			connect(t, liar, n.AddrInfo())
+			introduce(t, n, honest.AddrInfo())
+			introduce(t, n, peer.AddrInfo{ID: liar.ID(), Addrs: liar.Addrs()})
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
 			src, rep := deltaSourceFor(t, ctx, n, upgrade(v1, v2))
@@ -492,7 +493,7 @@ func TestDeltaFromPeerWithoutDeltas(t *testing.T) {
 	v1, v2 := rs[0], rs[1]
 	server := lanNode(t, backendOf([]*nar{v1, v2}, v1, v2), func(c *Config) { c.DeltaEncoders = -1 })
 	n := lanNode(t, &chunkBackend{}, nil)
-	connect(t, n.host, server.AddrInfo())
+	introduce(t, n, server.AddrInfo())
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	src, _ := deltaSourceFor(t, ctx, n, upgrade(v1, v2))
@@ -579,8 +580,8 @@ func TestBusyPeerGivesWayToAnother(t *testing.T) {
 	busy := lanNode(t, backendOf([]*nar{v1, v2}, v1, v2), func(c *Config) { c.StreamTimeout = time.Minute })
 	free := lanNode(t, backendOf([]*nar{v1, v2}, v1, v2), nil)
 	n := lanNode(t, &chunkBackend{}, func(c *Config) { c.StreamTimeout = time.Minute })
-	connect(t, n.host, busy.AddrInfo())
-	connect(t, n.host, free.AddrInfo())
+	introduce(t, n, busy.AddrInfo())
+	introduce(t, n, free.AddrInfo())
 	busy.deltaSem <- struct{}{}
 	t.Cleanup(func() { <-busy.deltaSem })
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)

@@ -161,6 +161,10 @@ func startDHT(n *Node, cfg DHTConfig) (*dhtNode, error) {
 		dht.Mode(mode),
 		dht.ProtocolPrefix(DHTProtocolPrefix),
 		dht.BootstrapPeers(boot...),
+		// shoal uses provider records only. Value records (/pk, /ipns) would let any
+		// DHT member store data here, each PUT an fsync'd write outside the cache
+		// budget.
+		dht.DisableValues(),
 	}
 	var records *recordStore
 	if cfg.RecordFile != "" {
@@ -350,7 +354,7 @@ func (d *dhtNode) dialProvider(ctx context.Context, narHash [32]byte, ai peer.Ad
 		}
 		ai = found
 	}
-	if err := d.n.Connect(ctx, ai); err != nil {
+	if err := d.n.dial(ctx, ai); err != nil {
 		d.n.log.Info("DHT provider unreachable", "nar", manifest.Key(narHash), "peer", ai.ID.String(), "err", err)
 		return ""
 	}

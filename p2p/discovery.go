@@ -82,7 +82,12 @@ func startDiscovery(n *Node) (*discovery, error) {
 		defer d.wg.Done()
 		for e := range entries {
 			ai, ok := peerFromTXT(e.Text)
-			if !ok || ai.ID == n.host.ID() || len(n.host.Network().ConnsToPeer(ai.ID)) > 0 {
+			if !ok || ai.ID == n.host.ID() {
+				continue
+			}
+			// Found on the LAN: asked from now on, even if it connected first.
+			n.found.add(ai.ID)
+			if len(n.host.Network().ConnsToPeer(ai.ID)) > 0 {
 				continue
 			}
 			go func() {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/shoal-nix/shoal/chunk"
 	"github.com/shoal-nix/shoal/internal/testkit"
@@ -134,7 +135,7 @@ func TestMisbehavingChunkPeers(t *testing.T) {
 					_ = w.Flush()
 					_ = s.Close() // what the fault sent arrives whole, then the stream ends
 				})
-				connect(t, f, n.AddrInfo())
+				introduce(t, n, peer.AddrInfo{ID: f.ID(), Addrs: f.Addrs()})
 
 				counts := assembleVia(t, n, x)
 				mu.Lock()

@@ -71,6 +71,14 @@ type Backend interface {
 	Chunk(ctx context.Context, id chunk.ID) ([]byte, error)
 }
 
+// VerifiedChecker is a Backend that can tell whether it holds a verified NAR without
+// producing its manifest: a "have" question costs the asker 32 bytes, and must not
+// cost the answerer a copy (and a hash) of a manifest that may be megabytes. A
+// Backend without it is asked for the manifest.
+type VerifiedChecker interface {
+	HasVerified(narHash [32]byte) bool
+}
+
 // Config sets up a Node. Zero durations take the defaults in parentheses.
 type Config struct {
 	Identity crypto.PrivKey
@@ -102,6 +110,11 @@ type Config struct {
 	DeltaEncoders int
 	// DeltaCacheSize bounds the memory kept for computed deltas (32 MiB).
 	DeltaCacheSize int64
+
+	// RequestRate and RequestBurst bound the requests one peer may make a second and
+	// at once (peerRate, peerBurst); those beyond are refused unread.
+	RequestRate  float64
+	RequestBurst int
 }
 
 // manifestSenders bounds the manifest senders remembered: enough for every NAR
@@ -133,6 +146,12 @@ func (c *Config) defaults() {
 	}
 	if c.DeltaCacheSize <= 0 {
 		c.DeltaCacheSize = 32 << 20
+	}
+	if c.RequestRate <= 0 {
+		c.RequestRate = peerRate
+	}
+	if c.RequestBurst <= 0 {
+		c.RequestBurst = peerBurst
 	}
 }
 
@@ -180,7 +199,20 @@ type Node struct {
 	deltasComputed   atomic.Int64
 	deltaCacheHits   atomic.Int64
 	deltaBusy        atomic.Int64
+
+	// found holds the peers this node found itself (mDNS, bootstrap, Connect): the
+	// ones its questions go to, with the NAR's DHT providers. A peer that merely
+	// connected is never asked, so it learns nothing of what this machine installs.
+	found peerSet
+	// lookups bounds the requests served at once, over all peers; limits holds a
+	// request rate per peer.
+	lookups chan struct{}
+	limits  peerLimits
 }
+
+// maxLookups bounds the peer requests served at once: each reads the cache and may
+// hold a chunk batch of up to 4 MiB.
+const maxLookups = 32
 
 // New starts the libp2p host and, with MDNS, discovery, and with DHT the kad-DHT.
 // Nothing reaches past the LAN unless DHT names bootstrap peers: no public bootstrap
@@ -207,7 +239,8 @@ func New(cfg Config) (*Node, error) {
 		addrs = append(addrs, a)
 	}
 	n := &Node{cfg: cfg, log: cfg.Log, blocks: &blocklist{until: make(map[peer.ID]time.Time)},
-		manifestFrom: lru.New[[32]byte, peer.ID](manifestSenders, time.Hour)}
+		manifestFrom: lru.New[[32]byte, peer.ID](manifestSenders, time.Hour),
+		lookups:      make(chan struct{}, maxLookups), limits: peerLimits{rate: rate.Limit(cfg.RequestRate), burst: cfg.RequestBurst}}
 	if cfg.UploadLimit > 0 {
 		n.limiter = rate.NewLimiter(rate.Limit(cfg.UploadLimit), uploadBurst)
 	}
@@ -314,8 +347,18 @@ func (n *Node) AddrInfo() peer.AddrInfo {
 	return peer.AddrInfo{ID: n.host.ID(), Addrs: n.host.Addrs()}
 }
 
-// Connect dials a peer, unless it is being shunned.
+// Connect dials a peer, unless it is being shunned, and counts it among the peers
+// this node asks.
 func (n *Node) Connect(ctx context.Context, ai peer.AddrInfo) error {
+	if ai.ID != n.host.ID() {
+		n.found.add(ai.ID)
+	}
+	return n.dial(ctx, ai)
+}
+
+// dial connects to a peer without counting it among those asked about every NAR (a
+// DHT provider is asked about the NAR it announced).
+func (n *Node) dial(ctx context.Context, ai peer.AddrInfo) error {
 	if ai.ID == n.host.ID() {
 		return nil
 	}
@@ -339,6 +382,48 @@ func (n *Node) Peers() []peer.ID {
 		}
 	}
 	return out
+}
+
+// askable returns the connected peers questions may go to: with a fleet key every
+// connected peer holds the key; without one, only those this node found itself.
+func (n *Node) askable() []peer.ID {
+	peers := n.Peers()
+	if n.cfg.FleetKey != nil {
+		return peers
+	}
+	out := peers[:0]
+	for _, p := range peers {
+		if n.found.has(p) {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// peerSet is a set of peer IDs, bounded so that a flood of mDNS announcements can't
+// grow it without end.
+type peerSet struct {
+	mu sync.Mutex
+	m  map[peer.ID]bool
+}
+
+const maxFoundPeers = 4096
+
+func (s *peerSet) add(p peer.ID) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.m == nil {
+		s.m = map[peer.ID]bool{}
+	}
+	if len(s.m) < maxFoundPeers {
+		s.m[p] = true
+	}
+}
+
+func (s *peerSet) has(p peer.ID) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.m[p]
 }
 
 // Stats are the node's counters, for metrics.

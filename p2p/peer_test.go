@@ -135,6 +135,15 @@ func connect(t testing.TB, h host.Host, to peer.AddrInfo) {
 	}
 }
 
+// introduce has n find the peer at ai, as mDNS or a bootstrap list would: only
+// peers a node found itself are asked about NARs.
+func introduce(t testing.TB, n *Node, ai peer.AddrInfo) {
+	t.Helper()
+	if err := n.Connect(context.Background(), ai); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // exchange sends req on a new stream, closes its side and reads until the stream ends:
 // it returns what came back and the error that ended it (nil for a clean close).
 func exchange(t testing.TB, h host.Host, to peer.ID, proto protocol.ID, req []byte) ([]byte, error) {
@@ -429,7 +438,7 @@ func TestClientRefusesBadAnswers(t *testing.T) {
 			f := rawHost(t)
 			fakeAnswers(f, ProtoHave, []byte{1}, false)
 			floods := fakeAnswers(f, tc.proto, tc.answer, tc.endless)
-			connect(t, f, n.AddrInfo())
+			introduce(t, n, peer.AddrInfo{ID: f.ID(), Addrs: f.Addrs()})
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			defer cancel()
 

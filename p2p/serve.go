@@ -8,7 +8,6 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/shoal-nix/shoal/chunk"
-	"github.com/shoal-nix/shoal/manifest"
 	"golang.org/x/time/rate"
 )
 
@@ -18,10 +17,26 @@ const uploadBurst = 64 << 10
 // serve runs one request: it bounds the stream's life, and closes it however the
 // handler ends (reset when the handler failed, so the asker doesn't take a truncated
 // answer for a complete one).
+//
+// A peer over its request rate is refused at once, and requests wait for one of
+// maxLookups slots: what a peer can make this daemon do is bounded per peer and in
+// all, whatever it sends.
 func (n *Node) serve(s network.Stream, timeout time.Duration, handle func(ctx context.Context, r *bufio.Reader, w *bufio.Writer) error) {
+	if !n.limits.allow(s.Conn().RemotePeer()) {
+		n.log.Debug("peer over its request rate", "peer", s.Conn().RemotePeer().String(), "protocol", string(s.Protocol()))
+		_ = s.Reset()
+		return
+	}
 	_ = s.SetDeadline(time.Now().Add(timeout))
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
+	select {
+	case n.lookups <- struct{}{}:
+		defer func() { <-n.lookups }()
+	case <-ctx.Done():
+		_ = s.Reset()
+		return
+	}
 	r := bufio.NewReader(io.LimitReader(s, 64<<10))
 	w := bufio.NewWriterSize(&limitedWriter{ctx: ctx, w: s, l: n.limiter}, 64<<10)
 	if err := handle(ctx, r, w); err != nil {
@@ -65,7 +80,12 @@ func (n *Node) handleHave(s network.Stream) {
 			return err
 		}
 		for _, h := range hs {
-			_, ok := n.cfg.Backend.VerifiedManifest(h)
+			var ok bool
+			if vc, is := n.cfg.Backend.(VerifiedChecker); is {
+				ok = vc.HasVerified(h)
+			} else {
+				_, ok = n.cfg.Backend.VerifiedManifest(h)
+			}
 			if err := w.WriteByte(map[bool]byte{true: 1, false: 0}[ok]); err != nil {
 				return err
 			}
@@ -86,18 +106,16 @@ func (n *Node) handleChunks(s network.Stream) {
 		if err != nil {
 			return err
 		}
-		allowed := map[chunk.ID]bool{}
+		// The manifest index keeps recent manifests parsed: a NAR is fetched in many
+		// batches, and parsing its manifest for each cost more than the batch.
+		var allowed map[chunk.ID]uint32
 		if raw, ok := n.cfg.Backend.VerifiedManifest(nar); ok {
-			if m, err := manifest.Parse(raw); err == nil {
-				for _, e := range m.Entries {
-					allowed[e.ID] = true
-				}
-			}
+			allowed = n.manifests.sizes(nar, raw)
 		}
 		for _, h := range ids {
 			id := chunk.ID(h)
 			var obj []byte
-			if allowed[id] {
+			if _, ok := allowed[id]; ok {
 				if o, err := n.cfg.Backend.Chunk(ctx, id); err == nil {
 					obj = o
 				}

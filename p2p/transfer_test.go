@@ -170,7 +170,7 @@ func TestStalledPeerGivesWayToStore(t *testing.T) {
 		stalled <- time.Now()
 		<-release
 	})
-	connect(t, f, n.AddrInfo())
+	introduce(t, n, peer.AddrInfo{ID: f.ID(), Addrs: f.Addrs()})
 
 	began := time.Now()
 	counts := assembleVia(t, n, x)
@@ -212,7 +212,7 @@ func TestPeerLackingAChunk(t *testing.T) {
 	}
 	server := lanNode(t, &chunkBackend{manifests: map[[32]byte][]byte{x.m.NarHash: x.raw}, objs: held}, nil)
 	n := lanNode(t, &chunkBackend{}, func(c *Config) { c.BatchTimeout = 5 * time.Second })
-	connect(t, n.host, server.AddrInfo())
+	introduce(t, n, server.AddrInfo())
 
 	counts := assembleVia(t, n, x)
 	if got, want := counts.get("store"), int64(len(x.objs[lost])); got != want {
@@ -249,8 +249,8 @@ func TestFrozenPeerDoesNotHoldUpQuestions(t *testing.T) {
 			<-release
 		})
 	}
-	connect(t, n.host, good.AddrInfo())
-	connect(t, n.host, peer.AddrInfo{ID: frozen.ID(), Addrs: frozen.Addrs()})
+	introduce(t, n, good.AddrInfo())
+	introduce(t, n, peer.AddrInfo{ID: frozen.ID(), Addrs: frozen.Addrs()})
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -270,7 +270,8 @@ func TestFrozenPeerDoesNotHoldUpQuestions(t *testing.T) {
 	}
 }
 
-// TestStrangerWithMadeUpManifest has a peer answer "have" for a NAR and serve a
+// TestStrangerWithMadeUpManifest has a peer the node found (on the LAN, without a
+// fleet key) answer "have" for a NAR and serve a
 // made-up manifest of the right NarHash and NarSize, whose chunks it holds (so each
 // passes its ID check) but which do not make up the NAR. When the chunk store has the
 // NAR's manifest, the stranger's is never asked for; when only the stranger has one,
@@ -296,7 +297,9 @@ func TestStrangerWithMadeUpManifest(t *testing.T) {
 		t.Run(fmt.Sprintf("store manifest %v", storeHasManifest), func(t *testing.T) {
 			stranger := lanNode(t, &chunkBackend{manifests: map[[32]byte][]byte{x.m.NarHash: lieRaw}, objs: junk.objs}, nil)
 			n := lanNode(t, &chunkBackend{}, nil)
-			connect(t, stranger.host, n.AddrInfo())
+			// Found the way mDNS or the DHT would find it: a stranger that merely
+			// connects is never asked.
+			introduce(t, n, stranger.AddrInfo())
 			st := storeWith(t, x)
 			if !storeHasManifest {
 				if err := st.Backend().Delete(context.Background(), store.ManifestKey(manifest.Key(x.m.NarHash))); err != nil {

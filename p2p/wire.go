@@ -2,6 +2,7 @@ package p2p
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -73,6 +74,8 @@ func writeFrame(w io.Writer, b []byte) error {
 }
 
 // readFrame reads a length-prefixed message of at most limit bytes into dst's storage.
+// The buffer grows as bytes arrive, not to the length the sender announced: a frame
+// header costs a peer a few bytes, and must not make this side allocate the bound.
 func readFrame(r *bufio.Reader, dst []byte, limit int) ([]byte, error) {
 	n, err := binary.ReadUvarint(r)
 	if err != nil {
@@ -81,15 +84,27 @@ func readFrame(r *bufio.Reader, dst []byte, limit int) ([]byte, error) {
 	if n > uint64(limit) {
 		return nil, fmt.Errorf("%w: %d bytes, at most %d", errTooLarge, n, limit)
 	}
-	if cap(dst) < int(n) {
-		dst = make([]byte, n)
+	if cap(dst) >= int(n) {
+		dst = dst[:n]
+		if _, err := io.ReadFull(r, dst); err != nil {
+			return nil, err
+		}
+		return dst, nil
 	}
-	dst = dst[:n]
-	if _, err := io.ReadFull(r, dst); err != nil {
+	buf := bytes.NewBuffer(dst[:0])
+	buf.Grow(min(int(n), frameStep))
+	got, err := buf.ReadFrom(io.LimitReader(r, int64(n)))
+	if err != nil {
 		return nil, err
 	}
-	return dst, nil
+	if got != int64(n) {
+		return nil, io.ErrUnexpectedEOF
+	}
+	return buf.Bytes(), nil
 }
+
+// frameStep is what readFrame allocates before any of a large frame arrived.
+const frameStep = 256 << 10
 
 func readCount(r *bufio.Reader, limit int) (int, error) {
 	n, err := binary.ReadUvarint(r)

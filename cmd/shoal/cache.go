@@ -98,8 +98,10 @@ func openCache(c *cli.Context) (*localcache.Cache, error) {
 	return localcache.Open(path, localcache.Options{Timeout: time.Second})
 }
 
-// adminCall sends a request to the running daemon's admin API and decodes its answer.
-func adminCall(ctx context.Context, addr, route string, req, reply any) error {
+// adminCall sends a request to the running daemon's admin API and decodes its answer,
+// with the admin token from the state directory when the caller can read it (calls
+// that change the cache need it).
+func adminCall(ctx context.Context, stateDir, addr, route string, req, reply any) error {
 	method, body := http.MethodGet, io.Reader(nil)
 	if req != nil {
 		b, err := json.Marshal(req)
@@ -114,6 +116,18 @@ func adminCall(ctx context.Context, addr, route string, req, reply any) error {
 	}
 	if body != nil {
 		r.Header.Set("Content-Type", "application/json")
+	}
+	token := daemon.ReadAdminToken(stateDir)
+	if token == "" && req != nil {
+		// The daemon says where its state directory is; whoever may read the token
+		// there (root, the daemon's user) may change the cache.
+		var st daemon.Status
+		if adminCall(ctx, "", addr, "status", nil, &st) == nil && st.StateDir != "" {
+			token = daemon.ReadAdminToken(st.StateDir)
+		}
+	}
+	if token != "" {
+		r.Header.Set("Authorization", "Bearer "+token)
 	}
 	resp, err := http.DefaultClient.Do(r)
 	if err != nil {
@@ -160,7 +174,7 @@ func daemonServes(c *cli.Context, addr string) bool {
 	ctx, cancel := context.WithTimeout(c.Context, 5*time.Second)
 	defer cancel()
 	var st daemon.Status
-	if err := adminCall(ctx, addr, "status", nil, &st); err != nil || !st.Daemon {
+	if err := adminCall(ctx, "", addr, "status", nil, &st); err != nil || !st.Daemon {
 		return false
 	}
 	if !c.IsSet("state-dir") || st.StateDir == "" {
@@ -202,7 +216,7 @@ func statusCommand() *cli.Command {
 				st.BudgetBytes, st.BudgetNote, err = stoppedDaemonBudget(c)
 				return err
 			}, func(addr string) error {
-				return adminCall(c.Context, addr, "status", nil, &st)
+				return adminCall(c.Context, c.String("state-dir"), addr, "status", nil, &st)
 			})
 			if err != nil {
 				return err
@@ -344,7 +358,7 @@ then). A path not fetched through shoal yet is pinned from its first fetch on.`,
 				return lc.Pin("", paths)
 			}, func(addr string) error {
 				var r daemon.CountReply
-				return adminCall(c.Context, addr, "pin", daemon.PathsRequest{Paths: paths}, &r)
+				return adminCall(c.Context, c.String("state-dir"), addr, "pin", daemon.PathsRequest{Paths: paths}, &r)
 			})
 			if err != nil {
 				return err
@@ -373,7 +387,7 @@ func unpinCommand() *cli.Command {
 				return err
 			}, func(addr string) error {
 				var r daemon.CountReply
-				err := adminCall(c.Context, addr, "unpin", daemon.PathsRequest{Paths: paths}, &r)
+				err := adminCall(c.Context, c.String("state-dir"), addr, "unpin", daemon.PathsRequest{Paths: paths}, &r)
 				n = r.Count
 				return err
 			})
@@ -414,7 +428,7 @@ rewrites it without them, which needs the daemon stopped.`,
 					res, err = lc.Evict(c.Context, to)
 					return err
 				}, func(addr string) error {
-					return adminCall(c.Context, addr, "gc", daemon.GCRequest{ToBytes: to}, &res)
+					return adminCall(c.Context, c.String("state-dir"), addr, "gc", daemon.GCRequest{ToBytes: to}, &res)
 				})
 				if err != nil {
 					return err
@@ -448,7 +462,9 @@ func verifyCommand() *cli.Command {
 		Usage: "re-check every chunk in the local cache against its ID (the daemon must be stopped)",
 		Description: `Decodes every stored chunk and checks it hashes to its ID, and checks the index
 against the stored chunks. Exits 1 when anything is wrong; --repair removes what is bad
-(the daemon fetches those chunks again when a NAR needs them).`,
+(the daemon fetches those chunks again when a NAR needs them). A cache file whose
+structure is damaged is salvaged first with --repair: every record still readable is
+copied into a new file, the damaged one is kept beside it as cache.db.broken-<time>.`,
 		Flags: []cli.Flag{stateDirFlag(),
 			&cli.BoolFlag{Name: "repair", Usage: "remove bad chunks and dangling records, fix the totals", EnvVars: env("repair")}},
 		Action: func(c *cli.Context) error {
@@ -458,6 +474,18 @@ against the stored chunks. Exits 1 when anything is wrong; --repair removes what
 			lc, err := openCache(c)
 			if errors.Is(err, localcache.ErrLocked) {
 				return fmt.Errorf("verify needs the cache to itself: stop the shoal daemon first (%w)", err)
+			}
+			if errors.Is(err, localcache.ErrCorrupt) {
+				if !c.Bool("repair") {
+					return fmt.Errorf("%w; shoal verify --repair salvages what it can", err)
+				}
+				path := filepath.Join(c.String("state-dir"), daemon.CacheFile)
+				rep, serr := localcache.Salvage(path, time.Second)
+				if serr != nil {
+					return serr
+				}
+				fmt.Fprintf(c.App.Writer, "salvaged %d records of the damaged cache file (moved to %s): %s\n", rep.Kept, rep.Aside, rep.Damage)
+				lc, err = openCache(c)
 			}
 			if err != nil {
 				return err

@@ -36,7 +36,7 @@ of time, for example for a system's closure before an upgrade.`,
 				reply = daemon.SeedPaths(c.Context, s, paths)
 				return nil
 			}, func(addr string) error {
-				return adminCall(c.Context, addr, "seed", daemon.SeedRequest{Paths: paths}, &reply)
+				return adminCall(c.Context, c.String("state-dir"), addr, "seed", daemon.SeedRequest{Paths: paths}, &reply)
 			})
 			if err != nil {
 				return err
