@@ -15,12 +15,12 @@ import (
 
 	"github.com/shoal-nix/shoal/blob"
 	"github.com/shoal-nix/shoal/chunk"
+	"github.com/shoal-nix/shoal/chunkstore"
 	"github.com/shoal-nix/shoal/fetch"
 	"github.com/shoal-nix/shoal/localcache"
-	"github.com/shoal-nix/shoal/localstore"
+	"github.com/shoal-nix/shoal/nixcache"
+	"github.com/shoal-nix/shoal/nixstore"
 	"github.com/shoal-nix/shoal/p2p"
-	"github.com/shoal-nix/shoal/store"
-	"github.com/shoal-nix/shoal/substituter"
 	"golang.org/x/sync/singleflight"
 )
 
@@ -145,14 +145,14 @@ type Daemon struct {
 	cfg         Config
 	log         *slog.Logger
 	cache       *localcache.Cache
-	store       *store.Store
-	upstreams   []*substituter.BinaryCache
-	keys        *substituter.Keyring
+	store       *chunkstore.Store
+	upstreams   []*nixcache.BinaryCache
+	keys        *nixcache.Keyring
 	codec       *chunk.Codec
 	fetcher     *fetch.Fetcher
 	metrics     *Metrics
 	peers       *p2p.Node
-	local       *localstore.Store
+	local       *nixstore.Store
 	lookups     singleflight.Group
 	narInfos    *narInfoWriter
 	storeHealth storeHealth
@@ -166,7 +166,7 @@ type Daemon struct {
 // store or upstream, so a daemon starts even while the network is down.
 func New(cfg Config) (*Daemon, error) {
 	cfg.Defaults()
-	keys, err := substituter.ParseKeyring(cfg.TrustedKeys)
+	keys, err := nixcache.ParseKeyring(cfg.TrustedKeys)
 	if err != nil {
 		return nil, fmt.Errorf("trusted public keys: %w", err)
 	}
@@ -193,10 +193,10 @@ func New(cfg Config) (*Daemon, error) {
 		if err != nil {
 			return nil, fmt.Errorf("upstream %s: %w", u, err)
 		}
-		d.upstreams = append(d.upstreams, substituter.NewBinaryCache(b))
+		d.upstreams = append(d.upstreams, nixcache.NewBinaryCache(b))
 	}
 	if cfg.StoreURL != "" {
-		if d.store, err = store.Open(cfg.StoreURL, cfg.HTTPClient); err != nil {
+		if d.store, err = chunkstore.Open(cfg.StoreURL, cfg.HTTPClient); err != nil {
 			return nil, err
 		}
 	}

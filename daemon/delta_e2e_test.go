@@ -7,12 +7,12 @@ import (
 	"testing"
 
 	"github.com/shoal-nix/shoal/chunk"
+	"github.com/shoal-nix/shoal/chunkstore"
 	"github.com/shoal-nix/shoal/daemon"
 	"github.com/shoal-nix/shoal/fetch"
 	"github.com/shoal-nix/shoal/internal/deltatest"
-	"github.com/shoal-nix/shoal/localstore"
 	"github.com/shoal-nix/shoal/manifest"
-	"github.com/shoal-nix/shoal/store"
+	"github.com/shoal-nix/shoal/nixstore"
 )
 
 // addDeltas rewrites the newer version's manifest in the fixture's store as version 2,
@@ -20,7 +20,7 @@ import (
 // the chunks the older version lacks (what an upgrade costs without deltas).
 func (f *fixture) addDeltas(t *testing.T, older, newer string) (*manifest.Manifest, int64) {
 	t.Helper()
-	st, err := store.Open(f.storeDir, nil)
+	st, err := chunkstore.Open(f.storeDir, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -108,7 +108,7 @@ func TestUpgradeFetchesDeltas(t *testing.T) {
 func breakDeltas(t *testing.T, storeDir string, m *manifest.Manifest) {
 	t.Helper()
 	ctx := context.Background()
-	st, err := store.Open(storeDir, nil)
+	st, err := chunkstore.Open(storeDir, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -147,7 +147,7 @@ func breakDeltas(t *testing.T, storeDir string, m *manifest.Manifest) {
 			}
 		}
 		n++
-		p := filepath.Join(storeDir, filepath.FromSlash(store.DeltaKey(id)))
+		p := filepath.Join(storeDir, filepath.FromSlash(chunkstore.DeltaKey(id)))
 		if err := os.WriteFile(p, obj, 0o644); err != nil {
 			t.Fatal(err)
 		}
@@ -167,7 +167,7 @@ func TestSeededUpgradeFetchesDeltas(t *testing.T) {
 	got := f.storeBytes() + f.upstream.sent("nar")
 	deltas := f.store.sent("deltas")
 	t.Logf("upgrade with the base only in /nix/store: %d bytes over the wire (%d of them deltas); new chunks %d bytes; xz NAR %d bytes; %d bytes read from /nix/store",
-		got, deltas, newBytes, f.narInfo(t, "seeddemo-1.1").FileSize, d.Metrics().Bytes(localstore.SourceName))
+		got, deltas, newBytes, f.narInfo(t, "seeddemo-1.1").FileSize, d.Metrics().Bytes(nixstore.SourceName))
 	if f.upstream.sent("nar") != 0 {
 		t.Errorf("the whole NAR was fetched although version 1 is in /nix/store")
 	}

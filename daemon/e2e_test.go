@@ -16,12 +16,12 @@ import (
 
 	"github.com/shoal-nix/shoal/blob"
 	"github.com/shoal-nix/shoal/chunk"
+	"github.com/shoal-nix/shoal/chunkstore"
 	"github.com/shoal-nix/shoal/daemon"
 	"github.com/shoal-nix/shoal/internal/nixtest"
 	"github.com/shoal-nix/shoal/manifest"
+	"github.com/shoal-nix/shoal/nixcache"
 	"github.com/shoal-nix/shoal/publish"
-	"github.com/shoal-nix/shoal/store"
-	"github.com/shoal-nix/shoal/substituter"
 )
 
 // countingServer serves a directory over HTTP and records every request and the body
@@ -147,22 +147,22 @@ func (f *fixture) publish(t *testing.T, keys ...string) publish.Summary {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dst, err := store.Open(f.storeDir, nil)
+	dst, err := chunkstore.Open(f.storeDir, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	kr, err := substituter.ParseKeyring(keys)
+	kr, err := nixcache.ParseKeyring(keys)
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := publish.New(substituter.NewBinaryCache(src), dst, kr, publish.Options{Params: chunk.DefaultParams(), Jobs: 2})
+	p, err := publish.New(nixcache.NewBinaryCache(src), dst, kr, publish.Options{Params: chunk.DefaultParams(), Jobs: 2})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer p.Close()
 	var hps []string
 	for _, sp := range f.all() {
-		hp, _ := substituter.ParseHashPart(sp)
+		hp, _ := nixcache.ParseHashPart(sp)
 		hps = append(hps, hp)
 	}
 	sum, err := p.Run(ctx, hps)
@@ -173,14 +173,14 @@ func (f *fixture) publish(t *testing.T, keys ...string) publish.Summary {
 }
 
 // narInfo reads a path's narinfo from the xz cache.
-func (f *fixture) narInfo(t *testing.T, name string) *substituter.NarInfo {
+func (f *fixture) narInfo(t *testing.T, name string) *nixcache.NarInfo {
 	t.Helper()
-	hp, _ := substituter.ParseHashPart(f.paths[name])
+	hp, _ := nixcache.ParseHashPart(f.paths[name])
 	raw, err := os.ReadFile(filepath.Join(f.cacheDir, hp+".narinfo"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	ni, err := substituter.ParseNarInfo(raw)
+	ni, err := nixcache.ParseNarInfo(raw)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -315,7 +315,7 @@ func TestNixSubstitutesThroughDaemon(t *testing.T) {
 
 func readManifest(t *testing.T, storeDir string, narHash [32]byte) *manifest.Manifest {
 	t.Helper()
-	s, err := store.Open(storeDir, nil)
+	s, err := chunkstore.Open(storeDir, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -349,14 +349,14 @@ func TestHTTPProtocol(t *testing.T) {
 		{name: "unknown narinfo", method: "GET", path: "/00000000000000000000000000000000.narinfo", status: 404},
 		{name: "narinfo HEAD", method: "HEAD", path: "/" + ni.HashPart() + ".narinfo", status: 200},
 		{name: "narinfo", method: "GET", path: "/" + ni.HashPart() + ".narinfo", status: 200, check: func(t *testing.T, _ *http.Response, body []byte) {
-			got, err := substituter.ParseNarInfo(body)
+			got, err := nixcache.ParseNarInfo(body)
 			if err != nil {
 				t.Fatal(err)
 			}
 			if got.URL != strings.TrimPrefix(narURL, "/") || got.Compression != "none" {
 				t.Errorf("URL %q Compression %q", got.URL, got.Compression)
 			}
-			kr, _ := substituter.ParseKeyring([]string{f.pk})
+			kr, _ := nixcache.ParseKeyring([]string{f.pk})
 			if _, err := kr.Verify(got); err != nil {
 				t.Errorf("rewritten narinfo no longer verifies: %v", err)
 			}
@@ -451,7 +451,7 @@ func corruptChunks(t *testing.T, storeDir string, narHash [32]byte) {
 	for i, e := range m.Entries {
 		wrong := make([]byte, e.Size)
 		wrong[0] = byte(i)
-		p := filepath.Join(storeDir, filepath.FromSlash(store.ChunkKey(e.ID)))
+		p := filepath.Join(storeDir, filepath.FromSlash(chunkstore.ChunkKey(e.ID)))
 		if err := os.WriteFile(p, codec.Encode(nil, wrong), 0o644); err != nil {
 			t.Fatal(err)
 		}

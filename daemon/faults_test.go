@@ -25,7 +25,7 @@ import (
 	"github.com/shoal-nix/shoal/internal/cachetest"
 	"github.com/shoal-nix/shoal/internal/testkit"
 	"github.com/shoal-nix/shoal/manifest"
-	"github.com/shoal-nix/shoal/substituter"
+	"github.com/shoal-nix/shoal/nixcache"
 )
 
 // A fault is what a broken, overloaded or hostile HTTP server does instead of serving a
@@ -153,7 +153,7 @@ var (
 type faultCache struct {
 	cache    *cachetest.Cache
 	storeDir string
-	v1, v2   *substituter.NarInfo
+	v1, v2   *nixcache.NarInfo
 }
 
 func newFaultCache(t *testing.T) *faultCache {

@@ -22,8 +22,8 @@ import (
 	"github.com/shoal-nix/shoal/internal/cachetest"
 	"github.com/shoal-nix/shoal/localcache"
 	"github.com/shoal-nix/shoal/manifest"
+	"github.com/shoal-nix/shoal/nixcache"
 	"github.com/shoal-nix/shoal/p2p"
-	"github.com/shoal-nix/shoal/substituter"
 )
 
 // stranger is a bare libp2p host without any fleet key, connected to the daemon's
@@ -146,7 +146,7 @@ func TestPeerNarInfoOnlyForVerifiedNARs(t *testing.T) {
 		t.Errorf("a stranger got the narinfo of a NAR the daemon never verified (%d bytes)", len(out))
 	}
 	// Once the daemon verified the NAR, it shares the narinfo with the fleet.
-	parsed, err := substituter.ParseNarInfo(ni)
+	parsed, err := nixcache.ParseNarInfo(ni)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -207,7 +207,7 @@ func TestPeerNarInfoLosesUnsignedFields(t *testing.T) {
 			t.Errorf("the peer's %s reached Nix:\n%s", field, body)
 		}
 	}
-	got, err := substituter.ParseNarInfo(body)
+	got, err := nixcache.ParseNarInfo(body)
 	if err != nil {
 		t.Fatal(err)
 	}

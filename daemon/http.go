@@ -15,8 +15,8 @@ import (
 	"github.com/shoal-nix/shoal/fetch"
 	"github.com/shoal-nix/shoal/localcache"
 	"github.com/shoal-nix/shoal/manifest"
+	"github.com/shoal-nix/shoal/nixcache"
 	"github.com/shoal-nix/shoal/nixname"
-	"github.com/shoal-nix/shoal/substituter"
 )
 
 // Handler returns the binary-cache HTTP API Nix talks to, the admin API under
@@ -101,7 +101,7 @@ func (d *Daemon) serveNarInfo(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "not found", http.StatusNotFound)
 		return
 	}
-	body := substituter.Rewrite(ni, narURL(manifest.Key(ni.NarHash)))
+	body := nixcache.Rewrite(ni, narURL(manifest.Key(ni.NarHash)))
 	w.Header().Set("Content-Type", "text/x-nix-narinfo")
 	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 	if r.Method == http.MethodGet {
@@ -111,14 +111,14 @@ func (d *Daemon) serveNarInfo(w http.ResponseWriter, r *http.Request) {
 
 // narInfo finds a trusted narinfo for hashPart: local cache, then the store, then the
 // upstreams in order. The returned source is the URL of the cache that had it.
-func (d *Daemon) narInfo(ctx context.Context, hashPart string) (*substituter.NarInfo, string, error) {
+func (d *Daemon) narInfo(ctx context.Context, hashPart string) (*nixcache.NarInfo, string, error) {
 	now := d.now()
 	if e, err := d.cache.GetNarInfo(hashPart, now); err == nil {
 		d.metrics.Event(eventNarInfoCacheHit)
 		if e.Negative {
 			return nil, "", fmt.Errorf("%w: %s (cached)", shoal.ErrNotFound, e.Reason)
 		}
-		ni, err := substituter.ParseNarInfo(e.Raw)
+		ni, err := nixcache.ParseNarInfo(e.Raw)
 		if err == nil {
 			if _, err = d.keys.Verify(ni); err == nil {
 				return ni, e.Source, nil
@@ -130,7 +130,7 @@ func (d *Daemon) narInfo(ctx context.Context, hashPart string) (*substituter.Nar
 	}
 	d.metrics.Event(eventNarInfoCacheMiss)
 	type found struct {
-		ni     *substituter.NarInfo
+		ni     *nixcache.NarInfo
 		source string
 	}
 	// Nix asks many paths at once, and often the same one from several jobs.
@@ -151,30 +151,30 @@ func (d *Daemon) narInfo(ctx context.Context, hashPart string) (*substituter.Nar
 }
 
 // lookup asks the sources and records the answer, positive or negative.
-func (d *Daemon) lookup(ctx context.Context, hashPart string) (*substituter.NarInfo, string, error) {
+func (d *Daemon) lookup(ctx context.Context, hashPart string) (*nixcache.NarInfo, string, error) {
 	type source struct {
 		name  string
-		fetch func(context.Context) (*substituter.NarInfo, error)
+		fetch func(context.Context) (*nixcache.NarInfo, error)
 	}
 	var sources []source
 	if d.store != nil {
-		sources = append(sources, source{d.store.String(), func(ctx context.Context) (*substituter.NarInfo, error) {
+		sources = append(sources, source{d.store.String(), func(ctx context.Context) (*nixcache.NarInfo, error) {
 			raw, err := d.store.NarInfo(ctx, hashPart)
 			if err != nil {
 				return nil, err
 			}
-			return substituter.ParseNarInfo(raw)
+			return nixcache.ParseNarInfo(raw)
 		}})
 	}
 	if d.peers != nil {
 		// After the fleet's own store, before the upstreams: LAN peers are cheap, and
 		// keep answering when the store and the upstreams are down.
-		sources = append(sources, source{peerSourceName, func(ctx context.Context) (*substituter.NarInfo, error) {
+		sources = append(sources, source{peerSourceName, func(ctx context.Context) (*nixcache.NarInfo, error) {
 			return d.peerNarInfo(ctx, hashPart)
 		}})
 	}
 	for _, u := range d.upstreams {
-		sources = append(sources, source{u.String(), func(ctx context.Context) (*substituter.NarInfo, error) {
+		sources = append(sources, source{u.String(), func(ctx context.Context) (*nixcache.NarInfo, error) {
 			return u.NarInfo(ctx, hashPart)
 		}})
 	}
@@ -314,7 +314,7 @@ func (d *Daemon) serveNAR(w http.ResponseWriter, r *http.Request) {
 	case ctx.Err() != nil:
 		// Nix went away.
 	default:
-		if errors.Is(err, substituter.ErrNarMismatch) || errors.Is(err, chunk.ErrCorrupt) {
+		if errors.Is(err, nixcache.ErrNarMismatch) || errors.Is(err, chunk.ErrCorrupt) {
 			d.metrics.Event(eventNarVerifyFailure)
 		}
 		d.log.Warn("NAR unavailable", "path", req.Info.StorePath, "err", err)
@@ -328,7 +328,7 @@ func (d *Daemon) serveNAR(w http.ResponseWriter, r *http.Request) {
 // than the response finished.
 func (d *Daemon) serveVerified(w http.ResponseWriter, r *http.Request, m *manifest.Manifest) {
 	nar := d.fetcher.NewReader(r.Context(), m)
-	substituter.ServeNAR(w, r, nar)
+	nixcache.ServeNAR(w, r, nar)
 	if err := nar.Err(); err != nil && r.Context().Err() == nil {
 		d.metrics.Event(eventNarVerifyFailure)
 		d.log.Error("breaking NAR response: local chunk unusable", "nar", manifest.Key(m.NarHash), "err", err)
@@ -388,7 +388,7 @@ func (d *Daemon) streamProgress(w http.ResponseWriter, r *http.Request, p *fetch
 
 // assembled records that a version of the NAR's package is now local, so the next
 // version is priced with its manifest.
-func (d *Daemon) assembled(ni *substituter.NarInfo) {
+func (d *Daemon) assembled(ni *nixcache.NarInfo) {
 	d.announce(ni.NarHash)
 	if err := d.cache.PutPackage(packageName(ni.StorePath), manifest.Key(ni.NarHash)); err != nil {
 		d.log.Warn("recording package", "err", err)

@@ -11,8 +11,8 @@ import (
 
 	"github.com/shoal-nix/shoal/chunk"
 	"github.com/shoal-nix/shoal/manifest"
+	"github.com/shoal-nix/shoal/nixcache"
 	"github.com/shoal-nix/shoal/p2p"
-	"github.com/shoal-nix/shoal/substituter"
 )
 
 // peerSourceName names LAN peers in logs, metrics and narinfo sources.
@@ -113,10 +113,10 @@ func (d *Daemon) Peers() *p2p.Node { return d.peers }
 
 // peerNarInfo asks the LAN for a narinfo; each answer must pass the same checks as one
 // from the upstream, so a lying peer's answer is skipped for an honest one.
-func (d *Daemon) peerNarInfo(ctx context.Context, hashPart string) (*substituter.NarInfo, error) {
-	var ni *substituter.NarInfo
+func (d *Daemon) peerNarInfo(ctx context.Context, hashPart string) (*nixcache.NarInfo, error) {
+	var ni *nixcache.NarInfo
 	_, err := d.peers.NarInfo(ctx, hashPart, func(raw []byte) error {
-		n, err := substituter.ParseNarInfo(raw)
+		n, err := nixcache.ParseNarInfo(raw)
 		if err != nil {
 			return err
 		}
@@ -142,7 +142,7 @@ func (d *Daemon) peerNarInfo(ctx context.Context, hashPart string) (*substituter
 // (StorePath, NarHash, NarSize, References, Sig) and those shoal rewrites anyway (URL,
 // Compression, FileHash, FileSize). Deriver, CA and unknown keys are signed by no one,
 // and a peer could set them to anything, so they are not passed on to Nix.
-func peerFields(n *substituter.NarInfo) (*substituter.NarInfo, error) {
+func peerFields(n *nixcache.NarInfo) (*nixcache.NarInfo, error) {
 	var b bytes.Buffer
 	for line := range strings.SplitSeq(strings.TrimSuffix(string(n.Raw), "\n"), "\n") {
 		key, _, _ := strings.Cut(line, ":")
@@ -152,7 +152,7 @@ func peerFields(n *substituter.NarInfo) (*substituter.NarInfo, error) {
 			b.WriteByte('\n')
 		}
 	}
-	return substituter.ParseNarInfo(b.Bytes())
+	return nixcache.ParseNarInfo(b.Bytes())
 }
 
 // peerBackend serves the local cache to peers, limited to what this daemon verified.
@@ -166,7 +166,7 @@ func (b peerBackend) NarInfo(hashPart string) ([]byte, bool) {
 	if err != nil || e.Negative {
 		return nil, false
 	}
-	ni, err := substituter.ParseNarInfo(e.Raw)
+	ni, err := nixcache.ParseNarInfo(e.Raw)
 	if err != nil {
 		return nil, false
 	}

@@ -7,13 +7,13 @@ import (
 
 	"github.com/shoal-nix/shoal/blob"
 	"github.com/shoal-nix/shoal/chunk"
+	"github.com/shoal-nix/shoal/chunkstore"
+	"github.com/shoal-nix/shoal/chunkstore/maintain"
 	"github.com/shoal-nix/shoal/daemon"
 	"github.com/shoal-nix/shoal/internal/nixtest"
 	"github.com/shoal-nix/shoal/internal/s3test"
+	"github.com/shoal-nix/shoal/nixcache"
 	"github.com/shoal-nix/shoal/publish"
-	"github.com/shoal-nix/shoal/store"
-	"github.com/shoal-nix/shoal/storegc"
-	"github.com/shoal-nix/shoal/substituter"
 )
 
 // TestNixSubstitutesFromS3Store publishes into a real S3 server (MinIO), serves Nix from
@@ -29,21 +29,21 @@ func TestNixSubstitutesFromS3Store(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dst, err := store.Open(storeURL, nil)
+	dst, err := chunkstore.Open(storeURL, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	kr, err := substituter.ParseKeyring([]string{f.pk})
+	kr, err := nixcache.ParseKeyring([]string{f.pk})
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := publish.New(substituter.NewBinaryCache(src), dst, kr, publish.Options{Params: chunk.DefaultParams(), Jobs: 2})
+	p, err := publish.New(nixcache.NewBinaryCache(src), dst, kr, publish.Options{Params: chunk.DefaultParams(), Jobs: 2})
 	if err != nil {
 		t.Fatal(err)
 	}
 	var hps []string
 	for _, sp := range f.all() {
-		hp, _ := substituter.ParseHashPart(sp)
+		hp, _ := nixcache.ParseHashPart(sp)
 		hps = append(hps, hp)
 	}
 	if _, err := p.Run(ctx, hps); err != nil {
@@ -61,11 +61,11 @@ func TestNixSubstitutesFromS3Store(t *testing.T) {
 	}
 	f.copyAndVerify(t, serve(), "demo-1.0", "demo-1.1", "notes")
 
-	keep, _ := substituter.ParseHashPart(f.paths["demo-1.1"])
+	keep, _ := nixcache.ParseHashPart(f.paths["demo-1.1"])
 	// Collect as if an hour had passed: S3 times are whole seconds, and gc spares
 	// anything that might be younger than its grace period.
 	later := func() time.Time { return time.Now().Add(time.Hour) }
-	rep, err := storegc.Collect(ctx, dst, storegc.Options{Keep: func(hp string) bool { return hp == keep }, Now: later})
+	rep, err := maintain.Collect(ctx, dst, maintain.Options{Keep: func(hp string) bool { return hp == keep }, Now: later})
 	if err != nil {
 		t.Fatalf("gc: %v", err)
 	}

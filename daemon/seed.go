@@ -8,7 +8,7 @@ import (
 	"net/http"
 	"os"
 
-	"github.com/shoal-nix/shoal/localstore"
+	"github.com/shoal-nix/shoal/nixstore"
 )
 
 // startSeeding opens the local store as a chunk source (see chunkSources).
@@ -21,7 +21,7 @@ func (d *Daemon) startSeeding() error {
 		d.log.Info("not seeding from the local store: no store directory", "dir", d.cfg.SeedStore)
 		return nil
 	}
-	s, err := localstore.New(d.cache, d.cfg.Params, localstore.Options{Dir: d.cfg.SeedStore, Log: d.log.With("component", "localstore")})
+	s, err := nixstore.New(d.cache, d.cfg.Params, nixstore.Options{Dir: d.cfg.SeedStore, Log: d.log.With("component", "localstore")})
 	if err != nil {
 		return fmt.Errorf("local store source: %w", err)
 	}
@@ -74,7 +74,7 @@ func (d *Daemon) Seed(ctx context.Context, paths []string) (SeedReply, error) {
 
 // SeedPaths indexes paths with s, for the daemon's admin API and for `shoal seed` when
 // no daemon holds the cache.
-func SeedPaths(ctx context.Context, s *localstore.Store, paths []string) SeedReply {
+func SeedPaths(ctx context.Context, s *nixstore.Store, paths []string) SeedReply {
 	var reply SeedReply
 	for _, p := range paths {
 		res, err := s.Seed(ctx, p)

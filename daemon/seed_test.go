@@ -12,7 +12,7 @@ import (
 	"github.com/shoal-nix/shoal/chunk"
 	"github.com/shoal-nix/shoal/daemon"
 	"github.com/shoal-nix/shoal/internal/nixtest"
-	"github.com/shoal-nix/shoal/localstore"
+	"github.com/shoal-nix/shoal/nixstore"
 )
 
 // newSeedFixture is two versions of a package in the local /nix/store, both signed,
@@ -65,14 +65,14 @@ func TestUpgradeSeededFromLocalStore(t *testing.T) {
 	f.copyAndVerify(t, url, "seeddemo-1.1")
 	got := f.store.sent("chunks") + f.upstream.sent("nar")
 	t.Logf("seeded upgrade: %d bytes over the wire (manifest %d); new chunks %d bytes; xz NAR %d bytes; %d bytes from the local store",
-		got, f.store.sent("manifests"), newBytes, v2.FileSize, d.Metrics().Bytes(localstore.SourceName))
+		got, f.store.sent("manifests"), newBytes, v2.FileSize, d.Metrics().Bytes(nixstore.SourceName))
 	if f.upstream.sent("nar") != 0 {
 		t.Errorf("the whole NAR was fetched (%d bytes) although version 1 is in the local store", f.upstream.sent("nar"))
 	}
 	if got != newBytes {
 		t.Errorf("seeded upgrade fetched %d chunk bytes, want exactly the new chunks' %d", got, newBytes)
 	}
-	if d.Metrics().Bytes(localstore.SourceName) == 0 {
+	if d.Metrics().Bytes(nixstore.SourceName) == 0 {
 		t.Error("no bytes counted from the local store")
 	}
 
@@ -114,7 +114,7 @@ func TestUpgradeSeededFromLocalStore(t *testing.T) {
 	if f.upstream.sent("nar") != 0 {
 		t.Errorf("the whole NAR was fetched (%d bytes)", f.upstream.sent("nar"))
 	}
-	if d2.Metrics().Bytes(localstore.SourceName) == 0 {
+	if d2.Metrics().Bytes(nixstore.SourceName) == 0 {
 		t.Error("no unmodified chunk was taken from the local store")
 	}
 }

@@ -15,7 +15,7 @@ import (
 	"github.com/shoal-nix/shoal/daemon"
 	"github.com/shoal-nix/shoal/internal/cachetest"
 	"github.com/shoal-nix/shoal/manifest"
-	"github.com/shoal-nix/shoal/substituter"
+	"github.com/shoal-nix/shoal/nixcache"
 )
 
 // metric reads one line of the daemon's /metrics, 0 when it is absent.
@@ -51,7 +51,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 
 // stalledNAR asks for a NAR on a raw connection with a tiny receive window and
 // reads nothing, as a client that stopped would.
-func stalledNAR(t *testing.T, base string, ni *substituter.NarInfo) net.Conn {
+func stalledNAR(t *testing.T, base string, ni *nixcache.NarInfo) net.Conn {
 	t.Helper()
 	d := net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
 		var serr error

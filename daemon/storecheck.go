@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/shoal-nix/shoal"
-	"github.com/shoal-nix/shoal/store"
+	"github.com/shoal-nix/shoal/chunkstore"
 )
 
 // A wrong --store (a missing directory, a plain binary cache, a typo in a URL)
@@ -52,10 +52,10 @@ func isLocalStore(rawURL string) bool {
 }
 
 // checkStore reads the store's metadata and describes what is wrong with it.
-func checkStore(ctx context.Context, s *store.Store) (*store.Meta, error) {
+func checkStore(ctx context.Context, s *chunkstore.Store) (*chunkstore.Meta, error) {
 	m, err := s.Meta(ctx)
 	if errors.Is(err, shoal.ErrNotFound) {
-		return nil, fmt.Errorf("%s is not a chunk store: it has no %s (shoal publish --to writes one); without it every NAR comes whole from the upstream", s, store.MetaKey)
+		return nil, fmt.Errorf("%s is not a chunk store: it has no %s (shoal publish --to writes one); without it every NAR comes whole from the upstream", s, chunkstore.MetaKey)
 	}
 	if err == nil && m.Packed() {
 		// The daemon fetches chunk and delta objects by name; a packed store keeps

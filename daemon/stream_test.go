@@ -20,12 +20,12 @@ import (
 
 	"github.com/shoal-nix/shoal/blob"
 	"github.com/shoal-nix/shoal/chunk"
+	"github.com/shoal-nix/shoal/chunkstore"
 	"github.com/shoal-nix/shoal/daemon"
 	"github.com/shoal-nix/shoal/internal/cachetest"
 	"github.com/shoal-nix/shoal/manifest"
+	"github.com/shoal-nix/shoal/nixcache"
 	"github.com/shoal-nix/shoal/publish"
-	"github.com/shoal-nix/shoal/store"
-	"github.com/shoal-nix/shoal/substituter"
 )
 
 // slowStore serves a store directory, delaying every chunk so the daemon cannot verify
@@ -52,13 +52,13 @@ func noise(seed uint64, n int) []byte {
 }
 
 // publishDir publishes every path of cache into a new store directory.
-func publishDir(t *testing.T, cache *cachetest.Cache, infos ...*substituter.NarInfo) string {
+func publishDir(t *testing.T, cache *cachetest.Cache, infos ...*nixcache.NarInfo) string {
 	t.Helper()
 	dir := t.TempDir()
 	src, _ := blob.Open(cache.Dir, nil)
-	dst, _ := store.Open(dir, nil)
-	kr, _ := substituter.ParseKeyring([]string{cache.PublicKey})
-	p, err := publish.New(substituter.NewBinaryCache(src), dst, kr, publish.Options{Params: chunk.DefaultParams()})
+	dst, _ := chunkstore.Open(dir, nil)
+	kr, _ := nixcache.ParseKeyring([]string{cache.PublicKey})
+	p, err := publish.New(nixcache.NewBinaryCache(src), dst, kr, publish.Options{Params: chunk.DefaultParams()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -75,7 +75,7 @@ func publishDir(t *testing.T, cache *cachetest.Cache, infos ...*substituter.NarI
 
 // fetchNAR asks for a path's narinfo, then its NAR, and returns the status, the body
 // and whether the body arrived whole.
-func fetchNAR(t *testing.T, url string, ni *substituter.NarInfo) (int, []byte, error) {
+func fetchNAR(t *testing.T, url string, ni *nixcache.NarInfo) (int, []byte, error) {
 	t.Helper()
 	mustGet(t, url+"/"+ni.HashPart()+".narinfo", 200)
 	resp, err := http.Get(url + "/nar/" + manifest.Key(ni.NarHash) + ".nar")
@@ -116,7 +116,7 @@ func TestLyingManifestNeverCompletesWrongBody(t *testing.T) {
 	b := cache.Add(t, cachetest.HashPart("b"), "b-1.0", noise(3, 2<<20), "none")
 	dir := publishDir(t, cache, a, b)
 
-	s, _ := store.Open(dir, nil)
+	s, _ := chunkstore.Open(dir, nil)
 	ma, _, err := s.Manifest(context.Background(), a.NarHash)
 	if err != nil {
 		t.Fatal(err)
@@ -127,7 +127,7 @@ func TestLyingManifestNeverCompletesWrongBody(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(dir, filepath.FromSlash(store.ManifestKey(manifest.Key(b.NarHash)))), raw, 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, filepath.FromSlash(chunkstore.ManifestKey(manifest.Key(b.NarHash)))), raw, 0o644); err != nil {
 		t.Fatal(err)
 	}
 
@@ -158,11 +158,11 @@ func TestLyingManifestNeverCompletesWrongBody(t *testing.T) {
 func TestStalledClientKeepsOnlyItsNAR(t *testing.T) {
 	cache := cachetest.New(t, "test-1")
 	big := cache.Add(t, cachetest.HashPart("big"), "big-1.0", noise(11, 24<<20), "none")
-	others := []*substituter.NarInfo{
+	others := []*nixcache.NarInfo{
 		cache.Add(t, cachetest.HashPart("b"), "b-1.0", noise(12, 1<<20), "none"),
 		cache.Add(t, cachetest.HashPart("c"), "c-1.0", noise(13, 1<<20), "none"),
 	}
-	dir := publishDir(t, cache, append([]*substituter.NarInfo{big}, others...)...)
+	dir := publishDir(t, cache, append([]*nixcache.NarInfo{big}, others...)...)
 	state := t.TempDir()
 	_, url := startDaemon(t, daemon.Config{
 		StoreURL:    "file://" + dir,
@@ -239,9 +239,9 @@ func adminPost(t *testing.T, url, token, route string, req any) string {
 	return strings.TrimSpace(string(out))
 }
 
-func mustStore(t *testing.T, dir string) *store.Store {
+func mustStore(t *testing.T, dir string) *chunkstore.Store {
 	t.Helper()
-	s, err := store.Open(dir, nil)
+	s, err := chunkstore.Open(dir, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

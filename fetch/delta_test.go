@@ -14,13 +14,13 @@ import (
 
 	"github.com/shoal-nix/shoal/blob"
 	"github.com/shoal-nix/shoal/chunk"
+	"github.com/shoal-nix/shoal/chunkstore"
 	"github.com/shoal-nix/shoal/fetch"
 	"github.com/shoal-nix/shoal/internal/cachetest"
 	"github.com/shoal-nix/shoal/internal/deltatest"
 	"github.com/shoal-nix/shoal/localcache"
 	"github.com/shoal-nix/shoal/manifest"
-	"github.com/shoal-nix/shoal/store"
-	"github.com/shoal-nix/shoal/substituter"
+	"github.com/shoal-nix/shoal/nixcache"
 )
 
 // upgradePair is NAR-like data and its next version: the same bytes with a small edit
@@ -60,7 +60,7 @@ func upgradePair(size int) (older, newer []byte) {
 }
 
 // publishNAR writes nar's chunks and manifest to st, as `shoal publish` would.
-func publishNAR(t testing.TB, st *store.Store, codec *chunk.Codec, nar []byte) *manifest.Manifest {
+func publishNAR(t testing.TB, st *chunkstore.Store, codec *chunk.Codec, nar []byte) *manifest.Manifest {
 	t.Helper()
 	ctx := context.Background()
 	m, err := manifest.Build(ctx, bytes.NewReader(nar), chunk.DefaultParams(), func(id chunk.ID, raw []byte) (int, error) {
@@ -110,7 +110,7 @@ func (c *counters) get(m map[string]int64, k string) int64 {
 // deltaFixture is a store holding two versions of a NAR, the newer one with deltas
 // against the older.
 type deltaFixture struct {
-	st             *store.Store
+	st             *chunkstore.Store
 	codec          *chunk.Codec
 	older, newer   []byte
 	mOld, mNew     *manifest.Manifest // mNew has deltas
@@ -121,7 +121,7 @@ type deltaFixture struct {
 
 func newDeltaFixture(t testing.TB, size int) *deltaFixture {
 	t.Helper()
-	st, err := store.Open(t.TempDir(), nil)
+	st, err := chunkstore.Open(t.TempDir(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -212,8 +212,8 @@ func assemble(t testing.TB, a *fetch.Fetcher, m *manifest.Manifest, nar []byte) 
 }
 
 // narInfo describes nar as a trusted narinfo would.
-func narInfo(nar []byte) *substituter.NarInfo {
-	return &substituter.NarInfo{StorePath: "/nix/store/0m2d5kyb9a2wcw3d0i0b6c2k8xkzq1w5-demo-1.1",
+func narInfo(nar []byte) *nixcache.NarInfo {
+	return &nixcache.NarInfo{StorePath: "/nix/store/0m2d5kyb9a2wcw3d0i0b6c2k8xkzq1w5-demo-1.1",
 		NarHash: sha256.Sum256(nar), NarSize: uint64(len(nar)), FileSize: uint64(len(nar))}
 }
 
@@ -261,7 +261,7 @@ func (f *deltaFixture) rewriteDeltas(t testing.TB, bad func(raw, dict []byte) []
 		for _, b := range bases {
 			dict = append(dict, raws[b.ID]...)
 		}
-		if err := f.st.Backend().Put(ctx, store.DeltaKey(id), bad(raws[f.mNew.Entries[i].ID], dict)); err != nil {
+		if err := f.st.Backend().Put(ctx, chunkstore.DeltaKey(id), bad(raws[f.mNew.Entries[i].ID], dict)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -391,7 +391,7 @@ func BenchmarkAssembleDeltas(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	wholeCache := substituter.NewBinaryCache(whole)
+	wholeCache := nixcache.NewBinaryCache(whole)
 	run := func(m *manifest.Manifest) float64 {
 		var total float64
 		for range b.N {
@@ -410,7 +410,7 @@ func BenchmarkAssembleDeltas(b *testing.B) {
 			} else {
 				// No manifest anywhere: the whole NAR from the upstream.
 				a = f.fetcherWith(b, true, newCounters())
-				a.Upstream = fetch.Upstream{Caches: []*substituter.BinaryCache{wholeCache}}
+				a.Upstream = fetch.Upstream{Caches: []*nixcache.BinaryCache{wholeCache}}
 				req.From = wholeCache.String()
 			}
 			b.StartTimer()

@@ -32,7 +32,7 @@ import (
 	"github.com/shoal-nix/shoal/chunk"
 	"github.com/shoal-nix/shoal/localcache"
 	"github.com/shoal-nix/shoal/manifest"
-	"github.com/shoal-nix/shoal/substituter"
+	"github.com/shoal-nix/shoal/nixcache"
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sync/singleflight"
 )
@@ -65,7 +65,7 @@ type Pricing struct {
 // Request is one NAR to make available.
 type Request struct {
 	// Info is the NAR's narinfo, already checked against the trusted keys.
-	Info *substituter.NarInfo
+	Info *nixcache.NarInfo
 	// From names the cache Info came from: an upstream's URL serves the whole NAR at
 	// Info.URL; any other source's narinfo sends the planner to ask the upstreams.
 	From string
@@ -370,7 +370,7 @@ func (f *Fetcher) fromChunks(ctx context.Context, req Request, pl *plan, p *Prog
 		var sum [32]byte
 		h.Sum(sum[:0])
 		if sum != req.Info.NarHash || size != req.Info.NarSize {
-			return kept, fmt.Errorf("assembled %d bytes hashing %s: %w", size, manifest.Key(sum), substituter.ErrNarMismatch)
+			return kept, fmt.Errorf("assembled %d bytes hashing %s: %w", size, manifest.Key(sum), nixcache.ErrNarMismatch)
 		}
 		if err := f.Cache.MarkVerified(p.Key, digest); err != nil {
 			return kept, err

@@ -10,12 +10,12 @@ import (
 	"github.com/shoal-nix/shoal"
 	"github.com/shoal-nix/shoal/blob"
 	"github.com/shoal-nix/shoal/chunk"
+	"github.com/shoal-nix/shoal/chunkstore"
 	"github.com/shoal-nix/shoal/fetch"
 	"github.com/shoal-nix/shoal/internal/cachetest"
 	"github.com/shoal-nix/shoal/internal/testkit"
 	"github.com/shoal-nix/shoal/manifest"
-	"github.com/shoal-nix/shoal/store"
-	"github.com/shoal-nix/shoal/substituter"
+	"github.com/shoal-nix/shoal/nixcache"
 )
 
 // liar is a peer that claims every NAR: it answers with a made-up manifest of the
@@ -109,7 +109,7 @@ func TestLyingPeerManifest(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	upstream := substituter.NewBinaryCache(upBlob)
+	upstream := nixcache.NewBinaryCache(upBlob)
 
 	tests := []struct {
 		name           string
@@ -124,7 +124,7 @@ func TestLyingPeerManifest(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			st, err := store.Open(t.TempDir(), nil)
+			st, err := chunkstore.Open(t.TempDir(), nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -134,7 +134,7 @@ func TestLyingPeerManifest(t *testing.T) {
 			l := newLiar(t, codec, ni.NarHash, len(nar))
 			c := newCounters()
 			fe := fetcherOver(t, codec, c, l, fetch.StoreSource{Store: st})
-			fe.Upstream = fetch.Upstream{Caches: []*substituter.BinaryCache{upstream}}
+			fe.Upstream = fetch.Upstream{Caches: []*nixcache.BinaryCache{upstream}}
 			got, err := wait(fe, fetch.Request{Info: ni, From: upstream.String(), KnownPackage: true})
 			if err != nil {
 				t.Fatalf("fetching: %v", err)

@@ -16,7 +16,7 @@ import (
 	"github.com/shoal-nix/shoal/internal/testkit"
 	"github.com/shoal-nix/shoal/localcache"
 	"github.com/shoal-nix/shoal/manifest"
-	"github.com/shoal-nix/shoal/substituter"
+	"github.com/shoal-nix/shoal/nixcache"
 )
 
 // FuzzServeRange feeds arbitrary Range headers, as a client resuming a NAR sends them,
@@ -36,7 +36,7 @@ func FuzzServeRange(f *testing.F) {
 		}
 		w := httptest.NewRecorder()
 		rd := fe.NewReader(context.Background(), m)
-		substituter.ServeNAR(w, r, rd)
+		nixcache.ServeNAR(w, r, rd)
 		if err := rd.Err(); err != nil {
 			t.Fatalf("reading the NAR: %v", err)
 		}

@@ -6,8 +6,8 @@ import (
 
 	"github.com/shoal-nix/shoal"
 	"github.com/shoal-nix/shoal/chunk"
+	"github.com/shoal-nix/shoal/chunkstore"
 	"github.com/shoal-nix/shoal/manifest"
-	"github.com/shoal-nix/shoal/store"
 )
 
 // Kind says what a source's chunks cost, which is all the planner needs to know about
@@ -87,7 +87,7 @@ func (o Object) size() int { return len(o.Frame) + len(o.Raw) }
 
 // StoreSource offers a chunk store's manifests, chunks and the deltas its manifests
 // name.
-type StoreSource struct{ Store *store.Store }
+type StoreSource struct{ Store *chunkstore.Store }
 
 var _ Source = StoreSource{}
 

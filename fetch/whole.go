@@ -12,14 +12,14 @@ import (
 	"github.com/shoal-nix/shoal/chunk"
 	"github.com/shoal-nix/shoal/localcache"
 	"github.com/shoal-nix/shoal/manifest"
-	"github.com/shoal-nix/shoal/substituter"
+	"github.com/shoal-nix/shoal/nixcache"
 )
 
 // Upstream is where whole NARs come from: plain binary caches, the only source that
 // needs no manifest.
 type Upstream struct {
-	Caches []*substituter.BinaryCache
-	Keys   *substituter.Keyring
+	Caches []*nixcache.BinaryCache
+	Keys   *nixcache.Keyring
 	Log    *slog.Logger
 	// LookupTimeout bounds asking the upstreams for their narinfo (default 10s).
 	LookupTimeout time.Duration
@@ -30,7 +30,7 @@ type Upstream struct {
 // ni came from: an upstream serves the NAR its own narinfo names; a narinfo from
 // elsewhere (the chunk store, a peer) names no NAR file there, so the upstreams are
 // asked for theirs, which must describe the same NAR and carry a trusted signature.
-func (u Upstream) Locate(ctx context.Context, ni *substituter.NarInfo, from string) (*substituter.BinaryCache, *substituter.NarInfo) {
+func (u Upstream) Locate(ctx context.Context, ni *nixcache.NarInfo, from string) (*nixcache.BinaryCache, *nixcache.NarInfo) {
 	for _, c := range u.Caches {
 		if c.String() == from {
 			return c, ni
@@ -70,18 +70,18 @@ type wholeNAR struct {
 	up   Upstream
 	req  Request
 	once sync.Once
-	c    *substituter.BinaryCache
-	ni   *substituter.NarInfo
+	c    *nixcache.BinaryCache
+	ni   *nixcache.NarInfo
 }
 
-func (w *wholeNAR) get(ctx context.Context) (*substituter.BinaryCache, *substituter.NarInfo) {
+func (w *wholeNAR) get(ctx context.Context) (*nixcache.BinaryCache, *nixcache.NarInfo) {
 	w.once.Do(func() { w.c, w.ni = w.up.Locate(ctx, w.req.Info, w.req.From) })
 	return w.c, w.ni
 }
 
 // fromWhole streams the whole NAR from the upstream, verifying it while cutting it into
 // chunks that are kept, so later versions of the package can reuse them.
-func (f *Fetcher) fromWhole(ctx context.Context, bc *substituter.BinaryCache, ni *substituter.NarInfo, p *Progress, gen int) (*manifest.Manifest, error) {
+func (f *Fetcher) fromWhole(ctx context.Context, bc *nixcache.BinaryCache, ni *nixcache.NarInfo, p *Progress, gen int) (*manifest.Manifest, error) {
 	nar, err := bc.OpenNAR(ctx, ni)
 	if err != nil {
 		return nil, err
@@ -123,7 +123,7 @@ func (f *Fetcher) fromWhole(ctx context.Context, bc *substituter.BinaryCache, ni
 		return nil, err
 	}
 	if m.NarHash != ni.NarHash || m.NarSize != ni.NarSize {
-		return nil, fmt.Errorf("got %d bytes hashing sha256:%s: %w", m.NarSize, manifest.Key(m.NarHash), substituter.ErrNarMismatch)
+		return nil, fmt.Errorf("got %d bytes hashing sha256:%s: %w", m.NarSize, manifest.Key(m.NarHash), nixcache.ErrNarMismatch)
 	}
 	if err := flush(); err != nil {
 		return nil, err

@@ -20,12 +20,12 @@ import (
 
 	"github.com/shoal-nix/shoal/blob"
 	"github.com/shoal-nix/shoal/chunk"
+	"github.com/shoal-nix/shoal/chunkstore"
 	"github.com/shoal-nix/shoal/fetch"
 	"github.com/shoal-nix/shoal/internal/cachetest"
 	"github.com/shoal-nix/shoal/localcache"
 	"github.com/shoal-nix/shoal/manifest"
-	"github.com/shoal-nix/shoal/store"
-	"github.com/shoal-nix/shoal/substituter"
+	"github.com/shoal-nix/shoal/nixcache"
 )
 
 // byteCounts records the assembler's bytes by source.
@@ -50,13 +50,13 @@ func (c *byteCounts) get(source string) int64 {
 }
 
 // storeWith returns a chunk store holding x's chunks and manifest.
-func storeWith(t *testing.T, x *nar) *store.Store {
+func storeWith(t *testing.T, x *nar) *chunkstore.Store {
 	t.Helper()
 	b, err := blob.Open(t.TempDir(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	st := store.New(b)
+	st := chunkstore.New(b)
 	ctx := context.Background()
 	for id, obj := range x.objs {
 		if err := st.PutChunk(ctx, id, obj); err != nil {
@@ -93,7 +93,7 @@ func assembleVia(t *testing.T, n *Node, x *nar) *byteCounts {
 		Log:     slog.New(slog.DiscardHandler),
 	}
 	defer f.Close()
-	info := &substituter.NarInfo{
+	info := &nixcache.NarInfo{
 		StorePath: "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-test-1.0",
 		NarHash:   x.m.NarHash, NarSize: x.m.NarSize,
 	}
@@ -292,7 +292,7 @@ func TestStrangerWithMadeUpManifest(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	upstream := substituter.NewBinaryCache(upBlob)
+	upstream := nixcache.NewBinaryCache(upBlob)
 	for _, storeHasManifest := range []bool{true, false} {
 		t.Run(fmt.Sprintf("store manifest %v", storeHasManifest), func(t *testing.T) {
 			stranger := lanNode(t, &chunkBackend{manifests: map[[32]byte][]byte{x.m.NarHash: lieRaw}, objs: junk.objs}, nil)
@@ -302,7 +302,7 @@ func TestStrangerWithMadeUpManifest(t *testing.T) {
 			introduce(t, n, stranger.AddrInfo())
 			st := storeWith(t, x)
 			if !storeHasManifest {
-				if err := st.Backend().Delete(context.Background(), store.ManifestKey(manifest.Key(x.m.NarHash))); err != nil {
+				if err := st.Backend().Delete(context.Background(), chunkstore.ManifestKey(manifest.Key(x.m.NarHash))); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -320,7 +320,7 @@ func TestStrangerWithMadeUpManifest(t *testing.T) {
 			f := &fetch.Fetcher{
 				Cache: cache, Codec: codec, Params: chunk.DefaultParams(), Counters: counts,
 				Sources:  []fetch.Source{n, fetch.StoreSource{Store: st}},
-				Upstream: fetch.Upstream{Caches: []*substituter.BinaryCache{upstream}},
+				Upstream: fetch.Upstream{Caches: []*nixcache.BinaryCache{upstream}},
 			}
 			defer f.Close()
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)

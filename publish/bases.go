@@ -11,18 +11,18 @@ import (
 
 	"github.com/shoal-nix/shoal"
 	"github.com/shoal-nix/shoal/chunk"
+	"github.com/shoal-nix/shoal/chunkstore"
 	"github.com/shoal-nix/shoal/delta"
 	"github.com/shoal-nix/shoal/manifest"
+	"github.com/shoal-nix/shoal/nixcache"
 	"github.com/shoal-nix/shoal/nixname"
-	"github.com/shoal-nix/shoal/store"
-	"github.com/shoal-nix/shoal/substituter"
 	"golang.org/x/sync/errgroup"
 )
 
 // job is one NAR of a run. done closes when the NAR is published or has failed; a
 // later NAR of the run that uses it as its base waits for that.
 type job struct {
-	ni   *substituter.NarInfo
+	ni   *nixcache.NarInfo
 	base *baseRef
 	done chan struct{}
 	ok   bool // set before done closes: its manifest and chunks are in the store
@@ -43,7 +43,7 @@ type baseRef struct {
 // 1.2 in one run thus gives 1.1 the base 1.0 and 1.2 the base 1.1, and a NAR never
 // waits for one that comes after it, so a run cannot deadlock. Without deltas the
 // jobs keep the caller's order and have no base.
-func (p *Publisher) plan(ctx context.Context, infos []*substituter.NarInfo) ([]*job, error) {
+func (p *Publisher) plan(ctx context.Context, infos []*nixcache.NarInfo) ([]*job, error) {
 	var jobs []*job
 	for _, ni := range infos {
 		if ni != nil {
@@ -120,7 +120,7 @@ func (p *Publisher) storeIndex(ctx context.Context, names map[string]bool) (map[
 			if err != nil {
 				return fmt.Errorf("indexing the store's NARs for delta bases: %w", err)
 			}
-			ni, err := substituter.ParseNarInfo(raw)
+			ni, err := nixcache.ParseNarInfo(raw)
 			if err != nil {
 				p.log.Warn("not a delta base: unreadable narinfo in the store", "path", hp, "err", err)
 				return nil
@@ -219,7 +219,7 @@ type baseEntry struct {
 	elem  *list.Element
 }
 
-func newBaseCache(st *store.Store, codec *chunk.Codec, limit int) *baseCache {
+func newBaseCache(st *chunkstore.Store, codec *chunk.Codec, limit int) *baseCache {
 	return &baseCache{fetch: st.Chunk, codec: codec, limit: limit, entries: map[chunk.ID]*baseEntry{}}
 }
 

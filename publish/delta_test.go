@@ -11,12 +11,12 @@ import (
 
 	"github.com/shoal-nix/shoal/blob"
 	"github.com/shoal-nix/shoal/chunk"
+	"github.com/shoal-nix/shoal/chunkstore"
 	"github.com/shoal-nix/shoal/internal/cachetest"
 	"github.com/shoal-nix/shoal/internal/testkit"
 	"github.com/shoal-nix/shoal/manifest"
+	"github.com/shoal-nix/shoal/nixcache"
 	"github.com/shoal-nix/shoal/publish"
-	"github.com/shoal-nix/shoal/store"
-	"github.com/shoal-nix/shoal/substituter"
 )
 
 // nextRelease is base with the kind of edit a new release makes to a binary: a few
@@ -37,18 +37,18 @@ func runWith(t testing.TB, cache *cachetest.Cache, storeDir string, opts publish
 	if err != nil {
 		t.Fatal(err)
 	}
-	dst, err := store.Open(storeDir, nil)
+	dst, err := chunkstore.Open(storeDir, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	kr, err := substituter.ParseKeyring([]string{cache.PublicKey})
+	kr, err := nixcache.ParseKeyring([]string{cache.PublicKey})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if opts.Params == (chunk.Params{}) {
 		opts.Params = smallParams
 	}
-	p, err := publish.New(substituter.NewBinaryCache(src), dst, kr, opts)
+	p, err := publish.New(nixcache.NewBinaryCache(src), dst, kr, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -61,7 +61,7 @@ var deltaOpts = publish.Options{Jobs: 2, Deltas: true}
 // checkDeltas decodes every delta of the manifest of ni against its base chunks, as
 // read from the store, and returns how many there are. It fails the test unless each
 // decodes to its entry's chunk and the manifest names baseNar as its base.
-func checkDeltas(t *testing.T, s *store.Store, ni *substituter.NarInfo, baseNar [32]byte) int {
+func checkDeltas(t *testing.T, s *chunkstore.Store, ni *nixcache.NarInfo, baseNar [32]byte) int {
 	t.Helper()
 	ctx := context.Background()
 	m, raw, err := s.Manifest(ctx, ni.NarHash)
@@ -119,7 +119,7 @@ func TestPublishDeltas(t *testing.T) {
 	c := cache.Add(t, cachetest.HashPart("c"), "pkg-1.2pre1", v2, "none")
 	other := cache.Add(t, cachetest.HashPart("o"), "other-1.1", nextRelease(v0, 9, 1000), "none")
 	storeDir := t.TempDir()
-	s, _ := store.Open(storeDir, nil)
+	s, _ := chunkstore.Open(storeDir, nil)
 	ctx := context.Background()
 
 	// Given newest first, the run still publishes in version order, so each version
@@ -131,7 +131,7 @@ func TestPublishDeltas(t *testing.T) {
 	if sum.NARs != 4 || sum.WithBase != 2 || sum.Deltas == 0 || sum.DeltaSaved <= 0 {
 		t.Fatalf("summary %+v", sum)
 	}
-	for _, ni := range []*substituter.NarInfo{a, other} {
+	for _, ni := range []*nixcache.NarInfo{a, other} {
 		m, raw, err := s.Manifest(ctx, ni.NarHash)
 		if err != nil {
 			t.Fatal(err)
@@ -164,7 +164,7 @@ func TestPublishDeltasRestart(t *testing.T) {
 	a := cache.Add(t, cachetest.HashPart("a"), "pkg-1.0", v0, "none")
 	b := cache.Add(t, cachetest.HashPart("b"), "pkg-1.1", nextRelease(v0, 1, 3000), "none")
 	storeDir := t.TempDir()
-	s, _ := store.Open(storeDir, nil)
+	s, _ := chunkstore.Open(storeDir, nil)
 	ctx := context.Background()
 	if _, err := runWith(t, cache, storeDir, deltaOpts, a.HashPart(), b.HashPart()); err != nil {
 		t.Fatal(err)
@@ -188,7 +188,7 @@ func TestPublishDeltasRestart(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	for _, f := range []string{b.HashPart() + ".narinfo", store.ManifestKey(manifest.Key(b.NarHash))} {
+	for _, f := range []string{b.HashPart() + ".narinfo", chunkstore.ManifestKey(manifest.Key(b.NarHash))} {
 		if err := os.Remove(filepath.Join(storeDir, f)); err != nil {
 			t.Fatal(err)
 		}
@@ -243,7 +243,7 @@ func TestPublishWithoutDeltas(t *testing.T) {
 	if err != nil || sum.Deltas != 0 || sum.WithBase != 0 {
 		t.Fatalf("%+v, %v", sum, err)
 	}
-	s, _ := store.Open(storeDir, nil)
+	s, _ := chunkstore.Open(storeDir, nil)
 	if m, _, err := s.Manifest(context.Background(), b.NarHash); err != nil || m.HasDeltas() {
 		t.Fatalf("deltas without Deltas (err %v)", err)
 	}
@@ -313,7 +313,7 @@ func TestPublishDeltasBaseTrouble(t *testing.T) {
 		if !errors.Is(err, publish.ErrRefused) || sum.NARs != 1 || sum.Deltas != 0 {
 			t.Fatalf("%+v, %v; want the base refused and the other published without deltas", sum, err)
 		}
-		s, _ := store.Open(storeDir, nil)
+		s, _ := chunkstore.Open(storeDir, nil)
 		if m, _, err := s.Manifest(ctx, good.NarHash); err != nil || m.HasDeltas() {
 			t.Fatalf("manifest with deltas against a base that was not published (err %v)", err)
 		}
@@ -324,13 +324,13 @@ func TestPublishDeltasBaseTrouble(t *testing.T) {
 		if _, err := runWith(t, cache, storeDir, deltaOpts, a.HashPart()); err != nil {
 			t.Fatal(err)
 		}
-		s, _ := store.Open(storeDir, nil)
+		s, _ := chunkstore.Open(storeDir, nil)
 		ma, _, err := s.Manifest(ctx, a.NarHash)
 		if err != nil {
 			t.Fatal(err)
 		}
 		lost := ma.Entries[len(ma.Entries)/2].ID
-		if err := os.Remove(filepath.Join(storeDir, store.ChunkKey(lost))); err != nil {
+		if err := os.Remove(filepath.Join(storeDir, chunkstore.ChunkKey(lost))); err != nil {
 			t.Fatal(err)
 		}
 		// The deltas that needed the lost chunk are skipped; the NAR is published.

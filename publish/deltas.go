@@ -8,9 +8,9 @@ import (
 	"sync"
 
 	"github.com/shoal-nix/shoal/chunk"
+	"github.com/shoal-nix/shoal/chunkstore"
 	"github.com/shoal-nix/shoal/delta"
 	"github.com/shoal-nix/shoal/manifest"
-	"github.com/shoal-nix/shoal/store"
 )
 
 // deltaSet collects the deltas of one NAR while its chunks are written.
@@ -71,7 +71,7 @@ func (p *Publisher) makeDelta(ctx context.Context, d *deltaSet, idx int, idxs []
 		err  error
 	)
 	if p.packer != nil {
-		if ref, ok := p.packer.lookup(store.KindDelta, did); ok {
+		if ref, ok := p.packer.lookup(chunkstore.KindDelta, did); ok {
 			size, have = int64(ref.length), true
 		}
 	} else if size, have, err = p.dst.RefreshDelta(ctx, did); err != nil {

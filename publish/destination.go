@@ -7,7 +7,7 @@ import (
 
 	"github.com/shoal-nix/shoal"
 	"github.com/shoal-nix/shoal/blob"
-	"github.com/shoal-nix/shoal/store"
+	"github.com/shoal-nix/shoal/chunkstore"
 )
 
 // errFound stops a listing at its first key.
@@ -37,7 +37,7 @@ func (p *Publisher) checkDestination(ctx context.Context) error {
 	case err != nil && !errors.Is(err, errFound):
 		return fmt.Errorf("checking that %s is empty or a chunk store: %w", p.dst, err)
 	case first != "":
-		return fmt.Errorf("%s is not a chunk store (it has no %s) and not empty (it holds %s): publish into an empty directory or bucket, or into an existing store", p.dst, store.MetaKey, first)
+		return fmt.Errorf("%s is not a chunk store (it has no %s) and not empty (it holds %s): publish into an empty directory or bucket, or into an existing store", p.dst, chunkstore.MetaKey, first)
 	}
 	return nil
 }

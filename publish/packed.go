@@ -8,9 +8,9 @@ import (
 	"slices"
 
 	"github.com/shoal-nix/shoal/chunk"
+	"github.com/shoal-nix/shoal/chunkstore"
 	"github.com/shoal-nix/shoal/manifest"
-	"github.com/shoal-nix/shoal/store"
-	"github.com/shoal-nix/shoal/substituter"
+	"github.com/shoal-nix/shoal/nixcache"
 	"golang.org/x/sync/errgroup"
 )
 
@@ -53,7 +53,7 @@ func (p *Publisher) publishPacked(ctx context.Context, j *job, base *deltaBase, 
 	closeRun := func() {
 		if len(run.idxs) > 0 && run.bytes < p.opts.MinReuseRun {
 			for k, i := range run.idxs {
-				c := p.packer.copyOf(store.KindChunk, refs[i].key.id, run.objs[k])
+				c := p.packer.copyOf(chunkstore.KindChunk, refs[i].key.id, run.objs[k])
 				refs[i] = c
 				pending = append(pending, c)
 				size += len(run.objs[k])
@@ -67,7 +67,7 @@ func (p *Publisher) publishPacked(ctx context.Context, j *job, base *deltaBase, 
 	m, err := manifest.Build(ctx, nar, p.opts.Params, func(id chunk.ID, raw []byte) (int, error) {
 		idx, at := len(refs), off
 		off += uint64(len(raw))
-		ref, ok := p.packer.lookup(store.KindChunk, id)
+		ref, ok := p.packer.lookup(chunkstore.KindChunk, id)
 		var obj []byte
 		full := 0
 		if ok {
@@ -101,7 +101,7 @@ func (p *Publisher) publishPacked(ctx context.Context, j *job, base *deltaBase, 
 		}
 		if !ok {
 			var claimed bool
-			if ref, claimed = p.packer.claim(store.KindChunk, id, obj); claimed {
+			if ref, claimed = p.packer.claim(chunkstore.KindChunk, id, obj); claimed {
 				pending = append(pending, ref)
 				size += len(obj)
 				r.newChunks++
@@ -127,7 +127,7 @@ func (p *Publisher) publishPacked(ctx context.Context, j *job, base *deltaBase, 
 	}
 	if m.NarHash != ni.NarHash || m.NarSize != ni.NarSize {
 		return r, fmt.Errorf("%w: got %d bytes hashing sha256:%s, narinfo says %d bytes, %s",
-			substituter.ErrNarMismatch, m.NarSize, manifest.Key(m.NarHash), ni.NarSize, ni.NarHashString())
+			nixcache.ErrNarMismatch, m.NarSize, manifest.Key(m.NarHash), ni.NarSize, ni.NarHashString())
 	}
 	attrs := []any{"path", ni.StorePath, "nar_bytes", ni.NarSize, "chunks", r.chunks, "new_chunks", r.newChunks, "new_bytes", r.newBytes}
 	deltaRefs := map[int]*objRef{}
@@ -144,7 +144,7 @@ func (p *Publisher) publishPacked(ctx context.Context, j *job, base *deltaBase, 
 		slices.Sort(idxs)
 		for _, i := range idxs {
 			rec := deltas.recs[i]
-			ref, claimed := p.packer.claim(store.KindDelta, rec.id, rec.obj)
+			ref, claimed := p.packer.claim(chunkstore.KindDelta, rec.id, rec.obj)
 			if claimed {
 				pending = append(pending, ref)
 			}

@@ -9,19 +9,19 @@ import (
 	"testing"
 
 	"github.com/shoal-nix/shoal/chunk"
+	"github.com/shoal-nix/shoal/chunkstore"
 	"github.com/shoal-nix/shoal/internal/cachetest"
 	"github.com/shoal-nix/shoal/internal/testkit"
 	"github.com/shoal-nix/shoal/manifest"
+	"github.com/shoal-nix/shoal/nixcache"
 	"github.com/shoal-nix/shoal/publish"
-	"github.com/shoal-nix/shoal/store"
-	"github.com/shoal-nix/shoal/substituter"
 )
 
 // packedObjects reads every pack index of a store: where each object lies.
-func packedObjects(t *testing.T, s *store.Store) map[chunk.ID]store.PackObject {
+func packedObjects(t *testing.T, s *chunkstore.Store) map[chunk.ID]chunkstore.PackObject {
 	t.Helper()
 	ctx := context.Background()
-	objs := map[chunk.ID]store.PackObject{}
+	objs := map[chunk.ID]chunkstore.PackObject{}
 	packOf := map[chunk.ID]chunk.ID{}
 	err := s.PackIndexes(ctx, func(id chunk.ID) error {
 		x, err := s.PackIndex(ctx, id)
@@ -44,7 +44,7 @@ func packedObjects(t *testing.T, s *store.Store) map[chunk.ID]store.PackObject {
 // through its version 3 manifest's locations only: every chunk object decodes to its
 // ID, the chunks make up the NAR, and every delta rebuilds its chunk from the base
 // chunks (found through the base NAR's manifest). It returns the manifest.
-func checkPacked(t *testing.T, s *store.Store, ni *substituter.NarInfo) *manifest.Manifest {
+func checkPacked(t *testing.T, s *chunkstore.Store, ni *nixcache.NarInfo) *manifest.Manifest {
 	t.Helper()
 	ctx := context.Background()
 	m, raw, err := s.Manifest(ctx, ni.NarHash)
@@ -115,13 +115,13 @@ func TestPublishPacked(t *testing.T) {
 	v1 := nextRelease(v0, 1, 3000)
 	a := cache.Add(t, cachetest.HashPart("a"), "pkg-1.0", v0, "zstd")
 	b := cache.Add(t, cachetest.HashPart("b"), "pkg-1.1", v1, "none")
-	var small []*substituter.NarInfo
+	var small []*nixcache.NarInfo
 	for i := range 5 {
 		small = append(small, cache.Add(t, cachetest.HashPart("s"+string(rune('0'+i))), "small-"+string(rune('0'+i)), testkit.RandomBytes(uint64(40+i), 3000), "none"))
 	}
 	storeDir := t.TempDir()
-	s, _ := store.Open(storeDir, nil)
-	opts := publish.Options{Jobs: 2, Deltas: true, Layout: store.FormatPacked, PackSize: 100 << 10}
+	s, _ := chunkstore.Open(storeDir, nil)
+	opts := publish.Options{Jobs: 2, Deltas: true, Layout: chunkstore.FormatPacked, PackSize: 100 << 10}
 	hps := []string{b.HashPart(), a.HashPart()}
 	for _, ni := range small {
 		hps = append(hps, ni.HashPart())
@@ -146,7 +146,7 @@ func TestPublishPacked(t *testing.T) {
 	if int64(len(objs)) != sum.NewChunks+sum.Deltas {
 		t.Errorf("%d objects in packs, %d new chunks and %d deltas published", len(objs), sum.NewChunks, sum.Deltas)
 	}
-	for _, ni := range append([]*substituter.NarInfo{a, b}, small...) {
+	for _, ni := range append([]*nixcache.NarInfo{a, b}, small...) {
 		checkPacked(t, s, ni)
 	}
 
@@ -177,7 +177,7 @@ func TestPublishPacked(t *testing.T) {
 	if sum, err = runWith(t, cache, storeDir, opts, hps...); err != nil || sum.Skipped != 7 || sum.Packs != 0 {
 		t.Fatalf("rerun: %+v, %v", sum, err)
 	}
-	for _, f := range []string{b.HashPart() + ".narinfo", store.ManifestKey(manifest.Key(b.NarHash))} {
+	for _, f := range []string{b.HashPart() + ".narinfo", chunkstore.ManifestKey(manifest.Key(b.NarHash))} {
 		if err := os.Remove(filepath.Join(storeDir, f)); err != nil {
 			t.Fatal(err)
 		}
@@ -206,7 +206,7 @@ func TestPublishRefusesAnotherLayout(t *testing.T) {
 	if _, err := runWith(t, cache, storeDir, publish.Options{Jobs: 1}, a.HashPart()); err != nil {
 		t.Fatal(err)
 	}
-	_, err := runWith(t, cache, storeDir, publish.Options{Jobs: 1, Layout: store.FormatPacked}, a.HashPart())
+	_, err := runWith(t, cache, storeDir, publish.Options{Jobs: 1, Layout: chunkstore.FormatPacked}, a.HashPart())
 	if err == nil || !strings.Contains(err.Error(), "has layout 1, not 3") {
 		t.Fatalf("packed publish to a loose store: %v", err)
 	}
@@ -234,8 +234,8 @@ func TestPublishPackedRewritesShortRuns(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			storeDir := t.TempDir()
-			s, _ := store.Open(storeDir, nil)
-			opts := publish.Options{Jobs: 1, Layout: store.FormatPacked, MinReuseRun: tc.minRun}
+			s, _ := chunkstore.Open(storeDir, nil)
+			opts := publish.Options{Jobs: 1, Layout: chunkstore.FormatPacked, MinReuseRun: tc.minRun}
 			if _, err := runWith(t, cache, storeDir, opts, a.HashPart()); err != nil {
 				t.Fatal(err)
 			}

@@ -10,7 +10,7 @@ import (
 
 	"github.com/shoal-nix/shoal"
 	"github.com/shoal-nix/shoal/chunk"
-	"github.com/shoal-nix/shoal/store"
+	"github.com/shoal-nix/shoal/chunkstore"
 	"golang.org/x/sync/errgroup"
 )
 
@@ -34,7 +34,7 @@ const maxPackWrites = 2
 // objKey names a stored object: chunk IDs and delta IDs are hashes of different
 // things, but the kind keeps them apart without relying on that.
 type objKey struct {
-	kind store.ObjectKind
+	kind chunkstore.ObjectKind
 	id   chunk.ID
 }
 
@@ -59,14 +59,14 @@ type objRef struct {
 // writes it with its index, and knows every object the store holds and every one
 // this run claimed, so no object is written twice by one run.
 type packer struct {
-	st     *store.Store
+	st     *chunkstore.Store
 	target int
 	log    *slog.Logger
 
 	mu      sync.Mutex
 	seq     int64 // of the open pack; each pack read or made gets the next
 	index   map[objKey]*objRef
-	cur     store.PackBuilder
+	cur     chunkstore.PackBuilder
 	curRefs []*objRef
 
 	writes sync.WaitGroup
@@ -80,7 +80,7 @@ type packer struct {
 // newPacker reads the index of every pack in the store, so a chunk the store holds is
 // found without a request. The map holds about 100 bytes per object; a store too
 // large for that is what docs/scale.md is about.
-func newPacker(ctx context.Context, st *store.Store, target int, log *slog.Logger) (*packer, error) {
+func newPacker(ctx context.Context, st *chunkstore.Store, target int, log *slog.Logger) (*packer, error) {
 	p := &packer{st: st, target: target, log: log, index: map[objKey]*objRef{}, slots: make(chan struct{}, maxPackWrites), wctx: ctx}
 	var ids []chunk.ID
 	if err := st.PackIndexes(ctx, func(id chunk.ID) error { ids = append(ids, id); return nil }); err != nil {
@@ -124,7 +124,7 @@ func newPacker(ctx context.Context, st *store.Store, target int, log *slog.Logge
 // claim returns the object's reference, and whether this call created it: then the
 // caller owns it and must hand it to add, even when its NAR fails, because other NARs
 // of the run may already wait for it.
-func (p *packer) claim(kind store.ObjectKind, id chunk.ID, obj []byte) (*objRef, bool) {
+func (p *packer) claim(kind chunkstore.ObjectKind, id chunk.ID, obj []byte) (*objRef, bool) {
 	k := objKey{kind, id}
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -138,7 +138,7 @@ func (p *packer) claim(kind store.ObjectKind, id chunk.ID, obj []byte) (*objRef,
 
 // copyOf returns a reference for another copy of an object the store holds: written
 // like a new object, but not what later NARs find by ID.
-func (p *packer) copyOf(kind store.ObjectKind, id chunk.ID, obj []byte) *objRef {
+func (p *packer) copyOf(kind chunkstore.ObjectKind, id chunk.ID, obj []byte) *objRef {
 	return &objRef{key: objKey{kind, id}, length: uint32(len(obj)), done: make(chan struct{}), obj: obj}
 }
 
@@ -151,7 +151,7 @@ func (p *packer) position(r *objRef) (seq int64, off uint64, ok bool) {
 }
 
 // lookup returns the reference of an object the store holds or this run claimed.
-func (p *packer) lookup(kind store.ObjectKind, id chunk.ID) (*objRef, bool) {
+func (p *packer) lookup(kind chunkstore.ObjectKind, id chunk.ID) (*objRef, bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	r, ok := p.index[objKey{kind, id}]
@@ -188,7 +188,7 @@ func (p *packer) flush() {
 func (p *packer) sealLocked() {
 	data, x := p.cur.Seal()
 	refs := p.curRefs
-	p.cur, p.curRefs = store.PackBuilder{}, nil
+	p.cur, p.curRefs = chunkstore.PackBuilder{}, nil
 	p.seq++
 	p.slots <- struct{}{}
 	p.writes.Add(1)
@@ -230,7 +230,7 @@ func (p *packer) wait() { p.writes.Wait() }
 
 // object returns the bytes of an object the store holds or this run claimed: from
 // memory while its pack is being made, else with a ranged read of its pack.
-func (p *packer) object(ctx context.Context, kind store.ObjectKind, id chunk.ID) ([]byte, error) {
+func (p *packer) object(ctx context.Context, kind chunkstore.ObjectKind, id chunk.ID) ([]byte, error) {
 	r, ok := p.lookup(kind, id)
 	if !ok {
 		return nil, fmt.Errorf("%s %s: %w", kind, id, shoal.ErrNotFound)

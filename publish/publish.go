@@ -29,10 +29,10 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/shoal-nix/shoal/chunk"
+	"github.com/shoal-nix/shoal/chunkstore"
 	"github.com/shoal-nix/shoal/delta"
 	"github.com/shoal-nix/shoal/manifest"
-	"github.com/shoal-nix/shoal/store"
-	"github.com/shoal-nix/shoal/substituter"
+	"github.com/shoal-nix/shoal/nixcache"
 	"golang.org/x/sync/errgroup"
 )
 
@@ -60,9 +60,9 @@ type Options struct {
 	// BaseCacheBytes bounds the decoded base chunks kept in memory; 0 means 64 MiB.
 	BaseCacheBytes int
 
-	// Layout is the store layout a new store gets: store.FormatVersion (one object
-	// per chunk) or store.FormatPacked (pack files); 0 means the store's own, or
-	// store.FormatVersion for a new store. An existing store of another layout is
+	// Layout is the store layout a new store gets: chunkstore.FormatVersion (one object
+	// per chunk) or chunkstore.FormatPacked (pack files); 0 means the store's own, or
+	// chunkstore.FormatVersion for a new store. An existing store of another layout is
 	// refused.
 	Layout int
 	// PackSize is the size at which a pack is closed, in a packed store; 0 means
@@ -101,9 +101,9 @@ type Summary struct {
 
 // Publisher copies NARs from a binary cache into a store.
 type Publisher struct {
-	src    *substituter.BinaryCache
-	dst    *store.Store
-	keys   *substituter.Keyring
+	src    *nixcache.BinaryCache
+	dst    *chunkstore.Store
+	keys   *nixcache.Keyring
 	codec  *chunk.Codec
 	deltas *chunk.DeltaCodec
 	bases  *baseCache
@@ -117,7 +117,7 @@ type Publisher struct {
 }
 
 // New returns a publisher; the caller closes it to release the codec's buffers.
-func New(src *substituter.BinaryCache, dst *store.Store, keys *substituter.Keyring, opts Options) (*Publisher, error) {
+func New(src *nixcache.BinaryCache, dst *chunkstore.Store, keys *nixcache.Keyring, opts Options) (*Publisher, error) {
 	if err := opts.Params.Validate(); err != nil {
 		return nil, fmt.Errorf("chunker parameters: %w", err)
 	}
@@ -191,13 +191,13 @@ func (p *Publisher) Run(ctx context.Context, hashParts []string) (Summary, error
 		defer func() { p.bases.fetch = loose }()
 		pk := p.packer
 		p.bases.fetch = func(ctx context.Context, id chunk.ID) ([]byte, error) {
-			return pk.object(ctx, store.KindChunk, id)
+			return pk.object(ctx, chunkstore.KindChunk, id)
 		}
 	}
 
 	// Narinfos first: they are small, they tell the total for the progress bar, and a
 	// refused signature is reported before minutes of NAR work.
-	infos := make([]*substituter.NarInfo, len(hashParts))
+	infos := make([]*nixcache.NarInfo, len(hashParts))
 	var refused atomic.Int64
 	var total int64
 	{
@@ -257,7 +257,7 @@ func (p *Publisher) Run(ctx context.Context, hashParts []string) (Summary, error
 	// A packed store's manifests wait for their packs: commits run beside the jobs.
 	// Not derived from gctx, which ends when the jobs do, before the last commits.
 	commits, cctx := errgroup.WithContext(ctx)
-	account := func(ctx context.Context, ni *substituter.NarInfo, r result, err error) error {
+	account := func(ctx context.Context, ni *nixcache.NarInfo, r result, err error) error {
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
@@ -437,7 +437,7 @@ func (p *Publisher) publishOne(ctx context.Context, j *job, claimed *sync.Map, p
 	}
 	if m.NarHash != ni.NarHash || m.NarSize != ni.NarSize {
 		return r, fmt.Errorf("%w: got %d bytes hashing sha256:%s, narinfo says %d bytes, %s",
-			substituter.ErrNarMismatch, m.NarSize, manifest.Key(m.NarHash), ni.NarSize, ni.NarHashString())
+			nixcache.ErrNarMismatch, m.NarSize, manifest.Key(m.NarHash), ni.NarSize, ni.NarHashString())
 	}
 	attrs := []any{"path", ni.StorePath, "nar_bytes", ni.NarSize, "chunks", r.chunks, "new_chunks", r.newChunks, "new_bytes", r.newBytes}
 	if deltas != nil {
@@ -464,7 +464,7 @@ func (p *Publisher) publishOne(ctx context.Context, j *job, claimed *sync.Map, p
 }
 
 // ensureNarURL writes the NAR URL index entry of a published narinfo when it is missing.
-func (p *Publisher) ensureNarURL(ctx context.Context, ni *substituter.NarInfo) error {
+func (p *Publisher) ensureNarURL(ctx context.Context, ni *nixcache.NarInfo) error {
 	have, err := p.dst.HasNarURL(ctx, ni.URL)
 	if err != nil || have {
 		return err

@@ -12,12 +12,12 @@ import (
 	"github.com/shoal-nix/shoal"
 	"github.com/shoal-nix/shoal/blob"
 	"github.com/shoal-nix/shoal/chunk"
+	"github.com/shoal-nix/shoal/chunkstore"
 	"github.com/shoal-nix/shoal/internal/cachetest"
 	"github.com/shoal-nix/shoal/internal/testkit"
 	"github.com/shoal-nix/shoal/manifest"
+	"github.com/shoal-nix/shoal/nixcache"
 	"github.com/shoal-nix/shoal/publish"
-	"github.com/shoal-nix/shoal/store"
-	"github.com/shoal-nix/shoal/substituter"
 )
 
 // smallParams keep test NARs small while still cutting many chunks.
@@ -29,15 +29,15 @@ func run(t *testing.T, cache *cachetest.Cache, storeDir string, keys []string, h
 	if err != nil {
 		t.Fatal(err)
 	}
-	dst, err := store.Open(storeDir, nil)
+	dst, err := chunkstore.Open(storeDir, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	kr, err := substituter.ParseKeyring(keys)
+	kr, err := nixcache.ParseKeyring(keys)
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := publish.New(substituter.NewBinaryCache(src), dst, kr, publish.Options{Params: smallParams, Jobs: 2})
+	p, err := publish.New(nixcache.NewBinaryCache(src), dst, kr, publish.Options{Params: smallParams, Jobs: 2})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -64,12 +64,12 @@ func TestPublish(t *testing.T) {
 		t.Errorf("no chunk shared between versions: %d new of %d", sum.NewChunks, sum.Chunks)
 	}
 
-	s, _ := store.Open(storeDir, nil)
+	s, _ := chunkstore.Open(storeDir, nil)
 	ctx := context.Background()
 	codec, _ := chunk.NewCodec()
 	defer codec.Close()
 	for _, tc := range []struct {
-		ni  *substituter.NarInfo
+		ni  *nixcache.NarInfo
 		nar []byte
 	}{{a, base}, {b, next}} {
 		raw, err := s.NarInfo(ctx, tc.ni.HashPart())
@@ -154,7 +154,7 @@ func TestPublishRefuses(t *testing.T) {
 			}
 		})
 	}
-	s, _ := store.Open(storeDir, nil)
+	s, _ := chunkstore.Open(storeDir, nil)
 	if _, err := s.NarInfo(context.Background(), lying.HashPart()); !errors.Is(err, shoal.ErrNotFound) {
 		t.Errorf("narinfo of a NAR that failed verification was written: %v", err)
 	}
@@ -170,7 +170,7 @@ func TestStoreRefusesOtherChunker(t *testing.T) {
 	if _, err := run(t, cache, storeDir, []string{cache.PublicKey}, ni.HashPart()); err != nil {
 		t.Fatal(err)
 	}
-	s, _ := store.Open(storeDir, nil)
+	s, _ := chunkstore.Open(storeDir, nil)
 	if _, err := s.Init(context.Background(), "file://"+cache.Dir, chunk.DefaultParams(), 0, time.Now()); err == nil {
 		t.Fatal("store accepted a second chunker")
 	}
@@ -186,14 +186,14 @@ func BenchmarkPublish(b *testing.B) {
 	}
 	cache := cachetest.New(b, "bench-1")
 	ni := cache.Add(b, cachetest.HashPart("bench"), "bench", nar, "zstd")
-	kr, _ := substituter.ParseKeyring([]string{cache.PublicKey})
+	kr, _ := nixcache.ParseKeyring([]string{cache.PublicKey})
 	src, _ := blob.Open(cache.Dir, nil)
 
 	var publishTime time.Duration
 	b.SetBytes(size)
 	for range b.N {
-		dst, _ := store.Open(b.TempDir(), nil)
-		p, err := publish.New(substituter.NewBinaryCache(src), dst, kr, publish.Options{Params: chunk.DefaultParams(), Jobs: 1})
+		dst, _ := chunkstore.Open(b.TempDir(), nil)
+		p, err := publish.New(nixcache.NewBinaryCache(src), dst, kr, publish.Options{Params: chunk.DefaultParams(), Jobs: 1})
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -234,16 +234,16 @@ func TestPublishIndexesNarURLs(t *testing.T) {
 	if _, err := run(t, cache, storeDir, []string{cache.PublicKey}, a.HashPart(), b.HashPart()); err != nil {
 		t.Fatal(err)
 	}
-	s, _ := store.Open(storeDir, nil)
+	s, _ := chunkstore.Open(storeDir, nil)
 	ctx := context.Background()
-	for _, ni := range []*substituter.NarInfo{a, b} {
+	for _, ni := range []*nixcache.NarInfo{a, b} {
 		hp, err := s.NarURL(ctx, ni.URL)
 		if err != nil || hp != ni.HashPart() {
 			t.Fatalf("index of %s: %q, %v; want %s", ni.URL, hp, err, ni.HashPart())
 		}
 	}
 	// A store from before the index: the entry is gone, the narinfo is there.
-	key, _ := store.NarURLKey(a.URL)
+	key, _ := chunkstore.NarURLKey(a.URL)
 	if err := s.Backend().Delete(ctx, key); err != nil {
 		t.Fatal(err)
 	}

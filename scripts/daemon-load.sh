@@ -8,12 +8,12 @@
 #
 # CACHE_DIR is a binary cache directory (e.g. written by `nix copy --to file://...`);
 # it is served on loopback as the daemon's only upstream. Extra flags go to the driver
-# (internal/loadtest/cmd/daemon-load): -clients, -narinfo-ops, -miss-ratio, -nar-rounds.
+# (internal/cmd/daemon-load): -clients, -narinfo-ops, -miss-ratio, -nar-rounds.
 set -euo pipefail
 cache=$1 pk=$2
 shift 2
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 go build -o "$work/shoal" ./cmd/shoal
-go build -o "$work/daemon-load" ./internal/loadtest/cmd/daemon-load
+go build -o "$work/daemon-load" ./internal/cmd/daemon-load
 "$work/daemon-load" -shoal "$work/shoal" -cache "$cache" -trusted-public-key "$pk" "$@"

@@ -35,7 +35,7 @@ done
 repo=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-(cd "$repo" && go build -o "$work/shoal" ./cmd/shoal && go build -o "$work/upgradecost" ./internal/upgradecost)
+(cd "$repo" && go build -o "$work/shoal" ./cmd/shoal && go build -o "$work/upgradecost" ./internal/cmd/upgrade-cost)
 
 # ratio A B: A/B with two decimals, "n/a" when B is zero.
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }

@@ -15,7 +15,7 @@ work=$(mktemp -d)
 serve_pid=
 trap '[[ -n $serve_pid ]] && kill "$serve_pid" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$work"' EXIT
 go build -o "$work/shoal" ./cmd/shoal
-go build -o "$work/serve-load" ./cmd/serve-load
+go build -o "$work/serve-load" ./internal/cmd/serve-load
 key=$(cat "$pk")
 if [[ ! -f $st/shoal-store.json ]]; then
   "$work/shoal" --log-level warn publish --from "file://$cache" --to "$st" --trusted-public-key "$key" --all

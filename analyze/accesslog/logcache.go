@@ -12,7 +12,7 @@ import (
 
 	"github.com/shoal-nix/shoal"
 	"github.com/shoal-nix/shoal/blob"
-	"github.com/shoal-nix/shoal/substituter"
+	"github.com/shoal-nix/shoal/nixcache"
 	"golang.org/x/sync/errgroup"
 )
 
@@ -41,7 +41,7 @@ func ReadKeepList(r io.Reader, name string) (*KeepList, error) {
 			k.nars[line[i:]] = struct{}{}
 			continue
 		}
-		hp, err := substituter.ParseHashPart(strings.TrimSuffix(line, ".narinfo"))
+		hp, err := nixcache.ParseHashPart(strings.TrimSuffix(line, ".narinfo"))
 		if err != nil {
 			return nil, fmt.Errorf("%s line %d: want a store path, hash part, <hash>.narinfo or nar/ URL: %w", name, n, err)
 		}
@@ -68,7 +68,7 @@ func (k *KeepList) Has(key, storePath string) bool {
 	if storePath == "" {
 		return false
 	}
-	hp := strings.TrimPrefix(storePath, substituter.StoreDir+"/")
+	hp := strings.TrimPrefix(storePath, nixcache.StoreDir+"/")
 	if len(hp) > 32 {
 		hp = hp[:32]
 	}
@@ -115,7 +115,7 @@ func (c CacheResolver) Resolve(ctx context.Context, keys []string) (map[string]N
 		return nil, err
 	}
 
-	cache := substituter.NewBinaryCache(c.Backend)
+	cache := nixcache.NewBinaryCache(c.Backend)
 	g, gctx = errgroup.WithContext(ctx)
 	g.SetLimit(max(c.Jobs, 1))
 	var read, broken int

@@ -21,7 +21,7 @@ import (
 	"github.com/shoal-nix/shoal/chunk"
 	"github.com/shoal-nix/shoal/delta"
 	"github.com/shoal-nix/shoal/internal/progress"
-	"github.com/shoal-nix/shoal/substituter"
+	"github.com/shoal-nix/shoal/nixcache"
 	"github.com/urfave/cli/v2"
 )
 
@@ -60,7 +60,7 @@ Examples:
   shoal analyze dedup --from file:///srv/cache --all --sweep 16k/64k/256k --strategy nar --deltas`,
 			Flags: []cli.Flag{
 				&cli.StringFlag{Name: "from", Usage: "binary cache to read (file:///dir, http(s)://host); without it, store paths are read from the local store", EnvVars: env("from")},
-				&cli.StringSliceFlag{Name: "trusted-public-key", Value: cli.NewStringSlice(substituter.DefaultTrustedKey), Usage: "accept narinfos signed by this key, `NAME:BASE64` (repeatable)", EnvVars: env("trusted-public-key")},
+				&cli.StringSliceFlag{Name: "trusted-public-key", Value: cli.NewStringSlice(nixcache.DefaultTrustedKey), Usage: "accept narinfos signed by this key, `NAME:BASE64` (repeatable)", EnvVars: env("trusted-public-key")},
 				&cli.BoolFlag{Name: "all", Usage: "analyze every narinfo of the (file://) cache, in store path name order", EnvVars: env("all")},
 				&cli.StringSliceFlag{Name: "sweep", Value: cli.NewStringSlice(defaultSweep...), Usage: "chunk sizes `MIN/AVG/MAX` to measure, e.g. 16k/64k/256k (repeatable)", EnvVars: env("sweep")},
 				&cli.StringSliceFlag{Name: "strategy", Value: cli.NewStringSlice("nar", "files"), Usage: "where chunks may be cut: nar (whole NAR) or files (also at file ends) (repeatable)", EnvVars: env("strategy")},
@@ -269,7 +269,7 @@ func cacheSources(ctx context.Context, c *cli.Context) ([]dedup.Source, error) {
 	if err != nil {
 		return nil, usageError("--from: %v", err)
 	}
-	cache := substituter.NewBinaryCache(b)
+	cache := nixcache.NewBinaryCache(b)
 	var hashParts []string
 	if c.Bool("all") {
 		err := cache.List(ctx, func(hp string) error {
@@ -287,14 +287,14 @@ func cacheSources(ctx context.Context, c *cli.Context) ([]dedup.Source, error) {
 		}
 	} else {
 		for _, a := range c.Args().Slice() {
-			hp, err := substituter.ParseHashPart(a)
+			hp, err := nixcache.ParseHashPart(a)
 			if err != nil {
 				return nil, usageError("%q is not a store path: %v", a, err)
 			}
 			hashParts = append(hashParts, hp)
 		}
 	}
-	infos := make([]*substituter.NarInfo, 0, len(hashParts))
+	infos := make([]*nixcache.NarInfo, 0, len(hashParts))
 	for _, hp := range hashParts {
 		ni, err := cache.NarInfo(ctx, hp)
 		if err != nil {
@@ -307,7 +307,7 @@ func cacheSources(ctx context.Context, c *cli.Context) ([]dedup.Source, error) {
 	}
 	if c.Bool("all") {
 		// Store path names carry the versions; the hash before them is random.
-		slices.SortStableFunc(infos, func(a, b *substituter.NarInfo) int {
+		slices.SortStableFunc(infos, func(a, b *nixcache.NarInfo) int {
 			return strings.Compare(storePathName(a.StorePath), storePathName(b.StorePath))
 		})
 	}
@@ -319,7 +319,7 @@ func cacheSources(ctx context.Context, c *cli.Context) ([]dedup.Source, error) {
 				if err != nil {
 					return nil, err
 				}
-				return readCloser{substituter.NewVerifyingReader(rc, ni.NarHash, ni.NarSize), rc}, nil
+				return readCloser{nixcache.NewVerifyingReader(rc, ni.NarHash, ni.NarSize), rc}, nil
 			}}
 	}
 	return sources, nil

@@ -19,11 +19,11 @@ import (
 
 	"github.com/shoal-nix/shoal/blob"
 	"github.com/shoal-nix/shoal/chunk"
+	"github.com/shoal-nix/shoal/chunkstore"
 	"github.com/shoal-nix/shoal/internal/cachetest"
 	"github.com/shoal-nix/shoal/manifest"
+	"github.com/shoal-nix/shoal/nixcache"
 	"github.com/shoal-nix/shoal/publish"
-	"github.com/shoal-nix/shoal/store"
-	"github.com/shoal-nix/shoal/substituter"
 )
 
 // crashNARs makes n NARs that share most of their bytes in pairs, as versions of a
@@ -80,7 +80,7 @@ func TestSIGKILLLoop(t *testing.T) {
 	cache := cachetest.New(t, "crash-test-1")
 	type nar struct {
 		hashPart string
-		ni       *substituter.NarInfo
+		ni       *nixcache.NarInfo
 	}
 	var nars []nar
 	for i, data := range crashNARs(24) {
@@ -92,15 +92,15 @@ func TestSIGKILLLoop(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dst, err := store.Open("file://"+storeDir, nil)
+	dst, err := chunkstore.Open("file://"+storeDir, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	kr, err := substituter.ParseKeyring([]string{cache.PublicKey})
+	kr, err := nixcache.ParseKeyring([]string{cache.PublicKey})
 	if err != nil {
 		t.Fatal(err)
 	}
-	pub, err := publish.New(substituter.NewBinaryCache(src), dst, kr, publish.Options{Params: chunk.DefaultParams(), Jobs: 2})
+	pub, err := publish.New(nixcache.NewBinaryCache(src), dst, kr, publish.Options{Params: chunk.DefaultParams(), Jobs: 2})
 	if err != nil {
 		t.Fatal(err)
 	}

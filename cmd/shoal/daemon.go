@@ -10,8 +10,8 @@ import (
 
 	"github.com/shoal-nix/shoal/daemon"
 	"github.com/shoal-nix/shoal/localcache"
+	"github.com/shoal-nix/shoal/nixcache"
 	"github.com/shoal-nix/shoal/p2p"
-	"github.com/shoal-nix/shoal/substituter"
 	"github.com/urfave/cli/v2"
 )
 
@@ -32,8 +32,8 @@ so later versions can reuse them.`,
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "listen", Value: "127.0.0.1:37515", Usage: "address to serve Nix on", EnvVars: env("listen")},
 			&cli.StringFlag{Name: "store", Usage: "chunk store written by shoal publish (a directory, file://, http(s)://, s3://bucket/prefix?region=&endpoint=)", EnvVars: env("store")},
-			&cli.StringSliceFlag{Name: "upstream", Value: cli.NewStringSlice(substituter.DefaultUpstream), Usage: "plain binary cache for narinfos and whole NARs, in order (repeatable)", EnvVars: env("upstream")},
-			&cli.StringSliceFlag{Name: "trusted-public-key", Value: cli.NewStringSlice(substituter.DefaultTrustedKey), Usage: "accept narinfos signed by this key, `NAME:BASE64` (repeatable)", EnvVars: env("trusted-public-key")},
+			&cli.StringSliceFlag{Name: "upstream", Value: cli.NewStringSlice(nixcache.DefaultUpstream), Usage: "plain binary cache for narinfos and whole NARs, in order (repeatable)", EnvVars: env("upstream")},
+			&cli.StringSliceFlag{Name: "trusted-public-key", Value: cli.NewStringSlice(nixcache.DefaultTrustedKey), Usage: "accept narinfos signed by this key, `NAME:BASE64` (repeatable)", EnvVars: env("trusted-public-key")},
 			stateDirFlag(),
 			&cli.IntFlag{Name: "priority", Value: daemon.DefaultPriority, Usage: "Priority in nix-cache-info: lower wins, 0 is the highest (cache.nixos.org says 40)", EnvVars: env("priority")},
 			&cli.StringFlag{Name: "cache-size", Usage: "bound the state directory's cache to this size, e.g. 20GiB; least recently used unpinned chunks are evicted (default: 10% of the file system holding --state-dir; 0: no bound)", EnvVars: env("cache-size")},

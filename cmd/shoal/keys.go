@@ -5,14 +5,14 @@ import (
 	"encoding/base64"
 	"strings"
 
-	"github.com/shoal-nix/shoal/substituter"
+	"github.com/shoal-nix/shoal/nixcache"
 	"github.com/urfave/cli/v2"
 )
 
 // trustedKeys reads --trusted-public-key. A secret key given by mistake (the file
 // nix-store --generate-binary-cache-key writes first) is named as such, and none of
 // it is echoed: the error lands in terminals, logs and bug reports.
-func trustedKeys(c *cli.Context) (*substituter.Keyring, error) {
+func trustedKeys(c *cli.Context) (*nixcache.Keyring, error) {
 	keys := c.StringSlice("trusted-public-key")
 	for i, k := range keys {
 		if looksSecret(k) {
@@ -20,7 +20,7 @@ func trustedKeys(c *cli.Context) (*substituter.Keyring, error) {
 			return nil, usageError("--trusted-public-key #%d (named %q) looks like a secret key: give the public key (the second file nix-store --generate-binary-cache-key writes), and keep the secret one out of command lines", i+1, name)
 		}
 	}
-	kr, err := substituter.ParseKeyring(keys)
+	kr, err := nixcache.ParseKeyring(keys)
 	if err != nil {
 		return nil, usageError("--trusted-public-key: %v", err)
 	}

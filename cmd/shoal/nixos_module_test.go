@@ -14,7 +14,7 @@ import (
 	"testing"
 
 	"github.com/shoal-nix/shoal/internal/nixtest"
-	"github.com/shoal-nix/shoal/substituter"
+	"github.com/shoal-nix/shoal/nixcache"
 	"github.com/urfave/cli/v2"
 )
 
@@ -49,8 +49,8 @@ func baseArgs(extra ...string) []string {
 	return append([]string{
 		"--listen", "127.0.0.1:37515",
 		"--priority", "30",
-		"--upstream", substituter.DefaultUpstream,
-		"--trusted-public-key", substituter.DefaultTrustedKey,
+		"--upstream", nixcache.DefaultUpstream,
+		"--trusted-public-key", nixcache.DefaultTrustedKey,
 	}, extra...)
 }
 
@@ -64,27 +64,27 @@ var moduleCases = []struct {
 	{"(defaults)", `{}`, baseArgs()},
 	{"listenAddress", `{"listenAddress": "::1"}`, []string{
 		"--listen", "[::1]:37515", "--priority", "30",
-		"--upstream", substituter.DefaultUpstream, "--trusted-public-key", substituter.DefaultTrustedKey,
+		"--upstream", nixcache.DefaultUpstream, "--trusted-public-key", nixcache.DefaultTrustedKey,
 	}},
 	{"port", `{"port": 4000}`, []string{
 		"--listen", "127.0.0.1:4000", "--priority", "30",
-		"--upstream", substituter.DefaultUpstream, "--trusted-public-key", substituter.DefaultTrustedKey,
+		"--upstream", nixcache.DefaultUpstream, "--trusted-public-key", nixcache.DefaultTrustedKey,
 	}},
 	{"priority", `{"priority": 20}`, []string{
 		"--listen", "127.0.0.1:37515", "--priority", "20",
-		"--upstream", substituter.DefaultUpstream, "--trusted-public-key", substituter.DefaultTrustedKey,
+		"--upstream", nixcache.DefaultUpstream, "--trusted-public-key", nixcache.DefaultTrustedKey,
 	}},
 	{"store", `{"store": "https://chunks.example.org/a%20b"}`, []string{
 		"--listen", "127.0.0.1:37515", "--priority", "30", "--store", "https://chunks.example.org/a%20b",
-		"--upstream", substituter.DefaultUpstream, "--trusted-public-key", substituter.DefaultTrustedKey,
+		"--upstream", nixcache.DefaultUpstream, "--trusted-public-key", nixcache.DefaultTrustedKey,
 	}},
 	{"upstreams", `{"upstreams": ["https://a.example.org", "file:///srv/cache"]}`, []string{
 		"--listen", "127.0.0.1:37515", "--priority", "30",
 		"--upstream", "https://a.example.org", "--upstream", "file:///srv/cache",
-		"--trusted-public-key", substituter.DefaultTrustedKey,
+		"--trusted-public-key", nixcache.DefaultTrustedKey,
 	}},
 	{"trustedPublicKeys", `{"trustedPublicKeys": ["a-1:AAAA", "b-1:BBBB"]}`, []string{
-		"--listen", "127.0.0.1:37515", "--priority", "30", "--upstream", substituter.DefaultUpstream,
+		"--listen", "127.0.0.1:37515", "--priority", "30", "--upstream", nixcache.DefaultUpstream,
 		"--trusted-public-key", "a-1:AAAA", "--trusted-public-key", "b-1:BBBB",
 	}},
 	{"extraArgs", `{"extraArgs": ["--verify-wait", "30s"]}`, baseArgs("--verify-wait", "30s")},
@@ -315,8 +315,8 @@ func TestModuleDefaultsMatchDaemon(t *testing.T) {
 	checks := []struct{ what, module, daemon string }{
 		{"listen address", fmt.Sprintf("%s:%d", d.ListenAddress, d.Port), fs.Lookup("listen").Value.String()},
 		{"priority", fmt.Sprint(d.Priority), fs.Lookup("priority").Value.String()},
-		{"upstreams", strings.Join(d.Upstreams, " "), substituter.DefaultUpstream},
-		{"trusted public keys", strings.Join(d.TrustedPublicKeys, " "), substituter.DefaultTrustedKey},
+		{"upstreams", strings.Join(d.Upstreams, " "), nixcache.DefaultUpstream},
+		{"trusted public keys", strings.Join(d.TrustedPublicKeys, " "), nixcache.DefaultTrustedKey},
 	}
 	for _, c := range checks {
 		if c.module != c.daemon {

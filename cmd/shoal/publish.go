@@ -13,11 +13,11 @@ import (
 	"github.com/shoal-nix/shoal/analyze/dedup"
 	"github.com/shoal-nix/shoal/blob"
 	"github.com/shoal-nix/shoal/chunk"
+	"github.com/shoal-nix/shoal/chunkstore"
 	"github.com/shoal-nix/shoal/delta"
 	"github.com/shoal-nix/shoal/internal/progress"
+	"github.com/shoal-nix/shoal/nixcache"
 	"github.com/shoal-nix/shoal/publish"
-	"github.com/shoal-nix/shoal/store"
-	"github.com/shoal-nix/shoal/substituter"
 	"github.com/urfave/cli/v2"
 )
 
@@ -66,7 +66,7 @@ the built-in decoder).`,
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "from", Required: true, Usage: "binary cache to read (file:///dir, http(s)://host, s3://bucket/prefix?region=&endpoint=)", EnvVars: env("from")},
 			&cli.StringFlag{Name: "to", Required: true, Usage: "chunk store to write (a directory, file:///dir or s3://bucket/prefix?region=&endpoint=)", EnvVars: env("to")},
-			&cli.StringSliceFlag{Name: "trusted-public-key", Value: cli.NewStringSlice(substituter.DefaultTrustedKey), Usage: "accept narinfos signed by this key, `NAME:BASE64` (repeatable)", EnvVars: env("trusted-public-key")},
+			&cli.StringSliceFlag{Name: "trusted-public-key", Value: cli.NewStringSlice(nixcache.DefaultTrustedKey), Usage: "accept narinfos signed by this key, `NAME:BASE64` (repeatable)", EnvVars: env("trusted-public-key")},
 			&cli.IntFlag{Name: "jobs", Value: runtime.NumCPU(), Usage: "NARs processed at once", EnvVars: env("jobs")},
 			&cli.BoolFlag{Name: "all", Usage: "publish every narinfo of the (file://) cache", EnvVars: env("all")},
 			&cli.IntFlag{Name: "chunk-min", Value: chunk.DefaultParams().Min, Usage: "FastCDC minimum chunk size in bytes (part of the format: a store never mixes)", EnvVars: env("chunk-min")},
@@ -96,8 +96,8 @@ func runPublish(c *cli.Context) error {
 	if err != nil {
 		return usageError("--from: %v", err)
 	}
-	src := substituter.NewBinaryCache(srcBlob)
-	dst, err := store.Open(c.String("to"), nil)
+	src := nixcache.NewBinaryCache(srcBlob)
+	dst, err := chunkstore.Open(c.String("to"), nil)
 	if err != nil {
 		return usageError("--to: %v", err)
 	}
@@ -118,7 +118,7 @@ func runPublish(c *cli.Context) error {
 		}
 	} else {
 		for _, a := range c.Args().Slice() {
-			hp, err := substituter.ParseHashPart(a)
+			hp, err := nixcache.ParseHashPart(a)
 			if err != nil {
 				return usageError("%q is not a store path: %v", a, err)
 			}
@@ -137,9 +137,9 @@ func runPublish(c *cli.Context) error {
 	switch c.String("layout") {
 	case "":
 	case "v1", "1":
-		layout = store.FormatVersion
+		layout = chunkstore.FormatVersion
 	case "v3", "3":
-		layout = store.FormatPacked
+		layout = chunkstore.FormatPacked
 	default:
 		return usageError("--layout %q: want v1 or v3", c.String("layout"))
 	}
@@ -215,7 +215,7 @@ func runPublish(c *cli.Context) error {
 			meter.ItemDone()
 		}
 	}
-	slog.Info("publishing", "from", src.String(), "to", dst.String(), "paths", len(hashParts), "chunker", opts.Params.Identity(), "xz_decoder", substituter.XZDecoder())
+	slog.Info("publishing", "from", src.String(), "to", dst.String(), "paths", len(hashParts), "chunker", opts.Params.Identity(), "xz_decoder", nixcache.XZDecoder())
 	p, err := publish.New(src, dst, keys, opts)
 	if err != nil {
 		return err

@@ -7,7 +7,7 @@ import (
 	"github.com/shoal-nix/shoal/chunk"
 	"github.com/shoal-nix/shoal/daemon"
 	"github.com/shoal-nix/shoal/localcache"
-	"github.com/shoal-nix/shoal/localstore"
+	"github.com/shoal-nix/shoal/nixstore"
 	"github.com/urfave/cli/v2"
 )
 
@@ -29,7 +29,7 @@ of time, for example for a system's closure before an upgrade.`,
 			}
 			var reply daemon.SeedReply
 			err = withCache(c, func(lc *localcache.Cache) error {
-				s, err := localstore.New(lc, chunk.DefaultParams(), localstore.Options{Dir: filepath.Dir(paths[0])})
+				s, err := nixstore.New(lc, chunk.DefaultParams(), nixstore.Options{Dir: filepath.Dir(paths[0])})
 				if err != nil {
 					return err
 				}

@@ -7,9 +7,9 @@ import (
 	"runtime/debug"
 	"time"
 
-	"github.com/shoal-nix/shoal/serve"
-	"github.com/shoal-nix/shoal/store"
-	"github.com/shoal-nix/shoal/substituter"
+	"github.com/shoal-nix/shoal/chunkstore"
+	"github.com/shoal-nix/shoal/nixcache"
+	"github.com/shoal-nix/shoal/origin"
 	"github.com/urfave/cli/v2"
 )
 
@@ -42,7 +42,7 @@ Example:
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "store", Required: true, Usage: "chunk store written by shoal publish (a directory, file:///dir, http(s)://, s3://bucket/prefix?region=&endpoint=)", EnvVars: env("store")},
 			&cli.StringFlag{Name: "listen", Value: "127.0.0.1:8090", Usage: "address to serve on (the CDN or web server in front connects here)", EnvVars: env("listen")},
-			&cli.StringSliceFlag{Name: "trusted-public-key", Value: cli.NewStringSlice(substituter.DefaultTrustedKey), Usage: "serve only NARs whose narinfo is signed by this key, `NAME:BASE64` (repeatable)", EnvVars: env("trusted-public-key")},
+			&cli.StringSliceFlag{Name: "trusted-public-key", Value: cli.NewStringSlice(nixcache.DefaultTrustedKey), Usage: "serve only NARs whose narinfo is signed by this key, `NAME:BASE64` (repeatable)", EnvVars: env("trusted-public-key")},
 			&cli.IntFlag{Name: "max-active", Value: 64, Usage: "NAR requests verified or streamed at once; more wait in line (each holds up to --prefetch chunks, 256 KiB each at most, in memory)", EnvVars: env("max-active")},
 			durationFlag("queue-timeout", 30*time.Second, "how long a request may wait for a slot before it gets 503 Service Unavailable"),
 			&cli.StringFlag{Name: "chunk-cache-size", Value: "256MiB", Usage: "memory for hot chunks shared between requests, e.g. 1GiB (0: none)", EnvVars: env("chunk-cache-size")},
@@ -61,7 +61,7 @@ func runServe(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	st, err := store.Open(c.String("store"), nil)
+	st, err := chunkstore.Open(c.String("store"), nil)
 	if err != nil {
 		return usageError("--store: %v", err)
 	}
@@ -90,7 +90,7 @@ func runServe(c *cli.Context) error {
 	if _, err := st.Meta(c.Context); err != nil {
 		return err
 	}
-	s, err := serve.New(st, serve.Options{
+	s, err := origin.New(st, origin.Options{
 		Keys: keys, MaxActive: c.Int("max-active"), QueueTimeout: durationOf(c, "queue-timeout"),
 		ChunkCacheBytes: cacheSize, Prefetch: c.Int("prefetch"), Logger: slog.Default(),
 	})

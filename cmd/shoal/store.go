@@ -10,10 +10,10 @@ import (
 	"time"
 
 	"github.com/shoal-nix/shoal/blob"
-	"github.com/shoal-nix/shoal/retire"
-	"github.com/shoal-nix/shoal/store"
-	"github.com/shoal-nix/shoal/storegc"
-	"github.com/shoal-nix/shoal/substituter"
+	"github.com/shoal-nix/shoal/chunkstore"
+	"github.com/shoal-nix/shoal/chunkstore/maintain"
+	"github.com/shoal-nix/shoal/chunkstore/retire"
+	"github.com/shoal-nix/shoal/nixcache"
 	"github.com/urfave/cli/v2"
 )
 
@@ -29,7 +29,7 @@ func storeCommand() *cli.Command {
 parts, one a line) and those published within --keep-since, marks the chunks their
 manifests list, and deletes every other narinfo, manifest and chunk — except objects
 younger than --grace, which a running publish may still need. A publish that reuses a
-chunk refreshes its time, so running gc while publishing is safe (see the storegc
+chunk refreshes its time, so running gc while publishing is safe (see the maintain
 package for the one-request window that remains).
 
 Examples:
@@ -39,7 +39,7 @@ Examples:
 					&cli.StringFlag{Name: "store", Required: true, Usage: "chunk store (a directory, file:///dir or s3://bucket/prefix?region=&endpoint=)", EnvVars: env("store")},
 					&cli.StringFlag{Name: "keep-narinfos-from", Usage: "keep the narinfos of the store paths listed in `FILE`", EnvVars: env("keep-narinfos-from")},
 					durationFlag("keep-since", 0, "keep narinfos published within this long, e.g. 30d"),
-					durationFlag("grace", storegcDefaultGrace, "never delete anything younger than this"),
+					durationFlag("grace", gcDefaultGrace, "never delete anything younger than this"),
 					&cli.BoolFlag{Name: "dry-run", Usage: "report what would be deleted, delete nothing", EnvVars: env("dry-run")},
 					&cli.IntFlag{Name: "jobs", Value: 16, Usage: "requests in flight", EnvVars: env("jobs")},
 				},
@@ -94,7 +94,7 @@ Examples:
 					&cli.StringFlag{Name: "store", Required: true, Usage: "the chunk store shoal serve reads", EnvVars: env("store")},
 					durationFlag("older-than", 0, "retire only NAR files last modified longer ago than this, e.g. 90d"),
 					&cli.StringFlag{Name: "keep-narinfos-from", Usage: "never retire the NARs of the store paths listed in `FILE`", EnvVars: env("keep-narinfos-from")},
-					&cli.StringSliceFlag{Name: "trusted-public-key", Value: cli.NewStringSlice(substituter.DefaultTrustedKey), Usage: "the keys shoal serve trusts, `NAME:BASE64` (repeatable): a NAR it would refuse is never retired", EnvVars: env("trusted-public-key")},
+					&cli.StringSliceFlag{Name: "trusted-public-key", Value: cli.NewStringSlice(nixcache.DefaultTrustedKey), Usage: "the keys shoal serve trusts, `NAME:BASE64` (repeatable): a NAR it would refuse is never retired", EnvVars: env("trusted-public-key")},
 					&cli.BoolFlag{Name: "apply", Usage: "delete; without it, only report", EnvVars: env("apply")},
 					&cli.IntFlag{Name: "jobs", Value: 4, Usage: "NARs checked at once", EnvVars: env("jobs")},
 				},
@@ -104,16 +104,16 @@ Examples:
 	}
 }
 
-// storegcDefaultGrace is long enough for any publish of a large cache to have
+// gcDefaultGrace is long enough for any publish of a large cache to have
 // written its narinfos.
-const storegcDefaultGrace = 24 * time.Hour
+const gcDefaultGrace = 24 * time.Hour
 
 func runStoreGC(c *cli.Context) error {
-	s, err := store.Open(c.String("store"), nil)
+	s, err := chunkstore.Open(c.String("store"), nil)
 	if err != nil {
 		return usageError("--store: %v", err)
 	}
-	opts := storegc.Options{
+	opts := maintain.Options{
 		KeepSince: durationOf(c, "keep-since"),
 		Grace:     durationOf(c, "grace"),
 		DryRun:    c.Bool("dry-run"),
@@ -133,14 +133,14 @@ func runStoreGC(c *cli.Context) error {
 	if opts.Keep == nil && opts.KeepSince == 0 {
 		return usageError("store gc needs --keep-narinfos-from or --keep-since: without either it would delete every narinfo")
 	}
-	rep, err := storegc.Collect(c.Context, s, opts)
+	rep, err := maintain.Collect(c.Context, s, opts)
 	printGCReport(c.App.Writer, rep, opts.DryRun)
 	return err
 }
 
 // printGCReport writes store gc's summary: one line per kind of object, each with
 // its own counts.
-func printGCReport(w io.Writer, rep storegc.Report, dryRun bool) {
+func printGCReport(w io.Writer, rep maintain.Report, dryRun bool) {
 	verb := "freed"
 	if dryRun {
 		verb = "would free"
@@ -148,7 +148,7 @@ func printGCReport(w io.Writer, rep storegc.Report, dryRun bool) {
 	fmt.Fprintf(w, "%s %d objects, %d bytes in %s\n", verb, rep.FreedObjects(), rep.FreedBytes(), rep.Elapsed.Round(time.Millisecond))
 	for _, k := range []struct {
 		name string
-		c    storegc.Counts
+		c    maintain.Counts
 	}{{"narinfos:", rep.NarInfos}, {"manifests:", rep.Manifests}, {"chunks:", rep.Chunks}, {"deltas:", rep.Deltas}} {
 		fmt.Fprintf(w, "  %-10s %d deleted (%d bytes), %d kept\n", k.name, k.c.Deleted, k.c.DeletedBytes, k.c.Kept)
 	}
@@ -172,7 +172,7 @@ func readKeepList(name string) (map[string]bool, error) {
 		if line == "" || strings.HasPrefix(line, "#") {
 			continue
 		}
-		hp, err := substituter.ParseHashPart(line)
+		hp, err := nixcache.ParseHashPart(line)
 		if err != nil {
 			return nil, fmt.Errorf("%s line %d: %w", name, n, err)
 		}
@@ -185,11 +185,11 @@ func readKeepList(name string) (map[string]bool, error) {
 }
 
 func runStoreIndex(c *cli.Context) error {
-	s, err := store.Open(c.String("store"), nil)
+	s, err := chunkstore.Open(c.String("store"), nil)
 	if err != nil {
 		return usageError("--store: %v", err)
 	}
-	rep, err := storegc.Index(c.Context, s, c.Int("jobs"), slog.Default())
+	rep, err := maintain.Index(c.Context, s, c.Int("jobs"), slog.Default())
 	fmt.Fprintf(c.App.Writer, "%d narinfos: %d index entries added, %d narinfos not indexable\n", rep.NarInfos, rep.Added, rep.Refused)
 	return err
 }
@@ -203,7 +203,7 @@ func runStoreRetire(c *cli.Context) error {
 	if err != nil {
 		return usageError("--from: %v", err)
 	}
-	s, err := store.Open(c.String("store"), nil)
+	s, err := chunkstore.Open(c.String("store"), nil)
 	if err != nil {
 		return usageError("--store: %v", err)
 	}
@@ -244,14 +244,14 @@ func runStoreRetire(c *cli.Context) error {
 }
 
 func runStoreVerify(c *cli.Context) error {
-	s, err := store.Open(c.String("store"), nil)
+	s, err := chunkstore.Open(c.String("store"), nil)
 	if err != nil {
 		return usageError("--store: %v", err)
 	}
 	if c.Int("sample") < 0 {
 		return usageError("--sample must not be negative")
 	}
-	rep, problems, err := storegc.Verify(c.Context, s, storegc.VerifyOptions{Sample: c.Int("sample"), Jobs: c.Int("jobs"), Logger: slog.Default()})
+	rep, problems, err := maintain.Verify(c.Context, s, maintain.VerifyOptions{Sample: c.Int("sample"), Jobs: c.Int("jobs"), Logger: slog.Default()})
 	if err != nil {
 		return err
 	}

@@ -5,18 +5,18 @@ import (
 	"testing"
 	"time"
 
-	"github.com/shoal-nix/shoal/storegc"
+	"github.com/shoal-nix/shoal/chunkstore/maintain"
 )
 
 // Each line of store gc's summary must carry its own kind's counts: a store with 80
 // kept deltas once read "deltas: 0 deleted (80 bytes), 0 kept".
 func TestStoreGCReportLines(t *testing.T) {
-	rep := storegc.Report{
-		NarInfos:  storegc.Counts{Deleted: 1, DeletedBytes: 11, Kept: 2},
-		Manifests: storegc.Counts{Deleted: 3, DeletedBytes: 33, Kept: 4},
-		Chunks:    storegc.Counts{Deleted: 5, DeletedBytes: 55, Kept: 6},
-		Deltas:    storegc.Counts{Deleted: 7, DeletedBytes: 77, Kept: 80},
-		NarURLs:   storegc.Counts{Deleted: 9},
+	rep := maintain.Report{
+		NarInfos:  maintain.Counts{Deleted: 1, DeletedBytes: 11, Kept: 2},
+		Manifests: maintain.Counts{Deleted: 3, DeletedBytes: 33, Kept: 4},
+		Chunks:    maintain.Counts{Deleted: 5, DeletedBytes: 55, Kept: 6},
+		Deltas:    maintain.Counts{Deleted: 7, DeletedBytes: 77, Kept: 80},
+		NarURLs:   maintain.Counts{Deleted: 9},
 		Young:     10,
 		Elapsed:   1500 * time.Millisecond,
 	}

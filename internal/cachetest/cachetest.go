@@ -16,7 +16,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 	"github.com/nix-community/go-nix/pkg/nixbase32"
-	"github.com/shoal-nix/shoal/substituter"
+	"github.com/shoal-nix/shoal/nixcache"
 	"github.com/ulikunitz/xz"
 )
 
@@ -46,7 +46,7 @@ func New(t testing.TB, keyName string) *Cache {
 
 // Add stores nar (any bytes: shoal never parses NARs) as store path hashPart-name with
 // compression "none", "zstd" or "xz", signs it, and returns the parsed narinfo.
-func (c *Cache) Add(t testing.TB, hashPart, name string, nar []byte, compression string) *substituter.NarInfo {
+func (c *Cache) Add(t testing.TB, hashPart, name string, nar []byte, compression string) *nixcache.NarInfo {
 	t.Helper()
 	file := nar
 	switch compression {
@@ -99,7 +99,7 @@ func (c *Cache) Add(t testing.TB, hashPart, name string, nar []byte, compression
 	if err := os.WriteFile(filepath.Join(c.Dir, hashPart+".narinfo"), b.Bytes(), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	ni, err := substituter.ParseNarInfo(b.Bytes())
+	ni, err := nixcache.ParseNarInfo(b.Bytes())
 	if err != nil {
 		t.Fatalf("cachetest wrote a narinfo shoal cannot parse: %v\n%s", err, b.Bytes())
 	}

@@ -11,8 +11,8 @@ import (
 	"sort"
 
 	"github.com/shoal-nix/shoal/chunk"
+	"github.com/shoal-nix/shoal/chunkstore"
 	"github.com/shoal-nix/shoal/manifest"
-	"github.com/shoal-nix/shoal/store"
 )
 
 // Options tunes AddDeltas; zero fields take defaults.
@@ -33,7 +33,7 @@ type Result struct {
 // AddDeltas gives target's manifest in st a delta for each chunk base lacks, where the
 // delta is smaller than the chunk's full object. The deltas are written before the
 // manifest, as docs/format.md requires of a publisher.
-func AddDeltas(ctx context.Context, st *store.Store, base, target [32]byte, opts Options) (Result, error) {
+func AddDeltas(ctx context.Context, st *chunkstore.Store, base, target [32]byte, opts Options) (Result, error) {
 	if opts.Bases <= 0 {
 		opts.Bases = 3
 	}
@@ -124,7 +124,7 @@ func AddDeltas(ctx context.Context, st *store.Store, base, target [32]byte, opts
 		if len(obj) >= int(e.StoredSize) {
 			continue
 		}
-		if err := st.Backend().Put(ctx, store.DeltaKey(chunk.DeltaID(e.ID, ids)), obj); err != nil {
+		if err := st.Backend().Put(ctx, chunkstore.DeltaKey(chunk.DeltaID(e.ID, ids)), obj); err != nil {
 			return Result{}, fmt.Errorf("writing delta: %w", err)
 		}
 		d := manifest.Delta{StoredSize: uint32(len(obj))}

@@ -1,6 +1,6 @@
 // Package loadgen drives many concurrent NAR requests at a binary-cache-like HTTP
 // server and measures what a CDN edge would see: NAR throughput, latency percentiles
-// and status codes. It backs cmd/serve-load, the load test of `shoal serve`, and can
+// and status codes. It backs internal/cmd/serve-load, the load test of `shoal serve`, and can
 // write what it requested as an nginx "combined" access log, a realistic input for
 // `shoal analyze logs`.
 package loadgen
@@ -17,7 +17,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/shoal-nix/shoal/substituter"
+	"github.com/shoal-nix/shoal/nixcache"
 )
 
 // Target is one NAR a client may ask for.
@@ -30,7 +30,7 @@ type Target struct {
 // TargetsFromCache reads every narinfo of a binary cache directory and returns its NARs,
 // sorted by path so that a seeded run picks the same sequence every time.
 func TargetsFromCache(dir string) ([]Target, error) {
-	infos, err := substituter.NarInfosInDir(dir)
+	infos, err := nixcache.NarInfosInDir(dir)
 	if err != nil {
 		return nil, err
 	}

@@ -22,7 +22,7 @@ import (
 	"github.com/nix-community/go-nix/pkg/nixbase32"
 
 	"github.com/shoal-nix/shoal/manifest"
-	"github.com/shoal-nix/shoal/substituter"
+	"github.com/shoal-nix/shoal/nixcache"
 )
 
 // Path is a store path the daemon can serve, as its narinfo describes it.
@@ -125,7 +125,7 @@ func (r Report) String() string {
 
 // ReadCache lists the paths of a binary cache directory from its narinfos.
 func ReadCache(dir string) ([]Path, error) {
-	infos, err := substituter.NarInfosInDir(dir)
+	infos, err := nixcache.NarInfosInDir(dir)
 	if err != nil {
 		return nil, err
 	}
@@ -309,7 +309,7 @@ func (d *driver) narInfo(ctx context.Context, rec *recorder, hashPart, method st
 	case hit && resp.StatusCode != http.StatusOK:
 		return fmt.Errorf("%s narinfo %s: status %d, want 200", method, hashPart, resp.StatusCode)
 	case hit && method == http.MethodGet:
-		ni, err := substituter.ParseNarInfo(body)
+		ni, err := nixcache.ParseNarInfo(body)
 		if err != nil {
 			return fmt.Errorf("narinfo %s: %w", hashPart, err)
 		}
@@ -345,7 +345,7 @@ func (d *driver) nar(ctx context.Context, rec *recorder, p Path) error {
 	if resp.StatusCode != http.StatusOK {
 		return fmt.Errorf("NAR of %s: status %d", p.HashPart, resp.StatusCode)
 	}
-	body, err := substituter.Decompress(ctx, resp.Body, compression)
+	body, err := nixcache.Decompress(ctx, resp.Body, compression)
 	if err != nil {
 		return fmt.Errorf("NAR of %s: %w", p.HashPart, err)
 	}

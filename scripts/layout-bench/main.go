@@ -33,15 +33,15 @@ import (
 
 	"github.com/shoal-nix/shoal/blob"
 	"github.com/shoal-nix/shoal/chunk"
+	"github.com/shoal-nix/shoal/chunkstore"
 	"github.com/shoal-nix/shoal/manifest"
+	"github.com/shoal-nix/shoal/nixcache"
 	"github.com/shoal-nix/shoal/publish"
-	"github.com/shoal-nix/shoal/store"
-	"github.com/shoal-nix/shoal/substituter"
 )
 
 func main() {
 	packSizes := flag.String("pack-sizes", "32MiB", "pack sizes to measure the packed layout at, comma-separated (MiB)")
-	overread := flag.Float64("overread", 0, "store.ReadOptions.Overread of the packed reads (0: its default)")
+	overread := flag.Float64("overread", 0, "chunkstore.ReadOptions.Overread of the packed reads (0: its default)")
 	minRun := flag.Int("min-reuse-run", 0, "publish.Options.MinReuseRun of the packed stores, bytes (0: its default; -1: reuse every run)")
 	keep := flag.String("keep", "", "write the stores under this directory and keep them (default: a temporary directory, removed)")
 	flag.Usage = func() {
@@ -53,7 +53,7 @@ func main() {
 		flag.Usage()
 		os.Exit(2)
 	}
-	readOpts = store.ReadOptions{Overread: *overread}
+	readOpts = chunkstore.ReadOptions{Overread: *overread}
 	minReuseRun = *minRun
 	if err := run(context.Background(), flag.Arg(0), *packSizes, *keep); err != nil {
 		fmt.Fprintln(os.Stderr, "layout-bench:", err)
@@ -63,7 +63,7 @@ func main() {
 
 // readOpts and minReuseRun come from the flags.
 var (
-	readOpts    store.ReadOptions
+	readOpts    chunkstore.ReadOptions
 	minReuseRun int
 )
 
@@ -87,13 +87,13 @@ type fetchCost struct {
 }
 
 func run(ctx context.Context, corpus, packSizes, keep string) error {
-	layouts := []layout{{name: "v1", version: store.FormatVersion}}
+	layouts := []layout{{name: "v1", version: chunkstore.FormatVersion}}
 	for _, s := range strings.Split(packSizes, ",") {
 		var mib int
 		if _, err := fmt.Sscanf(strings.TrimSpace(s), "%dMiB", &mib); err != nil || mib <= 0 {
 			return fmt.Errorf("--pack-sizes: %q is not a size in MiB such as 32MiB", s)
 		}
-		layouts = append(layouts, layout{name: fmt.Sprintf("v3 %dMiB", mib), version: store.FormatPacked, packSize: mib << 20})
+		layouts = append(layouts, layout{name: fmt.Sprintf("v3 %dMiB", mib), version: chunkstore.FormatPacked, packSize: mib << 20})
 	}
 	pathsRaw, err := os.ReadFile(filepath.Join(corpus, "paths"))
 	if err != nil {
@@ -105,7 +105,7 @@ func run(ctx context.Context, corpus, packSizes, keep string) error {
 	}
 	var hps []string
 	for _, p := range strings.Fields(string(pathsRaw)) {
-		hp, err := substituter.ParseHashPart(p)
+		hp, err := nixcache.ParseHashPart(p)
 		if err != nil {
 			return err
 		}
@@ -140,15 +140,15 @@ func measure(ctx context.Context, corpus, pk string, hps []string, l layout, dir
 	if err != nil {
 		return nil, err
 	}
-	dst, err := store.Open(dir, nil)
+	dst, err := chunkstore.Open(dir, nil)
 	if err != nil {
 		return nil, err
 	}
-	kr, err := substituter.ParseKeyring([]string{pk})
+	kr, err := nixcache.ParseKeyring([]string{pk})
 	if err != nil {
 		return nil, err
 	}
-	p, err := publish.New(substituter.NewBinaryCache(src), dst, kr, publish.Options{
+	p, err := publish.New(nixcache.NewBinaryCache(src), dst, kr, publish.Options{
 		Params: chunk.DefaultParams(), Jobs: runtime.NumCPU(), Deltas: true,
 		Layout: l.version, PackSize: l.packSize, MinReuseRun: minReuseRun, Logger: slog.New(slog.DiscardHandler),
 	})
@@ -189,7 +189,7 @@ func measure(ctx context.Context, corpus, pk string, hps []string, l layout, dir
 		files.ServeHTTP(&countingWriter{ResponseWriter: w, n: &served}, req)
 	}))
 	defer srv.Close()
-	st, err := store.Open(srv.URL, srv.Client())
+	st, err := chunkstore.Open(srv.URL, srv.Client())
 	if err != nil {
 		return nil, err
 	}
@@ -234,7 +234,7 @@ func measure(ctx context.Context, corpus, pk string, hps []string, l layout, dir
 		}
 		c := fetchCost{requests: requests.Load(), bytesRead: served.Load(), needed: needed}
 		// The manifest is read either way; count its bytes as needed too.
-		raw, _ := blob.ReadAll(ctx, must(blob.Open(dir, nil)), store.ManifestKey(manifest.Key(m.NarHash)), 1<<30)
+		raw, _ := blob.ReadAll(ctx, must(blob.Open(dir, nil)), chunkstore.ManifestKey(manifest.Key(m.NarHash)), 1<<30)
 		c.needed += int64(len(raw))
 		if upgrade {
 			r.upgrade, r.upgradeObjects = c, n
@@ -252,12 +252,12 @@ func must[T any](v T, err error) T {
 	return v
 }
 
-func manifestOf(ctx context.Context, st *store.Store, hp string) (*manifest.Manifest, error) {
+func manifestOf(ctx context.Context, st *chunkstore.Store, hp string) (*manifest.Manifest, error) {
 	raw, err := st.NarInfo(ctx, hp)
 	if err != nil {
 		return nil, err
 	}
-	ni, err := substituter.ParseNarInfo(raw)
+	ni, err := nixcache.ParseNarInfo(raw)
 	if err != nil {
 		return nil, err
 	}
@@ -266,7 +266,7 @@ func manifestOf(ctx context.Context, st *store.Store, hp string) (*manifest.Mani
 }
 
 // objectOf reads entry i's chunk object, wherever the layout keeps it (setup only).
-func objectOf(ctx context.Context, st *store.Store, m *manifest.Manifest, i int) ([]byte, error) {
+func objectOf(ctx context.Context, st *chunkstore.Store, m *manifest.Manifest, i int) ([]byte, error) {
 	if m.Packed() {
 		l := m.Locs[i]
 		return st.ReadPackRange(ctx, m.Packs[l.Pack], l.Offset, m.Entries[i].StoredSize)
@@ -276,11 +276,11 @@ func objectOf(ctx context.Context, st *store.Store, m *manifest.Manifest, i int)
 
 // fetch gets every chunk of m the client lacks, as the daemon would: a delta when its
 // base chunks are cached and it is cheaper, else the chunk object. A loose store costs a
-// request per object; a packed one goes through store.PackReader. It returns the bytes
+// request per object; a packed one goes through chunkstore.PackReader. It returns the bytes
 // of the objects needed and how many there were.
-func fetch(ctx context.Context, st *store.Store, codec *chunk.Codec, m *manifest.Manifest, have map[chunk.ID][]byte) (needed int64, objects int, err error) {
+func fetch(ctx context.Context, st *chunkstore.Store, codec *chunk.Codec, m *manifest.Manifest, have map[chunk.ID][]byte) (needed int64, objects int, err error) {
 	seen := map[chunk.ID]bool{}
-	var reads []store.PackRead
+	var reads []chunkstore.PackRead
 	for i, e := range m.Entries {
 		if _, ok := have[e.ID]; ok || seen[e.ID] {
 			continue
@@ -311,7 +311,7 @@ func fetch(ctx context.Context, st *store.Store, codec *chunk.Codec, m *manifest
 			continue
 		}
 		if useDelta {
-			rd, _ := store.DeltaRead(m, i, func() ([]byte, error) {
+			rd, _ := chunkstore.DeltaRead(m, i, func() ([]byte, error) {
 				var dict []byte
 				for _, b := range bases {
 					dict = append(dict, have[b.ID]...)
@@ -321,14 +321,14 @@ func fetch(ctx context.Context, st *store.Store, codec *chunk.Codec, m *manifest
 			reads = append(reads, rd)
 			continue
 		}
-		rd, err := store.ChunkRead(m, i)
+		rd, err := chunkstore.ChunkRead(m, i)
 		if err != nil {
 			return 0, 0, err
 		}
 		reads = append(reads, rd)
 	}
 	if len(reads) > 0 {
-		pr, err := store.NewPackReader(st, readOpts)
+		pr, err := chunkstore.NewPackReader(st, readOpts)
 		if err != nil {
 			return 0, 0, err
 		}

@@ -27,11 +27,11 @@ import (
 	"time"
 
 	"github.com/klauspost/compress/gzip"
-	"github.com/shoal-nix/shoal/substituter"
+	"github.com/shoal-nix/shoal/nixcache"
 )
 
 type nar struct {
-	info      *substituter.NarInfo
+	info      *nixcache.NarInfo
 	published time.Time
 }
 
@@ -76,7 +76,7 @@ func main() {
 }
 
 func readCache(dir string) ([]nar, error) {
-	infos, err := substituter.NarInfosInDir(dir)
+	infos, err := nixcache.NarInfosInDir(dir)
 	if err != nil {
 		return nil, err
 	}

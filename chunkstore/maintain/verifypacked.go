@@ -1,0 +1,242 @@
+package maintain
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+
+	"github.com/shoal-nix/shoal"
+	"github.com/shoal-nix/shoal/blob"
+	"github.com/shoal-nix/shoal/chunk"
+	"github.com/shoal-nix/shoal/chunkstore"
+	"github.com/shoal-nix/shoal/manifest"
+	"github.com/shoal-nix/shoal/nixcache"
+	"github.com/zeebo/blake3"
+	"golang.org/x/sync/errgroup"
+)
+
+// packedLoc is where a pack index says an object lies.
+type packedLoc struct {
+	pack   chunk.ID
+	off    uint64
+	length uint32
+}
+
+type packedKey struct {
+	kind chunkstore.ObjectKind
+	id   chunk.ID
+}
+
+// verifyPacked is Verify for a packed store (layout 3): every pack index is read; the
+// packs (or a sample) are read whole, must hash to their pack ID, match their index
+// and hold chunk objects that decode to their IDs; every manifest (or a sample) must be
+// version 3 and each location must name an object the pack's index lists there, of
+// that kind, ID and length; deltas are decoded against their base chunks; narinfos
+// must have their manifests.
+func verifyPacked(ctx context.Context, s *chunkstore.Store, inv *chunkstore.Inventory, opts VerifyOptions, jobs int, log *slog.Logger) (VerifyReport, int, error) {
+	var rep VerifyReport
+	var mu sync.Mutex
+	problems := 0
+	problem := func(format string, a ...any) {
+		msg := fmt.Sprintf(format, a...)
+		log.Error("verify: " + msg)
+		mu.Lock()
+		defer mu.Unlock()
+		problems++
+		if len(rep.Problems) < maxProblems {
+			rep.Problems = append(rep.Problems, msg)
+		}
+	}
+	codec, err := chunk.NewCodec()
+	if err != nil {
+		return rep, 0, err
+	}
+	defer codec.Close()
+	deltas := chunk.NewDeltaCodec(0, jobs)
+	defer deltas.Close()
+
+	// Every index, whatever the sample: manifests are checked against them.
+	havePack := make(map[chunk.ID]bool, len(inv.Packs))
+	for _, id := range inv.Packs {
+		havePack[id] = true
+	}
+	indexes := map[chunk.ID]map[uint64]chunkstore.PackObject{}
+	where := map[packedKey]packedLoc{}
+	{
+		g, gctx := errgroup.WithContext(ctx)
+		g.SetLimit(jobs)
+		for _, id := range inv.PackIndexes {
+			g.Go(func() error {
+				x, err := s.PackIndex(gctx, id)
+				if errors.Is(err, shoal.ErrNotFound) {
+					return nil
+				}
+				if err != nil {
+					if gctx.Err() == nil {
+						problem("pack %s: %v", id, err)
+						return nil
+					}
+					return err
+				}
+				if !havePack[id] {
+					problem("pack %s: has an index but no pack file", id)
+				}
+				byOff := make(map[uint64]chunkstore.PackObject, len(x.Objects))
+				mu.Lock()
+				defer mu.Unlock()
+				for _, o := range x.Objects {
+					byOff[o.Offset] = o
+					where[packedKey{o.Kind, o.ID}] = packedLoc{id, o.Offset, o.Length}
+				}
+				indexes[id] = byOff
+				return nil
+			})
+		}
+		if err := g.Wait(); err != nil {
+			return rep, problems, fmt.Errorf("verify %s: %w", s, err)
+		}
+	}
+
+	packs := sample(inv.PackIndexes, opts.Sample)
+	narinfos, manifests := sample(inv.NarInfos, opts.Sample), sample(inv.Manifests, opts.Sample)
+	rep.NarInfos, rep.Manifests = len(narinfos), len(manifests)
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(jobs)
+	for _, id := range packs {
+		objs, ok := indexes[id]
+		if !ok || !havePack[id] {
+			continue
+		}
+		g.Go(func() error {
+			var size uint64
+			for _, o := range objs {
+				size = max(size, o.Offset+uint64(o.Length))
+			}
+			data, err := blob.ReadAll(gctx, s.Backend(), chunkstore.PackKey(id), int64(size))
+			if errors.Is(err, shoal.ErrNotFound) {
+				return nil // collected since the listing
+			}
+			if err != nil {
+				if gctx.Err() == nil {
+					problem("pack %s: %v", id, err)
+					return nil
+				}
+				return err
+			}
+			if got := chunk.ID(blake3.Sum256(data)); got != id || uint64(len(data)) != size {
+				problem("pack %s: %d bytes hashing to %s, its index describes %d bytes", id, len(data), got, size)
+				return nil
+			}
+			n := 0
+			for _, o := range objs {
+				if o.Kind != chunkstore.KindChunk {
+					continue
+				}
+				n++
+				if _, err := codec.Open(nil, o.ID, data[o.Offset:o.Offset+uint64(o.Length)], chunk.MaxChunkSize); err != nil {
+					problem("pack %s: chunk object at %d: %v", id, o.Offset, err)
+				}
+			}
+			mu.Lock()
+			rep.Packs++
+			rep.Chunks += n
+			mu.Unlock()
+			return nil
+		})
+	}
+	for _, h := range manifests {
+		g.Go(func() error {
+			raw, err := blob.ReadAll(gctx, s.Backend(), chunkstore.ManifestKey(manifest.Key(h)), maxManifestSize)
+			if errors.Is(err, shoal.ErrNotFound) {
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+			m, err := manifest.Parse(raw)
+			if err != nil {
+				problem("manifest %s: %v", manifest.Key(h), err)
+				return nil
+			}
+			if m.NarHash != h {
+				problem("manifest %s: describes another NAR, %s", manifest.Key(h), manifest.Key(m.NarHash))
+				return nil
+			}
+			if !m.Packed() && len(m.Entries) > 0 {
+				problem("manifest %s: version %d in a packed store: it says nowhere where its chunks lie", manifest.Key(h), m.Version())
+				return nil
+			}
+			bad := false
+			check := func(what string, i int, l manifest.Loc, kind chunkstore.ObjectKind, id chunk.ID, length uint32) {
+				pack := m.Packs[l.Pack]
+				objs, ok := indexes[pack]
+				if !ok {
+					problem("manifest %s: %s of entry %d is in pack %s, which the store lacks", manifest.Key(h), what, i, pack)
+					bad = true
+					return
+				}
+				o, ok := objs[l.Offset]
+				if !ok || o.Kind != kind || o.ID != id || o.Length != length {
+					problem("manifest %s: %s of entry %d (%s): pack %s holds no such object of %d bytes at %d", manifest.Key(h), what, i, id, pack, length, l.Offset)
+					bad = true
+				}
+			}
+			for i, e := range m.Entries {
+				check("chunk object", i, m.Locs[i], chunkstore.KindChunk, e.ID, e.StoredSize)
+				if _, did, size, ok := m.DeltaOf(i); ok {
+					check("delta object", i, m.Deltas[i].Loc, chunkstore.KindDelta, did, size)
+				}
+			}
+			if bad {
+				return nil
+			}
+			n, err := verifyDeltasWith(gctx, codec, deltas, m, func(format string, a ...any) {
+				problem("manifest %s: "+format, append([]any{manifest.Key(h)}, a...)...)
+			}, func(i int, id chunk.ID) ([]byte, string, error) {
+				l := m.Deltas[i].Loc
+				obj, err := s.ReadPackRange(gctx, m.Packs[l.Pack], l.Offset, m.Deltas[i].StoredSize)
+				return obj, fmt.Sprintf("pack %s at %d", m.Packs[l.Pack], l.Offset), err
+			}, func(id chunk.ID) ([]byte, error) {
+				l, ok := where[packedKey{chunkstore.KindChunk, id}]
+				if !ok {
+					return nil, fmt.Errorf("base chunk %s: %w", id, shoal.ErrNotFound)
+				}
+				return s.ReadPackRange(gctx, l.pack, l.off, l.length)
+			})
+			mu.Lock()
+			rep.Deltas += n
+			mu.Unlock()
+			return err
+		})
+	}
+	for _, hp := range narinfos {
+		g.Go(func() error {
+			raw, err := s.NarInfo(gctx, hp)
+			if errors.Is(err, shoal.ErrNotFound) {
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+			ni, err := nixcache.ParseNarInfo(raw)
+			if err != nil {
+				problem("narinfo %s: %v", hp, err)
+				return nil
+			}
+			ok, err := s.HasManifest(gctx, ni.NarHash)
+			if err != nil {
+				return err
+			}
+			if !ok {
+				problem("narinfo %s: its manifest %s is missing", hp, manifest.Key(ni.NarHash))
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return rep, problems, fmt.Errorf("verify %s: %w", s, err)
+	}
+	return rep, problems, nil
+}
