@@ -17,11 +17,11 @@ import (
 // DefaultPackSize is the size at which a pack is closed. Between 16 and 64 MiB every
 // pack is far above the 128 KiB that cheap storage classes bill an object at least,
 // and a publish keeps at most a few packs in memory; 32 MiB measured within a few
-// percent of 64 MiB for requests per NAR (scripts/layout-bench).
+// percent of 64 MiB for requests per NAR (internal/cmd/layout-bench).
 const DefaultPackSize = 32 << 20
 
 // DefaultMinReuseRun is Options.MinReuseRun's default. On five consecutive Go
-// toolchains (scripts/layout-bench, 32 MiB packs), the newest fetched cold took 97
+// toolchains (internal/cmd/layout-bench, 32 MiB packs), the newest fetched cold took 97
 // requests with every run reused, 43 (1.8% of its chunks) with 64 KiB and 24 with
 // 128 KiB, for a store 0.2%, 7.0% and 11.9% larger than one object per chunk: 64 KiB
 // keeps a cold NAR within 2% as many requests as chunks for the least space.

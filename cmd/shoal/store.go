@@ -29,7 +29,7 @@ func storeCommand() *cli.Command {
 parts, one a line) and those published within --keep-since, marks the chunks their
 manifests list, and deletes every other narinfo, manifest and chunk — except objects
 younger than --grace, which a running publish may still need. A publish that reuses a
-chunk refreshes its time, so running gc while publishing is safe (see the maintain
+chunk refreshes its time, so running gc while publishing is safe (see the chunkstore/maintain
 package for the one-request window that remains).
 
 Examples:

@@ -2,7 +2,7 @@
 // chunk, and pack files at one or more pack sizes) in the same run, and prints what each
 // costs, with ratios against the first:
 //
-//	go run ./scripts/layout-bench [--pack-sizes 32MiB,...] [--keep DIR] CORPUS
+//	go run ./internal/cmd/layout-bench [--pack-sizes 32MiB,...] [--keep DIR] CORPUS
 //
 // CORPUS is a directory made by make-corpus (paths, pk, cache-zstd/), e.g. five
 // consecutive Go toolchains. For each store it reports objects per GB of NAR, the share
