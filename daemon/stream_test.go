@@ -247,3 +247,47 @@ func mustStore(t *testing.T, dir string) *chunkstore.Store {
 	}
 	return s
 }
+
+// TestUnverifiedStreamAdvertisesNoRanges: a NAR streamed before it is verified comes
+// without Accept-Ranges, so Nix restarts a broken transfer instead of resuming it with
+// a Range onto bytes another attempt may not match; ranges are served only from the
+// verified NAR.
+func TestUnverifiedStreamAdvertisesNoRanges(t *testing.T) {
+	cache := cachetest.New(t, "test-1")
+	ni := cache.Add(t, cachetest.HashPart("slow"), "slow-1.0", noise(21, 3<<20), "none")
+	storeURL := slowStore(t, publishDir(t, cache, ni), 30*time.Millisecond)
+	_, url := startDaemon(t, daemon.Config{
+		StoreURL:    storeURL,
+		Upstreams:   []string{"http://127.0.0.1:1"},
+		TrustedKeys: []string{cache.PublicKey},
+		VerifyWait:  time.Millisecond,
+	})
+	mustGet(t, url+"/"+ni.HashPart()+".narinfo", 200)
+	// A plain request gets the stream; a Range request (a resumed transfer) waits
+	// for the verified NAR and is answered from it.
+	for _, tc := range []struct {
+		name, rangeHdr string
+		status         int
+		wantRanges     string
+	}{{"streamed while verifying", "", 200, ""}, {"verified", "bytes=0-", 206, "bytes"}} {
+		req, err := http.NewRequest(http.MethodGet, url+"/nar/"+manifest.Key(ni.NarHash)+".nar", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tc.rangeHdr != "" {
+			req.Header.Set("Range", tc.rangeHdr)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil || resp.StatusCode != tc.status || sha256.Sum256(body) != ni.NarHash {
+			t.Fatalf("%s: status %d, err %v", tc.name, resp.StatusCode, err)
+		}
+		if got := resp.Header.Get("Accept-Ranges"); got != tc.wantRanges {
+			t.Errorf("%s: Accept-Ranges %q, want %q", tc.name, got, tc.wantRanges)
+		}
+	}
+}
