@@ -69,30 +69,38 @@ func storeWith(t *testing.T, x *nar) *chunkstore.Store {
 	return st
 }
 
-// assembleVia makes x available through a fetcher whose sources are n's peers, then
-// the store; it returns the bytes by source once the NAR assembled and verified, and
-// checks the kept chunks read back as x.
-func assembleVia(t *testing.T, n *Node, x *nar) *byteCounts {
+// fetcherFor returns a fetcher over a fresh local cache whose sources are n's peers,
+// then the store st, and its byte counts.
+func fetcherFor(t *testing.T, n *Node, st *chunkstore.Store) (*fetch.Fetcher, *byteCounts) {
 	t.Helper()
 	cache, err := localcache.Open(filepath.Join(t.TempDir(), "cache.db"), localcache.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer cache.Close()
+	t.Cleanup(func() { cache.Close() })
 	codec, err := chunk.NewCodec()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer codec.Close()
+	t.Cleanup(codec.Close)
 	counts := &byteCounts{m: map[string]int64{}}
-	// The central store holds every chunk and the manifest, and comes after the peers.
-	st := storeWith(t, x)
 	f := &fetch.Fetcher{
 		Cache: cache, Codec: codec, Params: chunk.DefaultParams(), Counters: counts,
 		Sources: []fetch.Source{n, fetch.StoreSource{Store: st}},
 		Log:     slog.New(slog.DiscardHandler),
 	}
-	defer f.Close()
+	t.Cleanup(f.Close)
+	return f, counts
+}
+
+// assembleVia makes x available through a fetcher whose sources are n's peers, then
+// the store; it returns the bytes by source once the NAR assembled and verified, and
+// checks the kept chunks read back as x.
+func assembleVia(t *testing.T, n *Node, x *nar) *byteCounts {
+	t.Helper()
+	// The central store holds every chunk and the manifest, and comes after the peers.
+	f, counts := fetcherFor(t, n, storeWith(t, x))
+	cache, codec := f.Cache, f.Codec
 	info := &nixcache.NarInfo{
 		StorePath: "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-test-1.0",
 		NarHash:   x.m.NarHash, NarSize: x.m.NarSize,
@@ -306,23 +314,9 @@ func TestStrangerWithMadeUpManifest(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			cache, err := localcache.Open(filepath.Join(t.TempDir(), "cache.db"), localcache.Options{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer cache.Close()
-			codec, err := chunk.NewCodec()
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer codec.Close()
-			counts := &byteCounts{m: map[string]int64{}}
-			f := &fetch.Fetcher{
-				Cache: cache, Codec: codec, Params: chunk.DefaultParams(), Counters: counts,
-				Sources:  []fetch.Source{n, fetch.StoreSource{Store: st}},
-				Upstream: fetch.Upstream{Caches: []*nixcache.BinaryCache{upstream}},
-			}
-			defer f.Close()
+			f, counts := fetcherFor(t, n, st)
+			f.Upstream = fetch.Upstream{Caches: []*nixcache.BinaryCache{upstream}}
+			cache := f.Cache
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
 			p, err := f.Start(fetch.Request{Info: ni, From: upstream.String(), KnownPackage: true})
