@@ -156,33 +156,37 @@ func Verify(ctx context.Context, s *chunkstore.Store, opts VerifyOptions) (Verif
 		})
 	}
 	for _, hp := range narinfos {
-		g.Go(func() error {
-			raw, err := s.NarInfo(gctx, hp)
-			if errors.Is(err, shoal.ErrNotFound) {
-				return nil
-			}
-			if err != nil {
-				return err
-			}
-			ni, err := nixcache.ParseNarInfo(raw)
-			if err != nil {
-				problem("narinfo %s: %v", hp, err)
-				return nil
-			}
-			ok, err := s.HasManifest(gctx, ni.NarHash)
-			if err != nil {
-				return err
-			}
-			if !ok {
-				problem("narinfo %s: its manifest %s is missing", hp, manifest.Key(ni.NarHash))
-			}
-			return nil
-		})
+		g.Go(func() error { return verifyNarInfo(gctx, s, hp, problem) })
 	}
 	if err := g.Wait(); err != nil {
 		return rep, problems, fmt.Errorf("verify %s: %w", s, err)
 	}
 	return rep, problems, nil
+}
+
+// verifyNarInfo checks that narinfo hp parses and that its manifest is in the store;
+// a narinfo deleted meanwhile is no problem.
+func verifyNarInfo(ctx context.Context, s *chunkstore.Store, hp string, problem func(format string, a ...any)) error {
+	raw, err := s.NarInfo(ctx, hp)
+	if errors.Is(err, shoal.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	ni, err := nixcache.ParseNarInfo(raw)
+	if err != nil {
+		problem("narinfo %s: %v", hp, err)
+		return nil
+	}
+	ok, err := s.HasManifest(ctx, ni.NarHash)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		problem("narinfo %s: its manifest %s is missing", hp, manifest.Key(ni.NarHash))
+	}
+	return nil
 }
 
 // verifyDeltas checks every delta object m names: present, of the size m says, and

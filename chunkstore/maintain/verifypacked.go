@@ -12,7 +12,6 @@ import (
 	"github.com/shoal-nix/shoal/chunk"
 	"github.com/shoal-nix/shoal/chunkstore"
 	"github.com/shoal-nix/shoal/manifest"
-	"github.com/shoal-nix/shoal/nixcache"
 	"github.com/zeebo/blake3"
 	"golang.org/x/sync/errgroup"
 )
@@ -212,28 +211,7 @@ func verifyPacked(ctx context.Context, s *chunkstore.Store, inv *chunkstore.Inve
 		})
 	}
 	for _, hp := range narinfos {
-		g.Go(func() error {
-			raw, err := s.NarInfo(gctx, hp)
-			if errors.Is(err, shoal.ErrNotFound) {
-				return nil
-			}
-			if err != nil {
-				return err
-			}
-			ni, err := nixcache.ParseNarInfo(raw)
-			if err != nil {
-				problem("narinfo %s: %v", hp, err)
-				return nil
-			}
-			ok, err := s.HasManifest(gctx, ni.NarHash)
-			if err != nil {
-				return err
-			}
-			if !ok {
-				problem("narinfo %s: its manifest %s is missing", hp, manifest.Key(ni.NarHash))
-			}
-			return nil
-		})
+		g.Go(func() error { return verifyNarInfo(gctx, s, hp, problem) })
 	}
 	if err := g.Wait(); err != nil {
 		return rep, problems, fmt.Errorf("verify %s: %w", s, err)
