@@ -250,8 +250,12 @@ func (f *Fetcher) attempt(ctx context.Context, c candidate, req Request, whole *
 	log.Warn("assembling from chunks failed", "manifest_from", c.src.Name(), "err", err)
 	c.src.RejectManifest(info.NarHash, err)
 	// The chunks passed their ID checks, but nothing says they belong to the NAR: a
-	// made-up manifest names made-up chunks. Keep none of them.
-	f.forget(kept)
+	// peer's made-up manifest names made-up chunks. Keep none of them. The chunk
+	// store's manifests are the fleet's own; their chunks stay, as other NARs being
+	// served may be reading them.
+	if c.src.Kind() == Peer {
+		f.forget(kept)
+	}
 	p.restart()
 	return nil, err
 }
