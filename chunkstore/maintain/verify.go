@@ -117,21 +117,9 @@ func Verify(ctx context.Context, s *chunkstore.Store, opts VerifyOptions) (Verif
 	}
 	for _, h := range manifests {
 		g.Go(func() error {
-			raw, err := blob.ReadAll(gctx, s.Backend(), chunkstore.ManifestKey(manifest.Key(h)), maxManifestSize)
-			if errors.Is(err, shoal.ErrNotFound) {
-				return nil
-			}
-			if err != nil {
+			m, err := readManifest(gctx, s, h, problem)
+			if m == nil {
 				return err
-			}
-			m, err := manifest.Parse(raw)
-			if err != nil {
-				problem("manifest %s: %v", manifest.Key(h), err)
-				return nil
-			}
-			if m.NarHash != h {
-				problem("manifest %s: describes another NAR, %s", manifest.Key(h), manifest.Key(m.NarHash))
-				return nil
 			}
 			for i, e := range m.Entries {
 				info, err := s.Backend().Stat(gctx, chunkstore.ChunkKey(e.ID))
@@ -162,6 +150,29 @@ func Verify(ctx context.Context, s *chunkstore.Store, opts VerifyOptions) (Verif
 		return rep, problems, fmt.Errorf("verify %s: %w", s, err)
 	}
 	return rep, problems, nil
+}
+
+// readManifest reads and parses manifest h and checks that it names its NAR. It
+// returns nil without an error for a manifest deleted meanwhile or one it reported
+// as a problem.
+func readManifest(ctx context.Context, s *chunkstore.Store, h [32]byte, problem func(format string, a ...any)) (*manifest.Manifest, error) {
+	raw, err := blob.ReadAll(ctx, s.Backend(), chunkstore.ManifestKey(manifest.Key(h)), maxManifestSize)
+	if errors.Is(err, shoal.ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	m, err := manifest.Parse(raw)
+	if err != nil {
+		problem("manifest %s: %v", manifest.Key(h), err)
+		return nil, nil
+	}
+	if m.NarHash != h {
+		problem("manifest %s: describes another NAR, %s", manifest.Key(h), manifest.Key(m.NarHash))
+		return nil, nil
+	}
+	return m, nil
 }
 
 // verifyNarInfo checks that narinfo hp parses and that its manifest is in the store;

@@ -147,21 +147,9 @@ func verifyPacked(ctx context.Context, s *chunkstore.Store, inv *chunkstore.Inve
 	}
 	for _, h := range manifests {
 		g.Go(func() error {
-			raw, err := blob.ReadAll(gctx, s.Backend(), chunkstore.ManifestKey(manifest.Key(h)), maxManifestSize)
-			if errors.Is(err, shoal.ErrNotFound) {
-				return nil
-			}
-			if err != nil {
+			m, err := readManifest(gctx, s, h, problem)
+			if m == nil {
 				return err
-			}
-			m, err := manifest.Parse(raw)
-			if err != nil {
-				problem("manifest %s: %v", manifest.Key(h), err)
-				return nil
-			}
-			if m.NarHash != h {
-				problem("manifest %s: describes another NAR, %s", manifest.Key(h), manifest.Key(m.NarHash))
-				return nil
 			}
 			if !m.Packed() && len(m.Entries) > 0 {
 				problem("manifest %s: version %d in a packed store: it says nowhere where its chunks lie", manifest.Key(h), m.Version())
