@@ -13,7 +13,7 @@ import (
 func (d *Daemon) logStart(addr net.Addr) {
 	budget := "unbounded"
 	if d.cfg.CacheSize > 0 {
-		budget = formatBytes(d.cfg.CacheSize)
+		budget = FormatBytes(d.cfg.CacheSize)
 	}
 	store := d.cfg.StoreURL
 	if store == "" {
@@ -41,16 +41,17 @@ func exposure(addr net.Addr) string {
 	return "listening on a non-loopback address: hosts that can reach it can substitute through this daemon and see what it fetches"
 }
 
-// formatBytes prints a byte count in binary units for logs.
-func formatBytes(n int64) string {
+// FormatBytes prints a byte count in binary units, for logs and for people (the
+// CLI's status).
+func FormatBytes(n int64) string {
 	const unit = 1024
 	if n < unit {
 		return fmt.Sprintf("%d B", n)
 	}
 	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit && exp < 4; m /= unit {
+	for m := n / unit; m >= unit && exp < 3; m /= unit {
 		div *= unit
 		exp++
 	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTP"[exp])
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGT"[exp])
 }

@@ -66,23 +66,9 @@ func parseSize(s string) (int64, error) {
 // chunks cost more than the whole file it was priced against.
 func formatSignedSize(n int64) string {
 	if n < 0 {
-		return "-" + formatSize(-n)
+		return "-" + daemon.FormatBytes(-n)
 	}
-	return formatSize(n)
-}
-
-// formatSize prints bytes in binary units for people.
-func formatSize(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit && exp < 3; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGT"[exp])
+	return daemon.FormatBytes(n)
 }
 
 // openCache opens the cache for a command, or says a daemon holds it.
@@ -253,17 +239,17 @@ func stoppedDaemonBudget(c *cli.Context) (int64, string, error) {
 func printStatus(w io.Writer, st daemon.Status) {
 	budget := "unbounded"
 	if st.BudgetBytes > 0 {
-		budget = formatSize(st.BudgetBytes)
+		budget = daemon.FormatBytes(st.BudgetBytes)
 	}
 	if st.BudgetNote != "" {
 		budget += " (" + st.BudgetNote + ")"
 	}
-	fmt.Fprintf(w, "cache file:   %s on disk, %s holding data, budget %s\n", formatSize(st.FileBytes), formatSize(st.UsedBytes), budget)
+	fmt.Fprintf(w, "cache file:   %s on disk, %s holding data, budget %s\n", daemon.FormatBytes(st.FileBytes), daemon.FormatBytes(st.UsedBytes), budget)
 	if st.OverBudget {
 		fmt.Fprintf(w, "              OVER BUDGET: pins hold more than the budget allows\n")
 	}
-	fmt.Fprintf(w, "chunks:       %d (%s stored), %d manifests, %d narinfos\n", st.Chunks, formatSize(st.ChunkBytes), st.Manifests, st.NarInfos)
-	fmt.Fprintf(w, "pins:         %d paths, %s of chunks\n", len(st.Pins), formatSize(st.PinnedBytes))
+	fmt.Fprintf(w, "chunks:       %d (%s stored), %d manifests, %d narinfos\n", st.Chunks, daemon.FormatBytes(st.ChunkBytes), st.Manifests, st.NarInfos)
+	fmt.Fprintf(w, "pins:         %d paths, %s of chunks\n", len(st.Pins), daemon.FormatBytes(st.PinnedBytes))
 	for _, p := range st.Pins {
 		origin := ""
 		if p.Origin != "" {
@@ -283,7 +269,7 @@ func printStatus(w io.Writer, st daemon.Status) {
 	default:
 		fmt.Fprintf(w, "store:        none (whole NARs from the upstream; chunks kept for later versions)\n")
 	}
-	fmt.Fprintf(w, "evicted:      %d chunks, %s since the daemon started\n", st.Evictions, formatSize(st.EvictedBytes))
+	fmt.Fprintf(w, "evicted:      %d chunks, %s since the daemon started\n", st.Evictions, daemon.FormatBytes(st.EvictedBytes))
 	total := st.NarInfoHits + st.NarInfoMisses
 	rate := 0.0
 	if total > 0 {
@@ -297,7 +283,7 @@ func printStatus(w io.Writer, st daemon.Status) {
 		share = 100 * float64(sv.SavedBytes) / float64(sv.WholeBytes)
 	}
 	fmt.Fprintf(w, "saved:        %s of %s whole NAR files (%.1f%%), on %d NARs with a manifest: %d from chunks, %d whole\n",
-		formatSignedSize(sv.SavedBytes), formatSize(sv.WholeBytes), share, sv.NARsFromChunks+sv.NARsWhole, sv.NARsFromChunks, sv.NARsWhole)
+		formatSignedSize(sv.SavedBytes), daemon.FormatBytes(sv.WholeBytes), share, sv.NARsFromChunks+sv.NARsWhole, sv.NARsFromChunks, sv.NARsWhole)
 	fmt.Fprintf(w, "              %s by chunks already here, %s by deltas\n",
 		formatSignedSize(sv.SavedBytes-sv.DeltaSavedBytes), formatSignedSize(sv.DeltaSavedBytes))
 	sources := make([]string, 0, len(st.FetchedBytes))
@@ -306,7 +292,7 @@ func printStatus(w io.Writer, st daemon.Status) {
 	}
 	sort.Strings(sources)
 	for _, s := range sources {
-		fmt.Fprintf(w, "fetched:      %-16s %s in %d objects\n", s, formatSize(st.FetchedBytes[s]), st.FetchedObjects[s])
+		fmt.Fprintf(w, "fetched:      %-16s %s in %d objects\n", s, daemon.FormatBytes(st.FetchedBytes[s]), st.FetchedObjects[s])
 	}
 	fmt.Fprintf(w, "peers:        %d\n", len(st.Peers))
 	for _, id := range st.Peers {
@@ -434,10 +420,10 @@ rewrites it without them, which needs the daemon stopped.`,
 					return err
 				}
 				fmt.Fprintf(c.App.Writer, "evicted %d chunks (%s) and %d manifests; data %s -> %s\n",
-					res.Evicted, formatSize(res.EvictedBytes), res.Manifests, formatSize(res.UsedBefore), formatSize(res.UsedAfter))
+					res.Evicted, daemon.FormatBytes(res.EvictedBytes), res.Manifests, daemon.FormatBytes(res.UsedBefore), daemon.FormatBytes(res.UsedAfter))
 				if !res.TargetReached {
 					fmt.Fprintf(c.App.Writer, "warning: %s is out of reach: %s pinned, %s held by NARs being served\n",
-						formatSize(to), formatSize(res.PinnedBytes), formatSize(res.LeasedBytes))
+						daemon.FormatBytes(to), daemon.FormatBytes(res.PinnedBytes), daemon.FormatBytes(res.LeasedBytes))
 				}
 			}
 			if c.Bool("compact") {
@@ -449,7 +435,7 @@ rewrites it without them, which needs the daemon stopped.`,
 				if err != nil {
 					return err
 				}
-				fmt.Fprintf(c.App.Writer, "compacted %s -> %s\n", formatSize(before), formatSize(after))
+				fmt.Fprintf(c.App.Writer, "compacted %s -> %s\n", daemon.FormatBytes(before), daemon.FormatBytes(after))
 			}
 			return nil
 		},
@@ -501,7 +487,7 @@ copied into a new file, the damaged one is kept beside it as cache.db.broken-<ti
 				return err
 			}
 			fmt.Fprintf(c.App.Writer, "checked %d chunks (%s): %d bad, %d dangling records, totals %s\n",
-				rep.Checked, formatSize(rep.CheckedBytes), len(rep.Bad), rep.Dangling,
+				rep.Checked, daemon.FormatBytes(rep.CheckedBytes), len(rep.Bad), rep.Dangling,
 				map[bool]string{true: "wrong", false: "right"}[rep.CountersFixed])
 			for _, id := range rep.Bad {
 				fmt.Fprintf(c.App.Writer, "bad chunk %s\n", id)

@@ -145,7 +145,7 @@ func TestStatusOfStoppedDaemonShowsItsBudget(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, out, errOut := runCLI(t, "status", "--daemon", nowhere, "--state-dir", state)
-	if !strings.Contains(out, "budget "+formatSize(want)+" (the daemon's default: 10% of the file system)") {
+	if !strings.Contains(out, "budget "+daemon.FormatBytes(want)+" (the daemon's default: 10% of the file system)") {
 		t.Errorf("status:\n%s%s", out, errOut)
 	}
 	t.Setenv("SHOAL_CACHE_SIZE", "5GiB")
@@ -285,7 +285,7 @@ func TestDaemonShowsBytesSaved(t *testing.T) {
 			t.Errorf("/metrics lacks %q", want)
 		}
 	}
-	if _, out, _ := runCLI(t, "status", "--daemon", d.addr); !strings.Contains(out, "saved:        "+formatSize(sv.SavedBytes)+" of "+formatSize(sv.WholeBytes)+" whole NAR files") {
+	if _, out, _ := runCLI(t, "status", "--daemon", d.addr); !strings.Contains(out, "saved:        "+daemon.FormatBytes(sv.SavedBytes)+" of "+daemon.FormatBytes(sv.WholeBytes)+" whole NAR files") {
 		t.Errorf("status:\n%s", out)
 	}
 }

@@ -3,6 +3,8 @@ package main
 import (
 	"strconv"
 	"testing"
+
+	"github.com/shoal-nix/shoal/daemon"
 )
 
 // FuzzParseSize feeds arbitrary --cache-size and --peer-upload-limit values (they come
@@ -21,7 +23,7 @@ func FuzzParseSize(f *testing.F) {
 		if v < 0 {
 			t.Fatalf("parseSize(%q) = %d", s, v)
 		}
-		_ = formatSize(v)
+		_ = daemon.FormatBytes(v)
 		back, err := parseSize(strconv.FormatInt(v, 10))
 		if err != nil || back != v {
 			t.Fatalf("parseSize(%d) = %d, %v", v, back, err)

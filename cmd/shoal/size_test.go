@@ -1,6 +1,10 @@
 package main
 
-import "testing"
+import (
+	"testing"
+
+	"github.com/shoal-nix/shoal/daemon"
+)
 
 func TestParseSize(t *testing.T) {
 	tests := []struct {
@@ -42,8 +46,8 @@ func TestFormatSize(t *testing.T) {
 		5 << 50:        "5120.0 TiB",
 		16<<20 + 1<<19: "16.5 MiB",
 	} {
-		if got := formatSize(n); got != want {
-			t.Errorf("formatSize(%d) = %q, want %q", n, got, want)
+		if got := daemon.FormatBytes(n); got != want {
+			t.Errorf("daemon.FormatBytes(%d) = %q, want %q", n, got, want)
 		}
 	}
 }
