@@ -146,6 +146,7 @@ type Daemon struct {
 	log         *slog.Logger
 	cache       *localcache.Cache
 	store       *chunkstore.Store
+	storeSource *fetch.StoreSource // nil without a store
 	upstreams   []*nixcache.BinaryCache
 	keys        *nixcache.Keyring
 	codec       *chunk.Codec
@@ -256,7 +257,8 @@ func (d *Daemon) chunkSources() []fetch.Source {
 		sources = append(sources, d.peers)
 	}
 	if d.store != nil {
-		sources = append(sources, fetch.StoreSource{Store: d.store})
+		d.storeSource = &fetch.StoreSource{Store: d.store}
+		sources = append(sources, d.storeSource)
 	}
 	return sources
 }
@@ -291,6 +293,9 @@ func (d *Daemon) Close() error {
 	}
 	if d.fetcher != nil {
 		d.fetcher.Close()
+	}
+	if d.storeSource != nil {
+		d.storeSource.Close()
 	}
 	return d.closeParts()
 }

@@ -57,11 +57,6 @@ func checkStore(ctx context.Context, s *chunkstore.Store) (*chunkstore.Meta, err
 	if errors.Is(err, shoal.ErrNotFound) {
 		return nil, fmt.Errorf("%s is not a chunk store: it has no %s (shoal publish --to writes one); without it every NAR comes whole from the upstream", s, chunkstore.MetaKey)
 	}
-	if err == nil && m.Packed() {
-		// The daemon fetches chunk and delta objects by name; a packed store keeps
-		// them inside packs, and every fetch would miss.
-		return nil, fmt.Errorf("%s is a packed store (layout %d), which the daemon cannot read yet: point daemons at a store published with the default layout (shoal serve reads packed stores)", s, m.Version)
-	}
 	return m, err
 }
 

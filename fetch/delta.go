@@ -16,6 +16,11 @@ import (
 // it sent ("store-delta"), so metrics and tests can tell deltas from full chunks.
 const DeltaSuffix = "-delta"
 
+// OverreadSuffix is appended to a source's name in the byte counters for the bytes read
+// between wanted objects of a pack ("store-overread"): one request for two neighbours
+// costs less than two, and these bytes are the price.
+const OverreadSuffix = "-overread"
+
 // EventDeltaFailed is counted (through Counters.Event) each time a delta could not be
 // used: the source lacked it, it did not decode, or it rebuilt other bytes. The chunk
 // then comes as a full object; a steady count means a store whose deltas are broken.

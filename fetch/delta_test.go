@@ -152,7 +152,7 @@ func newDeltaFixture(t testing.TB, size int) *deltaFixture {
 // chunks when withBase is set, with the fixture's store as its source.
 func (f *deltaFixture) fetcher(t testing.TB, withBase bool, c *counters) *fetch.Fetcher {
 	t.Helper()
-	return f.fetcherWith(t, withBase, c, fetch.StoreSource{Store: f.st})
+	return f.fetcherWith(t, withBase, c, &fetch.StoreSource{Store: f.st})
 }
 
 func (f *deltaFixture) fetcherWith(t testing.TB, withBase bool, c *counters, sources ...fetch.Source) *fetch.Fetcher {

@@ -30,6 +30,7 @@ import (
 
 	"github.com/shoal-nix/shoal"
 	"github.com/shoal-nix/shoal/chunk"
+	"github.com/shoal-nix/shoal/chunkstore"
 	"github.com/shoal-nix/shoal/localcache"
 	"github.com/shoal-nix/shoal/manifest"
 	"github.com/shoal-nix/shoal/nixcache"
@@ -297,6 +298,12 @@ func (f *Fetcher) fromChunks(ctx context.Context, req Request, pl *plan, p *Prog
 		slots[i] = &slot{ready: make(chan struct{})}
 	}
 	g, gctx := errgroup.WithContext(ctx)
+	for _, read := range f.prefetches(gctx, pl) {
+		g.Go(func() error {
+			f.packsRead(read(gctx))
+			return nil
+		})
+	}
 	sem := make(chan struct{}, window)
 	g.Go(func() error {
 		for i := range m.Entries {
@@ -384,6 +391,16 @@ func (f *Fetcher) fromChunks(ctx context.Context, req Request, pl *plan, p *Prog
 		return kept, fmt.Errorf("keeping manifest: %w", err)
 	}
 	return kept, nil
+}
+
+// packsRead counts what reading a NAR's objects out of packs cost beyond the objects
+// themselves: the gaps read through to save requests.
+func (f *Fetcher) packsRead(st chunkstore.ReadStats) {
+	if st.Requests == 0 {
+		return
+	}
+	f.count("store"+OverreadSuffix, st.BytesRead-st.BytesWanted)
+	f.log().Debug("read objects out of packs", "requests", st.Requests, "bytes_read", st.BytesRead, "bytes_wanted", st.BytesWanted)
 }
 
 // obtain returns entry i's raw bytes (when needRaw) and, if it came from anywhere but

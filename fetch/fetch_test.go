@@ -133,7 +133,7 @@ func TestLyingPeerManifest(t *testing.T) {
 			}
 			l := newLiar(t, codec, ni.NarHash, len(nar))
 			c := newCounters()
-			fe := fetcherOver(t, codec, c, l, fetch.StoreSource{Store: st})
+			fe := fetcherOver(t, codec, c, l, &fetch.StoreSource{Store: st})
 			fe.Upstream = fetch.Upstream{Caches: []*nixcache.BinaryCache{upstream}}
 			got, err := wait(fe, fetch.Request{Info: ni, From: upstream.String(), KnownPackage: true})
 			if err != nil {

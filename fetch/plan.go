@@ -10,6 +10,7 @@ import (
 
 	"github.com/shoal-nix/shoal"
 	"github.com/shoal-nix/shoal/chunk"
+	"github.com/shoal-nix/shoal/chunkstore"
 	"github.com/shoal-nix/shoal/localcache"
 	"github.com/shoal-nix/shoal/manifest"
 )
@@ -109,6 +110,7 @@ type plan struct {
 	raw    []byte
 	from   Source
 	offers []*offered // in chunk order; remote ones only when chunks are missing
+	local  []bool     // per entry: a local source holds it
 	price  narPrice
 	// covered: a peer expects to supply every chunk, which makes chunks cheaper than
 	// the whole NAR whatever they weigh.
@@ -125,6 +127,35 @@ func (pl *plan) localOffers() []*offered {
 		}
 	}
 	return out
+}
+
+// prefetches returns, for each offer that reads many chunks at once cheaper (a packed
+// store), the function that reads the entries it is to supply: those no local source
+// and no earlier offer holds, as deltas where the plan priced them so.
+func (f *Fetcher) prefetches(ctx context.Context, pl *plan) []func(context.Context) chunkstore.ReadStats {
+	var reads []func(context.Context) chunkstore.ReadStats
+	for j, o := range pl.offers {
+		pf, ok := o.Offer.(prefetcher)
+		if !ok {
+			continue
+		}
+		var wants []want
+		for i := range pl.m.Entries {
+			if pl.local[i] || slices.ContainsFunc(pl.offers[:j], func(e *offered) bool { return e.holds[i] }) {
+				continue
+			}
+			w := want{entry: i, delta: pl.price.useDelta[i]}
+			if w.delta {
+				dr, locals := newDeltaReq(pl.m, i), pl.localOffers()
+				w.dict = func() ([]byte, error) { return f.dictionary(ctx, dr, locals) }
+			}
+			wants = append(wants, w)
+		}
+		if len(wants) > 0 {
+			reads = append(reads, pf.prefetch(wants))
+		}
+	}
+	return reads
 }
 
 func (pl *plan) pricing() Pricing {
@@ -199,6 +230,8 @@ func (f *Fetcher) plan(ctx context.Context, c candidate, req Request, whole *who
 		}
 	}
 	pl.price = priceNar(m, have, held, baseLocal)
+	pl.local = held
+	orInto(pl.local, have)
 	if pl.price.Missing == 0 {
 		return pl, nil
 	}

@@ -6,7 +6,6 @@ import (
 
 	"github.com/shoal-nix/shoal"
 	"github.com/shoal-nix/shoal/chunk"
-	"github.com/shoal-nix/shoal/chunkstore"
 	"github.com/shoal-nix/shoal/manifest"
 )
 
@@ -84,51 +83,6 @@ type Object struct {
 
 // size is what the object costs on the wire, for the byte counters.
 func (o Object) size() int { return len(o.Frame) + len(o.Raw) }
-
-// StoreSource offers a chunk store's manifests, chunks and the deltas its manifests
-// name.
-type StoreSource struct{ Store *chunkstore.Store }
-
-var _ Source = StoreSource{}
-
-func (s StoreSource) Name() string { return "store" }
-func (s StoreSource) Kind() Kind   { return Remote }
-
-func (s StoreSource) Manifest(ctx context.Context, narHash [32]byte) ([]byte, error) {
-	_, raw, err := s.Store.Manifest(ctx, narHash)
-	return raw, err
-}
-
-// RejectManifest does nothing: the store is the fleet's own, and the NAR then comes
-// whole from the upstream, with the failure in the log.
-func (s StoreSource) RejectManifest([32]byte, error) {}
-
-func (s StoreSource) Open(context.Context, *manifest.Manifest) (Offer, error) { return s, nil }
-
-// Holds answers yes for every chunk: the store is the source of last resort for
-// chunks, and what it lacks costs a retry with the whole NAR.
-func (s StoreSource) Holds(ids []chunk.ID) ([]bool, error) {
-	held := make([]bool, len(ids))
-	for i := range held {
-		held[i] = true
-	}
-	return held, nil
-}
-
-func (s StoreSource) Chunk(ctx context.Context, e manifest.Entry) (Object, error) {
-	obj, err := s.Store.Chunk(ctx, e.ID)
-	return Object{Frame: obj}, err
-}
-
-// Delta fetches the delta object the store keeps under the name chunk.DeltaID gives
-// (target, bases), the pair a manifest entry records.
-func (s StoreSource) Delta(ctx context.Context, id chunk.ID, bases []chunk.ID) ([]byte, error) {
-	return s.Store.Delta(ctx, chunk.DeltaID(id, bases))
-}
-
-// Reject does nothing: a store object that fails its check is reported in the log,
-// and the chunk comes from the next source or the NAR whole.
-func (s StoreSource) Reject(chunk.ID, error) {}
 
 // NoManifests can be embedded by a Source that keeps chunks but no manifests.
 type NoManifests struct{}

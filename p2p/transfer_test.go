@@ -86,7 +86,7 @@ func fetcherFor(t *testing.T, n *Node, st *chunkstore.Store) (*fetch.Fetcher, *b
 	counts := &byteCounts{m: map[string]int64{}}
 	f := &fetch.Fetcher{
 		Cache: cache, Codec: codec, Params: chunk.DefaultParams(), Counters: counts,
-		Sources: []fetch.Source{n, fetch.StoreSource{Store: st}},
+		Sources: []fetch.Source{n, &fetch.StoreSource{Store: st}},
 		Log:     slog.New(slog.DiscardHandler),
 	}
 	t.Cleanup(f.Close)

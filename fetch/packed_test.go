@@ -1,0 +1,195 @@
+package fetch_test
+
+import (
+	"bytes"
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/shoal-nix/shoal/blob"
+	"github.com/shoal-nix/shoal/chunk"
+	"github.com/shoal-nix/shoal/chunkstore"
+	"github.com/shoal-nix/shoal/fetch"
+	"github.com/shoal-nix/shoal/internal/cachetest"
+	"github.com/shoal-nix/shoal/nixcache"
+	"github.com/shoal-nix/shoal/publish"
+)
+
+// packedFixture is an upgrade pair published into a packed store, served over HTTP by
+// a server that counts the requests for packs.
+type packedFixture struct {
+	cache        *cachetest.Cache
+	dir          string
+	st           *chunkstore.Store
+	older, newer []byte
+	niOld, niNew *nixcache.NarInfo
+	codec        *chunk.Codec
+
+	mu           sync.Mutex
+	packRequests int
+	otherGets    int
+}
+
+func newPackedFixture(t *testing.T, size int) *packedFixture {
+	t.Helper()
+	f := &packedFixture{cache: cachetest.New(t, "test-1"), dir: t.TempDir()}
+	f.older, f.newer = upgradePair(size)
+	f.niOld = f.cache.Add(t, cachetest.HashPart("old"), "demo-1.0", f.older, "zstd")
+	f.niNew = f.cache.Add(t, cachetest.HashPart("new"), "demo-1.1", f.newer, "zstd")
+	src, err := blob.Open(f.cache.Dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst, err := chunkstore.Open(f.dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kr, err := nixcache.ParseKeyring([]string{f.cache.PublicKey})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := publish.New(nixcache.NewBinaryCache(src), dst, kr, publish.Options{
+		Params: chunk.DefaultParams(), Jobs: 2, Deltas: true, Layout: chunkstore.FormatPacked})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	if _, err := p.Run(context.Background(), []string{f.niOld.HashPart(), f.niNew.HashPart()}); err != nil {
+		t.Fatalf("publishing: %v", err)
+	}
+	files := http.FileServer(http.Dir(f.dir))
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		f.mu.Lock()
+		if strings.HasPrefix(r.URL.Path, "/"+chunkstore.PackPrefix) {
+			f.packRequests++
+		} else {
+			f.otherGets++
+		}
+		f.mu.Unlock()
+		files.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	if f.st, err = chunkstore.Open(srv.URL, srv.Client()); err != nil {
+		t.Fatal(err)
+	}
+	if f.codec, err = chunk.NewCodec(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(f.codec.Close)
+	return f
+}
+
+func (f *packedFixture) requests() (packs, other int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.packRequests, f.otherGets
+}
+
+// source returns a store source over the fixture's HTTP store, closed with the test.
+func (f *packedFixture) source(t *testing.T) *fetch.StoreSource {
+	src := &fetch.StoreSource{Store: f.st}
+	t.Cleanup(src.Close)
+	return src
+}
+
+// TestPackedStoreFetch fetches a NAR out of a packed store cold and as an upgrade, and
+// checks the bytes, the few ranged requests and the deltas.
+func TestPackedStoreFetch(t *testing.T) {
+	f := newPackedFixture(t, 4<<20)
+	ctx := context.Background()
+	mNew, _, err := chunkstore.New(mustBackend(t, f.dir)).Manifest(ctx, f.niNew.NarHash)
+	if err != nil || !mNew.Packed() {
+		t.Fatalf("the published manifest: packed %v, %v", mNew != nil && mNew.Packed(), err)
+	}
+	tests := []struct {
+		name      string
+		withBase  bool
+		wantDelta bool
+	}{
+		{name: "cold", withBase: false},
+		{name: "upgrade", withBase: true, wantDelta: true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c := newCounters()
+			fe := fetcherOver(t, f.codec, c, f.source(t))
+			if tc.withBase {
+				if _, err := wait(fe, fetch.Request{Info: f.niOld, KnownPackage: true}); err != nil {
+					t.Fatalf("fetching the older release: %v", err)
+				}
+			}
+			before, _ := f.requests()
+			chunkBytes := c.get(c.bytes, "store")
+			got, err := wait(fe, fetch.Request{Info: f.niNew, KnownPackage: true})
+			if err != nil {
+				t.Fatalf("fetching: %v", err)
+			}
+			if out := readBack(t, fe, got); !bytes.Equal(out, f.newer) {
+				t.Fatal("the NAR read back differs")
+			}
+			packs, _ := f.requests()
+			n := packs - before
+			// The new release's objects lie together in one pack: a few ranged
+			// requests, however many chunks.
+			if n == 0 || n > 4 || n*10 > len(mNew.Entries) {
+				t.Errorf("%d pack requests for %d chunks; want 1 to 4", n, len(mNew.Entries))
+			}
+			deltaBytes := c.get(c.bytes, "store"+fetch.DeltaSuffix)
+			if (deltaBytes > 0) != tc.wantDelta {
+				t.Errorf("delta bytes %d; want some: %v", deltaBytes, tc.wantDelta)
+			}
+			if failed := c.get(c.events, fetch.EventDeltaFailed); failed != 0 {
+				t.Errorf("%d deltas failed", failed)
+			}
+			t.Logf("%d chunks in %d requests; %d bytes of chunks, %d of deltas, %d read through", len(mNew.Entries), n,
+				c.get(c.bytes, "store")-chunkBytes, deltaBytes, c.get(c.bytes, "store"+fetch.OverreadSuffix))
+		})
+	}
+}
+
+// TestPackedStoreMissingPack: a manifest that points into a pack that is gone (a
+// repack deleted it) costs the chunks, never a wrong byte: the whole NAR follows.
+func TestPackedStoreMissingPack(t *testing.T) {
+	f := newPackedFixture(t, 2<<20)
+	packs, err := filepath.Glob(filepath.Join(f.dir, chunkstore.PackPrefix, "*", "*.pack"))
+	if err != nil || len(packs) == 0 {
+		t.Fatalf("no packs found (%v)", err)
+	}
+	for _, p := range packs {
+		if err := os.Remove(p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c := newCounters()
+	fe := fetcherOver(t, f.codec, c, f.source(t))
+	up, err := blob.Open(f.cache.Dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	upstream := nixcache.NewBinaryCache(up)
+	fe.Upstream = fetch.Upstream{Caches: []*nixcache.BinaryCache{upstream}}
+	got, err := wait(fe, fetch.Request{Info: f.niNew, From: upstream.String(), KnownPackage: true})
+	if err != nil {
+		t.Fatalf("fetching: %v", err)
+	}
+	if out := readBack(t, fe, got); !bytes.Equal(out, f.newer) {
+		t.Fatal("the NAR read back differs")
+	}
+	if c.get(c.bytes, "upstream") == 0 {
+		t.Error("the NAR did not come whole from the upstream")
+	}
+}
+
+func mustBackend(t *testing.T, dir string) blob.Backend {
+	t.Helper()
+	b, err := blob.Open(dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}

@@ -1,0 +1,309 @@
+package fetch
+
+import (
+	"context"
+	"fmt"
+	"sync"
+
+	"github.com/shoal-nix/shoal/chunk"
+	"github.com/shoal-nix/shoal/chunkstore"
+	"github.com/shoal-nix/shoal/manifest"
+)
+
+// StoreSource offers a chunk store's manifests, chunks and the deltas its manifests
+// name. A manifest of a packed store (layout 3) says where each object lies, and the
+// chunks a NAR needs from the store are then read with a few ranged requests ahead of
+// the fetch workers (prefetch); any other manifest's objects are read one by one by
+// name. Use it by pointer; Close releases the pack reader's decoders.
+type StoreSource struct {
+	Store *chunkstore.Store
+	// Reads tunes the reading of packs; zero fields take DefaultPackReads'.
+	Reads chunkstore.ReadOptions
+
+	once    sync.Once
+	packs   *chunkstore.PackReader
+	packErr error
+}
+
+// DefaultPackReads are the daemon's pack read settings. The window is smaller than
+// chunkstore's default because a daemon fetches several NARs at once, each holding its
+// window and as much again of read-ahead: 16 MiB still coalesces a NAR of 64 KiB chunks
+// into requests of megabytes.
+var DefaultPackReads = chunkstore.ReadOptions{Window: 16 << 20, MaxRange: 8 << 20, Parallel: 4}
+
+var _ Source = (*StoreSource)(nil)
+
+func (s *StoreSource) Name() string { return "store" }
+func (s *StoreSource) Kind() Kind   { return Remote }
+
+func (s *StoreSource) Manifest(ctx context.Context, narHash [32]byte) ([]byte, error) {
+	_, raw, err := s.Store.Manifest(ctx, narHash)
+	return raw, err
+}
+
+// RejectManifest does nothing: the store is the fleet's own, and the NAR then comes
+// whole from the upstream, with the failure in the log.
+func (s *StoreSource) RejectManifest([32]byte, error) {}
+
+func (s *StoreSource) Open(_ context.Context, m *manifest.Manifest) (Offer, error) {
+	if !m.Packed() {
+		return namedOffer{s.Store}, nil
+	}
+	pr, err := s.reader()
+	if err != nil {
+		return nil, err
+	}
+	return newPackOffer(s.Store, pr, m), nil
+}
+
+func (s *StoreSource) reader() (*chunkstore.PackReader, error) {
+	s.once.Do(func() {
+		opts := s.Reads
+		if opts == (chunkstore.ReadOptions{}) {
+			opts = DefaultPackReads
+		}
+		s.packs, s.packErr = chunkstore.NewPackReader(s.Store, opts)
+	})
+	return s.packs, s.packErr
+}
+
+// Close releases the pack reader, if one was made.
+func (s *StoreSource) Close() {
+	s.once.Do(func() {}) // no reader is made after Close
+	if s.packs != nil {
+		s.packs.Close()
+	}
+}
+
+// namedOffer reads a store's objects by name: one request per chunk or delta.
+type namedOffer struct{ st *chunkstore.Store }
+
+// Holds answers yes for every chunk: the store is the source of last resort for
+// chunks, and what it lacks costs a retry with the whole NAR.
+func (o namedOffer) Holds(ids []chunk.ID) ([]bool, error) { return allHeld(len(ids)), nil }
+
+func (o namedOffer) Chunk(ctx context.Context, e manifest.Entry) (Object, error) {
+	obj, err := o.st.Chunk(ctx, e.ID)
+	return Object{Frame: obj}, err
+}
+
+// Delta fetches the delta object the store keeps under the name chunk.DeltaID gives
+// (target, bases), the pair a manifest entry records.
+func (o namedOffer) Delta(ctx context.Context, id chunk.ID, bases []chunk.ID) ([]byte, error) {
+	return o.st.Delta(ctx, chunk.DeltaID(id, bases))
+}
+
+// Reject does nothing: a store object that fails its check is reported in the log,
+// and the chunk comes from the next source or the NAR whole.
+func (o namedOffer) Reject(chunk.ID, error) {}
+
+func allHeld(n int) []bool {
+	held := make([]bool, n)
+	for i := range held {
+		held[i] = true
+	}
+	return held
+}
+
+// prefetcher is an offer that supplies many chunks at once far cheaper than one at a
+// time, as a packed store does by coalescing neighbours into one ranged request. Before
+// the fetch workers start, the fetcher tells it which entries it will be asked for, and
+// as what; read then reads them in order until ctx ends, and Chunk and Delta answer from
+// what it read.
+type prefetcher interface {
+	prefetch(wants []want) (read func(ctx context.Context) chunkstore.ReadStats)
+}
+
+// want is one entry a prefetcher is to read: its full object, or its delta object
+// decoded against dict.
+type want struct {
+	entry int
+	delta bool
+	dict  func() ([]byte, error)
+}
+
+// packOffer supplies a packed manifest's objects by their locations.
+type packOffer struct {
+	st    *chunkstore.Store
+	pr    *chunkstore.PackReader
+	m     *manifest.Manifest
+	entry map[chunk.ID]int // first entry of each chunk
+
+	mu      sync.Mutex
+	results map[objKey]*packResult
+	// taken is the position, in the prefetch's reads, of the furthest result taken;
+	// the prefetch stops reading more than lead bytes past it.
+	taken int
+	moved chan struct{} // closed and replaced when taken moves
+	lead  int64
+}
+
+// objKey names one object of a NAR: the chunk's full object, or its delta.
+type objKey struct {
+	id    chunk.ID
+	delta bool
+}
+
+// packResult is one object the prefetch read, or why it could not.
+type packResult struct {
+	pos  int // among the prefetch's reads
+	refs int // entries still to take it
+	done chan struct{}
+	obj  []byte
+	err  error
+}
+
+var _ prefetcher = (*packOffer)(nil)
+
+func newPackOffer(st *chunkstore.Store, pr *chunkstore.PackReader, m *manifest.Manifest) *packOffer {
+	o := &packOffer{st: st, pr: pr, m: m, entry: make(map[chunk.ID]int, len(m.Entries)),
+		results: map[objKey]*packResult{}, taken: -1, moved: make(chan struct{}), lead: 16 << 20}
+	for i := len(m.Entries) - 1; i >= 0; i-- {
+		o.entry[m.Entries[i].ID] = i
+	}
+	return o
+}
+
+func (o *packOffer) Holds(ids []chunk.ID) ([]bool, error) { return allHeld(len(ids)), nil }
+
+// Reject does nothing, as for namedOffer.
+func (o *packOffer) Reject(chunk.ID, error) {}
+
+func (o *packOffer) Chunk(ctx context.Context, e manifest.Entry) (Object, error) {
+	i, ok := o.entry[e.ID]
+	if !ok {
+		return Object{}, fmt.Errorf("chunk %s is not in the manifest being fetched", e.ID)
+	}
+	if obj, err, ok := o.take(ctx, objKey{id: e.ID}); ok {
+		return Object{Frame: obj}, err
+	}
+	rd, err := chunkstore.ChunkRead(o.m, i)
+	if err != nil {
+		return Object{}, err
+	}
+	obj, err := o.st.ReadPackRange(ctx, rd.Pack, rd.Offset, rd.Length)
+	return Object{Frame: obj}, err
+}
+
+func (o *packOffer) Delta(ctx context.Context, id chunk.ID, bases []chunk.ID) ([]byte, error) {
+	i, ok := o.entry[id]
+	if !ok {
+		return nil, fmt.Errorf("chunk %s is not in the manifest being fetched", id)
+	}
+	if obj, err, ok := o.take(ctx, objKey{id: id, delta: true}); ok {
+		return obj, err
+	}
+	rd, ok := chunkstore.DeltaRead(o.m, i, nil)
+	if !ok {
+		return nil, fmt.Errorf("delta for chunk %s: the manifest names none", id)
+	}
+	return o.st.ReadPackRange(ctx, rd.Pack, rd.Offset, rd.Length)
+}
+
+// take waits for the prefetch's result for k, if it was asked to read k.
+func (o *packOffer) take(ctx context.Context, k objKey) (obj []byte, err error, ok bool) {
+	o.mu.Lock()
+	r, ok := o.results[k]
+	o.mu.Unlock()
+	if !ok {
+		return nil, nil, false
+	}
+	select {
+	case <-r.done:
+	case <-ctx.Done():
+		return nil, ctx.Err(), true
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if r.refs--; r.refs <= 0 {
+		delete(o.results, k)
+	}
+	if r.pos > o.taken {
+		o.taken = r.pos
+		close(o.moved)
+		o.moved = make(chan struct{})
+	}
+	return r.obj, r.err, true
+}
+
+// prefetch registers the wanted objects, each once however many entries name it, and
+// returns the function that reads them in the order given, at most lead bytes ahead of
+// the furthest one taken. Results it does not deliver (ctx ended) end with an error, so
+// no taker waits for them.
+func (o *packOffer) prefetch(wants []want) func(context.Context) chunkstore.ReadStats {
+	var (
+		reads   []chunkstore.PackRead
+		results []*packResult
+		ends    []int64 // bytes read up to and including each read
+		total   int64
+	)
+	o.mu.Lock()
+	for _, w := range wants {
+		k := objKey{id: o.m.Entries[w.entry].ID, delta: w.delta}
+		if r, ok := o.results[k]; ok {
+			r.refs++
+			continue
+		}
+		var rd chunkstore.PackRead
+		if w.delta {
+			var ok bool
+			if rd, ok = chunkstore.DeltaRead(o.m, w.entry, w.dict); !ok {
+				continue // the fetcher then asks for the full object, read alone
+			}
+		} else {
+			var err error
+			if rd, err = chunkstore.ChunkRead(o.m, w.entry); err != nil {
+				continue
+			}
+		}
+		r := &packResult{pos: len(reads), refs: 1, done: make(chan struct{})}
+		o.results[k] = r
+		reads = append(reads, rd)
+		results = append(results, r)
+		total += int64(rd.Length)
+		ends = append(ends, total)
+	}
+	o.mu.Unlock()
+	return func(ctx context.Context) chunkstore.ReadStats {
+		delivered := 0
+		stats, err := o.pr.Read(ctx, reads, func(i int, obj, _ []byte, err error) error {
+			if werr := o.waitRoom(ctx, i, ends); werr != nil {
+				return werr
+			}
+			results[i].obj, results[i].err = obj, err
+			close(results[i].done)
+			delivered = i + 1
+			return nil
+		})
+		if err == nil && delivered < len(reads) {
+			err = fmt.Errorf("stopped after %d of %d objects", delivered, len(reads))
+		}
+		for _, r := range results[delivered:] {
+			r.err = fmt.Errorf("reading packs: %w", err)
+			close(r.done)
+		}
+		return stats
+	}
+}
+
+// waitRoom blocks until read i lies within lead bytes of the furthest result taken.
+func (o *packOffer) waitRoom(ctx context.Context, i int, ends []int64) error {
+	for {
+		o.mu.Lock()
+		var from int64
+		if o.taken >= 0 {
+			from = ends[o.taken]
+		}
+		room := i <= o.taken+1 || ends[i]-from <= o.lead
+		moved := o.moved
+		o.mu.Unlock()
+		if room {
+			return nil
+		}
+		select {
+		case <-moved:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
