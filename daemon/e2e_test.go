@@ -142,12 +142,19 @@ func (f *fixture) all() []string {
 
 func (f *fixture) publish(t *testing.T, keys ...string) publish.Summary {
 	t.Helper()
+	return f.publishTo(t, f.storeDir, publish.Options{}, keys...)
+}
+
+// publishTo publishes every path of the fixture's cache into the store at storeURL,
+// trusting keys; opts' zero fields take the defaults.
+func (f *fixture) publishTo(t *testing.T, storeURL string, opts publish.Options, keys ...string) publish.Summary {
+	t.Helper()
 	ctx := context.Background()
 	src, err := blob.Open(f.cacheDir, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	dst, err := chunkstore.Open(f.storeDir, nil)
+	dst, err := chunkstore.Open(storeURL, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -155,7 +162,13 @@ func (f *fixture) publish(t *testing.T, keys ...string) publish.Summary {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := publish.New(nixcache.NewBinaryCache(src), dst, kr, publish.Options{Params: chunk.DefaultParams(), Jobs: 2})
+	if opts.Params == (chunk.Params{}) {
+		opts.Params = chunk.DefaultParams()
+	}
+	if opts.Jobs == 0 {
+		opts.Jobs = 2
+	}
+	p, err := publish.New(nixcache.NewBinaryCache(src), dst, kr, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -167,7 +180,7 @@ func (f *fixture) publish(t *testing.T, keys ...string) publish.Summary {
 	}
 	sum, err := p.Run(ctx, hps)
 	if err != nil {
-		t.Fatalf("publish: %v", err)
+		t.Fatalf("publish to %s: %v", storeURL, err)
 	}
 	return sum
 }

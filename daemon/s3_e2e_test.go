@@ -5,8 +5,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/shoal-nix/shoal/blob"
-	"github.com/shoal-nix/shoal/chunk"
 	"github.com/shoal-nix/shoal/chunkstore"
 	"github.com/shoal-nix/shoal/chunkstore/maintain"
 	"github.com/shoal-nix/shoal/daemon"
@@ -25,31 +23,11 @@ func TestNixSubstitutesFromS3Store(t *testing.T) {
 	storeURL := s3.URL(s3.Bucket(t, "shoal-e2e"), "store")
 	ctx := context.Background()
 
-	src, err := blob.Open(f.cacheDir, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	f.publishTo(t, storeURL, publish.Options{}, f.pk)
 	dst, err := chunkstore.Open(storeURL, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	kr, err := nixcache.ParseKeyring([]string{f.pk})
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := publish.New(nixcache.NewBinaryCache(src), dst, kr, publish.Options{Params: chunk.DefaultParams(), Jobs: 2})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var hps []string
-	for _, sp := range f.all() {
-		hp, _ := nixcache.ParseHashPart(sp)
-		hps = append(hps, hp)
-	}
-	if _, err := p.Run(ctx, hps); err != nil {
-		t.Fatalf("publish to S3: %v", err)
-	}
-	p.Close()
 
 	serve := func() string {
 		_, url := startDaemon(t, daemon.Config{

@@ -57,9 +57,9 @@ for pack files (docs/format.md, "Store layout 3"): the same objects appended to
 write-once packs of --pack-size, each NAR's new objects together in NAR order, and
 manifests that say where each object lies, so clients fetch with a few ranged reads.
 The layout is recorded in the store; later publishes keep it without the flag, and a
-publish asking for the other layout is refused. Packed stores are read by shoal serve
-and shoal store verify; gc of a packed store needs repacking, not available yet, and
-shoal daemon does not read packed stores yet.
+publish asking for the other layout is refused. shoal daemon, shoal serve and shoal
+store verify read packed stores; gc of a packed store needs repacking, not available
+yet.
 
 xz NARs are decoded by the xz program when it is on PATH (about twice as fast as
 the built-in decoder).`,
