@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"testing"
 	"time"
 
@@ -132,4 +133,62 @@ func BenchmarkServeCachedNAR(b *testing.B) {
 	b.ReportMetric(float64(size)*float64(b.N)/serve.Seconds()/1e6, "serve-MB/s")
 	b.ReportMetric(float64(size)*float64(b.N)/limit.Seconds()/1e6, "limit-MB/s")
 	b.ReportMetric(limit.Seconds()/serve.Seconds(), "serve/limit")
+}
+
+// BenchmarkNarInfoHit asks, from parallel clients over loopback HTTP, for one narinfo
+// the daemon has cached, and reports its rate as a ratio of a static file server's
+// (net/http's, serving the upstream's own narinfo file) measured in the same run: what
+// a plain binary cache answers with.
+func BenchmarkNarInfoHit(b *testing.B) {
+	c := cachetest.New(b, "bench-1")
+	ni := c.Add(b, cachetest.HashPart("bench"), "bench-1.0", []byte("a small NAR"), "none")
+	d, err := daemon.New(daemon.Config{Upstreams: []string{c.Dir}, TrustedKeys: []string{c.PublicKey},
+		StateDir: b.TempDir(), Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer d.Close()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Serve(ctx, ln) }()
+	defer func() { cancel(); <-done }()
+	files := httptest.NewServer(http.FileServer(http.Dir(c.Dir)))
+	defer files.Close()
+
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+	path := "/" + ni.HashPart() + ".narinfo"
+	get := func(b *testing.B, url string) {
+		resp, err := client.Get(url + path)
+		if err != nil {
+			b.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			b.Fatalf("GET %s: %d", url+path, resp.StatusCode)
+		}
+	}
+	daemonURL := "http://" + ln.Addr().String()
+	get(b, daemonURL)
+	rate := func(url string) float64 {
+		start := time.Now()
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				get(b, url)
+			}
+		})
+		return float64(b.N) / time.Since(start).Seconds()
+	}
+	b.SetParallelism(32)
+	b.ResetTimer()
+	shoal := rate(daemonURL)
+	b.StopTimer()
+	plain := rate(files.URL)
+	b.ReportMetric(shoal, "shoal-req/s")
+	b.ReportMetric(plain, "plain-req/s")
+	b.ReportMetric(shoal/plain, "shoal/plain")
 }

@@ -155,6 +155,7 @@ type Daemon struct {
 	peers       *p2p.Node
 	local       *nixstore.Store
 	lookups     singleflight.Group
+	checked     *checkedNarInfos
 	narInfos    *narInfoWriter
 	storeHealth storeHealth
 	narSlots    *narLimiter
@@ -187,7 +188,7 @@ func New(cfg Config) (*Daemon, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &Daemon{cfg: cfg, log: cfg.Logger, keys: keys, metrics: NewMetrics(), now: time.Now,
+	d := &Daemon{cfg: cfg, log: cfg.Logger, keys: keys, metrics: NewMetrics(), now: time.Now, checked: newCheckedNarInfos(),
 		narSlots: newNARLimiter(cfg.MaxNARResponses, cfg.MaxNARWaiting), adminToken: adminToken}
 	for _, u := range cfg.Upstreams {
 		b, err := blob.Open(u, cfg.HTTPClient)

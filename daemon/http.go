@@ -118,9 +118,13 @@ func (d *Daemon) narInfo(ctx context.Context, hashPart string) (*nixcache.NarInf
 		if e.Negative {
 			return nil, "", fmt.Errorf("%w: %s (cached)", shoal.ErrNotFound, e.Reason)
 		}
+		if ni, ok := d.checked.get(hashPart, e.Raw); ok {
+			return ni, e.Source, nil
+		}
 		ni, err := nixcache.ParseNarInfo(e.Raw)
 		if err == nil {
 			if _, err = d.keys.Verify(ni); err == nil {
+				d.checked.put(hashPart, e.Raw, ni)
 				return ni, e.Source, nil
 			}
 		}

@@ -7,12 +7,12 @@
 // CORPUS is a directory made by make-corpus (paths, pk, cache-zstd/), e.g. five
 // consecutive Go toolchains. For each store it reports objects per GB of NAR, the share
 // of the store's bytes in objects of 128 KiB or more (what cheap storage classes bill
-// at least), publish throughput, and what a client pays through a real HTTP server
-// (net/http's file server, which honours Range) for the corpus's last path: fetched
-// cold, and as an upgrade from the path before it with that path's chunks cached
-// (deltas where cheaper, as the daemon prices them). Requests count every store request
-// after the narinfo (manifest and objects); bytes read are the response bodies,
-// against the bytes of the objects needed.
+// at least), publish throughput, and what the daemon's fetcher (package fetch, over an
+// empty local cache) pays through a real HTTP server (net/http's file server, which
+// honours Range) for the corpus's last path: fetched cold, and as an upgrade after
+// fetching the path before it (deltas where cheaper). Requests count every store
+// request after the narinfo (manifest and objects); bytes read are the response
+// bodies, against the bytes of the objects and manifest needed.
 package main
 
 import (
@@ -28,12 +28,15 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/shoal-nix/shoal/blob"
 	"github.com/shoal-nix/shoal/chunk"
 	"github.com/shoal-nix/shoal/chunkstore"
+	"github.com/shoal-nix/shoal/fetch"
+	"github.com/shoal-nix/shoal/localcache"
 	"github.com/shoal-nix/shoal/manifest"
 	"github.com/shoal-nix/shoal/nixcache"
 	"github.com/shoal-nix/shoal/publish"
@@ -53,19 +56,19 @@ func main() {
 		flag.Usage()
 		os.Exit(2)
 	}
-	readOpts = chunkstore.ReadOptions{Overread: *overread}
-	minReuseRun = *minRun
-	if err := run(context.Background(), flag.Arg(0), *packSizes, *keep); err != nil {
+	opts := options{reads: fetch.DefaultPackReads, minReuseRun: *minRun}
+	opts.reads.Overread = *overread
+	if err := run(context.Background(), flag.Arg(0), *packSizes, *keep, opts); err != nil {
 		fmt.Fprintln(os.Stderr, "layout-bench:", err)
 		os.Exit(1)
 	}
 }
 
-// readOpts and minReuseRun come from the flags.
-var (
-	readOpts    chunkstore.ReadOptions
+// options are the flags that tune the stores and the client.
+type options struct {
+	reads       chunkstore.ReadOptions
 	minReuseRun int
-)
+}
 
 type layout struct {
 	name     string
@@ -86,7 +89,7 @@ type fetchCost struct {
 	bytesRead, needed int64
 }
 
-func run(ctx context.Context, corpus, packSizes, keep string) error {
+func run(ctx context.Context, corpus, packSizes, keep string, opts options) error {
 	layouts := []layout{{name: "v1", version: chunkstore.FormatVersion}}
 	for _, s := range strings.Split(packSizes, ",") {
 		var mib int
@@ -124,7 +127,7 @@ func run(ctx context.Context, corpus, packSizes, keep string) error {
 	var results []*result
 	for i, l := range layouts {
 		dir := filepath.Join(work, fmt.Sprintf("store-%d", i))
-		r, err := measure(ctx, corpus, strings.TrimSpace(string(pk)), hps, l, dir)
+		r, err := measure(ctx, corpus, strings.TrimSpace(string(pk)), hps, l, dir, opts)
 		if err != nil {
 			return fmt.Errorf("%s: %w", l.name, err)
 		}
@@ -134,7 +137,7 @@ func run(ctx context.Context, corpus, packSizes, keep string) error {
 	return nil
 }
 
-func measure(ctx context.Context, corpus, pk string, hps []string, l layout, dir string) (*result, error) {
+func measure(ctx context.Context, corpus, pk string, hps []string, l layout, dir string, opts options) (*result, error) {
 	r := &result{layout: l}
 	src, err := blob.Open(filepath.Join(corpus, "cache-zstd"), nil)
 	if err != nil {
@@ -150,7 +153,7 @@ func measure(ctx context.Context, corpus, pk string, hps []string, l layout, dir
 	}
 	p, err := publish.New(nixcache.NewBinaryCache(src), dst, kr, publish.Options{
 		Params: chunk.DefaultParams(), Jobs: runtime.NumCPU(), Deltas: true,
-		Layout: l.version, PackSize: l.packSize, MinReuseRun: minReuseRun, Logger: slog.New(slog.DiscardHandler),
+		Layout: l.version, PackSize: l.packSize, MinReuseRun: opts.minReuseRun, Logger: slog.New(slog.DiscardHandler),
 	})
 	if err != nil {
 		return nil, err
@@ -194,150 +197,138 @@ func measure(ctx context.Context, corpus, pk string, hps []string, l layout, dir
 		return nil, err
 	}
 	last, prev := hps[len(hps)-1], hps[len(hps)-2]
-	mPrev, err := manifestOf(ctx, st, prev)
+	niLast, err := narInfoOf(ctx, st, last)
 	if err != nil {
 		return nil, err
 	}
-	cache := map[chunk.ID][]byte{}
-	codec, err := chunk.NewCodec()
+	niPrev, err := narInfoOf(ctx, st, prev)
 	if err != nil {
 		return nil, err
 	}
-	defer codec.Close()
-	for i, e := range mPrev.Entries {
-		if _, ok := cache[e.ID]; ok {
-			continue
-		}
-		obj, err := objectOf(ctx, st, mPrev, i)
+	for _, upgrade := range []bool{false, true} {
+		fe, counted, done, err := newFetcher(st, opts.reads)
 		if err != nil {
 			return nil, err
 		}
-		if cache[e.ID], err = codec.Open(nil, e.ID, obj, int(e.Size)); err != nil {
-			return nil, err
+		var mPrev *manifest.Manifest
+		if upgrade {
+			if mPrev, err = fetchNAR(fe, niPrev); err != nil {
+				done()
+				return nil, fmt.Errorf("fetching the path before the last: %w", err)
+			}
 		}
-	}
-
-	for _, upgrade := range []bool{false, true} {
 		requests.Store(0)
 		served.Store(0)
-		m, err := manifestOf(ctx, st, last)
+		before := counted.total()
+		m, err := fetchNAR(fe, niLast)
+		done()
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("fetching the last path: %w", err)
 		}
-		have := map[chunk.ID][]byte{}
+		c := fetchCost{requests: requests.Load(), bytesRead: served.Load(), needed: counted.total() - before}
 		if upgrade {
-			have = cache
-		}
-		needed, n, err := fetch(ctx, st, codec, m, have)
-		if err != nil {
-			return nil, err
-		}
-		c := fetchCost{requests: requests.Load(), bytesRead: served.Load(), needed: needed}
-		// The manifest is read either way; count its bytes as needed too.
-		raw, _ := blob.ReadAll(ctx, must(blob.Open(dir, nil)), chunkstore.ManifestKey(manifest.Key(m.NarHash)), 1<<30)
-		c.needed += int64(len(raw))
-		if upgrade {
-			r.upgrade, r.upgradeObjects = c, n
+			r.upgrade, r.upgradeObjects = c, missing(m, mPrev)
 		} else {
-			r.cold, r.coldChunks = c, n
+			r.cold, r.coldChunks = c, missing(m, nil)
 		}
 	}
 	return r, nil
 }
 
-func must[T any](v T, err error) T {
-	if err != nil {
-		panic(err)
-	}
-	return v
-}
-
-func manifestOf(ctx context.Context, st *chunkstore.Store, hp string) (*manifest.Manifest, error) {
+func narInfoOf(ctx context.Context, st *chunkstore.Store, hp string) (*nixcache.NarInfo, error) {
 	raw, err := st.NarInfo(ctx, hp)
 	if err != nil {
 		return nil, err
 	}
-	ni, err := nixcache.ParseNarInfo(raw)
+	return nixcache.ParseNarInfo(raw)
+}
+
+// newFetcher returns the daemon's fetcher over an empty local cache in a temporary
+// directory, with st as its only source, and the function that removes it all.
+func newFetcher(st *chunkstore.Store, reads chunkstore.ReadOptions) (*fetch.Fetcher, *byteCounter, func(), error) {
+	dir, err := os.MkdirTemp("", "layout-bench-cache-")
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	cache, err := localcache.Open(filepath.Join(dir, "cache.db"), localcache.Options{})
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, nil, nil, err
+	}
+	codec, err := chunk.NewCodec()
+	if err != nil {
+		cache.Close()
+		os.RemoveAll(dir)
+		return nil, nil, nil, err
+	}
+	src := &fetch.StoreSource{Store: st, Reads: reads}
+	c := &byteCounter{bytes: map[string]int64{}}
+	fe := &fetch.Fetcher{Cache: cache, Codec: codec, Sources: []fetch.Source{src}, Params: chunk.DefaultParams(), Counters: c}
+	return fe, c, func() {
+		fe.Close()
+		src.Close()
+		codec.Close()
+		cache.Close()
+		os.RemoveAll(dir)
+	}, nil
+}
+
+// fetchNAR has fe make the NAR available, as the daemon does for a Nix request.
+func fetchNAR(fe *fetch.Fetcher, ni *nixcache.NarInfo) (*manifest.Manifest, error) {
+	p, err := fe.Start(fetch.Request{Info: ni, KnownPackage: true})
 	if err != nil {
 		return nil, err
 	}
-	m, _, err := st.Manifest(ctx, ni.NarHash)
-	return m, err
+	defer p.Release()
+	return p.Wait(context.Background())
 }
 
-// objectOf reads entry i's chunk object, wherever the layout keeps it (setup only).
-func objectOf(ctx context.Context, st *chunkstore.Store, m *manifest.Manifest, i int) ([]byte, error) {
-	if m.Packed() {
-		l := m.Locs[i]
-		return st.ReadPackRange(ctx, m.Packs[l.Pack], l.Offset, m.Entries[i].StoredSize)
+// byteCounter receives the fetcher's byte counts by source: the objects (chunks,
+// deltas) and manifests it needed, and the gaps it read through.
+type byteCounter struct {
+	mu    sync.Mutex
+	bytes map[string]int64
+}
+
+func (c *byteCounter) Add(source string, n int64) {
+	c.mu.Lock()
+	c.bytes[source] += n
+	c.mu.Unlock()
+}
+func (c *byteCounter) Event(string)         {}
+func (c *byteCounter) Priced(fetch.Pricing) {}
+
+// total is what the fetcher needed: every object and manifest, not the gaps read
+// through between them.
+func (c *byteCounter) total() int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var n int64
+	for k, v := range c.bytes {
+		if !strings.HasSuffix(k, fetch.OverreadSuffix) {
+			n += v
+		}
 	}
-	return st.Chunk(ctx, m.Entries[i].ID)
+	return n
 }
 
-// fetch gets every chunk of m the client lacks, as the daemon would: a delta when its
-// base chunks are cached and it is cheaper, else the chunk object. A loose store costs a
-// request per object; a packed one goes through chunkstore.PackReader. It returns the bytes
-// of the objects needed and how many there were.
-func fetch(ctx context.Context, st *chunkstore.Store, codec *chunk.Codec, m *manifest.Manifest, have map[chunk.ID][]byte) (needed int64, objects int, err error) {
+// missing counts m's distinct chunks that have's manifest (nil: none) lacks: the
+// objects a client holding have fetches.
+func missing(m, have *manifest.Manifest) int {
 	seen := map[chunk.ID]bool{}
-	var reads []chunkstore.PackRead
-	for i, e := range m.Entries {
-		if _, ok := have[e.ID]; ok || seen[e.ID] {
-			continue
-		}
-		seen[e.ID] = true
-		objects++
-		bases, did, size, hasDelta := m.DeltaOf(i)
-		useDelta := hasDelta && size < e.StoredSize
-		for _, b := range bases {
-			if _, ok := have[b.ID]; !ok {
-				useDelta = false
-			}
-		}
-		if useDelta {
-			needed += int64(size)
-		} else {
-			needed += int64(e.StoredSize)
-		}
-		if !m.Packed() {
-			if useDelta {
-				_, err = st.Delta(ctx, did)
-			} else {
-				_, err = st.Chunk(ctx, e.ID)
-			}
-			if err != nil {
-				return 0, 0, err
-			}
-			continue
-		}
-		if useDelta {
-			rd, _ := chunkstore.DeltaRead(m, i, func() ([]byte, error) {
-				var dict []byte
-				for _, b := range bases {
-					dict = append(dict, have[b.ID]...)
-				}
-				return dict, nil
-			})
-			reads = append(reads, rd)
-			continue
-		}
-		rd, err := chunkstore.ChunkRead(m, i)
-		if err != nil {
-			return 0, 0, err
-		}
-		reads = append(reads, rd)
-	}
-	if len(reads) > 0 {
-		pr, err := chunkstore.NewPackReader(st, readOpts)
-		if err != nil {
-			return 0, 0, err
-		}
-		defer pr.Close()
-		if _, err := pr.Read(ctx, reads, func(i int, obj, raw []byte, err error) error { return err }); err != nil {
-			return 0, 0, err
+	if have != nil {
+		for _, e := range have.Entries {
+			seen[e.ID] = true
 		}
 	}
-	return needed, objects, nil
+	n := 0
+	for _, e := range m.Entries {
+		if !seen[e.ID] {
+			seen[e.ID] = true
+			n++
+		}
+	}
+	return n
 }
 
 type countingWriter struct {
