@@ -62,19 +62,21 @@ and shoal store verify; gc of a packed store needs repacking, not available yet,
 shoal daemon does not read packed stores yet.
 
 Many machines (--shard I/N): N workers publish one cache into one store at once,
-each started with the same store paths (or --all) and its own I, numbered from 0 to
-N-1. A worker takes the paths whose package name (as Nix splits it) hashes to I, so
-every version of a package is on one worker and finds its delta base there. Workers
-never read an index of the whole store: bases published by earlier runs are found
-through the store's name index (names/<pname>/, one listing per package), and in a v3
-store a worker reuses the chunks its own run wrote and those its bases' manifests
-point at; a chunk shared with a package of another worker is written by both, a
-duplicate the next repack folds. A batch system's array job runs it as it is:
+each started with the same store paths (or --all) and its own I, counted from 0, so
+0 <= I < N. A worker takes the paths whose package name (as Nix splits it) hashes to
+I, so every version of a package is on one worker and finds its delta base there.
+Paths named with their names (/nix/store/<hash>-<name> or <hash>-<name>) are shared
+out before anything is read; for a bare hash (and with --all, every path of the
+cache) each worker reads the narinfo to learn the name. Workers never read an index
+of the whole store: bases from earlier runs are found through the store's name index
+(names/<pname>/, one listing per package), and in a v3 store a worker reuses the
+chunks its own run wrote and those its bases' manifests point at; a chunk shared with
+a package of another worker is written by both, a duplicate the next repack folds.
+A batch system's array job runs it as it is:
   Kubernetes Indexed Job:  shoal publish --shard "$JOB_COMPLETION_INDEX/8" ...
   Slurm (--array=0-7):     shoal publish --shard "$SLURM_ARRAY_TASK_ID/8" ...
-  Nomad, or by hand:       shoal publish --shard 0/2 ... & shoal publish --shard 1/2 ...
-Deltas against versions published before the name index existed are found by an
-unsharded run, or after any publish that reruns those paths (it adds the entries).
+  by hand:                 shoal publish --shard 0/2 ... & shoal publish --shard 1/2 ...
+A store published before the name index existed gets it from shoal store index.
 
 xz NARs are decoded by the xz program when it is on PATH (about twice as fast as
 the built-in decoder).`,
@@ -108,6 +110,12 @@ func runPublish(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	var shard publish.Shard
+	if v := c.String("shard"); v != "" {
+		if shard, err = publish.ParseShard(v); err != nil {
+			return usageError("--shard: %v", err)
+		}
+	}
 	srcBlob, err := blob.Open(c.String("from"), nil)
 	if err != nil {
 		return usageError("--from: %v", err)
@@ -137,6 +145,11 @@ func runPublish(c *cli.Context) error {
 			hp, err := nixcache.ParseHashPart(a)
 			if err != nil {
 				return usageError("%q is not a store path: %v", a, err)
+			}
+			// A path named with its name is another worker's or not without reading
+			// its narinfo; a bare hash is decided once the narinfo tells the name.
+			if shard.Sharded() && len(a) > len(hp) && !shard.Has(a) {
+				continue
 			}
 			hashParts = append(hashParts, hp)
 		}
@@ -169,12 +182,6 @@ func runPublish(c *cli.Context) error {
 	}
 	if minRun == 0 {
 		minRun = -1 // publish.Options: negative reuses every run
-	}
-	var shard publish.Shard
-	if v := c.String("shard"); v != "" {
-		if shard, err = publish.ParseShard(v); err != nil {
-			return usageError("--shard: %v", err)
-		}
 	}
 	opts := publish.Options{
 		Shard:       shard,

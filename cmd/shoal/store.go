@@ -58,11 +58,12 @@ Examples:
 			},
 			{
 				Name:  "index",
-				Usage: "write the NAR URL index shoal serve needs, for a store published by an older shoal",
+				Usage: "write the NAR URL and name indexes shoal serve and publish --shard need, for a store published by an older shoal",
 				Description: `shoal serve finds a narinfo by the NAR URL a client asks for through the index
-publish writes (nar-urls/<URL>, holding the narinfo's hash part). Stores published
-before it have none; this reads every narinfo in the store and writes the entries that
-are missing. Rerunning publish on the same paths does the same while the source cache
+publish writes (nar-urls/<URL>, holding the narinfo's hash part), and a sharded
+publish finds delta bases through the name index (names/<pname>/<hash>-<name>).
+Stores published before them have none; this reads every narinfo in the store and
+writes the entries that are missing. Rerunning publish on the same paths does the same while the source cache
 is still there. Safe to run at any time and to repeat.
 
 Example:
@@ -225,7 +226,7 @@ func runStoreIndex(c *cli.Context) error {
 		return usageError("--store: %v", err)
 	}
 	rep, err := maintain.Index(c.Context, s, c.Int("jobs"), slog.Default())
-	fmt.Fprintf(c.App.Writer, "%d narinfos: %d index entries added, %d narinfos not indexable\n", rep.NarInfos, rep.Added, rep.Refused)
+	fmt.Fprintf(c.App.Writer, "%d narinfos: %d NAR URL index entries and %d name index entries added, %d narinfos not indexable\n", rep.NarInfos, rep.Added, rep.Names, rep.Refused)
 	return err
 }
 
