@@ -3,8 +3,14 @@ package publish_test
 import (
 	"context"
 	"fmt"
+	"io"
 	"slices"
+	"sync"
 	"testing"
+	"time"
+
+	"github.com/shoal-nix/shoal"
+	"github.com/shoal-nix/shoal/blob"
 
 	"github.com/shoal-nix/shoal/chunk"
 	"github.com/shoal-nix/shoal/chunkstore"
@@ -183,5 +189,53 @@ func TestPublishShardedS3(t *testing.T) {
 	}
 	if reused == 0 || sum.NewChunks >= sum.Chunks {
 		t.Fatalf("later run reused %d of the base's chunks in place (%d new of %d)", reused, sum.NewChunks, sum.Chunks)
+	}
+}
+
+// lateMeta is a store whose metadata another worker writes just after this one first
+// looked for it.
+type lateMeta struct {
+	blob.Backend
+	once  sync.Once
+	other func()
+}
+
+func (b *lateMeta) Open(ctx context.Context, key string) (io.ReadCloser, error) {
+	first := false
+	if key == chunkstore.MetaKey {
+		b.once.Do(func() { first = true })
+	}
+	if first {
+		b.other()
+		return nil, fmt.Errorf("%s: %w", key, shoal.ErrNotFound)
+	}
+	return b.Backend.Open(ctx, key)
+}
+
+// TestShardsStartOnAnEmptyStore: workers of an array job start at once on an empty
+// store; one that finds the store empty and then, a moment later, another worker's
+// metadata in it, publishes rather than refusing a store that "holds other things".
+func TestShardsStartOnAnEmptyStore(t *testing.T) {
+	cache := cachetest.New(t, "test-1")
+	a := cache.Add(t, cachetest.HashPart("a"), "pkg-1.0", testkit.RandomBytes(5, 20<<10), "none")
+	dir := t.TempDir()
+	fb, err := blob.Open(dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &lateMeta{Backend: fb, other: func() {
+		if _, err := chunkstore.New(fb).Init(context.Background(), "file://"+cache.Dir, smallParams, chunkstore.FormatPacked, time.Now()); err != nil {
+			t.Error(err)
+		}
+	}}
+	src, _ := blob.Open(cache.Dir, nil)
+	kr, _ := nixcache.ParseKeyring([]string{cache.PublicKey})
+	p, err := publish.New(nixcache.NewBinaryCache(src), chunkstore.New(b), kr, publish.Options{Params: smallParams, Jobs: 1, Layout: chunkstore.FormatPacked, Shard: publish.Shard{Index: publish.Of(a.StorePath, 2), Count: 2}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	if sum, err := p.Run(context.Background(), []string{a.HashPart()}); err != nil || sum.NARs != 1 {
+		t.Fatalf("%+v, %v", sum, err)
 	}
 }
