@@ -19,6 +19,7 @@ import (
 	"github.com/shoal-nix/shoal/chunkstore/maintain"
 	"github.com/shoal-nix/shoal/chunkstore/migrate"
 	"github.com/shoal-nix/shoal/internal/cachetest"
+	"github.com/shoal-nix/shoal/internal/s3test"
 	"github.com/shoal-nix/shoal/internal/testkit"
 	"github.com/shoal-nix/shoal/manifest"
 	"github.com/shoal-nix/shoal/nixcache"
@@ -177,9 +178,16 @@ func (c cancelAfter) Handle(ctx context.Context, r slog.Record) error {
 // store switches to layout 3 only at the end, verify finds nothing wrong, and
 // --finish deletes the loose objects, after which every NAR still reads back.
 func TestMigrate(t *testing.T) {
-	dir := t.TempDir()
-	nars := publishLoose(t, dir)
-	s, _ := chunkstore.Open(dir, nil)
+	t.Run("directory", func(t *testing.T) { testMigrate(t, t.TempDir()) })
+	t.Run("s3", func(t *testing.T) {
+		srv := s3test.Start(t)
+		testMigrate(t, srv.URL(srv.Bucket(t, "store"), "v1"))
+	})
+}
+
+func testMigrate(t *testing.T, url string) {
+	nars := publishLoose(t, url)
+	s, _ := chunkstore.Open(url, nil)
 	ctx := context.Background()
 	readAll := func(when string) map[byte]int {
 		t.Helper()
@@ -272,17 +280,9 @@ func TestMigrate(t *testing.T) {
 	if rep, err = migrate.Run(ctx, s, opts); err != nil || rep.LooseDeleted == 0 {
 		t.Fatalf("finish: %+v, %v", rep, err)
 	}
-	for _, d := range []string{"chunks", "deltas"} {
-		var n int
-		filepath.WalkDir(filepath.Join(dir, d), func(_ string, e os.DirEntry, _ error) error {
-			if e != nil && !e.IsDir() {
-				n++
-			}
-			return nil
-		})
-		if n != 0 {
-			t.Errorf("%d loose objects left in %s/", n, d)
-		}
+	inv, err := s.Inventory(ctx)
+	if err != nil || len(inv.Chunks)+len(inv.Deltas) != 0 || len(inv.Packs) == 0 {
+		t.Fatalf("after finish: %d loose chunks, %d loose deltas, %d packs (%v)", len(inv.Chunks), len(inv.Deltas), len(inv.Packs), err)
 	}
 	readAll("after finish")
 	verify("after finish")
