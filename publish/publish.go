@@ -94,7 +94,7 @@ type Summary struct {
 	NarBytes    int64 // uncompressed bytes of the NARs published
 	SourceBytes int64 // the source cache's compressed size (FileSize) of those NARs
 	Chunks      int64 // chunks in the NARs published
-	NewChunks   int64 // chunks the store did not have
+	NewChunks   int64 // chunks the store did not have (sharded: that this worker did not know of)
 	NewBytes    int64 // stored (compressed) bytes written for those chunks
 	WithBase    int   // NARs published with deltas against a base (version 2 manifests)
 	Deltas      int64 // delta objects in the manifests published

@@ -40,11 +40,11 @@ func (s Shard) String() string { return fmt.Sprintf("%d/%d", s.Index, s.Count) }
 // like one with 0/1).
 func (s Shard) Sharded() bool { return s.Count > 0 }
 
-// Of returns the shard a store path belongs to among n: FNV-1a (64 bits) of its
+// ShardOf returns the shard a store path belongs to among n: FNV-1a (64 bits) of its
 // package name as nixname.Split gives it, modulo n. Every version and output of a
 // package lands on one worker, which then finds each NAR's delta base in its own run.
 // A path without a package name goes by its hash part.
-func Of(storePath string, n int) int {
+func ShardOf(storePath string, n int) int {
 	key := ""
 	if base := storePath[strings.LastIndexByte(storePath, '/')+1:]; len(base) > 33 && base[32] == '-' {
 		key, _ = nixname.Split(base[33:])
@@ -61,7 +61,7 @@ func Of(storePath string, n int) int {
 
 // Has reports whether storePath is this worker's.
 func (s Shard) Has(storePath string) bool {
-	return !s.Sharded() || Of(storePath, s.Count) == s.Index
+	return !s.Sharded() || ShardOf(storePath, s.Count) == s.Index
 }
 
 // nameIndex finds, for the package names of a sharded run, the versions the store

@@ -48,16 +48,16 @@ func TestShardByPackageName(t *testing.T) {
 	h := "/nix/store/" + cachetest.HashPart("x") + "-"
 	for _, n := range []int{2, 3, 16} {
 		for _, pkg := range []string{"go", "python3.12-numpy", "hello"} {
-			want := publish.Of(h+pkg+"-1.0", n)
+			want := publish.ShardOf(h+pkg+"-1.0", n)
 			for _, v := range []string{"-1.1", "-2.0-dev", "-0.9-man", ""} {
-				if got := publish.Of(h+pkg+v, n); got != want {
+				if got := publish.ShardOf(h+pkg+v, n); got != want {
 					t.Errorf("%s%s in shard %d of %d, %s-1.0 in %d", pkg, v, got, n, pkg, want)
 				}
 			}
 		}
 		seen := map[int]bool{}
 		for i := range 64 * n {
-			seen[publish.Of(fmt.Sprintf("%spkg%d-1.0", h, i), n)] = true
+			seen[publish.ShardOf(fmt.Sprintf("%spkg%d-1.0", h, i), n)] = true
 		}
 		if len(seen) != n {
 			t.Errorf("64×%d names fill %d of %d shards", n, len(seen), n)
@@ -76,7 +76,7 @@ func shardCorpus(t *testing.T, cache *cachetest.Cache) (nars []*nixcache.NarInfo
 	raws = map[string][]byte{}
 	for i := 0; len(byShard[0]) < 2 || len(byShard[1]) < 2; i++ {
 		name := fmt.Sprintf("pkg%d", i)
-		s := publish.Of("/nix/store/"+cachetest.HashPart(name)+"-"+name+"-1.0", 2)
+		s := publish.ShardOf("/nix/store/"+cachetest.HashPart(name)+"-"+name+"-1.0", 2)
 		if len(byShard[s]) < 2 {
 			byShard[s] = append(byShard[s], name)
 			names = append(names, name)
@@ -159,7 +159,7 @@ func TestPublishShardedS3(t *testing.T) {
 	// The next release of one package, by the worker of its shard: the base comes
 	// from the name index, and the chunks shared with it stay where they are.
 	name := "pkg0"
-	shard := publish.Of("/nix/store/"+cachetest.HashPart(name)+"-"+name+"-1.0", 2)
+	shard := publish.ShardOf("/nix/store/"+cachetest.HashPart(name)+"-"+name+"-1.0", 2)
 	var v1 *nixcache.NarInfo
 	for _, ni := range nars {
 		if ni.HashPart() == cachetest.HashPart(name+"1") {
@@ -230,7 +230,7 @@ func TestShardsStartOnAnEmptyStore(t *testing.T) {
 	}}
 	src, _ := blob.Open(cache.Dir, nil)
 	kr, _ := nixcache.ParseKeyring([]string{cache.PublicKey})
-	p, err := publish.New(nixcache.NewBinaryCache(src), chunkstore.New(b), kr, publish.Options{Params: smallParams, Jobs: 1, Layout: chunkstore.FormatPacked, Shard: publish.Shard{Index: publish.Of(a.StorePath, 2), Count: 2}})
+	p, err := publish.New(nixcache.NewBinaryCache(src), chunkstore.New(b), kr, publish.Options{Params: smallParams, Jobs: 1, Layout: chunkstore.FormatPacked, Shard: publish.Shard{Index: publish.ShardOf(a.StorePath, 2), Count: 2}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -46,7 +46,7 @@ func TestPublishShardAndMigrateCLI(t *testing.T) {
 		}
 		got := published()
 		for _, ni := range nis {
-			if publish.Of(ni.StorePath, 2) == i && !got[ni.HashPart()] {
+			if publish.ShardOf(ni.StorePath, 2) == i && !got[ni.HashPart()] {
 				t.Errorf("shard %d/2 did not publish %s", i, ni.StorePath)
 			}
 		}
