@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 	"slices"
 	"sync"
 	"testing"
@@ -237,5 +239,31 @@ func TestShardsStartOnAnEmptyStore(t *testing.T) {
 	defer p.Close()
 	if sum, err := p.Run(context.Background(), []string{a.HashPart()}); err != nil || sum.NARs != 1 {
 		t.Fatalf("%+v, %v", sum, err)
+	}
+}
+
+// TestShardResumesWithBaseInRun: an interrupted sharded run left a NAR's manifest and
+// name entry but not its narinfo; the next run, given that NAR and its next version,
+// publishes both and makes the deltas of the next version against it.
+func TestShardResumesWithBaseInRun(t *testing.T) {
+	cache := cachetest.New(t, "test-1")
+	v0 := testkit.RandomBytes(70, 4<<20) // long enough to publish that the next job starts meanwhile
+	a := cache.Add(t, cachetest.HashPart("a"), "pkg-1.0", v0, "none")
+	b := cache.Add(t, cachetest.HashPart("b"), "pkg-1.1", nextRelease(v0, 3, 256<<10), "none")
+	for _, layout := range []int{chunkstore.FormatVersion, chunkstore.FormatPacked} {
+		t.Run(fmt.Sprint("layout ", layout), func(t *testing.T) {
+			dir := t.TempDir()
+			opts := publish.Options{Jobs: 2, Deltas: true, Layout: layout, Shard: publish.Shard{Index: publish.ShardOf(a.StorePath, 1), Count: 1}}
+			if _, err := runWith(t, cache, dir, opts, a.HashPart()); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Remove(filepath.Join(dir, a.HashPart()+".narinfo")); err != nil {
+				t.Fatal(err)
+			}
+			sum, err := runWith(t, cache, dir, opts, a.HashPart(), b.HashPart())
+			if err != nil || sum.NARs != 2 || sum.WithBase != 1 {
+				t.Fatalf("resumed run: %+v, %v", sum, err)
+			}
+		})
 	}
 }
