@@ -28,6 +28,7 @@ func TestDependencies(t *testing.T) {
 		"github.com/shoal-nix/shoal/origin":              {bbolt, libp2p},
 		"github.com/shoal-nix/shoal/chunkstore/maintain": {bbolt, libp2p},
 		"github.com/shoal-nix/shoal/chunkstore/retire":   {bbolt, libp2p},
+		"github.com/shoal-nix/shoal/chunkstore/migrate":  {bbolt, libp2p},
 		"github.com/shoal-nix/shoal/analyze/dedup":       {bbolt, libp2p},
 		"github.com/shoal-nix/shoal/analyze/accesslog":   {bbolt, libp2p},
 		"github.com/shoal-nix/shoal/localcache":          {libp2p},

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 
 	"github.com/shoal-nix/shoal"
@@ -68,32 +69,55 @@ func (p *Publisher) plan(ctx context.Context, infos []*nixcache.NarInfo) ([]*job
 	for _, j := range jobs {
 		names[keyOf(j.ni.StorePath).pname] = true
 	}
-	byName, err := p.storeIndex(ctx, names)
+	// A sharded worker must not list the whole store: it asks the package name index,
+	// one listing per name. An unsharded run lists the narinfos once, which also finds
+	// bases in stores published before the name index existed.
+	var byName map[string][]delta.NAR
+	var err error
+	if p.opts.Shard.Sharded() {
+		byName, err = p.nameIndex(ctx, names)
+	} else {
+		byName, err = p.storeIndex(ctx, names)
+	}
 	if err != nil {
 		return nil, err
 	}
-	inStore := map[[32]byte]bool{}
+	// Store paths by hash part: those the store holds, and the run's.
+	inStore := map[string]bool{}
 	for _, nars := range byName {
 		for _, n := range nars {
-			inStore[n.NarHash] = true
+			inStore[hashPartOf(n.StorePath)] = true
 		}
 	}
-	fromRun := map[[32]byte]*job{}
+	fromRun := map[string]*job{}
 	for _, j := range jobs {
 		pname := keyOf(j.ni.StorePath).pname
-		if b, ok := delta.PickBase(j.ni.StorePath, j.ni.NarHash, byName[pname]); ok {
+		hp := j.ni.HashPart()
+		cands := byName[pname]
+		if inStore[hp] {
+			// The name index does not know NarHashes, so PickBase cannot tell the
+			// NAR itself from its candidates: leave it out here.
+			cands = slices.DeleteFunc(slices.Clone(cands), func(n delta.NAR) bool { return hashPartOf(n.StorePath) == hp })
+		}
+		if b, ok := delta.PickBase(j.ni.StorePath, j.ni.NarHash, cands); ok {
 			ref := &baseRef{nar: b}
-			if !inStore[b.NarHash] {
-				ref.from = fromRun[b.NarHash]
+			if bhp := hashPartOf(b.StorePath); !inStore[bhp] {
+				ref.from = fromRun[bhp]
 			}
 			j.base = ref
 		}
-		byName[pname] = append(byName[pname], delta.NAR{StorePath: j.ni.StorePath, NarHash: j.ni.NarHash, NarSize: j.ni.NarSize})
-		if _, dup := fromRun[j.ni.NarHash]; !dup {
-			fromRun[j.ni.NarHash] = j
+		if _, dup := fromRun[hp]; !dup {
+			fromRun[hp] = j
+			byName[pname] = append(byName[pname], delta.NAR{StorePath: j.ni.StorePath, NarHash: j.ni.NarHash, NarSize: j.ni.NarSize})
 		}
 	}
 	return jobs, nil
+}
+
+// hashPartOf returns the hash part of a store path or base name.
+func hashPartOf(storePath string) string {
+	base := storePath[strings.LastIndexByte(storePath, '/')+1:]
+	return base[:min(32, len(base))]
 }
 
 // storeIndex reads the narinfos already in the store, once per run, and returns
@@ -164,6 +188,20 @@ func (p *Publisher) loadBase(ctx context.Context, j *job) (*deltaBase, error) {
 		}
 		if !ref.from.ok {
 			p.log.Warn("no deltas: the base was not published", "path", j.ni.StorePath, "base", ref.nar.StorePath)
+			return nil, nil
+		}
+	}
+	if ref.from == nil {
+		ok, err := p.resolveBase(ctx, ref)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			p.log.Warn("no deltas: the base's narinfo is unreadable", "path", j.ni.StorePath, "base", ref.nar.StorePath, "err", err)
+			return nil, nil
+		}
+		if !ok {
+			p.log.Warn("no deltas: the base named in the name index is not in the store", "path", j.ni.StorePath, "base", ref.nar.StorePath)
 			return nil, nil
 		}
 	}

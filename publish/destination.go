@@ -37,6 +37,11 @@ func (p *Publisher) checkDestination(ctx context.Context) error {
 	case err != nil && !errors.Is(err, errFound):
 		return fmt.Errorf("checking that %s is empty or a chunk store: %w", p.dst, err)
 	case first != "":
+		// Workers of a sharded publish start at once on an empty store: another one
+		// may have written the metadata since it was read above.
+		if _, err := p.dst.Meta(ctx); err == nil {
+			return nil
+		}
 		return fmt.Errorf("%s is not a chunk store (it has no %s) and not empty (it holds %s): publish into an empty directory or bucket, or into an existing store", p.dst, chunkstore.MetaKey, first)
 	}
 	return nil

@@ -168,6 +168,9 @@ func (p *Publisher) publishPacked(ctx context.Context, j *job, base *deltaBase, 
 		if err := p.dst.PutNarURL(ctx, ni.URL, ni.HashPart()); err != nil {
 			return err
 		}
+		if err := p.putName(ctx, ni); err != nil {
+			return err
+		}
 		if err := p.dst.PutNarInfo(ctx, ni.HashPart(), ni.Raw); err != nil {
 			return err
 		}

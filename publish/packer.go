@@ -11,6 +11,7 @@ import (
 	"github.com/shoal-nix/shoal"
 	"github.com/shoal-nix/shoal/chunk"
 	"github.com/shoal-nix/shoal/chunkstore"
+	"github.com/shoal-nix/shoal/manifest"
 	"golang.org/x/sync/errgroup"
 )
 
@@ -69,6 +70,10 @@ type packer struct {
 	cur     chunkstore.PackBuilder
 	curRefs []*objRef
 
+	// learned numbers the packs known from base manifests (lineage mode, see
+	// learn), below 0 so they never meet the numbers of packs this run makes.
+	learned map[chunk.ID]int64
+
 	writes sync.WaitGroup
 	slots  chan struct{}
 	packs  atomic.Int64
@@ -77,11 +82,17 @@ type packer struct {
 	wctx   context.Context
 }
 
-// newPacker reads the index of every pack in the store, so a chunk the store holds is
-// found without a request. The map holds about 100 bytes per object; a store too
-// large for that is what docs/scale.md is about.
-func newPacker(ctx context.Context, st *chunkstore.Store, target int, log *slog.Logger) (*packer, error) {
-	p := &packer{st: st, target: target, log: log, index: map[objKey]*objRef{}, slots: make(chan struct{}, maxPackWrites), wctx: ctx}
+// newPacker, with readIndexes, reads the index of every pack in the store, so a chunk
+// the store holds is found without a request. The map holds about 100 bytes per
+// object; a store too large for that, or written by several workers at once, is
+// published without (docs/scale.md): the packer then knows the objects of its own run
+// and those of the bases' manifests it is told about (learn).
+func newPacker(ctx context.Context, st *chunkstore.Store, target int, readIndexes bool, log *slog.Logger) (*packer, error) {
+	p := &packer{st: st, target: target, log: log, index: map[objKey]*objRef{}, learned: map[chunk.ID]int64{}, slots: make(chan struct{}, maxPackWrites), wctx: ctx}
+	if !readIndexes {
+		p.seq++
+		return p, nil
+	}
 	var ids []chunk.ID
 	if err := st.PackIndexes(ctx, func(id chunk.ID) error { ids = append(ids, id); return nil }); err != nil {
 		return nil, err
@@ -119,6 +130,33 @@ func newPacker(ctx context.Context, st *chunkstore.Store, target int, log *slog.
 	log.Debug("read the store's pack indexes", "packs", len(ids), "objects", len(p.index))
 	p.seq++
 	return p, nil
+}
+
+// learn records where the chunk objects of a version 3 manifest lie, so that a NAR
+// based on it reuses the chunks it shares with its base where they are, with no
+// index of the store. An object the packer knows already keeps its reference.
+func (p *packer) learn(m *manifest.Manifest) {
+	if !m.Packed() {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for i, e := range m.Entries {
+		k := objKey{chunkstore.KindChunk, e.ID}
+		if _, ok := p.index[k]; ok {
+			continue
+		}
+		l := m.Locs[i]
+		pack := m.Packs[l.Pack]
+		seq, ok := p.learned[pack]
+		if !ok {
+			seq = -int64(len(p.learned) + 1)
+			p.learned[pack] = seq
+		}
+		r := &objRef{key: k, length: e.StoredSize, done: make(chan struct{}), pack: pack, off: l.Offset, seq: seq}
+		close(r.done)
+		p.index[k] = r
+	}
 }
 
 // claim returns the object's reference, and whether this call created it: then the

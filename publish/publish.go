@@ -75,17 +75,26 @@ type Options struct {
 	// their packs, a ranged request each. 0 means DefaultMinReuseRun; negative
 	// reuses every run.
 	MinReuseRun int
+
+	// Shard, when set, makes this run one worker of several publishing into one store
+	// at once: it takes only the store paths Shard.Has, and learns what the store
+	// holds without reading an index of the whole store (docs/scale.md): delta bases
+	// through the package name index, and in a packed store, chunks only from its
+	// own run and its bases' manifests. A chunk another worker (or an earlier run)
+	// wrote outside that lineage is written again: a duplicate a repack folds.
+	Shard Shard
 }
 
 // Summary is what a run did, for the closing report.
 type Summary struct {
 	NARs        int   // NARs chunked and published in this run
 	Skipped     int   // already complete in the store
+	OtherShards int   // left to other workers of a sharded publish
 	Refused     int   // bad signature, bad NAR, unreadable
 	NarBytes    int64 // uncompressed bytes of the NARs published
 	SourceBytes int64 // the source cache's compressed size (FileSize) of those NARs
 	Chunks      int64 // chunks in the NARs published
-	NewChunks   int64 // chunks the store did not have
+	NewChunks   int64 // chunks the store did not have (sharded: that this worker did not know of)
 	NewBytes    int64 // stored (compressed) bytes written for those chunks
 	WithBase    int   // NARs published with deltas against a base (version 2 manifests)
 	Deltas      int64 // delta objects in the manifests published
@@ -183,7 +192,7 @@ func (p *Publisher) Run(ctx context.Context, hashParts []string) (Summary, error
 		return sum, err
 	}
 	if meta.Packed() {
-		if p.packer, err = newPacker(ctx, p.dst, p.opts.PackSize, p.log); err != nil {
+		if p.packer, err = newPacker(ctx, p.dst, p.opts.PackSize, !p.opts.Shard.Sharded(), p.log); err != nil {
 			return sum, err
 		}
 		defer func() { p.packer = nil }()
@@ -198,7 +207,7 @@ func (p *Publisher) Run(ctx context.Context, hashParts []string) (Summary, error
 	// Narinfos first: they are small, they tell the total for the progress bar, and a
 	// refused signature is reported before minutes of NAR work.
 	infos := make([]*nixcache.NarInfo, len(hashParts))
-	var refused atomic.Int64
+	var refused, others atomic.Int64
 	var total int64
 	{
 		g, gctx := errgroup.WithContext(ctx)
@@ -212,6 +221,10 @@ func (p *Publisher) Run(ctx context.Context, hashParts []string) (Summary, error
 					}
 					p.log.Error("skipping store path: narinfo unavailable", "path", hp, "err", err)
 					refused.Add(1)
+					return nil
+				}
+				if !p.opts.Shard.Has(ni.StorePath) {
+					others.Add(1)
 					return nil
 				}
 				if key, err := p.keys.Verify(ni); err != nil {
@@ -228,6 +241,7 @@ func (p *Publisher) Run(ctx context.Context, hashParts []string) (Summary, error
 		if err := g.Wait(); err != nil {
 			return sum, err
 		}
+		sum.OtherShards = int(others.Load())
 		for _, ni := range infos {
 			if ni != nil {
 				total += int64(ni.NarSize)
@@ -352,6 +366,9 @@ func (p *Publisher) publishOne(ctx context.Context, j *job, claimed *sync.Map, p
 		if err := p.ensureNarURL(ctx, ni); err != nil {
 			return r, err
 		}
+		if err := p.ensureName(ctx, ni); err != nil {
+			return r, err
+		}
 		progress(int64(ni.NarSize))
 		r.skipped = true
 		return r, nil
@@ -360,6 +377,11 @@ func (p *Publisher) publishOne(ctx context.Context, j *job, claimed *sync.Map, p
 	if j.base != nil {
 		if base, err = p.loadBase(ctx, j); err != nil {
 			return r, err
+		}
+		if base != nil && p.packer != nil {
+			// Without an index of the store, the base's manifest says where the
+			// chunks this NAR shares with it lie.
+			p.packer.learn(base.m)
 		}
 	}
 	nar, err := p.src.OpenNAR(ctx, ni)
@@ -456,6 +478,9 @@ func (p *Publisher) publishOne(ctx context.Context, j *job, claimed *sync.Map, p
 	if err := p.dst.PutNarURL(ctx, ni.URL, hp); err != nil {
 		return r, err
 	}
+	if err := p.putName(ctx, ni); err != nil {
+		return r, err
+	}
 	if err := p.dst.PutNarInfo(ctx, hp, ni.Raw); err != nil {
 		return r, err
 	}
@@ -470,6 +495,30 @@ func (p *Publisher) ensureNarURL(ctx context.Context, ni *nixcache.NarInfo) erro
 		return err
 	}
 	return p.dst.PutNarURL(ctx, ni.URL, ni.HashPart())
+}
+
+// putName writes the NAR's package name index entry, so that sharded publishes find
+// it as a delta base. A store path without a package name has none: it is nobody's
+// base by name anyway.
+func (p *Publisher) putName(ctx context.Context, ni *nixcache.NarInfo) error {
+	if _, err := chunkstore.NameKey(ni.StorePath); err != nil {
+		p.log.Debug("not in the name index", "path", ni.StorePath, "err", err)
+		return nil
+	}
+	return p.dst.PutName(ctx, ni.StorePath)
+}
+
+// ensureName writes the name index entry of a published narinfo when it is missing:
+// a rerun of publish brings a store from before the name index up to date.
+func (p *Publisher) ensureName(ctx context.Context, ni *nixcache.NarInfo) error {
+	if _, err := chunkstore.NameKey(ni.StorePath); err != nil {
+		return nil
+	}
+	have, err := p.dst.HasName(ctx, ni.StorePath)
+	if err != nil || have {
+		return err
+	}
+	return p.dst.PutName(ctx, ni.StorePath)
 }
 
 // countingReader reports progress as bytes flow, in steps so the callback isn't hot.

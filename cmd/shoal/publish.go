@@ -61,6 +61,23 @@ publish asking for the other layout is refused. shoal daemon, shoal serve and sh
 store verify read packed stores; gc of a packed store needs repacking, not available
 yet.
 
+Many machines (--shard I/N): N workers publish one cache into one store at once,
+each started with the same store paths (or --all) and its own I, counted from 0, so
+0 <= I < N. A worker takes the paths whose package name (as Nix splits it) hashes to
+I, so every version of a package is on one worker and finds its delta base there.
+Paths named with their names (/nix/store/<hash>-<name> or <hash>-<name>) are shared
+out before anything is read; for a bare hash (and with --all, every path of the
+cache) each worker reads the narinfo to learn the name. Workers never read an index
+of the whole store: bases from earlier runs are found through the store's name index
+(names/<pname>/, one listing per package), and in a v3 store a worker reuses the
+chunks its own run wrote and those its bases' manifests point at; a chunk shared with
+a package of another worker is written by both, a duplicate the next repack folds.
+A batch system's array job runs it as it is:
+  Kubernetes Indexed Job:  shoal publish --shard "$JOB_COMPLETION_INDEX/8" ...
+  Slurm (--array=0-7):     shoal publish --shard "$SLURM_ARRAY_TASK_ID/8" ...
+  by hand:                 shoal publish --shard 0/2 ... & shoal publish --shard 1/2 ...
+A store published before the name index existed gets it from shoal store index.
+
 xz NARs are decoded by the xz program when it is on PATH (about twice as fast as
 the built-in decoder).`,
 		Flags: []cli.Flag{
@@ -77,6 +94,7 @@ the built-in decoder).`,
 			&cli.StringFlag{Name: "layout", Usage: "layout of a new store: v1 (one object per chunk; the default) or v3 (pack files); an existing store keeps its own", EnvVars: env("layout")},
 			&cli.StringFlag{Name: "pack-size", Value: "32MiB", Usage: "close a pack at this size (v3 stores; 16MiB..64MiB advised)", EnvVars: env("pack-size")},
 			&cli.StringFlag{Name: "min-reuse-run", Value: "64KiB", Usage: "v3 stores: chunks the store holds in runs shorter than this are written again beside the NAR's new chunks (fewer requests per NAR, a larger store; 0 reuses every run)", EnvVars: env("min-reuse-run")},
+			&cli.StringFlag{Name: "shard", Usage: "worker `I/N`: the I-th (counted from 0) of N publishing into one store at once; takes the paths whose package name hashes to I (see below)", EnvVars: env("shard")},
 			&cli.StringFlag{Name: "delta-level", Value: "default", Usage: "zstd level of delta objects: fastest, default, better or best (better: 3% smaller on binaries, 13% on text, publish up to 20% slower)", EnvVars: env("delta-level")},
 		},
 		Action: runPublish,
@@ -91,6 +109,12 @@ func runPublish(c *cli.Context) error {
 	keys, err := trustedKeys(c)
 	if err != nil {
 		return err
+	}
+	var shard publish.Shard
+	if v := c.String("shard"); v != "" {
+		if shard, err = publish.ParseShard(v); err != nil {
+			return usageError("--shard: %v", err)
+		}
 	}
 	srcBlob, err := blob.Open(c.String("from"), nil)
 	if err != nil {
@@ -121,6 +145,11 @@ func runPublish(c *cli.Context) error {
 			hp, err := nixcache.ParseHashPart(a)
 			if err != nil {
 				return usageError("%q is not a store path: %v", a, err)
+			}
+			// A path named with its name is another worker's or not without reading
+			// its narinfo; a bare hash is decided once the narinfo tells the name.
+			if shard.Sharded() && len(a) > len(hp) && !shard.Has(a) {
+				continue
 			}
 			hashParts = append(hashParts, hp)
 		}
@@ -155,6 +184,7 @@ func runPublish(c *cli.Context) error {
 		minRun = -1 // publish.Options: negative reuses every run
 	}
 	opts := publish.Options{
+		Shard:       shard,
 		MinReuseRun: int(minRun),
 		Layout:      layout,
 		PackSize:    int(packSize),
@@ -215,7 +245,7 @@ func runPublish(c *cli.Context) error {
 			meter.ItemDone()
 		}
 	}
-	slog.Info("publishing", "from", src.String(), "to", dst.String(), "paths", len(hashParts), "chunker", opts.Params.Identity(), "xz_decoder", nixcache.XZDecoder())
+	slog.Info("publishing", "from", src.String(), "to", dst.String(), "paths", len(hashParts), "shard", shard, "chunker", opts.Params.Identity(), "xz_decoder", nixcache.XZDecoder())
 	p, err := publish.New(src, dst, keys, opts)
 	if err != nil {
 		return err
@@ -243,6 +273,9 @@ func printSummary(w io.Writer, s publish.Summary) {
 	mbps := 0.0
 	if s.Elapsed > 0 {
 		mbps = float64(s.NarBytes) / 1e6 / s.Elapsed.Seconds()
+	}
+	if s.OtherShards > 0 {
+		fmt.Fprintf(w, "left %d store paths to other shards\n", s.OtherShards)
 	}
 	fmt.Fprintf(w, `published %d NARs (%d already complete, %d refused) in %s
   NAR bytes:            %d (%.1f MB/s)

@@ -12,6 +12,7 @@ import (
 	"github.com/shoal-nix/shoal/blob"
 	"github.com/shoal-nix/shoal/chunkstore"
 	"github.com/shoal-nix/shoal/chunkstore/maintain"
+	"github.com/shoal-nix/shoal/chunkstore/migrate"
 	"github.com/shoal-nix/shoal/chunkstore/retire"
 	"github.com/shoal-nix/shoal/nixcache"
 	"github.com/urfave/cli/v2"
@@ -20,7 +21,7 @@ import (
 func storeCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "store",
-		Usage: "maintain a chunk store: collect garbage, verify, index NAR URLs, retire NARs from the main cache",
+		Usage: "maintain a chunk store: collect garbage, verify, index NAR URLs, migrate to packs, retire NARs from the main cache",
 		Subcommands: []*cli.Command{
 			{
 				Name:  "gc",
@@ -57,11 +58,12 @@ Examples:
 			},
 			{
 				Name:  "index",
-				Usage: "write the NAR URL index shoal serve needs, for a store published by an older shoal",
+				Usage: "write the NAR URL and name indexes shoal serve and publish --shard need, for a store published by an older shoal",
 				Description: `shoal serve finds a narinfo by the NAR URL a client asks for through the index
-publish writes (nar-urls/<URL>, holding the narinfo's hash part). Stores published
-before it have none; this reads every narinfo in the store and writes the entries that
-are missing. Rerunning publish on the same paths does the same while the source cache
+publish writes (nar-urls/<URL>, holding the narinfo's hash part), and a sharded
+publish finds delta bases through the name index (names/<pname>/<hash>-<name>).
+Stores published before them have none; this reads every narinfo in the store and
+writes the entries that are missing. Rerunning publish on the same paths does the same while the source cache
 is still there. Safe to run at any time and to repeat.
 
 Example:
@@ -71,6 +73,40 @@ Example:
 					&cli.IntFlag{Name: "jobs", Value: 16, Usage: "requests in flight", EnvVars: env("jobs")},
 				},
 				Action: runStoreIndex,
+			},
+			{
+				Name:  "migrate",
+				Usage: "turn a store of one object per chunk (layout 1) into a packed store (layout 3), in place",
+				Description: `For each manifest that is not yet version 3: read its chunk and delta objects,
+check each chunk against its ID, append them to packs in NAR order (as a v3 publish
+does, with the same --pack-size and --min-reuse-run), and rewrite the manifest as
+version 3 once its packs are written. Clients keep reading throughout: they read a
+version 3 manifest by location and an older one by object name, and the loose objects
+stay. When every manifest is version 3, shoal-store.json switches to layout 3 and
+later publishes write packs.
+
+Resumable: stop it at any time (Ctrl-C) and run it again; it reuses the packs it
+wrote. A manifest whose objects are missing or corrupt is reported and left as it is,
+and the store does not switch until a publish of that path repairs it. Stop publishes
+into the store while it runs, or run it again after them. Do not run store gc at the
+same time.
+
+The loose objects (chunks/, deltas/) are deleted by a later run with --finish, once
+the switch is older than --grace: a client may have read an old manifest just before
+its NAR was migrated.
+
+Examples:
+  shoal store migrate --store /srv/shoal-store
+  shoal store migrate --store /srv/shoal-store --finish --grace 7d`,
+				Flags: []cli.Flag{
+					&cli.StringFlag{Name: "store", Required: true, Usage: "chunk store (a directory, file:///dir or s3://bucket/prefix?region=&endpoint=)", EnvVars: env("store")},
+					&cli.StringFlag{Name: "pack-size", Value: "32MiB", Usage: "close a pack at this size", EnvVars: env("pack-size")},
+					&cli.StringFlag{Name: "min-reuse-run", Value: "64KiB", Usage: "chunks already packed for other NARs in runs shorter than this are packed again beside the NAR's others (0 reuses every run)", EnvVars: env("min-reuse-run")},
+					&cli.BoolFlag{Name: "finish", Usage: "delete the loose objects of a migrated store, once the switch is older than --grace", EnvVars: env("finish")},
+					durationFlag("grace", gcDefaultGrace, "with --finish: how long after the switch loose objects stay, longer than clients keep a manifest"),
+					&cli.IntFlag{Name: "jobs", Value: 16, Usage: "requests in flight", EnvVars: env("jobs")},
+				},
+				Action: runStoreMigrate,
 			},
 			{
 				Name:  "retire",
@@ -190,7 +226,7 @@ func runStoreIndex(c *cli.Context) error {
 		return usageError("--store: %v", err)
 	}
 	rep, err := maintain.Index(c.Context, s, c.Int("jobs"), slog.Default())
-	fmt.Fprintf(c.App.Writer, "%d narinfos: %d index entries added, %d narinfos not indexable\n", rep.NarInfos, rep.Added, rep.Refused)
+	fmt.Fprintf(c.App.Writer, "%d narinfos: %d NAR URL index entries and %d name index entries added, %d narinfos not indexable\n", rep.NarInfos, rep.Added, rep.Names, rep.Refused)
 	return err
 }
 
@@ -239,6 +275,51 @@ func runStoreRetire(c *cli.Context) error {
 `, verb, rep.Retired, rep.FreedBytes, rep.Elapsed.Round(1e6), rep.NarInfos, rep.Kept, rep.Gone, rep.NotInStore, rep.Failed, rep.Shared)
 	for _, f := range rep.Failures {
 		fmt.Fprintln(c.App.Writer, "  "+f)
+	}
+	return err
+}
+
+func runStoreMigrate(c *cli.Context) error {
+	s, err := chunkstore.Open(c.String("store"), nil)
+	if err != nil {
+		return usageError("--store: %v", err)
+	}
+	packSize, err := parseSize(c.String("pack-size"))
+	if err != nil || packSize < 1<<20 || packSize > 1<<30 {
+		return usageError("--pack-size %q: want a size from 1MiB to 1GiB, such as 32MiB", c.String("pack-size"))
+	}
+	minRun, err := parseSize(c.String("min-reuse-run"))
+	if err != nil || minRun < 0 || minRun > 1<<30 {
+		return usageError("--min-reuse-run %q: want a size from 0 to 1GiB, such as 64KiB", c.String("min-reuse-run"))
+	}
+	if minRun == 0 {
+		minRun = -1 // migrate.Options: negative reuses every run
+	}
+	opts := migrate.Options{
+		PackSize:    int(packSize),
+		MinReuseRun: int(minRun),
+		Jobs:        c.Int("jobs"),
+		Finish:      c.Bool("finish"),
+		Grace:       durationOf(c, "grace"),
+		Logger:      slog.Default(),
+	}
+	if opts.Grace < 0 {
+		return usageError("--grace must not be negative")
+	}
+	rep, err := migrate.Run(c.Context, s, opts)
+	layout := "1 (not switched yet)"
+	if rep.Packed {
+		layout = "3"
+	}
+	fmt.Fprintf(c.App.Writer, `migrated %d of %d manifests in %s (%d were version 3 already, %d failed)
+  packs written: %d, %d bytes (%d chunks packed again for --min-reuse-run)
+  store layout:  %s
+`, rep.Migrated, rep.Manifests, rep.Elapsed.Round(time.Millisecond), rep.AlreadyPacked, rep.Failed, rep.Packs, rep.PackBytes, rep.Copies, layout)
+	if opts.Finish {
+		fmt.Fprintf(c.App.Writer, "  loose objects deleted: %d\n", rep.LooseDeleted)
+	}
+	if c.Context.Err() != nil {
+		return errInterrupted
 	}
 	return err
 }
