@@ -60,6 +60,14 @@ type Options struct {
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 
+	// RepackBelow, in a packed store, is the live share under which a pack is
+	// repacked: its live objects copied to new packs and the manifests pointing into
+	// it rewritten. 0 means DefaultRepackBelow; a negative value repacks nothing.
+	RepackBelow float64
+	// PackSize, in a packed store, is the size at which a repack closes a new pack;
+	// 0 means DefaultPackSize.
+	PackSize int
+
 	// beforeSweep runs between marking and sweeping; tests use it to publish into
 	// the window a real collection leaves open for that.
 	beforeSweep func()
@@ -81,18 +89,20 @@ type Report struct {
 	// chunks they decode against are not kept for them; clients hold those.
 	Deltas Counts
 	// Young counts objects spared only because they are within the grace period.
-	Young   int64
+	Young int64
+	// Packs is what a collection of a packed store did to its packs.
+	Packs   PackReport
 	Elapsed time.Duration
 }
 
 // FreedObjects is the number of objects deleted.
 func (r Report) FreedObjects() int64 {
-	return r.NarInfos.Deleted + r.Manifests.Deleted + r.Chunks.Deleted + r.NarURLs.Deleted + r.Deltas.Deleted
+	return r.NarInfos.Deleted + r.Manifests.Deleted + r.Chunks.Deleted + r.NarURLs.Deleted + r.Deltas.Deleted + r.Packs.Deleted.Deleted
 }
 
 // FreedBytes is the number of bytes deleted.
 func (r Report) FreedBytes() int64 {
-	return r.NarInfos.DeletedBytes + r.Manifests.DeletedBytes + r.Chunks.DeletedBytes + r.NarURLs.DeletedBytes + r.Deltas.DeletedBytes
+	return r.NarInfos.DeletedBytes + r.Manifests.DeletedBytes + r.Chunks.DeletedBytes + r.NarURLs.DeletedBytes + r.Deltas.DeletedBytes + r.Packs.Deleted.DeletedBytes
 }
 
 // Collect marks the chunks reachable from the kept narinfos and sweeps the rest,
@@ -104,6 +114,9 @@ func Collect(ctx context.Context, s *chunkstore.Store, opts Options) (Report, er
 	c, err := newCollector(ctx, s, opts)
 	if err != nil {
 		return Report{}, err
+	}
+	if c.packed {
+		return c.collectPacked(ctx)
 	}
 	inv, err := s.Inventory(ctx)
 	if err != nil {
@@ -136,6 +149,8 @@ type collector struct {
 	// start and graceCutoff: objects younger than graceCutoff are never deleted, and
 	// narinfos younger than start - KeepSince are kept.
 	start, graceCutoff time.Time
+	// packed: the store keeps its objects in packs (layout 3), collected by repacking.
+	packed bool
 
 	mu  sync.Mutex // guards rep during the parallel phases
 	rep Report
@@ -161,10 +176,11 @@ func newCollector(ctx context.Context, s *chunkstore.Store, opts Options) (*coll
 	// The store must be one shoal knows, or its keys may mean something else.
 	if meta, err := s.Meta(ctx); err != nil {
 		return nil, fmt.Errorf("gc: %w", err)
-	} else if meta.Packed() {
-		// Dead objects in a packed store are ranges of live packs: collecting them
-		// means repacking, which this collector does not do.
-		return nil, fmt.Errorf("gc: store %s is packed (layout %d): collecting it needs repacking, which this shoal does not do yet", s, meta.Version)
+	} else {
+		c.packed = meta.Packed()
+	}
+	if opts.RepackBelow > 1 {
+		return nil, fmt.Errorf("gc: repack threshold %g above 1: every pack would be repacked on every run", opts.RepackBelow)
 	}
 	c.start = c.now()
 	// Object stores report modification times truncated to the second (S3's
@@ -330,6 +346,26 @@ func (c *collector) markManifests(ctx context.Context, manifests [][32]byte, kep
 // NAR URL index entries, manifests, chunks, deltas), so a crash never leaves a kept
 // object naming a deleted one.
 func (c *collector) sweep(ctx context.Context, d dead) error {
+	if err := c.sweepPaths(ctx, d); err != nil {
+		return err
+	}
+	keys := make([]string, len(d.chunks))
+	for i, id := range d.chunks {
+		keys[i] = chunkstore.ChunkKey(id)
+	}
+	if err := c.sweepKeys(ctx, "chunks", keys, &c.rep.Chunks); err != nil {
+		return err
+	}
+	keys = make([]string, len(d.deltas))
+	for i, id := range d.deltas {
+		keys[i] = chunkstore.DeltaKey(id)
+	}
+	return c.sweepKeys(ctx, "deltas", keys, &c.rep.Deltas)
+}
+
+// sweepPaths deletes the dead narinfos, their NAR URL index entries and the dead
+// manifests, in that order.
+func (c *collector) sweepPaths(ctx context.Context, d dead) error {
 	keys := make([]string, len(d.narinfos))
 	for i, hp := range d.narinfos {
 		keys[i] = chunkstore.NarInfoKey(hp)
@@ -359,21 +395,7 @@ func (c *collector) sweep(ctx context.Context, d dead) error {
 	for i, h := range d.manifests {
 		keys[i] = chunkstore.ManifestKey(manifest.Key(h))
 	}
-	if err := c.sweepKeys(ctx, "manifests", keys, &c.rep.Manifests); err != nil {
-		return err
-	}
-	keys = make([]string, len(d.chunks))
-	for i, id := range d.chunks {
-		keys[i] = chunkstore.ChunkKey(id)
-	}
-	if err := c.sweepKeys(ctx, "chunks", keys, &c.rep.Chunks); err != nil {
-		return err
-	}
-	keys = make([]string, len(d.deltas))
-	for i, id := range d.deltas {
-		keys[i] = chunkstore.DeltaKey(id)
-	}
-	return c.sweepKeys(ctx, "deltas", keys, &c.rep.Deltas)
+	return c.sweepKeys(ctx, "manifests", keys, &c.rep.Manifests)
 }
 
 // deleteOld deletes key unless it is younger than the grace period: its time is looked
