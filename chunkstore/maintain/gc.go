@@ -1,6 +1,7 @@
 // Package maintain keeps a central chunk store in shape: Collect deletes the narinfos
 // an operator no longer wants (with their NAR URL index entries) and every manifest,
-// chunk and delta object nothing kept refers to; Verify re-checks chunk objects against
+// chunk and delta object nothing kept refers to (in a packed store, by deleting and
+// repacking packs); Verify re-checks chunk objects against
 // their IDs, manifests against their chunks, and delta objects against the chunks they
 // rebuild; Index writes the NAR URL index entries a store lacks.
 // Both work on any writable blob backend (a directory or an S3 bucket).
@@ -23,6 +24,48 @@
 // trip: a publish that refreshes a chunk in exactly that window loses it. The grace
 // period does not shrink this window; Verify finds the result (a manifest naming a
 // missing chunk), and publishing the path again repairs it.
+//
+// # Packed stores: collection by repacking
+//
+// In a packed store (layout 3) an object is a range of a pack, and gc deletes packs,
+// never ranges. Marking reads the kept manifests (and young ones, as above); each
+// location names a pack and an offset, so the live bytes of every pack are summed from
+// the manifests and the pack indexes, without reading a pack. A pack with nothing
+// live goes once older than the grace period. A pack older than that whose share of
+// live objects is below Options.RepackBelow is repacked: its live objects are copied,
+// manifest by manifest in the order of their locations, into new packs written like
+// publish's (chunkstore.PackBuilder, Store.PutPack: pack, then index), every kept
+// manifest pointing into it is rewritten to point at the copies once those packs are
+// written, and then a record gc/repacked/<pack> is written. The old pack stays until a
+// later gc finds nothing live in it and its record older than the grace period, so a
+// client holding a manifest from before the rewrite keeps reading for at least that
+// long; after that, a range that is gone means: fetch the manifest again. Copies of
+// one object in several packs (two publishes that ran at once, or short runs a publish
+// wrote again) are folded: a rewritten manifest points at the copy in the pack with
+// the most live bytes, and a pack whose live objects all have such a copy elsewhere
+// is repacked by rewriting its manifests alone.
+//
+// The same rules as above make this safe against a concurrent publish, with packs in
+// the place of chunks:
+//
+//   - A publish refreshes every pack of an earlier run that a manifest it is about to
+//     write points into, right before writing it, and fails that NAR (a rerun
+//     publishes it) if the pack is gone. Deleting looks at a pack's time again right
+//     before the delete request, so a refreshed pack is young and spared; the window
+//     that remains is that one round trip, as for chunks.
+//   - Before deleting any pack, gc lists the manifests again and reads every one
+//     written since the mark began (other than those it rewrote): a pack one of them
+//     points into stays. This covers a publish whose refresh came before gc's first
+//     look but whose manifest came after the mark.
+//   - A manifest a publish writes during a repack, pointing into the pack being
+//     repacked, is not rewritten by this run; the next gc's mark sees it, finds the pack
+//     live, and repacks or keeps it instead of deleting it. A repack never deletes the
+//     pack it copies from.
+//   - Nothing younger than the grace period is repacked or deleted: young packs may be
+//     a running publish's, whose manifests are not written yet.
+//
+// One gc runs at a time on a store; two could rewrite one manifest each from a
+// different plan.
 package maintain
 
 import (
