@@ -32,6 +32,20 @@ func ParseRepackedKey(key string) (chunk.ID, bool) {
 	return id, true
 }
 
+// RepackedPacks calls fn with every pack that has a repack record.
+func (s *Store) RepackedPacks(ctx context.Context, fn func(id chunk.ID) error) error {
+	err := s.b.List(ctx, RepackedPrefix, func(key string) error {
+		if id, ok := ParseRepackedKey(key); ok {
+			return fn(id)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("listing repacked packs in %s: %w", s.b, err)
+	}
+	return nil
+}
+
 // RefreshPack marks a pack as just used, by setting its modification time to now, and
 // reports false when the store lacks it. A publish refreshes every pack of an earlier
 // run that a manifest it writes points into, so that a concurrent gc, which never

@@ -85,8 +85,19 @@ type packer struct {
 // large for that is what docs/scale.md is about.
 func newPacker(ctx context.Context, st *chunkstore.Store, target int, log *slog.Logger) (*packer, error) {
 	p := &packer{st: st, target: target, log: log, index: map[objKey]*objRef{}, slots: make(chan struct{}, maxPackWrites), wctx: ctx}
+	// A pack gc has repacked is on its way out: its objects are written again rather
+	// than pointed at, so new manifests do not keep it alive.
+	repacked := map[chunk.ID]bool{}
+	if err := st.RepackedPacks(ctx, func(id chunk.ID) error { repacked[id] = true; return nil }); err != nil {
+		return nil, err
+	}
 	var ids []chunk.ID
-	if err := st.PackIndexes(ctx, func(id chunk.ID) error { ids = append(ids, id); return nil }); err != nil {
+	if err := st.PackIndexes(ctx, func(id chunk.ID) error {
+		if !repacked[id] {
+			ids = append(ids, id)
+		}
+		return nil
+	}); err != nil {
 		return nil, err
 	}
 	var mu sync.Mutex

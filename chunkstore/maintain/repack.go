@@ -170,13 +170,8 @@ func (p *packed) readPacks(ctx context.Context) error {
 		return st
 	}
 	var records []chunk.ID
-	if err := p.b.List(ctx, chunkstore.RepackedPrefix, func(key string) error {
-		if id, ok := chunkstore.ParseRepackedKey(key); ok {
-			records = append(records, id)
-		}
-		return nil
-	}); err != nil {
-		return fmt.Errorf("gc: listing repack records: %w", err)
+	if err := p.s.RepackedPacks(ctx, func(id chunk.ID) error { records = append(records, id); return nil }); err != nil {
+		return fmt.Errorf("gc: %w", err)
 	}
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(p.jobs)
@@ -379,7 +374,10 @@ func (p *packed) plan() {
 			pr.Pending++
 		case st.liveSize == 0:
 			p.remove[id] = true
-		case below > 0 && float64(st.useful) < below*float64(st.x.Size):
+		case st.record != nil || (below > 0 && float64(st.useful) < below*float64(st.x.Size)):
+			// A repacked pack that something points into again (a publish that
+			// started before the repack) is repacked again, whatever its share:
+			// publishes starting after the record leave it alone.
 			p.repack[id] = true
 			pr.Repacked++
 			pr.RepackedBytes += int64(st.x.Size)

@@ -246,6 +246,16 @@ func TestCollectPackedFoldsDuplicates(t *testing.T) {
 			}
 			f.readAll(t, []string{a, b})
 			f.verify(t)
+			// A publish after the repack points nowhere into the repacked pack.
+			var repacked []chunk.ID
+			if err := f.store.RepackedPacks(ctx, func(id chunk.ID) error { repacked = append(repacked, id); return nil }); err != nil || len(repacked) != 1 {
+				t.Fatalf("repack records: %v, %v", repacked, err)
+			}
+			c := f.add(t, "pkg-c-1", shared)
+			f.publishWith(t, opts, c)
+			if m, _, err := f.store.Manifest(ctx, f.nis[c].NarHash); err != nil || slices.Contains(m.Packs, repacked[0]) {
+				t.Fatalf("a NAR published after the repack points into the repacked pack (%v)", err)
+			}
 			waitOlder(grace)
 			second, err := Collect(ctx, f.store, Options{Keep: all, Grace: grace})
 			if err != nil {
@@ -258,7 +268,7 @@ func TestCollectPackedFoldsDuplicates(t *testing.T) {
 			if err != nil || third.Packs.Duplicates != 0 || third.Packs.Packs != 2 {
 				t.Fatalf("third gc: %+v, %v; want b's pack, the copy of a's last chunk, and no duplicates", third.Packs, err)
 			}
-			f.readAll(t, []string{a, b})
+			f.readAll(t, []string{a, b, c})
 			f.verify(t)
 		})
 	}
@@ -387,5 +397,74 @@ func TestCollectPackedConcurrentWithPublishAndReads(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestCollectPackedSparesPacksReusedDuringGC publishes, between gc's mark and its
+// sweep, a NAR whose every chunk lies in the pack of a dropped narinfo: the pack,
+// dead at the mark, must stay, and the new NAR read back.
+func TestCollectPackedSparesPacksReusedDuringGC(t *testing.T) {
+	for name, open := range stores(t) {
+		t.Run(name, func(t *testing.T) {
+			ctx := context.Background()
+			f := newFixture(t, open(t))
+			nar := testkit.RandomBytes(81, 100<<10)
+			dropped := f.add(t, "pkg-1", nar)
+			opts := packedOpts
+			opts.PackSize = 1 << 20
+			f.publishWith(t, opts, dropped)
+			const grace = time.Second
+			waitOlder(grace)
+			reuser := f.add(t, "pkg-1-copy", nar)
+			var sum publish.Summary
+			rep, err := Collect(ctx, f.store, Options{
+				Keep:        func(hp string) bool { return hp == reuser },
+				Grace:       grace,
+				beforeSweep: func() { sum = f.publishWith(t, opts, reuser) },
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if sum.NARs != 1 || sum.NewChunks != 0 || sum.Packs != 0 {
+				t.Fatalf("publish during gc: %+v, want one NAR reusing every chunk", sum)
+			}
+			if rep.Packs.Deleted.Deleted != 0 || rep.NarInfos.Deleted != 1 {
+				t.Errorf("gc: %+v; want the dropped narinfo deleted and the reused pack spared", rep)
+			}
+			f.readAll(t, []string{reuser})
+			f.verify(t)
+		})
+	}
+}
+
+// TestPublishRefreshesReusedPacks: a publish that points a manifest into a pack of an
+// earlier run sets the pack's time to now, which is what keeps a concurrent gc off it
+// even when the manifest comes after gc's re-read.
+func TestPublishRefreshesReusedPacks(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, t.TempDir())
+	nar := testkit.RandomBytes(82, 100<<10)
+	a := f.add(t, "pkg-1", nar)
+	opts := packedOpts
+	opts.PackSize = 1 << 20
+	f.publishWith(t, opts, a)
+	m, _, err := f.store.Manifest(ctx, f.nis[a].NarHash)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := chunkstore.PackKey(m.Packs[0])
+	waitOlder(0)
+	before, err := f.store.Backend().Stat(ctx, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := f.add(t, "pkg-1-copy", nar)
+	f.publishWith(t, opts, b)
+	after, err := f.store.Backend().Stat(ctx, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !after.ModTime.After(before.ModTime) {
+		t.Fatalf("pack %s not refreshed by a publish reusing it: %s, before %s", m.Packs[0], after.ModTime, before.ModTime)
 	}
 }
