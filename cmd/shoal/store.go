@@ -174,7 +174,7 @@ func printGCReport(w io.Writer, rep maintain.Report, dryRun bool) {
 		fmt.Fprintf(w, "    repack cost: read %d bytes in %d requests, wrote %d packs (%d bytes, %d objects), %d manifests rewritten, %d writes\n",
 			p.ReadBytes, p.ReadRequests, p.NewPacks, p.NewPackBytes, p.CopiedObjects, p.ManifestsRewritten, p.WriteRequests)
 		fmt.Fprintf(w, "    duplicates: %d found (%d bytes), %d removed\n", p.Duplicates, p.DuplicateBytes, p.DuplicatesRemoved)
-		fmt.Fprintf(w, "    bytes reclaimed: %d\n", p.Reclaimed())
+		fmt.Fprintf(w, "    bytes reclaimed: %d now, %d more when the repacked packs go\n", p.Reclaimed(), p.RepackedBytes)
 	}
 	fmt.Fprintf(w, "  spared as younger than --grace: %d\n", rep.Young)
 }
