@@ -394,9 +394,8 @@ func (p *packed) plan() {
 		}
 		delete(p.canon, k)
 		for _, a := range liveCopies[k] {
-			if stays(a) {
+			if c, ok := p.canon[k]; stays(a) && (!ok || better(a, c)) {
 				p.canon[k] = a
-				break
 			}
 		}
 	}
