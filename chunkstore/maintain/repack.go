@@ -618,6 +618,18 @@ func (p *packed) repackAll(ctx context.Context) error {
 	if len(queue) != 0 {
 		return fmt.Errorf("gc: repacking: %d manifests left waiting for packs", len(queue))
 	}
+	// Packs are named by their bytes: a repack that copied every object of a pack in
+	// its own order wrote that pack again, which stays.
+	for _, id := range written {
+		if p.repack[id] {
+			delete(p.repack, id)
+			pr.Repacked--
+			pr.RepackedBytes -= int64(p.packs[id].x.Size)
+			if err := p.b.Delete(ctx, chunkstore.RepackedKey(id)); err != nil {
+				return fmt.Errorf("gc: %w", err)
+			}
+		}
+	}
 	// Every manifest that pointed into these packs points elsewhere now; the record
 	// starts the grace period clients holding an older manifest have.
 	now := []byte(p.now().UTC().Format(time.RFC3339) + "\n")

@@ -468,3 +468,37 @@ func TestPublishRefreshesReusedPacks(t *testing.T) {
 		t.Fatalf("pack %s not refreshed by a publish reusing it: %s, before %s", m.Packs[0], after.ModTime, before.ModTime)
 	}
 }
+
+// TestCollectPackedRepackOfAWholePack: a pack with a repack record that a manifest
+// points into again is repacked again; when every object of it is live, the copy has
+// its bytes and so its name, and the pack must stay, its record gone.
+func TestCollectPackedRepackOfAWholePack(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, t.TempDir())
+	a := f.add(t, "pkg-1", testkit.RandomBytes(83, 100<<10))
+	opts := packedOpts
+	opts.PackSize = 1 << 20
+	f.publishWith(t, opts, a)
+	m, _, err := f.store.Manifest(ctx, f.nis[a].NarHash)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.store.Backend().Put(ctx, chunkstore.RepackedKey(m.Packs[0]), []byte("x\n")); err != nil {
+		t.Fatal(err)
+	}
+	const grace = time.Second
+	waitOlder(grace)
+	all := func(string) bool { return true }
+	for range 2 {
+		rep, err := Collect(ctx, f.store, Options{Keep: all, Grace: grace})
+		if err != nil || rep.Packs.Deleted.Deleted != 0 || rep.Packs.Repacked != 0 {
+			t.Fatalf("gc: %+v, %v", rep.Packs, err)
+		}
+		if ok, err := f.store.Backend().Exists(ctx, chunkstore.RepackedKey(m.Packs[0])); ok || err != nil {
+			t.Fatalf("the record of a pack that stays survived (%v)", err)
+		}
+		f.readAll(t, []string{a})
+		waitOlder(grace)
+	}
+	f.verify(t)
+}
