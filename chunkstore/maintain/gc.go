@@ -63,6 +63,8 @@
 //     pack it copies from.
 //   - Nothing younger than the grace period is repacked or deleted: young packs may be
 //     a running publish's, whose manifests are not written yet.
+//   - Packs are named by their bytes, so a pack a repack writes may have the name of
+//     one it was to delete or was copying from; such a pack stays, without a record.
 //
 // One gc runs at a time on a store; two could rewrite one manifest each from a
 // different plan.

@@ -109,6 +109,9 @@ type packed struct {
 	remove map[chunk.ID]bool
 	// rewritten: manifests this run wrote, which the re-check need not read.
 	rewritten map[[32]byte]bool
+	// written: packs this run wrote. A pack is named by its bytes, so one may have
+	// the name of a pack planned for deletion; it stays.
+	written map[chunk.ID]bool
 }
 
 // collectPacked is Collect for a packed store (layout 3): narinfos and manifests go as
@@ -119,7 +122,7 @@ func (c *collector) collectPacked(ctx context.Context) (Report, error) {
 		return c.rep, fmt.Errorf("gc: %w", err)
 	}
 	p := &packed{collector: c, inv: inv, packs: map[chunk.ID]*packState{}, order: map[[32]byte]int{},
-		canon: map[objKey]objAt{}, repack: map[chunk.ID]bool{}, remove: map[chunk.ID]bool{}, rewritten: map[[32]byte]bool{}}
+		canon: map[objKey]objAt{}, repack: map[chunk.ID]bool{}, remove: map[chunk.ID]bool{}, rewritten: map[[32]byte]bool{}, written: map[chunk.ID]bool{}}
 	for i, h := range inv.Manifests {
 		p.order[h] = i
 	}
@@ -495,6 +498,7 @@ func (p *packed) repackAll(ctx context.Context) error {
 			return fmt.Errorf("gc: repacking: %w", err)
 		}
 		written = append(written, x.Pack)
+		p.written[x.Pack] = true
 		seq++
 		pr.NewPacks++
 		pr.NewPackBytes += int64(len(data))
@@ -752,6 +756,7 @@ func (p *packed) deletePacks(ctx context.Context) error {
 	var vs []victim
 	for id, st := range p.packs {
 		switch {
+		case p.written[id]:
 		case p.remove[id]:
 			vs = append(vs, victim{id, true, true, st.record != nil})
 		case st.x == nil && st.file != nil && len(st.live) == 0:
