@@ -167,7 +167,7 @@ func TestCollectPackedReclaimsDeadBytes(t *testing.T) {
 
 			packsAfter, bytesAfter := packBytes(t, f.store)
 			reclaimed := bytesBefore - bytesAfter
-			t.Logf("packs %d -> %d, %d -> %d bytes; live %d, dead %d; reclaimed %d (%.1f%% of the dead bytes); repack: %d packs, read %d bytes in %d requests, wrote %d bytes in %d packs, %d objects written in all, %d manifests rewritten",
+			t.Logf("packs %d -> %d, %d -> %d bytes; live %d, dead %d; reclaimed %d (%.1f%% of the dead bytes); repack: %d packs, read %d bytes in %d requests, wrote %d bytes in %d packs, %d writes in all, %d manifests rewritten",
 				packsBefore, packsAfter, bytesBefore, bytesAfter, pr.LiveBytes, pr.DeadBytes, reclaimed, 100*float64(reclaimed)/float64(pr.DeadBytes),
 				pr.Repacked, pr.ReadBytes, pr.ReadRequests, pr.NewPackBytes, pr.NewPacks, pr.WriteRequests, pr.ManifestsRewritten)
 			if pr.Bytes != bytesBefore || pr.LiveBytes+pr.DeadBytes != bytesBefore {
