@@ -331,6 +331,9 @@ func (p *packed) plan() {
 				copies[k] = append(copies[k], objAt{id, o.Offset})
 			}
 		}
+		if st.x == nil || st.file == nil || st.bad {
+			continue // no copy a manifest may be pointed at
+		}
 		for off, k := range st.live {
 			liveCopies[k] = append(liveCopies[k], objAt{id, off})
 		}
@@ -379,7 +382,7 @@ func (p *packed) plan() {
 			pr.Pending++
 		case st.liveSize == 0:
 			p.remove[id] = true
-		case st.record != nil || (below > 0 && float64(st.useful) < below*float64(st.x.Size)):
+		case below > 0 && (st.record != nil || float64(st.useful) < below*float64(st.x.Size)):
 			// A repacked pack that something points into again (a publish that
 			// started before the repack) is repacked again, whatever its share:
 			// publishes starting after the record leave it alone.
