@@ -140,7 +140,26 @@ func (s *s3Backend) Open(ctx context.Context, key string) (io.ReadCloser, error)
 		obj.Close()
 		return nil, s.s3Error("opening", key, err)
 	}
-	return obj, nil
+	return s3Body{obj, s, key}, nil
+}
+
+// s3Body reports a miss met only while reading as shoal.ErrNotFound: minio-go may
+// send the request again on the first Read, and the object may have been deleted
+// since Stat, which a reader must tell from a broken store.
+type s3Body struct {
+	*minio.Object
+	s   *s3Backend
+	key string
+}
+
+func (b s3Body) Read(p []byte) (int, error) {
+	n, err := b.Object.Read(p)
+	if err != nil && err != io.EOF {
+		if c := minio.ToErrorResponse(err).Code; c == minio.NoSuchKey || c == "NotFound" {
+			err = b.s.s3Error("reading", b.key, err)
+		}
+	}
+	return n, err
 }
 
 // OpenRange is a ranged GetObject. S3 answers a range that starts past the
@@ -161,7 +180,7 @@ func (s *s3Backend) OpenRange(ctx context.Context, key string, off, n int64) (io
 		obj.Close()
 		return nil, s.rangeError(key, off, n, err)
 	}
-	return newExactReader(obj, n, fmt.Sprintf("reading %d bytes at %d of %s in %s", n, off, key, s.url)), nil
+	return newExactReader(s3Body{obj, s, key}, n, fmt.Sprintf("reading %d bytes at %d of %s in %s", n, off, key, s.url)), nil
 }
 
 func (s *s3Backend) rangeError(key string, off, n int64, err error) error {

@@ -162,6 +162,13 @@ func (p *Publisher) publishPacked(ctx context.Context, j *job, base *deltaBase, 
 		if err := locate(ctx, m, refs, deltaRefs); err != nil {
 			return fmt.Errorf("waiting for the NAR's objects to be stored: %w", err)
 		}
+		all := slices.Clone(refs)
+		for _, r := range deltaRefs {
+			all = append(all, r)
+		}
+		if err := p.packer.refresh(ctx, all); err != nil {
+			return fmt.Errorf("refreshing the packs the NAR reuses: %w", err)
+		}
 		if err := p.dst.PutManifest(ctx, m); err != nil {
 			return err
 		}

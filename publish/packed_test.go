@@ -3,11 +3,16 @@ package publish_test
 import (
 	"context"
 	"crypto/sha256"
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
+	"github.com/shoal-nix/shoal"
+	"github.com/shoal-nix/shoal/blob"
 	"github.com/shoal-nix/shoal/chunk"
 	"github.com/shoal-nix/shoal/chunkstore"
 	"github.com/shoal-nix/shoal/internal/cachetest"
@@ -260,4 +265,73 @@ func TestPublishPackedRewritesShortRuns(t *testing.T) {
 			}
 		})
 	}
+}
+
+// goneOnTouch is a store whose packs are collected the moment a publish refreshes
+// them, as when gc deletes a pack after the run read its index.
+type goneOnTouch struct{ blob.Backend }
+
+func (g goneOnTouch) Touch(ctx context.Context, key string) error {
+	if _, ok := chunkstore.ParsePackKey(key); ok {
+		return fmt.Errorf("touching %s: %w", key, shoal.ErrNotFound)
+	}
+	return g.Backend.Touch(ctx, key)
+}
+
+// TestPublishPackedAgainstGC: a NAR whose manifest would point into a pack that is
+// gone by the time the manifest is written is refused, never published pointing
+// nowhere; and a pack gc has repacked is not pointed into by a new publish.
+func TestPublishPackedAgainstGC(t *testing.T) {
+	ctx := context.Background()
+	cache := cachetest.New(t, "test-1")
+	nar := testkit.RandomBytes(90, 200<<10)
+	a := cache.Add(t, cachetest.HashPart("a"), "pkg-1.0", nar, "none")
+	b := cache.Add(t, cachetest.HashPart("b"), "pkg-copy-1.0", nar, "none")
+	c := cache.Add(t, cachetest.HashPart("c"), "pkg-copy2-1.0", nar, "none")
+	storeDir := t.TempDir()
+	opts := publish.Options{Jobs: 1, Params: smallParams, Layout: chunkstore.FormatPacked}
+	if _, err := runWith(t, cache, storeDir, opts, a.HashPart()); err != nil {
+		t.Fatal(err)
+	}
+	ma := checkPacked(t, chunkstore.New(mustOpen(t, storeDir)), a)
+
+	src, _ := blob.Open(cache.Dir, nil)
+	kr, _ := nixcache.ParseKeyring([]string{cache.PublicKey})
+	st := chunkstore.New(goneOnTouch{mustOpen(t, storeDir)})
+	p, err := publish.New(nixcache.NewBinaryCache(src), st, kr, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum, err := p.Run(ctx, []string{b.HashPart()})
+	p.Close()
+	if !errors.Is(err, publish.ErrRefused) || sum.Refused != 1 {
+		t.Fatalf("publish reusing a collected pack: %+v, %v", sum, err)
+	}
+	// b is a's NAR under another path: the manifest is a's, the narinfo must not be.
+	if _, err := st.NarInfo(ctx, b.HashPart()); !errors.Is(err, shoal.ErrNotFound) {
+		t.Fatalf("narinfo of a NAR whose pack was collected: %v", err)
+	}
+	if m := checkPacked(t, st, a); !slices.Equal(m.Packs, ma.Packs) {
+		t.Fatal("the manifest was rewritten to point into a collected pack")
+	}
+
+	// gc repacked a's pack: a new publish writes the objects again rather than
+	// pointing at them (here into a pack of the same bytes, so of the same name).
+	if err := st.Backend().Put(ctx, chunkstore.RepackedKey(ma.Packs[0]), []byte("x\n")); err != nil {
+		t.Fatal(err)
+	}
+	sum, err = runWith(t, cache, storeDir, opts, c.HashPart())
+	if err != nil || sum.NewChunks != sum.Chunks || sum.Packs != 1 {
+		t.Fatalf("publish beside a repacked pack: %+v, %v; want every chunk written again", sum, err)
+	}
+	checkPacked(t, st, c)
+}
+
+func mustOpen(t *testing.T, u string) blob.Backend {
+	t.Helper()
+	b, err := blob.Open(u, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

@@ -54,6 +54,9 @@ type objRef struct {
 	// seq numbers the pack the object is in, or will be in once added, so that
 	// neighbours can be told before the pack is written; 0 until then.
 	seq int64
+	// stored: the object was in the store before this run, in a pack a concurrent
+	// gc may delete; a manifest pointing at it refreshes that pack first.
+	stored bool
 }
 
 // packer appends the objects of a run to packs, seals each pack at the target size,
@@ -93,8 +96,19 @@ func newPacker(ctx context.Context, st *chunkstore.Store, target int, readIndexe
 		p.seq++
 		return p, nil
 	}
+	// A pack gc has repacked is on its way out: its objects are written again rather
+	// than pointed at, so new manifests do not keep it alive.
+	repacked := map[chunk.ID]bool{}
+	if err := st.RepackedPacks(ctx, func(id chunk.ID) error { repacked[id] = true; return nil }); err != nil {
+		return nil, err
+	}
 	var ids []chunk.ID
-	if err := st.PackIndexes(ctx, func(id chunk.ID) error { ids = append(ids, id); return nil }); err != nil {
+	if err := st.PackIndexes(ctx, func(id chunk.ID) error {
+		if !repacked[id] {
+			ids = append(ids, id)
+		}
+		return nil
+	}); err != nil {
 		return nil, err
 	}
 	var mu sync.Mutex
@@ -117,7 +131,7 @@ func newPacker(ctx context.Context, st *chunkstore.Store, target int, readIndexe
 				if _, dup := p.index[k]; dup {
 					continue // written twice by publishes running at once; either copy serves
 				}
-				r := &objRef{key: k, length: o.Length, done: make(chan struct{}), pack: x.Pack, off: o.Offset, seq: p.seq}
+				r := &objRef{key: k, length: o.Length, done: make(chan struct{}), pack: x.Pack, off: o.Offset, seq: p.seq, stored: true}
 				close(r.done)
 				p.index[k] = r
 			}
@@ -288,6 +302,40 @@ func (p *packer) object(ctx context.Context, kind chunkstore.ObjectKind, id chun
 		return nil, r.err
 	}
 	return p.st.ReadPackRange(ctx, r.pack, r.off, r.length)
+}
+
+// refresh sets the time of every pack of an earlier run that refs lie in to now, so
+// a concurrent gc spares them (chunkstore/maintain: it never deletes a pack younger
+// than its grace period). A pack already gone is forgotten, so that later NARs of the
+// run write its objects again, and fails the NAR whose manifest needed it.
+func (p *packer) refresh(ctx context.Context, refs []*objRef) error {
+	seen := map[chunk.ID]bool{}
+	for _, r := range refs {
+		if !r.stored || seen[r.pack] {
+			continue
+		}
+		seen[r.pack] = true
+		ok, err := p.st.RefreshPack(ctx, r.pack)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			p.forget(r.pack)
+			return fmt.Errorf("pack %s was collected while this NAR was being published: %w", r.pack, shoal.ErrNotFound)
+		}
+	}
+	return nil
+}
+
+// forget drops every object of a pack that is gone from the run's index.
+func (p *packer) forget(pack chunk.ID) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for k, r := range p.index {
+		if r.stored && r.pack == pack {
+			delete(p.index, k)
+		}
+	}
 }
 
 // resolved waits until r is in the store and returns where.

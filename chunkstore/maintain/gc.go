@@ -1,6 +1,7 @@
 // Package maintain keeps a central chunk store in shape: Collect deletes the narinfos
 // an operator no longer wants (with their NAR URL index entries) and every manifest,
-// chunk and delta object nothing kept refers to; Verify re-checks chunk objects against
+// chunk and delta object nothing kept refers to (in a packed store, by deleting and
+// repacking packs); Verify re-checks chunk objects against
 // their IDs, manifests against their chunks, and delta objects against the chunks they
 // rebuild; Index writes the NAR URL index entries a store lacks.
 // Both work on any writable blob backend (a directory or an S3 bucket).
@@ -23,6 +24,50 @@
 // trip: a publish that refreshes a chunk in exactly that window loses it. The grace
 // period does not shrink this window; Verify finds the result (a manifest naming a
 // missing chunk), and publishing the path again repairs it.
+//
+// # Packed stores: collection by repacking
+//
+// In a packed store (layout 3) an object is a range of a pack, and gc deletes packs,
+// never ranges. Marking reads the kept manifests (and young ones, as above); each
+// location names a pack and an offset, so the live bytes of every pack are summed from
+// the manifests and the pack indexes, without reading a pack. A pack with nothing
+// live goes once older than the grace period. A pack older than that whose share of
+// live objects is below Options.RepackBelow is repacked: its live objects are copied,
+// manifest by manifest in the order of their locations, into new packs written like
+// publish's (chunkstore.PackBuilder, Store.PutPack: pack, then index), every kept
+// manifest pointing into it is rewritten to point at the copies once those packs are
+// written, and then a record gc/repacked/<pack> is written. The old pack stays until a
+// later gc finds nothing live in it and its record older than the grace period, so a
+// client holding a manifest from before the rewrite keeps reading for at least that
+// long; after that, a range that is gone means: fetch the manifest again. Copies of
+// one object in several packs (two publishes that ran at once, or short runs a publish
+// wrote again) are folded: a rewritten manifest points at the copy in the pack with
+// the most live bytes, and a pack whose live objects all have such a copy elsewhere
+// is repacked by rewriting its manifests alone.
+//
+// The same rules as above make this safe against a concurrent publish, with packs in
+// the place of chunks:
+//
+//   - A publish refreshes every pack of an earlier run that a manifest it is about to
+//     write points into, right before writing it, and fails that NAR (a rerun
+//     publishes it) if the pack is gone. Deleting looks at a pack's time again right
+//     before the delete request, so a refreshed pack is young and spared; the window
+//     that remains is that one round trip, as for chunks.
+//   - Before deleting any pack, gc lists the manifests again and reads every one
+//     written since the mark began (other than those it rewrote): a pack one of them
+//     points into stays. This covers a publish whose refresh came before gc's first
+//     look but whose manifest came after the mark.
+//   - A manifest a publish writes during a repack, pointing into the pack being
+//     repacked, is not rewritten by this run; the next gc's mark sees it, finds the pack
+//     live, and repacks or keeps it instead of deleting it. A repack never deletes the
+//     pack it copies from.
+//   - Nothing younger than the grace period is repacked or deleted: young packs may be
+//     a running publish's, whose manifests are not written yet.
+//   - Packs are named by their bytes, so a pack a repack writes may have the name of
+//     one it was to delete or was copying from; such a pack stays, without a record.
+//
+// One gc runs at a time on a store; two could rewrite one manifest each from a
+// different plan.
 package maintain
 
 import (
@@ -60,6 +105,14 @@ type Options struct {
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 
+	// RepackBelow, in a packed store, is the live share under which a pack is
+	// repacked: its live objects copied to new packs and the manifests pointing into
+	// it rewritten. 0 means DefaultRepackBelow; a negative value repacks nothing.
+	RepackBelow float64
+	// PackSize, in a packed store, is the size at which a repack closes a new pack;
+	// 0 means DefaultPackSize.
+	PackSize int
+
 	// beforeSweep runs between marking and sweeping; tests use it to publish into
 	// the window a real collection leaves open for that.
 	beforeSweep func()
@@ -81,18 +134,20 @@ type Report struct {
 	// chunks they decode against are not kept for them; clients hold those.
 	Deltas Counts
 	// Young counts objects spared only because they are within the grace period.
-	Young   int64
+	Young int64
+	// Packs is what a collection of a packed store did to its packs.
+	Packs   PackReport
 	Elapsed time.Duration
 }
 
 // FreedObjects is the number of objects deleted.
 func (r Report) FreedObjects() int64 {
-	return r.NarInfos.Deleted + r.Manifests.Deleted + r.Chunks.Deleted + r.NarURLs.Deleted + r.Deltas.Deleted
+	return r.NarInfos.Deleted + r.Manifests.Deleted + r.Chunks.Deleted + r.NarURLs.Deleted + r.Deltas.Deleted + r.Packs.Deleted.Deleted
 }
 
 // FreedBytes is the number of bytes deleted.
 func (r Report) FreedBytes() int64 {
-	return r.NarInfos.DeletedBytes + r.Manifests.DeletedBytes + r.Chunks.DeletedBytes + r.NarURLs.DeletedBytes + r.Deltas.DeletedBytes
+	return r.NarInfos.DeletedBytes + r.Manifests.DeletedBytes + r.Chunks.DeletedBytes + r.NarURLs.DeletedBytes + r.Deltas.DeletedBytes + r.Packs.Deleted.DeletedBytes
 }
 
 // Collect marks the chunks reachable from the kept narinfos and sweeps the rest,
@@ -104,6 +159,9 @@ func Collect(ctx context.Context, s *chunkstore.Store, opts Options) (Report, er
 	c, err := newCollector(ctx, s, opts)
 	if err != nil {
 		return Report{}, err
+	}
+	if c.packed {
+		return c.collectPacked(ctx)
 	}
 	inv, err := s.Inventory(ctx)
 	if err != nil {
@@ -136,6 +194,8 @@ type collector struct {
 	// start and graceCutoff: objects younger than graceCutoff are never deleted, and
 	// narinfos younger than start - KeepSince are kept.
 	start, graceCutoff time.Time
+	// packed: the store keeps its objects in packs (layout 3), collected by repacking.
+	packed bool
 
 	mu  sync.Mutex // guards rep during the parallel phases
 	rep Report
@@ -161,10 +221,11 @@ func newCollector(ctx context.Context, s *chunkstore.Store, opts Options) (*coll
 	// The store must be one shoal knows, or its keys may mean something else.
 	if meta, err := s.Meta(ctx); err != nil {
 		return nil, fmt.Errorf("gc: %w", err)
-	} else if meta.Packed() {
-		// Dead objects in a packed store are ranges of live packs: collecting them
-		// means repacking, which this collector does not do.
-		return nil, fmt.Errorf("gc: store %s is packed (layout %d): collecting it needs repacking, which this shoal does not do yet", s, meta.Version)
+	} else {
+		c.packed = meta.Packed()
+	}
+	if opts.RepackBelow > 1 {
+		return nil, fmt.Errorf("gc: repack threshold %g above 1: every pack would be repacked on every run", opts.RepackBelow)
 	}
 	c.start = c.now()
 	// Object stores report modification times truncated to the second (S3's
@@ -330,6 +391,26 @@ func (c *collector) markManifests(ctx context.Context, manifests [][32]byte, kep
 // NAR URL index entries, manifests, chunks, deltas), so a crash never leaves a kept
 // object naming a deleted one.
 func (c *collector) sweep(ctx context.Context, d dead) error {
+	if err := c.sweepPaths(ctx, d); err != nil {
+		return err
+	}
+	keys := make([]string, len(d.chunks))
+	for i, id := range d.chunks {
+		keys[i] = chunkstore.ChunkKey(id)
+	}
+	if err := c.sweepKeys(ctx, "chunks", keys, &c.rep.Chunks); err != nil {
+		return err
+	}
+	keys = make([]string, len(d.deltas))
+	for i, id := range d.deltas {
+		keys[i] = chunkstore.DeltaKey(id)
+	}
+	return c.sweepKeys(ctx, "deltas", keys, &c.rep.Deltas)
+}
+
+// sweepPaths deletes the dead narinfos, their NAR URL index entries and the dead
+// manifests, in that order.
+func (c *collector) sweepPaths(ctx context.Context, d dead) error {
 	keys := make([]string, len(d.narinfos))
 	for i, hp := range d.narinfos {
 		keys[i] = chunkstore.NarInfoKey(hp)
@@ -359,21 +440,7 @@ func (c *collector) sweep(ctx context.Context, d dead) error {
 	for i, h := range d.manifests {
 		keys[i] = chunkstore.ManifestKey(manifest.Key(h))
 	}
-	if err := c.sweepKeys(ctx, "manifests", keys, &c.rep.Manifests); err != nil {
-		return err
-	}
-	keys = make([]string, len(d.chunks))
-	for i, id := range d.chunks {
-		keys[i] = chunkstore.ChunkKey(id)
-	}
-	if err := c.sweepKeys(ctx, "chunks", keys, &c.rep.Chunks); err != nil {
-		return err
-	}
-	keys = make([]string, len(d.deltas))
-	for i, id := range d.deltas {
-		keys[i] = chunkstore.DeltaKey(id)
-	}
-	return c.sweepKeys(ctx, "deltas", keys, &c.rep.Deltas)
+	return c.sweepKeys(ctx, "manifests", keys, &c.rep.Manifests)
 }
 
 // deleteOld deletes key unless it is younger than the grace period: its time is looked

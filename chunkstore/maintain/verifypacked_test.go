@@ -6,7 +6,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/shoal-nix/shoal/chunkstore"
 	"github.com/shoal-nix/shoal/internal/testkit"
@@ -98,21 +97,6 @@ func TestVerifyPacked(t *testing.T) {
 				}
 			}
 		})
-	}
-}
-
-// TestCollectRefusesPacked: collecting a packed store needs repacking; until gc can,
-// it refuses and deletes nothing.
-func TestCollectRefusesPacked(t *testing.T) {
-	f, dir, _, _ := packedFixture(t)
-	before, _ := filepath.Glob(filepath.Join(dir, "*", "*", "*"))
-	_, err := Collect(context.Background(), f.store, Options{KeepSince: time.Nanosecond})
-	if err == nil || !strings.Contains(err.Error(), "repacking") {
-		t.Fatalf("Collect = %v", err)
-	}
-	after, _ := filepath.Glob(filepath.Join(dir, "*", "*", "*"))
-	if len(after) != len(before) {
-		t.Fatalf("%d files after a refused gc, %d before", len(after), len(before))
 	}
 }
 

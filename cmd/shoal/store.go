@@ -33,6 +33,11 @@ younger than --grace, which a running publish may still need. A publish that reu
 chunk refreshes its time, so running gc while publishing is safe (see the chunkstore/maintain
 package for the one-request window that remains).
 
+In a packed store (layout 3) the objects of dropped paths go with their packs: a pack
+with nothing live is deleted, one less than --repack-below live is repacked (its live
+objects copied to new packs, the manifests pointing into it rewritten) and deleted by
+the first gc one --grace later, so clients holding an old manifest keep working.
+
 Examples:
   shoal store gc --store /srv/shoal-store --keep-since 30d --dry-run
   shoal store gc --store 's3://chunks/store?region=eu-west-1' --keep-narinfos-from live.txt`,
@@ -43,6 +48,7 @@ Examples:
 					durationFlag("grace", gcDefaultGrace, "never delete anything younger than this"),
 					&cli.BoolFlag{Name: "dry-run", Usage: "report what would be deleted, delete nothing", EnvVars: env("dry-run")},
 					&cli.IntFlag{Name: "jobs", Value: 16, Usage: "requests in flight", EnvVars: env("jobs")},
+					&cli.Float64Flag{Name: "repack-below", Value: maintain.DefaultRepackBelow, Usage: "packed store: repack a pack whose live share is below this (0 to 1; negative: never)", EnvVars: env("repack-below")},
 				},
 				Action: runStoreGC,
 			},
@@ -155,9 +161,17 @@ func runStoreGC(c *cli.Context) error {
 		DryRun:    c.Bool("dry-run"),
 		Jobs:      c.Int("jobs"),
 		Logger:    slog.Default(),
+		// 0 would mean the default: ask for no repacking with a negative value.
+		RepackBelow: c.Float64("repack-below"),
 	}
 	if opts.KeepSince < 0 || opts.Grace < 0 {
 		return usageError("--keep-since and --grace must not be negative")
+	}
+	if opts.RepackBelow > 1 {
+		return usageError("--repack-below must be at most 1")
+	}
+	if opts.RepackBelow == 0 {
+		opts.RepackBelow = -1
 	}
 	if f := c.String("keep-narinfos-from"); f != "" {
 		keep, err := readKeepList(f)
@@ -189,6 +203,15 @@ func printGCReport(w io.Writer, rep maintain.Report, dryRun bool) {
 		fmt.Fprintf(w, "  %-10s %d deleted (%d bytes), %d kept\n", k.name, k.c.Deleted, k.c.DeletedBytes, k.c.Kept)
 	}
 	fmt.Fprintf(w, "  NAR URL index entries: %d deleted\n", rep.NarURLs.Deleted)
+	if p := rep.Packs; p.Packs > 0 {
+		fmt.Fprintf(w, "  packs:     %d (%d bytes: %d live, %d dead)\n", p.Packs, p.Bytes, p.LiveBytes, p.DeadBytes)
+		fmt.Fprintf(w, "    deleted: %d (%d bytes), kept %d\n", p.Deleted.Deleted, p.Deleted.DeletedBytes, p.Deleted.Kept)
+		fmt.Fprintf(w, "    repacked: %d (%d bytes; deleted one --grace from now), waiting for --grace: %d\n", p.Repacked, p.RepackedBytes, p.Pending)
+		fmt.Fprintf(w, "    repack cost: read %d bytes in %d requests, wrote %d packs (%d bytes, %d objects), %d manifests rewritten, %d writes\n",
+			p.ReadBytes, p.ReadRequests, p.NewPacks, p.NewPackBytes, p.CopiedObjects, p.ManifestsRewritten, p.WriteRequests)
+		fmt.Fprintf(w, "    duplicates: %d found (%d bytes), %d removed\n", p.Duplicates, p.DuplicateBytes, p.DuplicatesRemoved)
+		fmt.Fprintf(w, "    bytes reclaimed: %d now, %d more when the repacked packs go\n", p.Reclaimed(), p.RepackedBytes)
+	}
 	fmt.Fprintf(w, "  spared as younger than --grace: %d\n", rep.Young)
 }
 

@@ -19,11 +19,20 @@ func TestStoreGCReportLines(t *testing.T) {
 		NarURLs:   maintain.Counts{Deleted: 9},
 		Young:     10,
 		Elapsed:   1500 * time.Millisecond,
+		Packs: maintain.PackReport{Packs: 7, Bytes: 700, LiveBytes: 400, DeadBytes: 300, Deleted: maintain.Counts{Deleted: 2, DeletedBytes: 200, Kept: 3},
+			Repacked: 2, RepackedBytes: 150, NewPacks: 1, NewPackBytes: 60, CopiedObjects: 12, ManifestsRewritten: 4, ReadRequests: 5, ReadBytes: 61, WriteRequests: 8,
+			Duplicates: 6, DuplicateBytes: 66, DuplicatesRemoved: 5},
 	}
 	var out strings.Builder
 	printGCReport(&out, rep, true)
 	for _, want := range []string{
-		"would free 25 objects, 176 bytes in 1.5s\n",
+		"would free 27 objects, 376 bytes in 1.5s\n",
+		"  packs:     7 (700 bytes: 400 live, 300 dead)\n",
+		"    deleted: 2 (200 bytes), kept 3\n",
+		"    repacked: 2 (150 bytes; deleted one --grace from now), waiting for --grace: 0\n",
+		"    repack cost: read 61 bytes in 5 requests, wrote 1 packs (60 bytes, 12 objects), 4 manifests rewritten, 8 writes\n",
+		"    duplicates: 6 found (66 bytes), 5 removed\n",
+		"    bytes reclaimed: 140 now, 150 more when the repacked packs go\n",
 		"  narinfos:  1 deleted (11 bytes), 2 kept\n",
 		"  manifests: 3 deleted (33 bytes), 4 kept\n",
 		"  chunks:    5 deleted (55 bytes), 6 kept\n",
