@@ -172,16 +172,9 @@ func runPublish(c *cli.Context) error {
 	default:
 		return usageError("--layout %q: want v1 or v3", c.String("layout"))
 	}
-	packSize, err := parseSize(c.String("pack-size"))
-	if err != nil || packSize < 1<<20 || packSize > 1<<30 {
-		return usageError("--pack-size %q: want a size from 1MiB to 1GiB, such as 32MiB", c.String("pack-size"))
-	}
-	minRun, err := parseSize(c.String("min-reuse-run"))
-	if err != nil || minRun < 0 || minRun > 1<<30 {
-		return usageError("--min-reuse-run %q: want a size from 0 to 1GiB, such as 64KiB", c.String("min-reuse-run"))
-	}
-	if minRun == 0 {
-		minRun = -1 // publish.Options: negative reuses every run
+	packSize, minRun, err := packFlags(c)
+	if err != nil {
+		return err
 	}
 	opts := publish.Options{
 		Shard:       shard,
@@ -288,4 +281,22 @@ func printSummary(w io.Writer, s publish.Summary) {
 	if s.Packs > 0 {
 		fmt.Fprintf(w, "  packs:                %d, %d bytes (%d chunks in short runs written again, %d bytes)\n", s.Packs, s.PackBytes, s.Rewritten, s.RewrittenBytes)
 	}
+}
+
+// packFlags reads --pack-size and --min-reuse-run, shared by publish and store
+// migrate. A minimum run of 0 comes back negative, which publish.Options and
+// migrate.Options read as "reuse every run".
+func packFlags(c *cli.Context) (packSize, minRun int64, err error) {
+	packSize, err = parseSize(c.String("pack-size"))
+	if err != nil || packSize < 1<<20 || packSize > 1<<30 {
+		return 0, 0, usageError("--pack-size %q: want a size from 1MiB to 1GiB, such as 32MiB", c.String("pack-size"))
+	}
+	minRun, err = parseSize(c.String("min-reuse-run"))
+	if err != nil || minRun < 0 || minRun > 1<<30 {
+		return 0, 0, usageError("--min-reuse-run %q: want a size from 0 to 1GiB, such as 64KiB", c.String("min-reuse-run"))
+	}
+	if minRun == 0 {
+		minRun = -1
+	}
+	return packSize, minRun, nil
 }

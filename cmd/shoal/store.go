@@ -307,16 +307,9 @@ func runStoreMigrate(c *cli.Context) error {
 	if err != nil {
 		return usageError("--store: %v", err)
 	}
-	packSize, err := parseSize(c.String("pack-size"))
-	if err != nil || packSize < 1<<20 || packSize > 1<<30 {
-		return usageError("--pack-size %q: want a size from 1MiB to 1GiB, such as 32MiB", c.String("pack-size"))
-	}
-	minRun, err := parseSize(c.String("min-reuse-run"))
-	if err != nil || minRun < 0 || minRun > 1<<30 {
-		return usageError("--min-reuse-run %q: want a size from 0 to 1GiB, such as 64KiB", c.String("min-reuse-run"))
-	}
-	if minRun == 0 {
-		minRun = -1 // migrate.Options: negative reuses every run
+	packSize, minRun, err := packFlags(c)
+	if err != nil {
+		return err
 	}
 	opts := migrate.Options{
 		PackSize:    int(packSize),
