@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/shoal-nix/shoal/chunkstore/maintain"
+
 	"github.com/shoal-nix/shoal"
 	"github.com/shoal-nix/shoal/blob"
 
@@ -157,6 +159,29 @@ func TestPublishShardedS3(t *testing.T) {
 		t.Fatalf("sharded: duplicates %+v, unsharded %+v: want the shared library's chunks twice", d, wd)
 	}
 	t.Logf("sharded publish: %d objects, %d distinct, %d extra copies (%d bytes); unsharded: %d objects", d.Objects, d.Distinct, d.Extra, d.ExtraBytes, wd.Objects)
+
+	// The next gc folds the duplicates: a repack rewrites the manifests naming the extra
+	// copies (every pack holding one is below the threshold), and a gc a grace period
+	// later deletes the packs left with nothing live. S3 times are whole seconds, so
+	// the collections run as if an hour, then two, had passed.
+	for i, hours := range []time.Duration{1, 2} {
+		now := func() time.Time { return time.Now().Add(hours * time.Hour) }
+		rep, err := maintain.Collect(context.Background(), s, maintain.Options{Keep: func(string) bool { return true }, Grace: time.Minute, RepackBelow: 0.999, Now: now})
+		if err != nil {
+			t.Fatalf("gc %d: %v", i+1, err)
+		}
+		t.Logf("gc %d: %+v", i+1, rep.Packs)
+	}
+	after, err := s.CountDuplicates(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.Extra != 0 || after.Distinct != d.Distinct {
+		t.Fatalf("after gc: duplicates %+v; want none of the %d extra copies left and %d distinct objects", after, d.Extra, d.Distinct)
+	}
+	for _, ni := range nars {
+		checkPacked(t, s, ni)
+	}
 
 	// The next release of one package, by the worker of its shard: the base comes
 	// from the name index, and the chunks shared with it stay where they are.
