@@ -154,16 +154,28 @@ func TestCollectPackedReclaimsDeadBytes(t *testing.T) {
 			f.readAll(t, kept)
 			f.verify(t)
 
-			waitOlder(grace)
-			second, err := Collect(ctx, f.store, Options{Keep: keep, Grace: grace})
-			if err != nil {
-				t.Fatal(err)
+			// Later runs, a grace period apart, delete what the first repacked. Which
+			// copy of a duplicated object is kept follows the packs' live bytes, which
+			// the first run changed, so a second run may fold a few more duplicates
+			// by repacking once more; the store must settle within three.
+			reclaimedLater, settled := int64(0), false
+			for run := 2; run <= 4 && !settled; run++ {
+				waitOlder(grace)
+				rep, err := Collect(ctx, f.store, Options{Keep: keep, Grace: grace})
+				if err != nil {
+					t.Fatal(err)
+				}
+				reclaimedLater += rep.Packs.Reclaimed()
+				settled = rep.Packs.Repacked == 0 && rep.Packs.Pending == 0
+				if run == 2 && rep.Packs.Deleted.Deleted < pr.Repacked {
+					t.Errorf("second gc: %+v; want the %d packs repacked by the first deleted", rep.Packs, pr.Repacked)
+				}
+				f.readAll(t, kept)
+				f.verify(t)
 			}
-			if second.Packs.Deleted.Deleted < pr.Repacked || second.Packs.Repacked != 0 {
-				t.Errorf("second gc: %+v; want the %d packs repacked by the first deleted and nothing repacked", second.Packs, pr.Repacked)
+			if !settled {
+				t.Error("gc still repacking after four runs")
 			}
-			f.readAll(t, kept)
-			f.verify(t)
 
 			packsAfter, bytesAfter := packBytes(t, f.store)
 			reclaimed := bytesBefore - bytesAfter
@@ -176,7 +188,7 @@ func TestCollectPackedReclaimsDeadBytes(t *testing.T) {
 			if float64(reclaimed) < 0.9*float64(pr.DeadBytes) {
 				t.Errorf("reclaimed %d of %d dead bytes, want at least 90%%", reclaimed, pr.DeadBytes)
 			}
-			if got := second.Packs.Reclaimed() + first.Packs.Reclaimed(); got != reclaimed {
+			if got := reclaimedLater + first.Packs.Reclaimed(); got != reclaimed {
 				t.Errorf("the reports say %d bytes reclaimed, the store shrank by %d", got, reclaimed)
 			}
 
