@@ -143,8 +143,10 @@ func TestLyingManifestNeverCompletesWrongBody(t *testing.T) {
 			if status == 200 && err == nil {
 				t.Fatalf("a complete 200 came back (%d bytes, matches NarHash: %v)", len(body), sha256.Sum256(body) == b.NarHash)
 			}
-			if status != 200 && status != 404 {
-				t.Errorf("status %d; want 404, or a 200 whose connection breaks", status)
+			// The stream may break before its status line was flushed (assembly failed
+			// before the first chunk): no status and an error, as safe as a 404.
+			if status != 200 && status != 404 && (status != 0 || err == nil) {
+				t.Errorf("status %d; want 404, or a connection that breaks", status)
 			}
 			t.Logf("status %d, %d bytes, err %v", status, len(body), err)
 		})
