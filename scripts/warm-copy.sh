@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# warm-copy.sh: a warm `nix copy` through the daemon (every chunk already in its local
+# cache, every NAR verified) against `nix copy` straight from the plain zstd cache, in
+# the same run.
+#
+#   scripts/warm-copy.sh [--rounds N] CORPUS
+#
+# CORPUS is a directory made by make-corpus (paths, pk, cache-zstd/). A daemon with an
+# empty state directory uses cache-zstd as its upstream; one nix copy of every path
+# through it fills its cache. Then, N times (default 3), every path is copied into a
+# fresh store through the daemon and straight from cache-zstd, each with its own
+# narinfo cache, and the wall times are printed with their ratio (median of the rounds).
+# Runs as root with single-user Nix; touches nothing outside a temporary directory.
+set -euo pipefail
+rounds=3
+while [[ ${1:-} == --* ]]; do
+  case $1 in
+  --rounds) rounds=$2; shift 2 ;;
+  *) echo "unknown option $1" >&2; exit 2 ;;
+  esac
+done
+corpus=$(cd "${1:?usage: $0 [--rounds N] CORPUS}" && pwd)
+repo=$(cd "$(dirname "$0")/.." && pwd)
+work=$(mktemp -d)
+daemon_pid=
+cleanup() {
+  [[ -n $daemon_pid ]] && kill "$daemon_pid" 2>/dev/null && wait "$daemon_pid" 2>/dev/null
+  chmod -R u+w "$work" 2>/dev/null; rm -rf "$work"
+}
+trap cleanup EXIT
+(cd "$repo" && go build -o "$work/shoal" ./cmd/shoal)
+export NIX_CONFIG="experimental-features = nix-command
+sandbox = false
+build-users-group =
+substituters ="
+pk=$(cat "$corpus/pk")
+mapfile -t paths <"$corpus/paths"
+port=$((20000 + RANDOM % 20000))
+"$work/shoal" --log-level warn daemon --listen "127.0.0.1:$port" --state-dir "$work/state" \
+  --upstream "file://$corpus/cache-zstd" --trusted-public-key "$pk" --seed-related 0 &
+daemon_pid=$!
+for _ in $(seq 50); do curl -sf "http://127.0.0.1:$port/nix-cache-info" >/dev/null && break; sleep 0.1; done
+
+n=0
+copy() { # FROM: seconds for one nix copy of every path into a fresh store
+  n=$((n + 1))
+  local start end
+  start=$(date +%s.%N)
+  XDG_CACHE_HOME=$work/xdg-$n nix copy --from "$1" --to "$work/root-$n" \
+    --option trusted-public-keys "$pk" "${paths[@]}"
+  end=$(date +%s.%N)
+  chmod -R u+w "$work/root-$n"; rm -rf "$work/root-$n" "$work/xdg-$n"
+  echo "$end - $start" | bc -l
+}
+echo "cold through the daemon (fills its cache): $(copy "http://127.0.0.1:$port") s"
+printf '%-6s %12s %12s %8s\n' round "shoal s" "plain s" ratio
+ratios=()
+for r in $(seq "$rounds"); do
+  s=$(copy "http://127.0.0.1:$port")
+  p=$(copy "file://$corpus/cache-zstd")
+  ratio=$(echo "$s / $p" | bc -l)
+  ratios+=("$ratio")
+  printf '%-6s %12.2f %12.2f %8.3f\n' "$r" "$s" "$p" "$ratio"
+done
+printf '%s\n' "${ratios[@]}" | sort -n | awk '{ a[NR] = $1 } END { printf "median warm/plain: %.3f\n", a[int((NR + 1) / 2)] }'
