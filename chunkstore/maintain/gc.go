@@ -341,6 +341,22 @@ func (c *collector) markNarInfos(ctx context.Context, narinfos []string, d *dead
 // young ones, a publish in flight).
 func (c *collector) markManifests(ctx context.Context, manifests [][32]byte, keptNars map[[32]byte]bool, d *dead) (marked, markedDeltas map[chunk.ID]bool, err error) {
 	marked, markedDeltas = map[chunk.ID]bool{}, map[chunk.ID]bool{}
+	err = c.keptManifests(ctx, manifests, keptNars, d, func(_ [32]byte, m *manifest.Manifest) {
+		for i, e := range m.Entries {
+			marked[e.ID] = true
+			if _, id, _, ok := m.DeltaOf(i); ok {
+				markedDeltas[id] = true
+			}
+		}
+	})
+	return marked, markedDeltas, err
+}
+
+// keptManifests reads every manifest a kept narinfo names or that is younger than the
+// grace period (a publish in flight), counts it as kept and calls mark with c.mu held;
+// the others are listed in d as dead. Both layouts mark this way; they differ only in
+// what a manifest keeps alive.
+func (c *collector) keptManifests(ctx context.Context, manifests [][32]byte, keptNars map[[32]byte]bool, d *dead, mark func(h [32]byte, m *manifest.Manifest)) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(c.jobs)
 	for _, h := range manifests {
@@ -367,12 +383,7 @@ func (c *collector) markManifests(ctx context.Context, manifests [][32]byte, kep
 			}
 			c.mu.Lock()
 			defer c.mu.Unlock()
-			for i, e := range m.Entries {
-				marked[e.ID] = true
-				if _, id, _, ok := m.DeltaOf(i); ok {
-					markedDeltas[id] = true
-				}
-			}
+			mark(h, m)
 			c.rep.Manifests.Kept++
 			c.rep.Manifests.KeptBytes += info.Size
 			if !keep {
@@ -382,9 +393,9 @@ func (c *collector) markManifests(ctx context.Context, manifests [][32]byte, kep
 		})
 	}
 	if err := g.Wait(); err != nil {
-		return nil, nil, fmt.Errorf("gc: marking manifests: %w", err)
+		return fmt.Errorf("gc: marking manifests: %w", err)
 	}
-	return marked, markedDeltas, nil
+	return nil
 }
 
 // sweep deletes the dead objects in the reverse of the write order (narinfos, their

@@ -135,7 +135,7 @@ func (c *collector) collectPacked(ctx context.Context) (Report, error) {
 	if err != nil {
 		return c.rep, err
 	}
-	if err := p.markManifests(ctx, keptNars, &d); err != nil {
+	if err := p.keptManifests(ctx, p.inv.Manifests, keptNars, &d, p.markLive); err != nil {
 		return c.rep, err
 	}
 	p.plan()
@@ -223,49 +223,6 @@ func (p *packed) readPacks(ctx context.Context) error {
 		})
 	}
 	return g.Wait()
-}
-
-// markManifests reads the kept manifests (and young ones, a publish in flight) and
-// records, per pack, the objects they point at.
-func (p *packed) markManifests(ctx context.Context, keptNars map[[32]byte]bool, d *dead) error {
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(p.jobs)
-	for _, h := range p.inv.Manifests {
-		g.Go(func() error {
-			info, err := p.b.Stat(gctx, chunkstore.ManifestKey(manifest.Key(h)))
-			if errors.Is(err, shoal.ErrNotFound) {
-				return nil
-			}
-			if err != nil {
-				return err
-			}
-			keep := keptNars[h]
-			young := info.ModTime.After(p.graceCutoff)
-			if !keep && !young {
-				p.mu.Lock()
-				d.manifests = append(d.manifests, h)
-				p.mu.Unlock()
-				return nil
-			}
-			m, _, err := p.s.Manifest(gctx, h)
-			if err != nil {
-				return fmt.Errorf("reading kept manifest: %w", err)
-			}
-			p.mu.Lock()
-			defer p.mu.Unlock()
-			p.markLive(h, m)
-			p.rep.Manifests.Kept++
-			p.rep.Manifests.KeptBytes += info.Size
-			if !keep {
-				p.rep.Young++
-			}
-			return nil
-		})
-	}
-	if err := g.Wait(); err != nil {
-		return fmt.Errorf("gc: marking manifests: %w", err)
-	}
-	return nil
 }
 
 // markLive records m's locations as live; p.mu is held, or no one else runs.
