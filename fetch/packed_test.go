@@ -32,7 +32,6 @@ type packedFixture struct {
 
 	mu           sync.Mutex
 	packRequests int
-	otherGets    int
 }
 
 func newPackedFixture(t *testing.T, size int) *packedFixture {
@@ -64,13 +63,11 @@ func newPackedFixture(t *testing.T, size int) *packedFixture {
 	}
 	files := http.FileServer(http.Dir(f.dir))
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		f.mu.Lock()
 		if strings.HasPrefix(r.URL.Path, "/"+chunkstore.PackPrefix) {
+			f.mu.Lock()
 			f.packRequests++
-		} else {
-			f.otherGets++
+			f.mu.Unlock()
 		}
-		f.mu.Unlock()
 		files.ServeHTTP(w, r)
 	}))
 	t.Cleanup(srv.Close)
@@ -84,10 +81,10 @@ func newPackedFixture(t *testing.T, size int) *packedFixture {
 	return f
 }
 
-func (f *packedFixture) requests() (packs, other int) {
+func (f *packedFixture) packs() int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return f.packRequests, f.otherGets
+	return f.packRequests
 }
 
 // source returns a store source over the fixture's HTTP store, closed with the test.
@@ -102,7 +99,11 @@ func (f *packedFixture) source(t *testing.T) *fetch.StoreSource {
 func TestPackedStoreFetch(t *testing.T) {
 	f := newPackedFixture(t, 4<<20)
 	ctx := context.Background()
-	mNew, _, err := chunkstore.New(mustBackend(t, f.dir)).Manifest(ctx, f.niNew.NarHash)
+	local, err := chunkstore.Open(f.dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mNew, _, err := local.Manifest(ctx, f.niNew.NarHash)
 	if err != nil || !mNew.Packed() {
 		t.Fatalf("the published manifest: packed %v, %v", mNew != nil && mNew.Packed(), err)
 	}
@@ -123,7 +124,7 @@ func TestPackedStoreFetch(t *testing.T) {
 					t.Fatalf("fetching the older release: %v", err)
 				}
 			}
-			before, _ := f.requests()
+			before := f.packs()
 			chunkBytes := c.get(c.bytes, "store")
 			got, err := wait(fe, fetch.Request{Info: f.niNew, KnownPackage: true})
 			if err != nil {
@@ -132,8 +133,7 @@ func TestPackedStoreFetch(t *testing.T) {
 			if out := readBack(t, fe, got); !bytes.Equal(out, f.newer) {
 				t.Fatal("the NAR read back differs")
 			}
-			packs, _ := f.requests()
-			n := packs - before
+			n := f.packs() - before
 			// The new release's objects lie together in one pack: a few ranged
 			// requests, however many chunks.
 			if n == 0 || n > 4 || n*10 > len(mNew.Entries) {
@@ -183,13 +183,4 @@ func TestPackedStoreMissingPack(t *testing.T) {
 	if c.get(c.bytes, "upstream") == 0 {
 		t.Error("the NAR did not come whole from the upstream")
 	}
-}
-
-func mustBackend(t *testing.T, dir string) blob.Backend {
-	t.Helper()
-	b, err := blob.Open(dir, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
 }

@@ -134,6 +134,7 @@ func (pl *plan) localOffers() []*offered {
 // and no earlier offer holds, as deltas where the plan priced them so.
 func (f *Fetcher) prefetches(ctx context.Context, pl *plan) []func(context.Context) chunkstore.ReadStats {
 	var reads []func(context.Context) chunkstore.ReadStats
+	locals := pl.localOffers()
 	for j, o := range pl.offers {
 		pf, ok := o.Offer.(prefetcher)
 		if !ok {
@@ -146,7 +147,7 @@ func (f *Fetcher) prefetches(ctx context.Context, pl *plan) []func(context.Conte
 			}
 			w := want{entry: i, delta: pl.price.useDelta[i]}
 			if w.delta {
-				dr, locals := newDeltaReq(pl.m, i), pl.localOffers()
+				dr := newDeltaReq(pl.m, i)
 				w.dict = func() ([]byte, error) { return f.dictionary(ctx, dr, locals) }
 			}
 			wants = append(wants, w)
