@@ -201,6 +201,7 @@ func New(cfg Config) (*Daemon, error) {
 		if d.store, err = chunkstore.Open(cfg.StoreURL, cfg.HTTPClient); err != nil {
 			return nil, err
 		}
+		d.storeSource = &fetch.StoreSource{Store: d.store}
 	}
 	if len(d.upstreams) == 0 && d.store == nil {
 		return nil, errors.New("nothing to serve from: give --store or at least one --upstream")
@@ -257,8 +258,7 @@ func (d *Daemon) chunkSources() []fetch.Source {
 	if d.peers != nil {
 		sources = append(sources, d.peers)
 	}
-	if d.store != nil {
-		d.storeSource = &fetch.StoreSource{Store: d.store}
+	if d.storeSource != nil {
 		sources = append(sources, d.storeSource)
 	}
 	return sources
