@@ -31,6 +31,11 @@ const (
 	// object lie in the store's pack files (store layout 3), so a client
 	// reads them with ranged reads and no index look-up.
 	VersionPacked = 3
+	// VersionChained is a packed manifest of a delta-primary store: some
+	// entries have no chunk object of their own (StoredSize 0), only a delta
+	// against base chunks or the base NAR's copy, so a reader rebuilds them
+	// through the chain of base manifests (package chunkstore/chain).
+	VersionChained = 4
 	// MaxPackSize bounds a pack file, and so every offset and object end a
 	// location names.
 	MaxPackSize = 1 << 32
@@ -122,15 +127,70 @@ type Manifest struct {
 func (m *Manifest) Packed() bool { return len(m.Packs) > 0 }
 
 // Version is the encoding MarshalBinary writes for m: packed manifests are
-// version 3, others version 2 with deltas and version 1 without.
+// version 4 when an entry has no chunk object of its own, else version 3;
+// others version 2 with deltas and version 1 without.
 func (m *Manifest) Version() byte {
 	switch {
+	case m.Packed() && m.Chained():
+		return VersionChained
 	case m.Packed():
 		return VersionPacked
 	case m.HasDeltas():
 		return VersionDelta
 	}
 	return Version
+}
+
+// Chained reports whether some entry has no chunk object of its own and is
+// rebuilt from the base NAR's chunks: a reader without those needs the chain
+// of base manifests.
+func (m *Manifest) Chained() bool {
+	if !m.Packed() {
+		return false
+	}
+	for _, e := range m.Entries {
+		if e.StoredSize == 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// Form says how entry i is stored. Entries of unpacked manifests are Full.
+func (m *Manifest) Form(i int) Form {
+	switch {
+	case m.Entries[i].StoredSize > 0 || !m.Packed():
+		return Full
+	case i < len(m.Deltas) && len(m.Deltas[i].Bases) > 0:
+		return DeltaOnly
+	}
+	return InBase
+}
+
+// Form is how an entry's chunk is kept in the store.
+type Form uint8
+
+const (
+	// Full: the entry has a chunk object (and maybe a delta besides).
+	Full Form = iota
+	// DeltaOnly: the entry's only stored form is its delta object; a reader
+	// rebuilds it from base chunks, which the base NAR's manifest locates.
+	DeltaOnly
+	// InBase: the chunk is also in the base NAR, whose manifest says how it
+	// is stored; this manifest stores nothing for it.
+	InBase
+)
+
+func (f Form) String() string {
+	switch f {
+	case Full:
+		return "full"
+	case DeltaOnly:
+		return "delta-only"
+	case InBase:
+		return "in-base"
+	}
+	return fmt.Sprintf("form(%d)", uint8(f))
 }
 
 // HasDeltas reports whether any entry can be fetched as a delta.
@@ -178,7 +238,7 @@ func (m *Manifest) MarshalBinary() ([]byte, error) {
 			b = binary.AppendUvarint(b, uint64(c.Size))
 		}
 	}
-	if version == VersionPacked {
+	if version >= VersionPacked {
 		b = binary.AppendUvarint(b, uint64(len(m.Packs)))
 		for _, id := range m.Packs {
 			b = append(b, id[:]...)
@@ -189,11 +249,11 @@ func (m *Manifest) MarshalBinary() ([]byte, error) {
 		b = append(b, e.ID[:]...)
 		b = binary.AppendUvarint(b, uint64(e.Size))
 		b = binary.AppendUvarint(b, uint64(e.StoredSize))
-		if version == VersionPacked {
+		if version >= VersionPacked && e.StoredSize > 0 {
 			b = binary.AppendUvarint(b, uint64(m.Locs[i].Pack))
 			b = binary.AppendUvarint(b, m.Locs[i].Offset)
 		}
-		if version == VersionPacked && !m.HasDeltas() {
+		if version >= VersionPacked && !m.HasDeltas() {
 			b = append(b, 0)
 		} else if version >= VersionDelta {
 			d := m.Deltas[i]
@@ -203,7 +263,7 @@ func (m *Manifest) MarshalBinary() ([]byte, error) {
 			}
 			if len(d.Bases) > 0 {
 				b = binary.AppendUvarint(b, uint64(d.StoredSize))
-				if version == VersionPacked {
+				if version >= VersionPacked {
 					b = binary.AppendUvarint(b, uint64(d.Loc.Pack))
 					b = binary.AppendUvarint(b, d.Loc.Offset)
 				}
@@ -235,8 +295,8 @@ func parse(b []byte) (*Manifest, error) {
 		return nil, errors.New("missing magic " + Magic)
 	}
 	version := b[len(Magic)]
-	if version != Version && version != VersionDelta && version != VersionPacked {
-		return nil, fmt.Errorf("unsupported version %d, want %d, %d or %d", version, Version, VersionDelta, VersionPacked)
+	if version < Version || version > VersionChained {
+		return nil, fmt.Errorf("unsupported version %d, want %d to %d", version, Version, VersionChained)
 	}
 	if len(b) < len(Magic)+1+hashLen+checksumLen {
 		return nil, fmt.Errorf("truncated: %d bytes", len(b))
@@ -278,14 +338,17 @@ func parse(b []byte) (*Manifest, error) {
 			}
 		}
 	}
-	if version == VersionPacked {
+	if version >= VersionPacked {
 		entryLen = minPackedEntryLen
+		if version == VersionChained {
+			entryLen = minDeltaEntryLen
+		}
 		np := d.uvarint("pack count", 2*MaxEntries)
 		if d.err != nil {
 			return nil, d.err
 		}
 		if np == 0 {
-			return nil, errors.New("version 3 without packs")
+			return nil, fmt.Errorf("version %d without packs", version)
 		}
 		if np > uint64(len(d.b)/hashLen) {
 			return nil, fmt.Errorf("pack count %d does not fit in the remaining %d bytes", np, len(d.b))
@@ -307,7 +370,7 @@ func parse(b []byte) (*Manifest, error) {
 		if version >= VersionDelta && len(m.Bases) > 0 {
 			m.Deltas = make([]Delta, count)
 		}
-		if version == VersionPacked {
+		if version >= VersionPacked {
 			m.Locs = make([]Loc, count)
 		}
 	}
@@ -316,7 +379,7 @@ func parse(b []byte) (*Manifest, error) {
 		copy(e.ID[:], d.bytes(len(e.ID)))
 		e.Size = uint32(d.uvarint("chunk size", math.MaxUint32))
 		e.StoredSize = uint32(d.uvarint("stored size", math.MaxUint32))
-		if version == VersionPacked {
+		if version >= VersionPacked && e.StoredSize > 0 {
 			m.Locs[i] = d.loc(len(m.Packs))
 		}
 		if version >= VersionDelta {
@@ -333,7 +396,7 @@ func parse(b []byte) (*Manifest, error) {
 					dl.Bases[j] = uint32(d.uvarint("delta base index", uint64(len(m.Bases)-1)))
 				}
 				dl.StoredSize = uint32(d.uvarint("delta stored size", math.MaxUint32))
-				if version == VersionPacked {
+				if version >= VersionPacked {
 					dl.Loc = d.loc(len(m.Packs))
 				}
 			}
@@ -344,6 +407,10 @@ func parse(b []byte) (*Manifest, error) {
 	}
 	if len(d.b) != 0 {
 		return nil, fmt.Errorf("%d unexpected bytes after the entries", len(d.b))
+	}
+	if version == VersionChained && !m.Chained() {
+		// Such a manifest encodes as version 3; one encoding per manifest.
+		return nil, errors.New("version 4 without an entry lacking its chunk object")
 	}
 	return m, nil
 }
@@ -483,11 +550,12 @@ func (m *Manifest) validateLocs() error {
 		return nil
 	}
 	for i, e := range m.Entries {
-		// StoredSize 0 is kept for an entry whose only stored form is its delta.
 		if e.StoredSize == 0 {
-			return fmt.Errorf("entry %d: packed entry without a chunk object", i)
-		}
-		if err := check("chunk object", i, m.Locs[i], e.StoredSize); err != nil {
+			// Delta-only or in the base NAR (version 4): no chunk object, no location.
+			if m.Locs[i] != (Loc{}) {
+				return fmt.Errorf("entry %d: location without a chunk object", i)
+			}
+		} else if err := check("chunk object", i, m.Locs[i], e.StoredSize); err != nil {
 			return err
 		}
 		if i < len(m.Deltas) && len(m.Deltas[i].Bases) > 0 {
@@ -510,9 +578,23 @@ func (m *Manifest) validateLocs() error {
 // chunk to be used and listed once (so the encoding stays unique), and every
 // dictionary and delta to be within the bounds a decoder accepts.
 func (m *Manifest) validateDeltas(p chunk.Params) error {
+	// Only a packed manifest may lack chunk objects (versions 1 and 2 name
+	// objects by ID, and their StoredSize is only a price).
+	inBase := false
+	for i := range m.Entries {
+		if m.Packed() && m.Form(i) == InBase {
+			inBase = true
+		}
+	}
+	if inBase && m.BaseNarHash == ([32]byte{}) {
+		return errors.New("an entry is in the base NAR, but there is none")
+	}
 	if len(m.Bases) == 0 {
-		if len(m.Deltas) != 0 || m.BaseNarHash != ([32]byte{}) {
-			return errors.New("deltas or a base NAR without base chunks")
+		if len(m.Deltas) != 0 {
+			return errors.New("deltas without base chunks")
+		}
+		if m.BaseNarHash != ([32]byte{}) && !inBase {
+			return errors.New("a base NAR without base chunks or entries in it")
 		}
 		return nil
 	}
@@ -570,17 +652,21 @@ func (m *Manifest) validateDeltas(p chunk.Params) error {
 }
 
 // DeltaStoredSize is what fetching entry i costs for a client that holds
-// its base chunks: the delta's size when it has one and it is smaller, else
-// the full object's.
+// its base chunks: the delta's size when it has one and it is smaller (or the
+// only stored form), else the full object's; 0 for an entry in the base NAR.
 func (m *Manifest) DeltaStoredSize(i int) uint32 {
 	if i < len(m.Deltas) && len(m.Deltas[i].Bases) > 0 {
+		if m.Form(i) == DeltaOnly {
+			return m.Deltas[i].StoredSize
+		}
 		return min(m.Deltas[i].StoredSize, m.Entries[i].StoredSize)
 	}
 	return m.Entries[i].StoredSize
 }
 
 // StoredSize is the total size of the stored chunk objects, what fetching
-// every chunk would cost.
+// every chunk would cost. For a chained manifest (version 4) it leaves out
+// the entries without a chunk object, which cost a walk of the chain.
 func (m *Manifest) StoredSize() uint64 {
 	var n uint64
 	for _, e := range m.Entries {

@@ -176,7 +176,7 @@ func TestParseRejects(t *testing.T) {
 		{"empty", nil, "magic"},
 		{"wrong magic", body(func(b []byte) []byte { b[0] = 's'; return b }), "magic"},
 		{"version 0", body(func(b []byte) []byte { b[8] = 0; return b }), "version"},
-		{"version 4", body(func(b []byte) []byte { b[8] = 4; return b }), "version"},
+		{"version 5", body(func(b []byte) []byte { b[8] = 5; return b }), "version"},
 		{"checksum", append(bytes.Clone(good[:len(good)-1]), good[len(good)-1]^1), "checksum"},
 		{"trailing bytes", body(func(b []byte) []byte { return append(b, 0, 0) }), "unexpected bytes"},
 		{"non-minimal uvarint", body(func(b []byte) []byte {

@@ -140,7 +140,13 @@ func TestValidateLocs(t *testing.T) {
 		{"pack listed twice", func(m *Manifest) { m.Packs[1] = m.Packs[0] }, "listed twice"},
 		{"past the largest pack", func(m *Manifest) { m.Locs[0].Offset = MaxPackSize }, "ends past"},
 		{"offset overflowing", func(m *Manifest) { m.Locs[0].Offset = 1<<64 - 2 }, "ends past"},
-		{"no chunk object", func(m *Manifest) { m.Entries[3].StoredSize = 0 }, "without a chunk object"},
+		{"location without a chunk object", func(m *Manifest) { m.Entries[3].StoredSize = 0 }, "location without a chunk object"},
+		{"delta-only", func(m *Manifest) { m.Entries[2].StoredSize, m.Locs[2] = 0, Loc{} }, ""},
+		{"in the base NAR", func(m *Manifest) { m.Entries[3].StoredSize, m.Locs[3] = 0, Loc{} }, ""},
+		{"in a base NAR that is not named", func(m *Manifest) {
+			m.Entries[3].StoredSize, m.Locs[3] = 0, Loc{}
+			m.BaseNarHash = [32]byte{}
+		}, "there is none"},
 		{"delta location without a delta", func(m *Manifest) { m.Deltas[1].Loc.Offset = 5 }, "without a delta"},
 		{"delta location in an unpacked manifest", func(m *Manifest) { m.Packs, m.Locs = nil, nil }, "without packs"},
 	}
@@ -173,6 +179,105 @@ func TestVersion2StillNeedsBases(t *testing.T) {
 	ins := append(make([]byte, 32), 0)
 	b = append(b[:at], append(ins, b[at:]...)...)
 	if _, err := Parse(seal(b)); err == nil || !strings.Contains(err.Error(), "without base chunks") {
+		t.Fatalf("Parse = %v", err)
+	}
+}
+
+// chainedSample is a version 4 manifest: entry 0 is delta-only, entry 1 is in
+// the base NAR, the rest have chunk objects; with bases false it has no delta at
+// all, only an entry in the base NAR.
+func chainedSample(n int, bases bool) *Manifest {
+	m := packedSample(deltaSample(n))
+	if !bases {
+		m = packedSample(sample(n))
+		m.BaseNarHash = [32]byte{7}
+	}
+	if bases {
+		m.Entries[0].StoredSize, m.Locs[0] = 0, Loc{}
+	}
+	m.Entries[1].StoredSize, m.Locs[1] = 0, Loc{}
+	// Drop packs no location uses any more, as a writer would.
+	used := map[uint32]bool{}
+	for i, l := range m.Locs {
+		if m.Entries[i].StoredSize > 0 {
+			used[l.Pack] = true
+		}
+		if i < len(m.Deltas) && len(m.Deltas[i].Bases) > 0 {
+			used[m.Deltas[i].Loc.Pack] = true
+		}
+	}
+	var packs []chunk.ID
+	renum := map[uint32]uint32{}
+	for p := range m.Packs {
+		if used[uint32(p)] {
+			renum[uint32(p)] = uint32(len(packs))
+			packs = append(packs, m.Packs[p])
+		}
+	}
+	m.Packs = packs
+	for i := range m.Locs {
+		if m.Entries[i].StoredSize > 0 {
+			m.Locs[i].Pack = renum[m.Locs[i].Pack]
+		}
+		if i < len(m.Deltas) && len(m.Deltas[i].Bases) > 0 {
+			m.Deltas[i].Loc.Pack = renum[m.Deltas[i].Loc.Pack]
+		}
+	}
+	return m
+}
+
+func TestChainedRoundTrip(t *testing.T) {
+	for _, n := range []int{2, 7, 300} {
+		for _, bases := range []bool{false, true} {
+			t.Run(fmt.Sprintf("n=%d/bases=%v", n, bases), func(t *testing.T) {
+				m := chainedSample(n, bases)
+				b := mustMarshal(t, m)
+				if b[len(Magic)] != VersionChained {
+					t.Fatalf("version %d, want %d", b[len(Magic)], VersionChained)
+				}
+				got, err := Parse(b)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if fmt.Sprint(got) != fmt.Sprint(m) {
+					t.Fatalf("round trip differs:\n got %+v\nwant %+v", got, m)
+				}
+				want := []Form{DeltaOnly, InBase, Full}
+				if !bases {
+					want[0] = Full
+				}
+				for i, f := range want[:min(n, len(want))] {
+					if got.Form(i) != f {
+						t.Errorf("entry %d: form %v, want %v", i, got.Form(i), f)
+					}
+				}
+				if bases && got.DeltaStoredSize(0) != got.Deltas[0].StoredSize {
+					t.Errorf("delta-only entry costs %d, want its delta's %d", got.DeltaStoredSize(0), got.Deltas[0].StoredSize)
+				}
+				for i := range len(b) {
+					bad := bytes.Clone(b)
+					bad[i] ^= 0x01
+					if _, err := Parse(bad); err == nil {
+						t.Fatalf("Parse accepted byte %d ^ 1", i)
+					}
+				}
+				for n := range len(b) {
+					if _, err := Parse(b[:n]); err == nil {
+						t.Fatalf("Parse accepted %d of %d bytes", n, len(b))
+					}
+				}
+			})
+		}
+	}
+}
+
+// TestVersion4NeedsAnEntryWithoutObject keeps one encoding per manifest: a
+// manifest whose entries all have chunk objects is version 3.
+func TestVersion4NeedsAnEntryWithoutObject(t *testing.T) {
+	b := mustMarshal(t, packedSample(deltaSample(4)))
+	b = seal(b[:len(b)-32])
+	b[len(Magic)] = VersionChained
+	if _, err := Parse(seal(b[:len(b)-32])); err == nil || !strings.Contains(err.Error(), "version 4 without") {
 		t.Fatalf("Parse = %v", err)
 	}
 }
