@@ -29,6 +29,7 @@ import (
 	"github.com/shoal-nix/shoal"
 	"github.com/shoal-nix/shoal/chunk"
 	"github.com/shoal-nix/shoal/chunkstore"
+	"github.com/shoal-nix/shoal/chunkstore/chain"
 	"github.com/shoal-nix/shoal/internal/lru"
 	"github.com/shoal-nix/shoal/manifest"
 	"github.com/shoal-nix/shoal/nixcache"
@@ -50,6 +51,10 @@ type Options struct {
 	ChunkCacheBytes int64
 	// Prefetch is how many chunks a request fetches ahead of what it sends (0 means 8).
 	Prefetch int
+	// HotBaseBytes bounds the decoded chunks kept for rebuilding chunks of a
+	// delta-primary store from their chains (0 means 128 MiB; negative keeps none): the
+	// previous releases' chunks that the next request's deltas decode against.
+	HotBaseBytes int64
 	// Metrics receives counters; nil makes new ones.
 	Metrics *Metrics
 	// Logger receives one line per failure; nil discards.
@@ -81,6 +86,7 @@ type Server struct {
 	keys     *nixcache.Keyring
 	codec    *chunk.Codec
 	packs    *chunkstore.PackReader // reads packed manifests' objects, coalesced
+	chains   *chain.Resolver        // rebuilds version 4 manifests' chunks from their chains
 	metrics  *Metrics
 	log      *slog.Logger
 	slots    chan struct{}
@@ -131,13 +137,20 @@ func New(st *chunkstore.Store, opts Options) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	packs, err := chunkstore.NewPackReader(st, chunkstore.ReadOptions{Parallel: min(opts.Prefetch, 8)})
+	reads := chunkstore.ReadOptions{Parallel: min(opts.Prefetch, 8)}
+	packs, err := chunkstore.NewPackReader(st, reads)
 	if err != nil {
 		codec.Close()
 		return nil, err
 	}
+	chains, err := chain.New(st, chain.Options{CacheBytes: opts.HotBaseBytes, Reads: reads})
+	if err != nil {
+		codec.Close()
+		packs.Close()
+		return nil, err
+	}
 	s := &Server{
-		st: st, keys: opts.Keys, codec: codec, packs: packs, metrics: opts.Metrics, log: opts.Logger,
+		st: st, keys: opts.Keys, codec: codec, packs: packs, chains: chains, metrics: opts.Metrics, log: opts.Logger,
 		slots: make(chan struct{}, opts.MaxActive), queueMax: opts.QueueTimeout, prefetch: opts.Prefetch,
 		chunks:   lru.New[chunk.ID, *cached](max(opts.ChunkCacheBytes, 0), 0),
 		resolved: lru.New[string, *nar](64<<20, resolvedTTL),
@@ -158,6 +171,7 @@ func (s *Server) Close() {
 	s.work.Wait()
 	s.codec.Close()
 	s.packs.Close()
+	s.chains.Close()
 }
 
 // Metrics returns the server's counters.
@@ -255,7 +269,7 @@ func (s *Server) resolve(ctx context.Context, key string) (*nar, error) {
 	if _, err := chunk.ParseIdentity(m.Chunker); err != nil {
 		return nil, broken("%s: manifest: %w", key, err)
 	}
-	n := &nar{info: info, man: m, enc: enc, storedN: m.StoredSize()}
+	n := &nar{info: info, man: m, enc: enc, storedN: zstdBodySize(m)}
 	copy(n.manSum[:], rawMan[len(rawMan)-32:])
 	n.etag = `"` + manifest.Key(info.NarHash) + "-" + enc.name + `"`
 	return n, nil
@@ -341,6 +355,9 @@ func (s *Server) verify(ctx context.Context, n *nar) error {
 // keepRaw keeps the decoded bytes with the chunk in the in-memory cache, for the routes
 // that send them.
 func (s *Server) each(ctx context.Context, m *manifest.Manifest, first int, needRaw, keepRaw bool, fn func(i int, obj, raw []byte) error) error {
+	if m.Chained() {
+		return s.eachChained(ctx, m, first, needRaw, fn)
+	}
 	if m.Packed() {
 		return s.eachPacked(ctx, m, first, keepRaw, fn)
 	}
@@ -461,6 +478,37 @@ func (s *Server) eachPacked(ctx context.Context, m *manifest.Manifest, first int
 		return err
 	}
 	return cachedUpTo(len(m.Entries))
+}
+
+// eachChained is each for a manifest of a delta-primary store (version 4), whose
+// entries may have no chunk object of their own: the resolver rebuilds them from their
+// chains. For the zstd body, such an entry is sent as a stored zstd frame of its bytes
+// (rawFrame), whose length follows from its size, so the body's length and every
+// entry's place in it are known before anything is fetched, as Range needs.
+func (s *Server) eachChained(ctx context.Context, m *manifest.Manifest, first int, needRaw bool, fn func(i int, obj, raw []byte) error) error {
+	err := s.chains.Each(ctx, m, first, func(i int, obj, raw []byte) error {
+		if !needRaw {
+			switch {
+			case m.Form(i) != manifest.Full:
+				obj = rawFrame(raw)
+			case len(obj) != int(m.Entries[i].StoredSize):
+				// Rebuilt from a delta or cached from another manifest: this
+				// manifest's body has this entry's own object.
+				var err error
+				if obj, _, _, err = s.chunk(ctx, m, i, false, false); err != nil {
+					return err
+				}
+			}
+		}
+		return fn(i, obj, raw)
+	})
+	if err != nil && ctx.Err() == nil {
+		var se *statusError
+		if !errors.As(err, &se) {
+			return broken("%w", err)
+		}
+	}
+	return err
 }
 
 // chunk returns entry i's stored object, checked: one zstd frame without a dictionary,

@@ -17,6 +17,7 @@
 package chain
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -57,7 +58,7 @@ type Resolver struct {
 	st    *chunkstore.Store
 	pr    *chunkstore.PackReader
 	opts  Options
-	hot   *lru.Cache[chunk.ID, []byte]
+	hot   *lru.Cache[chunk.ID, hotChunk]
 	mu    sync.Mutex
 	mans  *lru.Cache[[32]byte, *baseNAR]
 	stats Stats
@@ -92,7 +93,7 @@ func New(st *chunkstore.Store, opts Options) (*Resolver, error) {
 	}
 	return &Resolver{
 		st: st, pr: pr, opts: opts,
-		hot:  lru.New[chunk.ID, []byte](max(opts.CacheBytes, 0), 0),
+		hot:  lru.New[chunk.ID, hotChunk](max(opts.CacheBytes, 0), 0),
 		mans: lru.New[[32]byte, *baseNAR](int64(opts.Manifests), 0),
 	}, nil
 }
@@ -107,21 +108,27 @@ func (r *Resolver) Stats() Stats {
 	return r.stats
 }
 
+// hotChunk is a decoded chunk kept between calls, with the chunk object it came from
+// when it was read as one.
+type hotChunk struct{ obj, raw []byte }
+
 // Chunk returns the bytes of entry i of m, checked against its ID.
 func (r *Resolver) Chunk(ctx context.Context, m *manifest.Manifest, i int) ([]byte, error) {
 	var out []byte
-	err := r.each(ctx, m, []int{i}, func(_ int, raw []byte) error {
+	err := r.each(ctx, m, []int{i}, func(_ int, _, raw []byte) error {
 		out = raw
 		return nil
 	})
 	return out, err
 }
 
-// Each calls fn with the bytes of every entry of m from first on, in order; fn must
-// not keep raw past its return unless it copies it (the bytes may be shared with the
-// cache of hot bases, which nobody writes to). The first entry that cannot be rebuilt
+// Each calls fn with the bytes of every entry of m from first on, in order, and with
+// the chunk object they were decoded from when they were read as one (nil for a chunk
+// rebuilt from a delta or supplied by Local; a caller that needs the stored object
+// checks its length against the entry's StoredSize). fn must not modify either: they
+// may be shared with the cache of hot bases. The first entry that cannot be rebuilt
 // ends Each with an error naming it.
-func (r *Resolver) Each(ctx context.Context, m *manifest.Manifest, first int, fn func(i int, raw []byte) error) error {
+func (r *Resolver) Each(ctx context.Context, m *manifest.Manifest, first int, fn func(i int, obj, raw []byte) error) error {
 	for start := first; start < len(m.Entries); {
 		end, size := start, 0
 		for end < len(m.Entries) && (end == start || size+int(m.Entries[end].Size) <= r.opts.Window) {
@@ -160,7 +167,7 @@ func (r *Resolver) Cost(ctx context.Context, m *manifest.Manifest, entries []int
 }
 
 // each rebuilds the entries idx of m and hands them to fn in that order.
-func (r *Resolver) each(ctx context.Context, m *manifest.Manifest, idx []int, fn func(i int, raw []byte) error) error {
+func (r *Resolver) each(ctx context.Context, m *manifest.Manifest, idx []int, fn func(i int, obj, raw []byte) error) error {
 	p := r.newPlan()
 	wanted := make([]*node, len(idx))
 	for k, i := range idx {
@@ -177,7 +184,7 @@ func (r *Resolver) each(ctx context.Context, m *manifest.Manifest, idx []int, fn
 		if nd.err != nil {
 			return fmt.Errorf("rebuilding entry %d (chunk %s) of %s: %w", idx[k], nd.id, manifest.Key(m.NarHash), nd.err)
 		}
-		if err := fn(idx[k], nd.raw); err != nil {
+		if err := fn(idx[k], nd.obj, nd.raw); err != nil {
 			return err
 		}
 	}
@@ -191,6 +198,7 @@ type node struct {
 	height int
 	read   chunkstore.PackRead
 	bases  []*node // a delta's, in dictionary order
+	obj    []byte  // the chunk object, when read as one
 	raw    []byte
 	err    error
 	active bool // being visited: a chunk that needs itself is a cycle
@@ -216,8 +224,8 @@ func (p *plan) visit(ctx context.Context, m *manifest.Manifest, i int, hops int)
 		return nil, fmt.Errorf("chain past %d manifests at chunk %s", p.r.opts.MaxDepth, e.ID)
 	}
 	nd := &node{id: e.ID}
-	if raw, ok := p.r.hot.Get(e.ID); ok {
-		nd.raw = raw
+	if c, ok := p.r.hot.Get(e.ID); ok {
+		nd.obj, nd.raw = c.obj, c.raw
 	} else if p.r.opts.Local != nil {
 		if raw, ok := p.r.opts.Local(e.ID); ok {
 			nd.raw = raw
@@ -327,12 +335,17 @@ func (p *plan) fetch(ctx context.Context) error {
 		for k, nd := range lv {
 			reads[k] = nd.read
 		}
-		st, err := p.r.pr.Read(ctx, reads, func(k int, _, raw []byte, err error) error {
+		st, err := p.r.pr.Read(ctx, reads, func(k int, obj, raw []byte, err error) error {
 			nd := lv[k]
 			nd.raw, nd.err = raw, err
-			if err == nil {
-				p.r.hot.Add(nd.id, raw, int64(len(raw))+64)
+			if err != nil {
+				return nil
 			}
+			if nd.height == 0 {
+				// obj shares its request's buffer: a copy is kept, so the cache's bound holds.
+				nd.obj = bytes.Clone(obj)
+			}
+			p.r.hot.Add(nd.id, hotChunk{nd.obj, raw}, int64(len(nd.obj)+len(raw))+64)
 			return nil
 		})
 		p.r.mu.Lock()

@@ -194,7 +194,10 @@ func TestEachRebuildsEveryRelease(t *testing.T) {
 			for rel := len(rs.m) - 1; rel >= 0; rel-- {
 				m := rs.m[rel]
 				n := 0
-				err := r.Each(context.Background(), m, 0, func(i int, raw []byte) error {
+				err := r.Each(context.Background(), m, 0, func(i int, obj, raw []byte) error {
+					if m.Form(i) == manifest.Full && len(obj) != int(m.Entries[i].StoredSize) {
+						t.Fatalf("release %d entry %d (%v): object of %d bytes", rel+1, i, m.Form(i), len(obj))
+					}
 					if i != n {
 						t.Fatalf("release %d: entry %d handed out as %d", rel+1, n, i)
 					}
@@ -346,7 +349,7 @@ func TestBrokenChains(t *testing.T) {
 			rs := build(t, tt.mutilate)
 			m := tt.edit(t, rs)
 			r := newResolver(t, rs.st, tt.opts)
-			check := func(i int, raw []byte) error {
+			check := func(i int, _, raw []byte) error {
 				if chunk.Sum(raw) != m.Entries[i].ID {
 					t.Fatalf("entry %d: bytes that are not the chunk", i)
 				}
@@ -356,7 +359,7 @@ func TestBrokenChains(t *testing.T) {
 			if tt.only != 0 {
 				var raw []byte
 				if raw, err = r.Chunk(ctx, m, tt.only); err == nil {
-					err = check(tt.only, raw)
+					err = check(tt.only, nil, raw)
 				}
 			} else {
 				err = r.Each(ctx, m, 0, check)
