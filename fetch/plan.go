@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"iter"
 	"log/slog"
+	"math"
 	"slices"
 
 	"github.com/shoal-nix/shoal"
@@ -250,11 +251,59 @@ func (f *Fetcher) plan(ctx context.Context, c candidate, req Request, whole *who
 			pl.covered = true
 		}
 	}
+	if err := pl.priceChains(ctx); err != nil {
+		// Unpriceable chains are too dear: the whole NAR, if there is one, is cheaper.
+		f.log().Warn("chunks of a delta-primary store cannot be priced", "nar", manifest.Key(m.NarHash), "err", err)
+		pl.price.Bytes = math.MaxUint64
+	}
 	if w, wni := whole.get(ctx); w != nil {
 		pl.wholeSize = wni.FileSize
 	}
 	pl.whole = chooseWhole(pl.price.Bytes, pl.wholeSize, pl.covered)
 	return pl, nil
+}
+
+// chainPricer is an offer that rebuilds chunks of a delta-primary store from their
+// chains, and can say what that would fetch.
+type chainPricer interface {
+	chainCost(ctx context.Context, entries []int) (uint64, error)
+}
+
+// priceChains adds to the price what rebuilding the missing entries that have no
+// chunk object and no usable delta costs: the objects along their chains, each once.
+// A client holding the previous release needs none of that (its deltas are usable);
+// a cold one may need most of the keyframe and every delta since.
+func (pl *plan) priceChains(ctx context.Context) error {
+	if !pl.m.Chained() {
+		return nil
+	}
+	var entries []int
+	seen := map[chunk.ID]bool{}
+	for i, e := range pl.m.Entries {
+		if pl.local[i] || pl.price.useDelta[i] || pl.m.Form(i) == manifest.Full || seen[e.ID] {
+			continue
+		}
+		seen[e.ID] = true
+		entries = append(entries, i)
+	}
+	if len(entries) == 0 {
+		return nil
+	}
+	for _, o := range pl.offers {
+		if slices.ContainsFunc(entries, func(i int) bool { return o.holds[i] && o.src.Kind() != Remote }) {
+			// A peer holding them sends them as chunks (priced at nothing here).
+			return nil
+		}
+		if cp, ok := o.Offer.(chainPricer); ok {
+			cost, err := cp.chainCost(ctx, entries)
+			if err != nil {
+				return err
+			}
+			pl.price.Bytes += cost
+			return nil
+		}
+	}
+	return fmt.Errorf("%d chunks have no chunk object, and no source rebuilds them", len(entries))
 }
 
 func orInto(dst, src []bool) {
@@ -345,7 +394,8 @@ func priceNar(m *manifest.Manifest, have, held, baseLocal []bool) narPrice {
 			if first {
 				p.Deltas++
 				p.DeltaBytes += uint64(d)
-				p.FullBytes += cost
+				// A delta-only entry has no full object to save against.
+				p.FullBytes += max(cost, uint64(d))
 			}
 			cost = uint64(d)
 		}
@@ -363,7 +413,7 @@ func deltaUsable(m *manifest.Manifest, i int, baseLocal []bool) (uint32, bool) {
 		return 0, false
 	}
 	d := m.Deltas[i]
-	if d.StoredSize >= m.Entries[i].StoredSize {
+	if d.StoredSize >= m.Entries[i].StoredSize && m.Form(i) != manifest.DeltaOnly {
 		return 0, false
 	}
 	for _, b := range d.Bases {

@@ -7,6 +7,7 @@ import (
 
 	"github.com/shoal-nix/shoal/chunk"
 	"github.com/shoal-nix/shoal/chunkstore"
+	"github.com/shoal-nix/shoal/chunkstore/chain"
 	"github.com/shoal-nix/shoal/manifest"
 )
 
@@ -22,6 +23,7 @@ type StoreSource struct {
 
 	once    sync.Once
 	packs   *chunkstore.PackReader
+	chains  *chain.Resolver
 	packErr error
 }
 
@@ -55,7 +57,9 @@ func (s *StoreSource) Open(_ context.Context, m *manifest.Manifest) (Offer, erro
 	if err != nil {
 		return nil, err
 	}
-	return newPackOffer(s.Store, pr, m), nil
+	o := newPackOffer(s.Store, pr, m)
+	o.chains = s.chains
+	return o, nil
 }
 
 func (s *StoreSource) reader() (*chunkstore.PackReader, error) {
@@ -64,7 +68,15 @@ func (s *StoreSource) reader() (*chunkstore.PackReader, error) {
 		if opts == (chunkstore.ReadOptions{}) {
 			opts = DefaultPackReads
 		}
-		s.packs, s.packErr = chunkstore.NewPackReader(s.Store, opts)
+		if s.packs, s.packErr = chunkstore.NewPackReader(s.Store, opts); s.packErr != nil {
+			return
+		}
+		// A daemon rebuilds chains for one NAR at a time, and only when that is
+		// cheaper than the whole NAR: a small cache of hot bases is enough.
+		if s.chains, s.packErr = chain.New(s.Store, chain.Options{CacheBytes: 32 << 20, Reads: opts}); s.packErr != nil {
+			s.packs.Close()
+			s.packs = nil
+		}
 	})
 	return s.packs, s.packErr
 }
@@ -74,6 +86,9 @@ func (s *StoreSource) Close() {
 	s.once.Do(func() {}) // no reader is made after Close
 	if s.packs != nil {
 		s.packs.Close()
+	}
+	if s.chains != nil {
+		s.chains.Close()
 	}
 }
 
@@ -124,12 +139,15 @@ type want struct {
 	dict  func() ([]byte, error)
 }
 
-// packOffer supplies a packed manifest's objects by their locations.
+// packOffer supplies a packed manifest's objects by their locations, and the chunks a
+// delta-primary store keeps no object of by rebuilding them from their chains.
 type packOffer struct {
-	st    *chunkstore.Store
-	pr    *chunkstore.PackReader
-	m     *manifest.Manifest
-	entry map[chunk.ID]int // first entry of each chunk
+	st      *chunkstore.Store
+	pr      *chunkstore.PackReader
+	chains  *chain.Resolver
+	m       *manifest.Manifest
+	entry   map[chunk.ID]int // first entry of each chunk
+	rebuilt chained
 
 	mu      sync.Mutex
 	results map[objKey]*packResult
@@ -175,6 +193,10 @@ func (o *packOffer) Chunk(ctx context.Context, e manifest.Entry) (Object, error)
 	i, ok := o.entry[e.ID]
 	if !ok {
 		return Object{}, fmt.Errorf("chunk %s is not in the manifest being fetched", e.ID)
+	}
+	if o.m.Form(i) != manifest.Full {
+		raw, err := o.rebuilt.get(ctx, o.chains, o.m, i)
+		return Object{Raw: raw}, err
 	}
 	if obj, err, ok := o.take(ctx, objKey{id: e.ID}); ok {
 		return Object{Frame: obj}, err
@@ -240,7 +262,12 @@ func (o *packOffer) prefetch(wants []want) func(context.Context) chunkstore.Read
 		total   int64
 	)
 	o.mu.Lock()
+	var rebuild []int
 	for _, w := range wants {
+		if !w.delta && o.m.Form(w.entry) != manifest.Full {
+			rebuild = append(rebuild, w.entry)
+			continue
+		}
 		k := objKey{id: o.m.Entries[w.entry].ID, delta: w.delta}
 		if r, ok := o.results[k]; ok {
 			r.refs++
@@ -266,6 +293,7 @@ func (o *packOffer) prefetch(wants []want) func(context.Context) chunkstore.Read
 		ends = append(ends, total)
 	}
 	o.mu.Unlock()
+	o.rebuilt.plan(o.m, rebuild)
 	return func(ctx context.Context) chunkstore.ReadStats {
 		delivered := 0
 		stats, err := o.pr.Read(ctx, reads, func(i int, obj, _ []byte, err error) error {
@@ -306,6 +334,110 @@ func (o *packOffer) waitRoom(ctx context.Context, i int, ends []int64) error {
 		case <-moved:
 		case <-ctx.Done():
 			return ctx.Err()
+		}
+	}
+}
+
+// chainCost is what rebuilding entries from their chains would fetch.
+func (o *packOffer) chainCost(ctx context.Context, entries []int) (uint64, error) {
+	if o.chains == nil {
+		return 0, fmt.Errorf("no chain resolver")
+	}
+	return o.chains.Cost(ctx, o.m, entries)
+}
+
+// chained hands out the chunks of a NAR that are rebuilt from their chains, a window
+// at a time: the fetch workers ask for them one by one, in about NAR order, and a
+// window of them costs the resolver a few coalesced reads per level of the chain where
+// one at a time would cost as many per chunk. A window is rebuilt on the first ask for
+// one of its entries, and each chunk is dropped once handed out, so what is held is
+// about the windows the workers are in.
+type chained struct {
+	mu      sync.Mutex
+	window  map[int]int // entry -> its window, for the entries planned
+	windows [][]int
+	flight  map[int]chan struct{} // window being rebuilt -> closed when done
+	done    map[int]error         // windows rebuilt, and how that went
+	raw     map[int][]byte        // rebuilt entries not yet handed out
+}
+
+// chainWindow is the NAR bytes one window of rebuilt chunks covers.
+const chainWindow = 8 << 20
+
+// plan cuts the entries the prefetch will ask to be rebuilt into windows.
+func (c *chained) plan(m *manifest.Manifest, entries []int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.window = map[int]int{}
+	c.windows = nil
+	size := 0
+	for _, i := range entries {
+		if len(c.windows) == 0 || size+int(m.Entries[i].Size) > chainWindow {
+			c.windows = append(c.windows, nil)
+			size = 0
+		}
+		w := len(c.windows) - 1
+		c.windows[w] = append(c.windows[w], i)
+		c.window[i] = w
+		size += int(m.Entries[i].Size)
+	}
+	c.flight, c.done, c.raw = map[int]chan struct{}{}, map[int]error{}, map[int][]byte{}
+}
+
+// get returns entry i's bytes, rebuilding its window if nobody has yet; an entry
+// nobody planned is rebuilt alone.
+func (c *chained) get(ctx context.Context, r *chain.Resolver, m *manifest.Manifest, i int) ([]byte, error) {
+	if r == nil {
+		return nil, fmt.Errorf("entry %d has no chunk object, and there is no chain resolver", i)
+	}
+	for {
+		c.mu.Lock()
+		if raw, ok := c.raw[i]; ok {
+			delete(c.raw, i)
+			c.mu.Unlock()
+			return raw, nil
+		}
+		w, planned := c.window[i]
+		if !planned {
+			c.mu.Unlock()
+			return r.Chunk(ctx, m, i)
+		}
+		if err, ok := c.done[w]; ok {
+			c.mu.Unlock()
+			if err == nil {
+				// Handed out already (a chunk that appears twice): rebuild it again.
+				return r.Chunk(ctx, m, i)
+			}
+			return nil, err
+		}
+		if ch, ok := c.flight[w]; ok {
+			c.mu.Unlock()
+			select {
+			case <-ch:
+				continue
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		}
+		ch := make(chan struct{})
+		c.flight[w] = ch
+		entries := c.windows[w]
+		c.mu.Unlock()
+		got := map[int][]byte{}
+		err := r.Entries(ctx, m, entries, func(j int, _, raw []byte) error {
+			got[j] = raw
+			return nil
+		})
+		c.mu.Lock()
+		for j, raw := range got {
+			c.raw[j] = raw
+		}
+		c.done[w] = err
+		delete(c.flight, w)
+		close(ch)
+		c.mu.Unlock()
+		if err != nil && len(got) == 0 {
+			return nil, err
 		}
 	}
 }

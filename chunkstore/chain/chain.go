@@ -129,17 +129,23 @@ func (r *Resolver) Chunk(ctx context.Context, m *manifest.Manifest, i int) ([]by
 // may be shared with the cache of hot bases. The first entry that cannot be rebuilt
 // ends Each with an error naming it.
 func (r *Resolver) Each(ctx context.Context, m *manifest.Manifest, first int, fn func(i int, obj, raw []byte) error) error {
-	for start := first; start < len(m.Entries); {
+	idx := make([]int, 0, len(m.Entries)-min(first, len(m.Entries)))
+	for i := first; i < len(m.Entries); i++ {
+		idx = append(idx, i)
+	}
+	return r.Entries(ctx, m, idx, fn)
+}
+
+// Entries is Each for the entries idx of m, in that order, a window of Options.Window
+// NAR bytes at a time.
+func (r *Resolver) Entries(ctx context.Context, m *manifest.Manifest, idx []int, fn func(i int, obj, raw []byte) error) error {
+	for start := 0; start < len(idx); {
 		end, size := start, 0
-		for end < len(m.Entries) && (end == start || size+int(m.Entries[end].Size) <= r.opts.Window) {
-			size += int(m.Entries[end].Size)
+		for end < len(idx) && (end == start || size+int(m.Entries[idx[end]].Size) <= r.opts.Window) {
+			size += int(m.Entries[idx[end]].Size)
 			end++
 		}
-		idx := make([]int, 0, end-start)
-		for i := start; i < end; i++ {
-			idx = append(idx, i)
-		}
-		if err := r.each(ctx, m, idx, fn); err != nil {
+		if err := r.each(ctx, m, idx[start:end], fn); err != nil {
 			return err
 		}
 		start = end
