@@ -11,6 +11,7 @@ import (
 	"github.com/shoal-nix/shoal/blob"
 	"github.com/shoal-nix/shoal/chunk"
 	"github.com/shoal-nix/shoal/chunkstore"
+	"github.com/shoal-nix/shoal/chunkstore/chain"
 	"github.com/shoal-nix/shoal/manifest"
 	"github.com/zeebo/blake3"
 	"golang.org/x/sync/errgroup"
@@ -55,6 +56,12 @@ func verifyPacked(ctx context.Context, s *chunkstore.Store, inv *chunkstore.Inve
 	defer codec.Close()
 	deltas := chunk.NewDeltaCodec(0, jobs)
 	defer deltas.Close()
+
+	chains, err := chain.New(s, chain.Options{})
+	if err != nil {
+		return rep, 0, err
+	}
+	defer chains.Close()
 
 	// Every index, whatever the sample: manifests are checked against them.
 	havePack := make(map[chunk.ID]bool, len(inv.Packs))
@@ -171,7 +178,9 @@ func verifyPacked(ctx context.Context, s *chunkstore.Store, inv *chunkstore.Inve
 				}
 			}
 			for i, e := range m.Entries {
-				check("chunk object", i, m.Locs[i], chunkstore.KindChunk, e.ID, e.StoredSize)
+				if m.Form(i) == manifest.Full {
+					check("chunk object", i, m.Locs[i], chunkstore.KindChunk, e.ID, e.StoredSize)
+				}
 				if _, did, size, ok := m.DeltaOf(i); ok {
 					check("delta object", i, m.Deltas[i].Loc, chunkstore.KindDelta, did, size)
 				}
@@ -192,6 +201,11 @@ func verifyPacked(ctx context.Context, s *chunkstore.Store, inv *chunkstore.Inve
 				}
 				return s.ReadPackRange(gctx, l.pack, l.off, l.length)
 			})
+			if err == nil && m.Chained() {
+				var c int
+				c, err = verifyChains(gctx, chains, m, problem)
+				n += c
+			}
 			mu.Lock()
 			rep.Deltas += n
 			mu.Unlock()
@@ -205,4 +219,30 @@ func verifyPacked(ctx context.Context, s *chunkstore.Store, inv *chunkstore.Inve
 		return rep, problems, fmt.Errorf("verify %s: %w", s, err)
 	}
 	return rep, problems, nil
+}
+
+// verifyChains rebuilds every entry of a delta-primary store's manifest that has no
+// chunk object of its own, through its chain of base manifests, each chunk checked
+// against its ID on the way: a missing base manifest, a collected pack or a corrupt
+// delta anywhere down the chain is a problem of this manifest. It returns how many
+// entries it rebuilt.
+func verifyChains(ctx context.Context, chains *chain.Resolver, m *manifest.Manifest, problem func(string, ...any)) (int, error) {
+	var entries []int
+	for i := range m.Entries {
+		if m.Form(i) != manifest.Full {
+			entries = append(entries, i)
+		}
+	}
+	n := 0
+	err := chains.Entries(ctx, m, entries, func(int, []byte, []byte) error {
+		n++
+		return nil
+	})
+	if err != nil {
+		if ctx.Err() != nil {
+			return n, ctx.Err()
+		}
+		problem("manifest %s: %d of %d entries without a chunk object rebuilt from their chains, then: %v", manifest.Key(m.NarHash), n, len(entries), err)
+	}
+	return n, nil
 }
