@@ -177,10 +177,10 @@ func TestInitLayout(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			s, _ := chunkstore.Open(t.TempDir(), nil)
-			_, err := s.Init(ctx, "file:///cache", chunk.DefaultParams(), tc.first, now)
+			_, err := s.Init(ctx, "file:///cache", chunk.DefaultParams(), chunkstore.Mode{Layout: tc.first}, now)
 			if err == nil {
 				var m *chunkstore.Meta
-				m, err = s.Init(ctx, "file:///cache", chunk.DefaultParams(), tc.second, now)
+				m, err = s.Init(ctx, "file:///cache", chunk.DefaultParams(), chunkstore.Mode{Layout: tc.second}, now)
 				if err == nil && m.Version != tc.wantVersion {
 					t.Fatalf("version %d, want %d", m.Version, tc.wantVersion)
 				}
