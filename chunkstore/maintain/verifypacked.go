@@ -171,7 +171,9 @@ func verifyPacked(ctx context.Context, s *chunkstore.Store, inv *chunkstore.Inve
 				}
 			}
 			for i, e := range m.Entries {
-				check("chunk object", i, m.Locs[i], chunkstore.KindChunk, e.ID, e.StoredSize)
+				if e.StoredSize > 0 { // else stored as a delta only or in the base NAR (version 4)
+					check("chunk object", i, m.Locs[i], chunkstore.KindChunk, e.ID, e.StoredSize)
+				}
 				if _, did, size, ok := m.DeltaOf(i); ok {
 					check("delta object", i, m.Deltas[i].Loc, chunkstore.KindDelta, did, size)
 				}
