@@ -33,6 +33,11 @@ type job struct {
 	// chain is set with m in a delta-primary store: how each chunk of the NAR is
 	// stored, for a NAR based on this one.
 	chain *chainNode
+	// committed closes once the NAR's manifest is written, or will not be;
+	// committedOK is set before. A NAR whose chain runs through this one writes its
+	// manifest after: a manifest in the store always finds its chain there.
+	committed   chan struct{}
+	committedOK bool
 }
 
 // baseRef is the base a job's deltas are made against.
@@ -51,7 +56,7 @@ func (p *Publisher) plan(ctx context.Context, infos []*nixcache.NarInfo) ([]*job
 	var jobs []*job
 	for _, ni := range infos {
 		if ni != nil {
-			jobs = append(jobs, &job{ni: ni, done: make(chan struct{})})
+			jobs = append(jobs, &job{ni: ni, done: make(chan struct{}), committed: make(chan struct{})})
 		}
 	}
 	if !p.opts.Deltas || len(jobs) == 0 {

@@ -44,6 +44,10 @@ type chainNode struct {
 	// that node could be loaded.
 	base *chainNode
 	byID map[chunk.ID]*chainEntry
+	// chained: some chunk of the NAR is stored in its base's chain.
+	chained bool
+	// from is the job of a NAR of this run.
+	from *job
 }
 
 // chainEntry is how a NAR stores one chunk.
@@ -103,7 +107,7 @@ func (c *chains) node(ctx context.Context, h [32]byte, m *manifest.Manifest, bud
 			return nil
 		}
 	}
-	n := &chainNode{nar: h, m: m, budget: budget, byID: make(map[chunk.ID]*chainEntry, len(m.Entries))}
+	n := &chainNode{nar: h, m: m, budget: budget, byID: make(map[chunk.ID]*chainEntry, len(m.Entries)), chained: m.Chained()}
 	if !m.Chained() {
 		n.budget = c.maxChain // every entry has a full object: exact at any budget
 	}
@@ -165,6 +169,53 @@ func (c *chains) add(n *chainNode) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.nodes[n.nar] = n
+}
+
+// hold makes sure the chain j's manifest runs through is in the store before the
+// manifest is written: the bases of this run on it have written their manifests, and
+// every base manifest down the chain is refreshed, so a concurrent gc spares it
+// (chunkstore/maintain). A base manifest that is gone fails the NAR, as a collected
+// pack does; a rerun publishes it against what the store holds then.
+func (c *chains) hold(ctx context.Context, j *job) error {
+	// The packs too: gc re-reads the manifests refreshed since it marked, but one
+	// refreshed after that look finds only the packs' times.
+	packs := map[chunk.ID]bool{}
+	for n := j.chain.base; n != nil; n = n.base {
+		if from := n.from; from != nil {
+			select {
+			case <-from.committed:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+			if !from.committedOK {
+				return fmt.Errorf("the base NAR %s was not published", from.ni.StorePath)
+			}
+		}
+		ok, err := c.p.dst.RefreshManifest(ctx, n.nar)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return fmt.Errorf("the manifest %s of the NAR's chain of bases was collected while the NAR was being published: %w", manifest.Key(n.nar), shoal.ErrNotFound)
+		}
+		if n.m != nil {
+			for _, id := range n.m.Packs {
+				if packs[id] {
+					continue
+				}
+				packs[id] = true
+				if ok, err := c.p.dst.RefreshPack(ctx, id); err != nil {
+					return err
+				} else if !ok {
+					return fmt.Errorf("pack %s of the NAR's chain of bases was collected while the NAR was being published: %w", id, shoal.ErrNotFound)
+				}
+			}
+		}
+		if !n.chained {
+			return nil // the chain ends here
+		}
+	}
+	return nil
 }
 
 // raw returns the bytes of chunk id of the NAR of n, from the cache of base chunks,

@@ -232,6 +232,7 @@ func (p *Publisher) publishPacked(ctx context.Context, j *job, base *deltaBase, 
 		if base != nil && r.deltaOnly+r.inBase > 0 {
 			m.BaseNarHash = base.nar.NarHash
 		}
+		n.chained, n.from = r.deltaOnly+r.inBase > 0, j
 		j.chain = n
 		p.chains.add(n)
 	}
@@ -250,6 +251,11 @@ func (p *Publisher) publishPacked(ctx context.Context, j *job, base *deltaBase, 
 		}
 		if err := p.packer.refresh(ctx, all); err != nil {
 			return fmt.Errorf("refreshing the packs the NAR reuses: %w", err)
+		}
+		if m.Chained() {
+			if err := p.chains.hold(ctx, j); err != nil {
+				return err
+			}
 		}
 		if err := p.dst.PutManifest(ctx, m); err != nil {
 			return err

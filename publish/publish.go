@@ -368,9 +368,16 @@ func (p *Publisher) Run(ctx context.Context, hashParts []string) (Summary, error
 			j.ok = err == nil
 			close(j.done)
 			if err == nil && r.commit != nil {
-				commits.Go(func() error { return account(cctx, ni, r, r.commit(cctx)) })
+				commits.Go(func() error {
+					err := r.commit(cctx)
+					j.committedOK = err == nil
+					close(j.committed)
+					return account(cctx, ni, r, err)
+				})
 				return nil
 			}
+			j.committedOK = err == nil
+			close(j.committed)
 			return account(gctx, ni, r, err)
 		})
 	}
