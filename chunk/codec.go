@@ -22,9 +22,17 @@ type Codec struct {
 
 // NewCodec returns a Codec using the zstd default level, which measured about
 // as fast as the fastest level per chunk for a better ratio.
-func NewCodec() (*Codec, error) {
+func NewCodec() (*Codec, error) { return NewCodecLevel(zstd.SpeedDefault) }
+
+// NewCodecLevel returns a Codec that encodes at level (zstd.SpeedDefault when
+// zero). Objects of every level decode alike; a store that keeps few full
+// objects (delta-primary: its keyframes) may spend more time on each.
+func NewCodecLevel(level zstd.EncoderLevel) (*Codec, error) {
+	if level == 0 {
+		level = zstd.SpeedDefault
+	}
 	enc, err := zstd.NewWriter(nil,
-		zstd.WithEncoderLevel(zstd.SpeedDefault),
+		zstd.WithEncoderLevel(level),
 		// Single-segment frames always carry the content size, even below
 		// 256 bytes where zstd otherwise leaves it out.
 		zstd.WithSingleSegment(true),

@@ -177,10 +177,10 @@ func TestInitLayout(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			s, _ := chunkstore.Open(t.TempDir(), nil)
-			_, err := s.Init(ctx, "file:///cache", chunk.DefaultParams(), tc.first, now)
+			_, err := s.Init(ctx, "file:///cache", chunk.DefaultParams(), chunkstore.Mode{Layout: tc.first}, now)
 			if err == nil {
 				var m *chunkstore.Meta
-				m, err = s.Init(ctx, "file:///cache", chunk.DefaultParams(), tc.second, now)
+				m, err = s.Init(ctx, "file:///cache", chunk.DefaultParams(), chunkstore.Mode{Layout: tc.second}, now)
 				if err == nil && m.Version != tc.wantVersion {
 					t.Fatalf("version %d, want %d", m.Version, tc.wantVersion)
 				}
@@ -196,6 +196,56 @@ func TestInitLayout(t *testing.T) {
 				if err != nil || m.Version != tc.wantVersion || m.Packed() != (tc.wantVersion == chunkstore.FormatPacked) {
 					t.Fatalf("Meta = %+v, %v", m, err)
 				}
+			}
+		})
+	}
+}
+
+func TestInitDeltaPrimary(t *testing.T) {
+	ctx := context.Background()
+	now := time.Now()
+	packed := chunkstore.Mode{Layout: chunkstore.FormatPacked}
+	dp := func(k int) chunkstore.Mode {
+		return chunkstore.Mode{Layout: chunkstore.FormatPacked, DeltaPrimary: true, MaxChain: k}
+	}
+	tests := []struct {
+		name          string
+		first, second chunkstore.Mode
+		wantDP        bool
+		wantMaxChain  int
+		wantErr       string
+	}{
+		{"new, default bound", dp(0), chunkstore.Mode{}, true, chunkstore.DefaultMaxChain, ""},
+		{"new, own bound, kept", dp(3), chunkstore.Mode{}, true, 3, ""},
+		{"same bound again", dp(3), dp(3), true, 3, ""},
+		{"the mode without asking for it", dp(3), chunkstore.Mode{DeltaPrimary: true}, true, 3, ""},
+		{"another bound", dp(3), dp(4), false, 0, "chains of at most 3, not 4"},
+		{"packed store becomes delta-primary", packed, dp(2), true, 2, ""},
+		{"packed store stays plain", packed, chunkstore.Mode{}, false, 0, ""},
+		{"bound on a plain store", packed, chunkstore.Mode{MaxChain: 2}, false, 0, "not delta-primary"},
+		{"loose store", chunkstore.Mode{}, chunkstore.Mode{DeltaPrimary: true}, false, 0, "only a packed store"},
+		{"new store without layout 3", chunkstore.Mode{DeltaPrimary: true}, chunkstore.Mode{}, false, 0, "a delta-primary store is a packed one"},
+		{"bound too deep", dp(chunkstore.MaxChainLimit + 1), chunkstore.Mode{}, false, 0, "chain bound"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			s, _ := chunkstore.Open(t.TempDir(), nil)
+			_, err := s.Init(ctx, "file:///cache", chunk.DefaultParams(), tc.first, now)
+			if err == nil {
+				_, err = s.Init(ctx, "file:///cache", chunk.DefaultParams(), tc.second, now)
+			}
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("Init = %v, want an error containing %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			m, err := s.Meta(ctx)
+			if err != nil || m.DeltaPrimary != tc.wantDP || m.MaxChain != tc.wantMaxChain {
+				t.Fatalf("Meta = %+v, %v; want delta-primary %v, bound %d", m, err, tc.wantDP, tc.wantMaxChain)
 			}
 		})
 	}

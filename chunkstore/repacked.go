@@ -8,6 +8,7 @@ import (
 
 	"github.com/shoal-nix/shoal"
 	"github.com/shoal-nix/shoal/chunk"
+	"github.com/shoal-nix/shoal/manifest"
 )
 
 // RepackedPrefix holds gc's records of packs it has repacked: the pack stays, for
@@ -57,6 +58,22 @@ func (s *Store) RefreshPack(ctx context.Context, id chunk.ID) (bool, error) {
 	}
 	if err != nil {
 		return false, fmt.Errorf("refreshing pack %s in %s: %w", id, s.b, err)
+	}
+	return true, nil
+}
+
+// RefreshManifest sets the time of a manifest to now, as RefreshPack does for a pack:
+// a publish refreshes the base manifests its manifest's chain runs through (a
+// delta-primary store), so that a concurrent gc spares them even when their narinfos
+// are dropped. It reports false when the manifest is gone.
+func (s *Store) RefreshManifest(ctx context.Context, narHash [32]byte) (bool, error) {
+	key := ManifestKey(manifest.Key(narHash))
+	err := s.b.Touch(ctx, key)
+	if errors.Is(err, shoal.ErrNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("refreshing %s in %s: %w", key, s.b, err)
 	}
 	return true, nil
 }

@@ -6,6 +6,7 @@ package chunkstore
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -31,6 +32,13 @@ const (
 	// manifests saying where (docs/format.md, "Store layout 3"). Its number matches
 	// the manifest version it uses; no layout 2 exists.
 	FormatPacked = 3
+
+	// DefaultMaxChain is the depth bound of a new delta-primary store when the
+	// publish names none (publish --max-chain).
+	DefaultMaxChain = 8
+	// MaxChainLimit bounds a delta-primary store's depth bound: a reader walks at
+	// most that many manifests for an entry, and refuses deeper chains.
+	MaxChainLimit = 64
 )
 
 // Object size ceilings: anything larger is refused before it is read into memory, so a
@@ -54,6 +62,23 @@ type Meta struct {
 	Source  string    `json:"source"`
 	Chunker string    `json:"chunker"`
 	Created time.Time `json:"created"`
+	// DeltaPrimary: a packed store whose publishes keep a new chunk that has a delta
+	// against the base NAR's chunks as that delta only (version 4 manifests, docs/
+	// format.md), with no entry deeper than MaxChain manifests. Every later publish
+	// keeps the mode and the bound.
+	DeltaPrimary bool `json:"deltaPrimary,omitempty"`
+	MaxChain     int  `json:"maxChain,omitempty"`
+}
+
+// Mode is what a publish asks of a store's layout. Zero fields ask nothing: an
+// existing store keeps its own, a new one gets the defaults.
+type Mode struct {
+	// Layout is FormatVersion or FormatPacked.
+	Layout int
+	// DeltaPrimary asks for a delta-primary store (packed only); MaxChain is its
+	// depth bound, DefaultMaxChain when zero for a store that has none yet.
+	DeltaPrimary bool
+	MaxChain     int
 }
 
 // Store is a central chunk store on some blob backend.
@@ -214,6 +239,9 @@ func (s *Store) Meta(ctx context.Context) (*Meta, error) {
 	if _, err := chunk.ParseIdentity(m.Chunker); err != nil {
 		return nil, fmt.Errorf("store %s: %w", s.b, err)
 	}
+	if m.DeltaPrimary && (!m.Packed() || m.MaxChain < 1 || m.MaxChain > MaxChainLimit) {
+		return nil, fmt.Errorf("store %s: %s says delta-primary with layout %d and maxChain %d; want layout %d and 1 to %d", s.b, MetaKey, m.Version, m.MaxChain, FormatPacked, MaxChainLimit)
+	}
 	return &m, nil
 }
 
@@ -222,13 +250,21 @@ func (m *Meta) Packed() bool { return m.Version == FormatPacked }
 
 // Init prepares a store for publishing: it writes nix-cache-info and the metadata file
 // when absent, and refuses a store that was cut with another chunker or published from
-// another cache, since mixing them silently ruins deduplication or provenance. layout
-// is the format version a new store gets (FormatVersion or FormatPacked); 0 takes an
-// existing store's, or FormatVersion for a new one. An existing store of another
-// layout is refused: one store holds one layout.
-func (s *Store) Init(ctx context.Context, source string, p chunk.Params, layout int, now time.Time) (*Meta, error) {
+// another cache, since mixing them silently ruins deduplication or provenance.
+// want.Layout is the format version a new store gets (FormatVersion or FormatPacked);
+// 0 takes an existing store's, or FormatVersion for a new one. An existing store of
+// another layout is refused: one store holds one layout. want.DeltaPrimary makes a
+// new packed store delta-primary, or an existing packed one from now on (its older
+// manifests are the first keyframes); a store that is delta-primary stays so, and a
+// want.MaxChain other than its bound is refused, since chains already written were
+// cut to that bound.
+func (s *Store) Init(ctx context.Context, source string, p chunk.Params, want Mode, now time.Time) (*Meta, error) {
+	layout := want.Layout
 	if layout != 0 && layout != FormatVersion && layout != FormatPacked {
 		return nil, fmt.Errorf("store layout %d: want %d or %d", layout, FormatVersion, FormatPacked)
+	}
+	if want.MaxChain < 0 || want.MaxChain > MaxChainLimit {
+		return nil, fmt.Errorf("chain bound %d: want 1 to %d", want.MaxChain, MaxChainLimit)
 	}
 	m, err := s.Meta(ctx)
 	switch {
@@ -242,17 +278,25 @@ func (s *Store) Init(ctx context.Context, source string, p chunk.Params, layout 
 		if m.Source != source {
 			return nil, fmt.Errorf("store %s was published from %s, not %s: use one store per source cache", s.b, m.Source, source)
 		}
+		if err := s.initDeltaPrimary(ctx, m, want); err != nil {
+			return nil, err
+		}
 	case errors.Is(err, shoal.ErrNotFound):
 		if layout == 0 {
 			layout = FormatVersion
 		}
-		m = &Meta{Version: layout, Source: source, Chunker: p.Identity(), Created: now.UTC()}
-		raw, err := json.MarshalIndent(m, "", "  ")
-		if err != nil {
-			return nil, err
+		if want.DeltaPrimary && layout != FormatPacked {
+			return nil, fmt.Errorf("a delta-primary store is a packed one (layout %d): ask for that layout for the new store %s", FormatPacked, s.b)
 		}
-		if err := s.b.Put(ctx, MetaKey, append(raw, '\n')); err != nil {
-			return nil, fmt.Errorf("writing %s to %s: %w", MetaKey, s.b, err)
+		if want.MaxChain != 0 && !want.DeltaPrimary {
+			return nil, fmt.Errorf("a chain bound applies to a delta-primary store only, and the new store %s is not one", s.b)
+		}
+		m = &Meta{Version: layout, Source: source, Chunker: p.Identity(), Created: now.UTC()}
+		if want.DeltaPrimary {
+			m.DeltaPrimary, m.MaxChain = true, cmp.Or(want.MaxChain, DefaultMaxChain)
+		}
+		if err := s.putMeta(ctx, m); err != nil {
+			return nil, err
 		}
 	default:
 		return nil, err
@@ -270,6 +314,37 @@ func (s *Store) Init(ctx context.Context, source string, p chunk.Params, layout 
 		}
 	}
 	return m, nil
+}
+
+// initDeltaPrimary checks what a publish asks of an existing store's mode against
+// what the store says, and makes a packed store delta-primary when asked.
+func (s *Store) initDeltaPrimary(ctx context.Context, m *Meta, want Mode) error {
+	switch {
+	case m.DeltaPrimary:
+		if want.MaxChain != 0 && want.MaxChain != m.MaxChain {
+			return fmt.Errorf("store %s is delta-primary with chains of at most %d, not %d: publish to it with its own bound (or none) or use a new store", s.b, m.MaxChain, want.MaxChain)
+		}
+		return nil
+	case want.DeltaPrimary && !m.Packed():
+		return fmt.Errorf("store %s has layout %d: only a packed store (layout %d) can be delta-primary", s.b, m.Version, FormatPacked)
+	case want.DeltaPrimary:
+		m.DeltaPrimary, m.MaxChain = true, cmp.Or(want.MaxChain, DefaultMaxChain)
+		return s.putMeta(ctx, m)
+	case want.MaxChain != 0:
+		return fmt.Errorf("store %s is not delta-primary: a chain bound applies to a delta-primary store only", s.b)
+	}
+	return nil
+}
+
+func (s *Store) putMeta(ctx context.Context, m *Meta) error {
+	raw, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := s.b.Put(ctx, MetaKey, append(raw, '\n')); err != nil {
+		return fmt.Errorf("writing %s to %s: %w", MetaKey, s.b, err)
+	}
+	return nil
 }
 
 // SameNarInfo reports whether the store already holds exactly raw for hashPart, which

@@ -23,7 +23,7 @@ func TestInitRefusesMixing(t *testing.T) {
 		t.Fatal(err)
 	}
 	now := time.Now()
-	if _, err := s.Init(ctx, "file:///cache", chunk.DefaultParams(), 0, now); err != nil {
+	if _, err := s.Init(ctx, "file:///cache", chunk.DefaultParams(), chunkstore.Mode{}, now); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(filepath.Join(dir, chunkstore.CacheInfoKey)); err != nil {
@@ -42,7 +42,7 @@ func TestInitRefusesMixing(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := s.Init(ctx, tc.source, tc.params, 0, now)
+			_, err := s.Init(ctx, tc.source, tc.params, chunkstore.Mode{}, now)
 			if (err == nil) != tc.ok {
 				t.Errorf("Init: %v, want ok=%v", err, tc.ok)
 			}

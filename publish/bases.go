@@ -30,6 +30,14 @@ type job struct {
 	// m is set before done closes in a packed store, where the manifest is written
 	// later, once its last pack is: a NAR based on this one reads it from here.
 	m *manifest.Manifest
+	// chain is set with m in a delta-primary store: how each chunk of the NAR is
+	// stored, for a NAR based on this one.
+	chain *chainNode
+	// committed closes once the NAR's manifest is written, or will not be;
+	// committedOK is set before. A NAR whose chain runs through this one writes its
+	// manifest after: a manifest in the store always finds its chain there.
+	committed   chan struct{}
+	committedOK bool
 }
 
 // baseRef is the base a job's deltas are made against.
@@ -48,7 +56,7 @@ func (p *Publisher) plan(ctx context.Context, infos []*nixcache.NarInfo) ([]*job
 	var jobs []*job
 	for _, ni := range infos {
 		if ni != nil {
-			jobs = append(jobs, &job{ni: ni, done: make(chan struct{})})
+			jobs = append(jobs, &job{ni: ni, done: make(chan struct{}), committed: make(chan struct{})})
 		}
 	}
 	if !p.opts.Deltas || len(jobs) == 0 {
@@ -173,6 +181,10 @@ type deltaBase struct {
 	m      *manifest.Manifest
 	layout delta.Layout
 	ids    []chunk.ID
+	// node, in a delta-primary store, says how the base stores each chunk and how
+	// deep its chain is; nil when that is unknown (every chunk then counts as too
+	// deep to build on).
+	node *chainNode
 }
 
 // loadBase waits for a base published earlier in this run and reads its manifest.
@@ -224,6 +236,13 @@ func (p *Publisher) loadBase(ctx context.Context, j *job) (*deltaBase, error) {
 		return nil, nil
 	}
 	b := &deltaBase{nar: ref.nar, m: m, ids: make([]chunk.ID, len(m.Entries))}
+	if p.chains != nil {
+		if ref.from != nil {
+			b.node = ref.from.chain
+		} else {
+			b.node = p.chains.load(ctx, ref.nar.NarHash, j.ni.NarHash, m)
+		}
+	}
 	b.layout = delta.Layout{NarSize: m.NarSize, Offsets: m.Offsets(), Sizes: make([]uint32, len(m.Entries))}
 	for i, e := range m.Entries {
 		b.layout.Sizes[i] = e.Size
@@ -264,6 +283,54 @@ func newBaseCache(st *chunkstore.Store, codec *chunk.Codec, limit int) *baseCach
 // get returns the raw bytes of base chunk id (size bytes). The slice is shared:
 // callers must not modify it.
 func (c *baseCache) get(ctx context.Context, id chunk.ID, size uint32) ([]byte, error) {
+	return c.getWith(ctx, id, func(ctx context.Context) ([]byte, error) {
+		obj, err := c.fetch(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		return c.codec.Open(nil, id, obj, int(size))
+	})
+}
+
+// peek returns a chunk the cache holds, without waiting for one being loaded: a
+// chunk rebuilt through a chain loads others from within a load, and waiting there
+// could wait on itself.
+func (c *baseCache) peek(id chunk.ID) ([]byte, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e, ok := c.entries[id]
+	if !ok || e.elem == nil {
+		return nil, false
+	}
+	c.lru.MoveToFront(e.elem)
+	return e.raw, true
+}
+
+// put adds a chunk loaded without get.
+func (c *baseCache) put(id chunk.ID, raw []byte) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, ok := c.entries[id]; ok {
+		return
+	}
+	e := &baseEntry{id: id, ready: make(chan struct{}), raw: raw}
+	close(e.ready)
+	c.entries[id] = e
+	c.insertLocked(e)
+}
+
+func (c *baseCache) insertLocked(e *baseEntry) {
+	e.elem = c.lru.PushFront(e)
+	c.size += len(e.raw)
+	for c.size > c.limit && c.lru.Len() > 1 {
+		old := c.lru.Remove(c.lru.Back()).(*baseEntry)
+		delete(c.entries, old.id)
+		c.size -= len(old.raw)
+	}
+}
+
+// getWith is get with the chunk's bytes from load.
+func (c *baseCache) getWith(ctx context.Context, id chunk.ID, load func(context.Context) ([]byte, error)) ([]byte, error) {
 	c.mu.Lock()
 	if e, ok := c.entries[id]; ok {
 		if e.elem != nil {
@@ -281,22 +348,13 @@ func (c *baseCache) get(ctx context.Context, id chunk.ID, size uint32) ([]byte, 
 	c.entries[id] = e
 	c.mu.Unlock()
 
-	obj, err := c.fetch(ctx, id)
-	if err == nil {
-		e.raw, err = c.codec.Open(nil, id, obj, int(size))
-	}
-	e.err = err
+	raw, err := load(ctx)
+	e.raw, e.err = raw, err
 	c.mu.Lock()
 	if err != nil {
 		delete(c.entries, id) // the next ask tries again
 	} else {
-		e.elem = c.lru.PushFront(e)
-		c.size += len(e.raw)
-		for c.size > c.limit && c.lru.Len() > 1 {
-			old := c.lru.Remove(c.lru.Back()).(*baseEntry)
-			delete(c.entries, old.id)
-			c.size -= len(old.raw)
-		}
+		c.insertLocked(e)
 	}
 	c.mu.Unlock()
 	close(e.ready)

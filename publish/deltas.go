@@ -46,13 +46,14 @@ func newDeltaSet(base *deltaBase, narSize uint64, n int) *deltaSet {
 // when the base has it (a client holding the base has it too), when this NAR had it
 // before, or when it is too large for a delta. Chunks the store already had from other
 // NARs do get one: a client upgrading from the base does not have those either.
-func (d *deltaSet) next(id chunk.ID, off uint64, raw []byte) []int {
-	bases, inBase := d.align.Next(id, off, uint32(len(raw)), d.n)
+// inBase says the base has the chunk.
+func (d *deltaSet) next(id chunk.ID, off uint64, raw []byte) (bases []int, inBase bool) {
+	bases, inBase = d.align.Next(id, off, uint32(len(raw)), d.n)
 	if inBase || d.seen[id] || len(raw) > chunk.MaxDeltaChunk {
-		return nil
+		return nil, inBase
 	}
 	d.seen[id] = true
-	return bases
+	return bases, false
 }
 
 // makeDelta makes (or finds, after an interrupted run) the delta of entry idx against
@@ -84,7 +85,12 @@ func (p *Publisher) makeDelta(ctx context.Context, d *deltaSet, idx int, idxs []
 	var dict []byte
 	for _, bi := range idxs {
 		e := d.base.m.Entries[bi]
-		b, err := p.bases.get(ctx, e.ID, e.Size)
+		var b []byte
+		if p.chains != nil && d.base.node != nil {
+			b, err = p.chains.raw(ctx, d.base.node, e.ID, e.Size)
+		} else {
+			b, err = p.bases.get(ctx, e.ID, e.Size)
+		}
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()

@@ -63,14 +63,64 @@ func (p *Publisher) publishPacked(ctx context.Context, j *job, base *deltaBase, 
 		}
 		run.idxs, run.objs, run.bytes = run.idxs[:0], nil, 0
 	}
+	// In a delta-primary store a new chunk's fate waits for its delta: objects go to the
+	// packer in NAR order from the front of a queue, once decided (see primary).
+	var dp *primary
+	if p.chains != nil {
+		dp = newPrimary(p, base, deltas)
+	}
+	claimFull := func(id chunk.ID, obj []byte) *objRef {
+		ref, claimed := p.packer.claim(chunkstore.KindChunk, id, obj)
+		if claimed {
+			pending = append(pending, ref)
+			size += len(obj)
+			r.newChunks++
+			r.newBytes += int64(len(obj))
+			if dp != nil {
+				r.keyframes++
+				r.keyframeBytes += int64(len(obj))
+			}
+		}
+		return ref
+	}
+	// drain hands the decided front of the queue to the packer; with wait, it waits
+	// for the front until the queue holds less than a pack.
+	drain := func(ctx context.Context, all bool) error {
+		for {
+			d, idx, ok := dp.front()
+			if !ok {
+				return nil
+			}
+			if !d.isReady() {
+				if !all && dp.bytes < p.packer.target {
+					return nil
+				}
+				if err := d.wait(ctx); err != nil {
+					return err
+				}
+				continue // front resolves it now
+			}
+			if d.ref == nil && d.form == manifest.Full {
+				d.ref = claimFull(d.id, dp.keyframe(d))
+			}
+			refs[idx] = d.ref
+			dp.pop()
+		}
+	}
 	var off uint64
 	m, err := manifest.Build(ctx, nar, p.opts.Params, func(id chunk.ID, raw []byte) (int, error) {
 		idx, at := len(refs), off
 		off += uint64(len(raw))
 		ref, ok := p.packer.lookup(chunkstore.KindChunk, id)
+		var bases []int
+		var inBase bool
+		if deltas != nil {
+			bases, inBase = deltas.next(id, at, raw)
+		}
 		var obj []byte
 		full := 0
-		if ok {
+		switch {
+		case ok:
 			full = int(ref.length)
 			if seq, o, placed := p.packer.position(ref); placed && p.opts.MinReuseRun > 0 {
 				if len(run.idxs) == 0 || seq != run.seq || o != run.end {
@@ -81,32 +131,37 @@ func (p *Publisher) publishPacked(ctx context.Context, j *job, base *deltaBase, 
 				run.idxs = append(run.idxs, idx)
 				run.bytes += int(ref.length)
 				if run.bytes < p.opts.MinReuseRun {
-					run.objs = append(run.objs, p.codec.Encode(nil, raw))
+					run.objs = append(run.objs, p.fullCodec().Encode(nil, raw))
 				} else {
 					run.objs = nil // long enough: kept where it is
 				}
 			} else {
 				closeRun()
 			}
-		} else {
+		case dp != nil:
+			// A chunk without a full object of its own does not break a run of reused
+			// ones: a reader fetches it from elsewhere either way.
+			d := dp.decide(mctx, makers, idx, id, raw, bases, inBase)
+			refs = append(refs, nil)
+			if err := drain(ctx, false); err != nil {
+				return 0, err
+			}
+			if size >= p.packer.target {
+				p.packer.add(pending)
+				pending, size = nil, 0
+			}
+			return d.storedSize(), nil
+		default:
 			closeRun()
 			obj = p.codec.Encode(nil, raw)
 			full = len(obj)
 		}
-		if deltas != nil {
-			if bases := deltas.next(id, at, raw); len(bases) > 0 {
-				raw := bytes.Clone(raw)
-				makers.Go(func() error { return p.makeDelta(mctx, deltas, idx, bases, id, raw, full) })
-			}
+		if len(bases) > 0 {
+			raw := bytes.Clone(raw)
+			makers.Go(func() error { return p.makeDelta(mctx, deltas, idx, bases, id, raw, full) })
 		}
 		if !ok {
-			var claimed bool
-			if ref, claimed = p.packer.claim(chunkstore.KindChunk, id, obj); claimed {
-				pending = append(pending, ref)
-				size += len(obj)
-				r.newChunks++
-				r.newBytes += int64(len(obj))
-			}
+			ref = claimFull(id, obj)
 		}
 		refs = append(refs, ref)
 		if size >= p.packer.target {
@@ -115,6 +170,9 @@ func (p *Publisher) publishPacked(ctx context.Context, j *job, base *deltaBase, 
 		}
 		return int(ref.length), nil
 	})
+	if err == nil && dp != nil {
+		err = drain(ctx, true)
+	}
 	if err == nil {
 		closeRun()
 	}
@@ -129,9 +187,23 @@ func (p *Publisher) publishPacked(ctx context.Context, j *job, base *deltaBase, 
 		return r, fmt.Errorf("%w: got %d bytes hashing sha256:%s, narinfo says %d bytes, %s",
 			nixcache.ErrNarMismatch, m.NarSize, manifest.Key(m.NarHash), ni.NarSize, ni.NarHashString())
 	}
+	if dp != nil && len(m.Entries) > 0 && !dp.located(refs) {
+		// Every entry is in the base: the manifest needs one location to be packed.
+		d := dp.anchorFull()
+		d.ref = claimFull(d.id, p.keyframes.Encode(nil, d.raw))
+		for i, e := range m.Entries {
+			if e.ID == d.id {
+				refs[i] = d.ref
+			}
+		}
+	}
 	attrs := []any{"path", ni.StorePath, "nar_bytes", ni.NarSize, "chunks", r.chunks, "new_chunks", r.newChunks, "new_bytes", r.newBytes}
 	deltaRefs := map[int]*objRef{}
 	if deltas != nil {
+		if dp != nil {
+			// Every entry of a delta-only chunk carries its delta.
+			dp.shareDeltas(m, refs)
+		}
 		deltas.attach(m)
 		r.base = base.nar.StorePath
 		r.deltas, r.deltaBytes, r.deltaSaved = deltas.count, deltas.bytes, deltas.saved
@@ -153,6 +225,17 @@ func (p *Publisher) publishPacked(ctx context.Context, j *job, base *deltaBase, 
 	} else if j.base == nil && p.opts.Deltas {
 		attrs = append(attrs, "base", "none")
 	}
+	if dp != nil {
+		n := dp.node(m, refs)
+		r.deltaOnly, r.inBase, r.chainCapped = dp.deltaOnly, dp.inBase, dp.capped
+		attrs = append(attrs, "delta_only", r.deltaOnly, "in_base", r.inBase, "keyframes", r.keyframes, "chain_capped", r.chainCapped)
+		if base != nil && r.deltaOnly+r.inBase > 0 {
+			m.BaseNarHash = base.nar.NarHash
+		}
+		n.chained, n.from = r.deltaOnly+r.inBase > 0, j
+		j.chain = n
+		p.chains.add(n)
+	}
 	p.packer.add(pending)
 	pending = nil
 	// A NAR based on this one reads the entries while commit fills in locations.
@@ -162,12 +245,17 @@ func (p *Publisher) publishPacked(ctx context.Context, j *job, base *deltaBase, 
 		if err := locate(ctx, m, refs, deltaRefs); err != nil {
 			return fmt.Errorf("waiting for the NAR's objects to be stored: %w", err)
 		}
-		all := slices.Clone(refs)
+		all := slices.DeleteFunc(slices.Clone(refs), func(r *objRef) bool { return r == nil })
 		for _, r := range deltaRefs {
 			all = append(all, r)
 		}
 		if err := p.packer.refresh(ctx, all); err != nil {
 			return fmt.Errorf("refreshing the packs the NAR reuses: %w", err)
+		}
+		if m.Chained() {
+			if err := p.chains.hold(ctx, j); err != nil {
+				return err
+			}
 		}
 		if err := p.dst.PutManifest(ctx, m); err != nil {
 			return err
@@ -211,12 +299,16 @@ func locate(ctx context.Context, m *manifest.Manifest, refs []*objRef, deltaRefs
 	}
 	m.Locs = make([]manifest.Loc, len(refs))
 	for i, r := range refs {
-		l, err := loc(r)
-		if err != nil {
-			return err
+		m.Entries[i].StoredSize = 0
+		if r != nil {
+			// nil: a delta-primary entry without a chunk object of its own.
+			l, err := loc(r)
+			if err != nil {
+				return err
+			}
+			m.Locs[i] = l
+			m.Entries[i].StoredSize = r.length
 		}
-		m.Locs[i] = l
-		m.Entries[i].StoredSize = r.length
 		if r, ok := deltaRefs[i]; ok {
 			l, err := loc(r)
 			if err != nil {

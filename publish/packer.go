@@ -157,8 +157,8 @@ func (p *packer) learn(m *manifest.Manifest) {
 	defer p.mu.Unlock()
 	for i, e := range m.Entries {
 		k := objKey{chunkstore.KindChunk, e.ID}
-		if _, ok := p.index[k]; ok {
-			continue
+		if _, ok := p.index[k]; ok || e.StoredSize == 0 {
+			continue // known, or stored as a delta or in its own base (version 4)
 		}
 		l := m.Locs[i]
 		pack := m.Packs[l.Pack]

@@ -76,6 +76,21 @@ type Options struct {
 	// reuses every run.
 	MinReuseRun int
 
+	// DeltaPrimary makes the store delta-primary (packed stores only; an existing
+	// packed store becomes one from now on, a delta-primary store stays one whatever
+	// this says): a new chunk of a NAR with a base that has a delta against the base's
+	// chunks is stored as that delta only, and a chunk the base stores that way is
+	// referred to the base, as long as no entry is deeper than MaxChain manifests
+	// (docs/format.md, version 4). The rest are full objects, the keyframes.
+	DeltaPrimary bool
+	// MaxChain is the depth bound of a new delta-primary store; 0 means the store's
+	// own, or chunkstore.DefaultMaxChain for a new one. A deeper bound makes a smaller
+	// store and more reads for a client that lacks the previous releases.
+	MaxChain int
+	// KeyframeLevel is the zstd level of the full chunk objects of a delta-primary
+	// store; 0 means zstd.SpeedDefault.
+	KeyframeLevel zstd.EncoderLevel
+
 	// Shard, when set, makes this run one worker of several publishing into one store
 	// at once: it takes only the store paths Shard.Has, and learns what the store
 	// holds without reading an index of the whole store (docs/scale.md): delta bases
@@ -105,7 +120,12 @@ type Summary struct {
 	// Rewritten counts chunks the store held that were written again because they lay
 	// in runs shorter than MinReuseRun; RewrittenBytes is their stored size.
 	Rewritten, RewrittenBytes int64
-	Elapsed                   time.Duration
+	// In a delta-primary store: chunks stored as their delta only (their delta objects
+	// are counted in Deltas), entries referred to the base NAR, and full objects
+	// written (keyframes, in NewChunks too), of which ChainCapped because a delta would
+	// have made a chain deeper than MaxChain.
+	DeltaOnly, InBase, Keyframes, KeyframeBytes, ChainCapped int64
+	Elapsed                                                  time.Duration
 }
 
 // Publisher copies NARs from a binary cache into a store.
@@ -121,8 +141,13 @@ type Publisher struct {
 	cpu  chan struct{}
 	opts Options
 	log  *slog.Logger
-	// packer is set for the length of a run on a packed store.
+	// keyframes encodes the full objects of a delta-primary store: codec itself at
+	// the default level.
+	keyframes *chunk.Codec
+	// packer is set for the length of a run on a packed store, and chains for one on
+	// a delta-primary store.
 	packer *packer
+	chains *chains
 }
 
 // New returns a publisher; the caller closes it to release the codec's buffers.
@@ -155,12 +180,22 @@ func New(src *nixcache.BinaryCache, dst *chunkstore.Store, keys *nixcache.Keyrin
 	if opts.PackSize > manifest.MaxPackSize/2 {
 		return nil, fmt.Errorf("pack size %d: at most %d", opts.PackSize, manifest.MaxPackSize/2)
 	}
+	if opts.MaxChain < 0 || opts.MaxChain > chunkstore.MaxChainLimit {
+		return nil, fmt.Errorf("chain bound %d: want 1 to %d", opts.MaxChain, chunkstore.MaxChainLimit)
+	}
 	codec, err := chunk.NewCodec()
 	if err != nil {
 		return nil, err
 	}
+	keyframes := codec
+	if opts.KeyframeLevel != 0 && opts.KeyframeLevel != zstd.SpeedDefault {
+		if keyframes, err = chunk.NewCodecLevel(opts.KeyframeLevel); err != nil {
+			codec.Close()
+			return nil, err
+		}
+	}
 	return &Publisher{
-		src: src, dst: dst, keys: keys, codec: codec,
+		src: src, dst: dst, keys: keys, codec: codec, keyframes: keyframes,
 		deltas: chunk.NewDeltaCodec(opts.DeltaLevel, opts.Jobs),
 		bases:  newBaseCache(dst, codec, opts.BaseCacheBytes),
 		cpu:    make(chan struct{}, opts.Jobs),
@@ -170,6 +205,9 @@ func New(src *nixcache.BinaryCache, dst *chunkstore.Store, keys *nixcache.Keyrin
 
 // Close releases resources.
 func (p *Publisher) Close() {
+	if p.keyframes != p.codec {
+		p.keyframes.Close()
+	}
 	p.codec.Close()
 	p.deltas.Close()
 }
@@ -187,9 +225,15 @@ func (p *Publisher) Run(ctx context.Context, hashParts []string) (Summary, error
 	if err := p.checkDestination(ctx); err != nil {
 		return sum, err
 	}
-	meta, err := p.dst.Init(ctx, p.src.String(), p.opts.Params, p.opts.Layout, start)
+	meta, err := p.dst.Init(ctx, p.src.String(), p.opts.Params, chunkstore.Mode{Layout: p.opts.Layout, DeltaPrimary: p.opts.DeltaPrimary, MaxChain: p.opts.MaxChain}, start)
 	if err != nil {
 		return sum, err
+	}
+	switch {
+	case meta.DeltaPrimary && !p.opts.Deltas:
+		return sum, fmt.Errorf("store %s is delta-primary: its NARs are stored as deltas, which this publish was told not to make", p.dst)
+	case !meta.DeltaPrimary && p.opts.KeyframeLevel != 0:
+		return sum, fmt.Errorf("store %s is not delta-primary: a keyframe level applies to a delta-primary store only", p.dst)
 	}
 	if meta.Packed() {
 		if p.packer, err = newPacker(ctx, p.dst, p.opts.PackSize, !p.opts.Shard.Sharded(), p.log); err != nil {
@@ -201,6 +245,11 @@ func (p *Publisher) Run(ctx context.Context, hashParts []string) (Summary, error
 		pk := p.packer
 		p.bases.fetch = func(ctx context.Context, id chunk.ID) ([]byte, error) {
 			return pk.object(ctx, chunkstore.KindChunk, id)
+		}
+		if meta.DeltaPrimary {
+			p.chains = newChains(p, meta.MaxChain)
+			defer func() { p.chains = nil }()
+			p.log.Debug("delta-primary store", "max_chain", meta.MaxChain)
 		}
 	}
 
@@ -300,6 +349,11 @@ func (p *Publisher) Run(ctx context.Context, hashParts []string) (Summary, error
 		sum.DeltaSaved += r.deltaSaved
 		sum.Rewritten += r.rewritten
 		sum.RewrittenBytes += r.rewrittenBytes
+		sum.DeltaOnly += r.deltaOnly
+		sum.InBase += r.inBase
+		sum.Keyframes += r.keyframes
+		sum.KeyframeBytes += r.keyframeBytes
+		sum.ChainCapped += r.chainCapped
 		return nil
 	}
 	// Jobs start in plan order, so a job waiting for its base holds a slot only while
@@ -314,9 +368,16 @@ func (p *Publisher) Run(ctx context.Context, hashParts []string) (Summary, error
 			j.ok = err == nil
 			close(j.done)
 			if err == nil && r.commit != nil {
-				commits.Go(func() error { return account(cctx, ni, r, r.commit(cctx)) })
+				commits.Go(func() error {
+					err := r.commit(cctx)
+					j.committedOK = err == nil
+					close(j.committed)
+					return account(cctx, ni, r, err)
+				})
 				return nil
 			}
+			j.committedOK = err == nil
+			close(j.committed)
 			return account(gctx, ni, r, err)
 		})
 	}
@@ -347,6 +408,9 @@ type result struct {
 	base                           string // store path of the base, when deltas were made
 	deltas, deltaBytes, deltaSaved int64
 	rewritten, rewrittenBytes      int64
+	deltaOnly, inBase              int64
+	keyframes, keyframeBytes       int64
+	chainCapped                    int64
 	// commit, when set, finishes publishing the NAR (packed stores: see publishPacked).
 	commit func(context.Context) error
 }
@@ -413,7 +477,7 @@ func (p *Publisher) publishOne(ctx context.Context, j *job, claimed *sync.Map, p
 		off += uint64(len(raw))
 		obj := p.codec.Encode(nil, raw)
 		if deltas != nil {
-			if bases := deltas.next(id, at, raw); len(bases) > 0 {
+			if bases, _ := deltas.next(id, at, raw); len(bases) > 0 {
 				raw, full := bytes.Clone(raw), len(obj)
 				writes.Go(func() error { return p.makeDelta(wctx, deltas, idx, bases, id, raw, full) })
 			}

@@ -171,7 +171,7 @@ func TestStoreRefusesOtherChunker(t *testing.T) {
 		t.Fatal(err)
 	}
 	s, _ := chunkstore.Open(storeDir, nil)
-	if _, err := s.Init(context.Background(), "file://"+cache.Dir, chunk.DefaultParams(), 0, time.Now()); err == nil {
+	if _, err := s.Init(context.Background(), "file://"+cache.Dir, chunk.DefaultParams(), chunkstore.Mode{}, time.Now()); err == nil {
 		t.Fatal("store accepted a second chunker")
 	}
 }

@@ -251,7 +251,7 @@ func TestShardsStartOnAnEmptyStore(t *testing.T) {
 		t.Fatal(err)
 	}
 	b := &lateMeta{Backend: fb, other: func() {
-		if _, err := chunkstore.New(fb).Init(context.Background(), "file://"+cache.Dir, smallParams, chunkstore.FormatPacked, time.Now()); err != nil {
+		if _, err := chunkstore.New(fb).Init(context.Background(), "file://"+cache.Dir, smallParams, chunkstore.Mode{Layout: chunkstore.FormatPacked}, time.Now()); err != nil {
 			t.Error(err)
 		}
 	}}

@@ -75,6 +75,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -356,7 +357,23 @@ func (c *collector) markManifests(ctx context.Context, manifests [][32]byte, kep
 // grace period (a publish in flight), counts it as kept and calls mark with c.mu held;
 // the others are listed in d as dead. Both layouts mark this way; they differ only in
 // what a manifest keeps alive.
+//
+// A kept manifest with entries stored only in its base NAR's chain (version 4, a
+// delta-primary store) keeps the base NAR's manifest too, and so on down the chain,
+// with everything they locate: a reader rebuilds those entries from there. The base's
+// narinfo may go; its manifest stays as long as a kept NAR builds on it.
 func (c *collector) keptManifests(ctx context.Context, manifests [][32]byte, keptNars map[[32]byte]bool, d *dead, mark func(h [32]byte, m *manifest.Manifest)) error {
+	kept := map[[32]byte]bool{}
+	var bases [][32]byte // of kept chained manifests, guarded by c.mu
+	keep := func(h [32]byte, m *manifest.Manifest, size int64) {
+		mark(h, m)
+		kept[h] = true
+		c.rep.Manifests.Kept++
+		c.rep.Manifests.KeptBytes += size
+		if m.Chained() {
+			bases = append(bases, m.BaseNarHash)
+		}
+	}
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(c.jobs)
 	for _, h := range manifests {
@@ -369,9 +386,9 @@ func (c *collector) keptManifests(ctx context.Context, manifests [][32]byte, kep
 			if err != nil {
 				return err
 			}
-			keep := keptNars[h] // written before this phase, read-only now
+			keepIt := keptNars[h] // written before this phase, read-only now
 			young := info.ModTime.After(c.graceCutoff)
-			if !keep && !young {
+			if !keepIt && !young {
 				c.mu.Lock()
 				d.manifests = append(d.manifests, h)
 				c.mu.Unlock()
@@ -383,10 +400,8 @@ func (c *collector) keptManifests(ctx context.Context, manifests [][32]byte, kep
 			}
 			c.mu.Lock()
 			defer c.mu.Unlock()
-			mark(h, m)
-			c.rep.Manifests.Kept++
-			c.rep.Manifests.KeptBytes += info.Size
-			if !keep {
+			keep(h, m, info.Size)
+			if !keepIt {
 				c.rep.Young++
 			}
 			return nil
@@ -394,6 +409,35 @@ func (c *collector) keptManifests(ctx context.Context, manifests [][32]byte, kep
 	}
 	if err := g.Wait(); err != nil {
 		return fmt.Errorf("gc: marking manifests: %w", err)
+	}
+	// Down the chains: each base manifest is read once, whatever number of NARs
+	// build on it; a chain is a few manifests long.
+	rescued := map[[32]byte]bool{}
+	for len(bases) > 0 {
+		h := bases[len(bases)-1]
+		bases = bases[:len(bases)-1]
+		if kept[h] {
+			continue
+		}
+		key := chunkstore.ManifestKey(manifest.Key(h))
+		info, err := c.b.Stat(ctx, key)
+		if err == nil {
+			var m *manifest.Manifest
+			if m, _, err = c.s.Manifest(ctx, h); err == nil {
+				keep(h, m, info.Size)
+				rescued[h] = true
+				continue
+			}
+		}
+		if !errors.Is(err, shoal.ErrNotFound) {
+			return fmt.Errorf("gc: reading the base manifest %s of a kept manifest's chain: %w", manifest.Key(h), err)
+		}
+		kept[h] = true // looked at
+		c.log.Warn("gc: a kept manifest's chain names a base manifest the store lacks; its entries stored there cannot be read (run shoal store verify)", "manifest", manifest.Key(h))
+	}
+	if len(rescued) > 0 {
+		d.manifests = slices.DeleteFunc(d.manifests, func(h [32]byte) bool { return rescued[h] })
+		c.log.Info("gc: kept the manifests of dropped NARs that kept ones build on", "manifests", len(rescued))
 	}
 	return nil
 }

@@ -251,15 +251,10 @@ func (p *packed) markLive(h [32]byte, m *manifest.Manifest) {
 			st.users = append(st.users, h)
 		}
 	}
-	for i, e := range m.Entries {
-		if i >= len(m.Locs) {
-			break // not packed: an empty NAR's manifest
-		}
-		mark(m.Locs[i], objKey{chunkstore.KindChunk, e.ID}, e.StoredSize)
-		if _, did, size, ok := m.DeltaOf(i); ok {
-			mark(m.Deltas[i].Loc, objKey{chunkstore.KindDelta, did}, size)
-		}
+	if !m.Packed() {
+		return // an empty NAR's manifest
 	}
+	p.walkLocs(m, mark)
 }
 
 // old reports whether an object's time is past the grace period.
@@ -485,7 +480,9 @@ func (p *packed) repackAll(ctx context.Context) error {
 			t   int // index into rw.targets
 		}
 		var toCopy []pending
+		var keys []objKey // of each location, in walkLocs order
 		p.walkLocs(m, func(l manifest.Loc, k objKey, length uint32) {
+			keys = append(keys, k)
 			at := objAt{m.Packs[l.Pack], l.Offset}
 			t := target{at: at, newSeq: -1, length: length}
 			if c, ok := p.canon[k]; ok {
@@ -556,7 +553,7 @@ func (p *packed) repackAll(ctx context.Context) error {
 		for i, t := range rw.targets {
 			if t.newSeq == -2 {
 				// Copied earlier in this manifest: now placed.
-				rw.targets[i] = copied[p.keyAt(m, i)]
+				rw.targets[i] = copied[keys[i]]
 			}
 			rw.maxSeq = max(rw.maxSeq, rw.targets[i].newSeq)
 		}
@@ -621,33 +618,19 @@ func (p *packed) readSpan(ctx context.Context, pack chunk.ID, off, n uint64) ([]
 }
 
 // walkLocs calls fn for each location of m: the chunk objects in NAR order, then the
-// delta objects in NAR order, the order publish writes them in.
+// delta objects in NAR order, the order publish writes them in. Entries without a
+// chunk object of their own (version 4) have no chunk location.
 func (p *packed) walkLocs(m *manifest.Manifest, fn func(l manifest.Loc, k objKey, length uint32)) {
 	for i, e := range m.Entries {
-		fn(m.Locs[i], objKey{chunkstore.KindChunk, e.ID}, e.StoredSize)
+		if e.StoredSize > 0 {
+			fn(m.Locs[i], objKey{chunkstore.KindChunk, e.ID}, e.StoredSize)
+		}
 	}
 	for i := range m.Entries {
 		if _, did, size, ok := m.DeltaOf(i); ok {
 			fn(m.Deltas[i].Loc, objKey{chunkstore.KindDelta, did}, size)
 		}
 	}
-}
-
-// keyAt is the object of the i-th location walkLocs visits.
-func (p *packed) keyAt(m *manifest.Manifest, i int) objKey {
-	if i < len(m.Entries) {
-		return objKey{chunkstore.KindChunk, m.Entries[i].ID}
-	}
-	i -= len(m.Entries)
-	for j := range m.Entries {
-		if _, did, _, ok := m.DeltaOf(j); ok {
-			if i == 0 {
-				return objKey{chunkstore.KindDelta, did}
-			}
-			i--
-		}
-	}
-	panic("keyAt: location out of range")
 }
 
 // writeManifest writes rw's manifest pointing at its targets.
@@ -672,7 +655,10 @@ func (p *packed) writeManifest(ctx context.Context, rw *rewrite, written []chunk
 		return manifest.Loc{Pack: i, Offset: at.off}
 	}
 	n := 0
-	for i := range m.Entries {
+	for i, e := range m.Entries {
+		if e.StoredSize == 0 {
+			continue // no chunk object of its own: no location (version 4)
+		}
 		t := rw.targets[n]
 		n++
 		nm.Locs[i] = loc(t)

@@ -230,3 +230,49 @@ func TestPublishProgressOffATerminal(t *testing.T) {
 		t.Errorf("exit %d, stderr:\n%s", code, errOut)
 	}
 }
+
+// --delta-primary makes a packed store delta-primary, which it stays; the flags that
+// contradict the store, or come without a packed store, are refused with the reason.
+func TestPublishDeltaPrimaryFlags(t *testing.T) {
+	cache := cachetest.New(t, "dp-1")
+	cache.Add(t, cachetest.HashPart("dp-a"), "dp-1.0", []byte(strings.Repeat("delta primary ", 20000)), "zstd")
+	t.Setenv("SHOAL_TRUSTED_PUBLIC_KEY", cache.PublicKey)
+	publish := func(to string, flags ...string) (int, string) {
+		code, _, errOut := runCLI(t, append([]string{"--log-level", "error", "publish", "--from", "file://" + cache.Dir, "--to", to, "--all"}, flags...)...)
+		return code, errOut
+	}
+	dp := t.TempDir()
+	if code, errOut := publish(dp, "--layout", "v3", "--delta-primary", "--max-chain", "3", "--keyframe-level", "better"); code != 0 || !strings.Contains(errOut, "delta-primary:") {
+		t.Fatalf("publish to a new delta-primary store: exit %d, %s", code, errOut)
+	}
+	raw, err := os.ReadFile(filepath.Join(dp, "shoal-store.json"))
+	if err != nil || !strings.Contains(string(raw), `"deltaPrimary": true`) || !strings.Contains(string(raw), `"maxChain": 3`) {
+		t.Fatalf("shoal-store.json: %s, %v", raw, err)
+	}
+	plain := t.TempDir()
+	if code, errOut := publish(plain, "--layout", "v3"); code != 0 {
+		t.Fatalf("publish to a packed store: exit %d, %s", code, errOut)
+	}
+	for _, tc := range []struct {
+		name  string
+		to    string
+		flags []string
+		want  string
+	}{
+		{"a new store without v3", t.TempDir(), []string{"--delta-primary"}, "a delta-primary store is a packed one"},
+		{"another bound", dp, []string{"--max-chain", "4"}, "chains of at most 3, not 4"},
+		{"turned off", dp, []string{"--delta-primary=false"}, "is delta-primary, and stays so"},
+		{"a bound for a plain store", plain, []string{"--max-chain", "2"}, "not delta-primary"},
+		{"a keyframe level for a plain store", plain, []string{"--keyframe-level", "best"}, "not delta-primary"},
+		{"an unknown level", dp, []string{"--keyframe-level", "max"}, "--keyframe-level"},
+		{"a bound out of range", dp, []string{"--max-chain", "0"}, "--max-chain 0"},
+	} {
+		if code, errOut := publish(tc.to, tc.flags...); code == 0 || !strings.Contains(errOut, tc.want) {
+			t.Errorf("%s: exit %d, %s; want an error containing %q", tc.name, code, errOut, tc.want)
+		}
+	}
+	// Without the flags, the store keeps its mode.
+	if code, errOut := publish(dp); code != 0 {
+		t.Fatalf("publish to a delta-primary store without the flag: exit %d, %s", code, errOut)
+	}
+}

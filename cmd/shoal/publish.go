@@ -61,6 +61,18 @@ publish asking for the other layout is refused. shoal daemon, shoal serve and sh
 store verify read packed stores; gc of a packed store needs repacking, not available
 yet.
 
+Delta-primary (--delta-primary, v3 stores): a new chunk that has a delta against the
+base's chunks is stored as that delta only, and a chunk the base stores without a full
+object is referred to the base; the other chunks get full objects, the keyframes. The
+store is then much smaller, and a client rebuilds a chunk through the chain of base
+manifests: one more manifest and delta per step, at most --max-chain steps. Deeper
+chains make a smaller store (fewer keyframes) and more reads for a client that holds
+no earlier release, which walks the chain from its last keyframe; a client that holds
+the previous release reads only the deltas either way. The mode and the bound are
+recorded in the store (shoal-store.json): later publishes keep them without the flags,
+and one asking for another bound is refused. An existing v3 store becomes
+delta-primary from its next publish with --delta-primary; its older NARs are keyframes.
+
 Many machines (--shard I/N): N workers publish one cache into one store at once,
 each started with the same store paths (or --all) and its own I, counted from 0, so
 0 <= I < N. A worker takes the paths whose package name (as Nix splits it) hashes to
@@ -95,6 +107,9 @@ the built-in decoder).`,
 			&cli.StringFlag{Name: "pack-size", Value: "32MiB", Usage: "close a pack at this size (v3 stores; 16MiB..64MiB advised)", EnvVars: env("pack-size")},
 			&cli.StringFlag{Name: "min-reuse-run", Value: "64KiB", Usage: "v3 stores: chunks the store holds in runs shorter than this are written again beside the NAR's new chunks (fewer requests per NAR, a larger store; 0 reuses every run)", EnvVars: env("min-reuse-run")},
 			&cli.StringFlag{Name: "shard", Usage: "worker `I/N`: the I-th (counted from 0) of N publishing into one store at once; takes the paths whose package name hashes to I (see below)", EnvVars: env("shard")},
+			&cli.BoolFlag{Name: "delta-primary", Usage: "v3 stores: store each new chunk that has a delta as that delta only, keeping full objects (keyframes) only where chains would get deeper than --max-chain (see below); the store remembers it", EnvVars: env("delta-primary")},
+			&cli.IntFlag{Name: "max-chain", Usage: fmt.Sprintf("delta-primary stores: most manifests a client walks to rebuild a chunk, 1..%d (default %d for a new store; an existing store keeps its own): deeper chains make a smaller store and more reads for a client without the previous release", chunkstore.MaxChainLimit, chunkstore.DefaultMaxChain), EnvVars: env("max-chain")},
+			&cli.StringFlag{Name: "keyframe-level", Value: "default", Usage: "delta-primary stores: zstd level of the full chunk objects (keyframes): fastest, default, better or best", EnvVars: env("keyframe-level")},
 			&cli.StringFlag{Name: "delta-level", Value: "default", Usage: "zstd level of delta objects: fastest, default, better or best (better: 3% smaller on binaries, 13% on text, publish up to 20% slower)", EnvVars: env("delta-level")},
 		},
 		Action: runPublish,
@@ -162,6 +177,22 @@ func runPublish(c *cli.Context) error {
 	if err != nil {
 		return usageError("--delta-level: %v", err)
 	}
+	keyLevel, err := dedup.ParseLevel(c.String("keyframe-level"))
+	if err != nil {
+		return usageError("--keyframe-level: %v", err)
+	}
+	if !c.IsSet("keyframe-level") {
+		keyLevel = 0 // the default, and no claim that the store is delta-primary
+	}
+	if n := c.Int("max-chain"); c.IsSet("max-chain") && (n < 1 || n > chunkstore.MaxChainLimit) {
+		return usageError("--max-chain %d: want 1 to %d", n, chunkstore.MaxChainLimit)
+	}
+	if c.IsSet("delta-primary") && !c.Bool("delta-primary") {
+		// A delta-primary store stays one: its chains need every later NAR to keep them.
+		if meta, err := dst.Meta(ctx); err == nil && meta.DeltaPrimary {
+			return usageError("--delta-primary=false: store %s is delta-primary, and stays so", dst)
+		}
+	}
 	layout := 0
 	switch c.String("layout") {
 	case "":
@@ -187,6 +218,10 @@ func runPublish(c *cli.Context) error {
 		Deltas:      c.Bool("deltas"),
 		DeltaBases:  c.Int("delta-bases"),
 		DeltaLevel:  level,
+
+		DeltaPrimary:  c.Bool("delta-primary"),
+		MaxChain:      c.Int("max-chain"),
+		KeyframeLevel: keyLevel,
 	}
 	errOut := c.App.ErrWriter
 	var bar *progressbar.ProgressBar
@@ -278,6 +313,10 @@ func printSummary(w io.Writer, s publish.Summary) {
   deltas:               %d in %d NARs with a base, %d bytes, saving %d bytes over their chunks
 `, s.NARs, s.Skipped, s.Refused, s.Elapsed.Round(1e7), s.NarBytes, mbps, s.SourceBytes, s.Chunks, s.NewChunks, s.NewBytes, ratio,
 		s.Deltas, s.WithBase, s.DeltaBytes, s.DeltaSaved)
+	if s.DeltaOnly+s.InBase+s.Keyframes > 0 {
+		fmt.Fprintf(w, "  delta-primary:        %d chunks stored as their delta only, %d entries in the base NAR, %d keyframes (%d bytes; %d of them where a chain would pass --max-chain)\n",
+			s.DeltaOnly, s.InBase, s.Keyframes, s.KeyframeBytes, s.ChainCapped)
+	}
 	if s.Packs > 0 {
 		fmt.Fprintf(w, "  packs:                %d, %d bytes (%d chunks in short runs written again, %d bytes)\n", s.Packs, s.PackBytes, s.Rewritten, s.RewrittenBytes)
 	}
