@@ -463,8 +463,8 @@ func fetchNAR(fe *fetch.Fetcher, ni *nixcache.NarInfo) (*manifest.Manifest, erro
 // byteCounter receives the fetcher's byte counts by source: the objects (chunks,
 // deltas) and manifests it needed, and the gaps it read through.
 type byteCounter struct {
-	mu    sync.Mutex
-	bytes map[string]int64
+	mu     sync.Mutex
+	bytes  map[string]int64
 	priced fetch.Pricing // the last NAR's
 }
 
