@@ -37,10 +37,25 @@ const (
     }`
 )
 
-// The whole drop-in: publish a cache, retire the older NARs from it, and a stock Nix
+// The whole drop-in: publish a cache, retire some NARs from it, and a stock Nix
 // substitutes every path through nginx, the retired ones through the 404 fallback to
-// shoal serve, in both xz and zstd.
+// shoal serve, in both xz and zstd. From a delta-primary store the newer release is
+// the one retired: shoal serve rebuilds its chunks from their chains.
 func TestNginxFallbackE2E(t *testing.T) {
+	tests := []struct {
+		name   string
+		opts   publish.Options
+		retire string // the version whose NARs are retired
+	}{
+		{"one object per chunk", publish.Options{}, "1.0"},
+		{"delta-primary", publish.Options{Deltas: true, Layout: chunkstore.FormatPacked, DeltaPrimary: true, MaxChain: 4}, "1.1"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) { testNginxFallback(t, tc.opts, tc.retire) })
+	}
+}
+
+func testNginxFallback(t *testing.T, opts publish.Options, retired string) {
 	env := nixtest.NewEnv(t)
 	ctx := context.Background()
 	sk, pk := env.GenerateKey(t, "shoal-serve-test-1")
@@ -65,7 +80,8 @@ func TestNginxFallbackE2E(t *testing.T) {
 	src, _ := blob.Open(cacheDir, nil)
 	st, _ := chunkstore.Open(storeDir, nil)
 	kr, _ := nixcache.ParseKeyring([]string{pk})
-	p, err := publish.New(nixcache.NewBinaryCache(src), st, kr, publish.Options{Params: chunk.DefaultParams(), Jobs: 2})
+	opts.Params, opts.Jobs = chunk.DefaultParams(), 2
+	p, err := publish.New(nixcache.NewBinaryCache(src), st, kr, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -74,17 +90,25 @@ func TestNginxFallbackE2E(t *testing.T) {
 	for name := range paths {
 		hps = append(hps, hp(name))
 	}
-	if _, err := p.Run(ctx, hps); err != nil {
+	sum, err := p.Run(ctx, hps)
+	if err != nil {
 		t.Fatal(err)
 	}
 	p.Close()
+	if opts.DeltaPrimary && sum.DeltaOnly == 0 {
+		t.Fatalf("a delta-primary publish of two releases kept no chunk as a delta only: %+v", sum)
+	}
 
-	keep := map[string]bool{hp("xzdemo-1.1"): true, hp("zstdemo-1.1"): true}
+	kept := "1.1"
+	if retired == "1.1" {
+		kept = "1.0"
+	}
+	keep := map[string]bool{hp("xzdemo-" + kept): true, hp("zstdemo-" + kept): true}
 	rep, err := retire.Run(ctx, src, st, retire.Options{Keep: func(h string) bool { return keep[h] }, Keys: kr, Apply: true})
 	if err != nil || rep.Retired != 2 || rep.Kept != 2 {
 		t.Fatalf("retire: %+v, %v", rep, err)
 	}
-	for _, name := range []string{"xzdemo-1.0", "zstdemo-1.0"} {
+	for _, name := range []string{"xzdemo-" + retired, "zstdemo-" + retired} {
 		raw, _ := os.ReadFile(filepath.Join(cacheDir, hp(name)+".narinfo"))
 		ni, _ := nixcache.ParseNarInfo(raw)
 		if _, err := os.Stat(filepath.Join(cacheDir, ni.URL)); !os.IsNotExist(err) {
