@@ -3,9 +3,13 @@ package origin_test
 import (
 	"context"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/shoal-nix/shoal/blob"
 	"github.com/shoal-nix/shoal/chunk"
@@ -81,4 +85,77 @@ func BenchmarkServe(b *testing.B) {
 			b.ReportMetric(served/baseline, "serve/static")
 		})
 	}
+}
+
+// BenchmarkServeChains has shoal serve rebuild the newest of five releases, cold (a
+// fresh server, nothing in its memory), from a delta-primary store, where most of its
+// chunks are deltas on deltas, and in the same run from a packed store of full chunks.
+// It reports NAR MB/s for both and their ratio.
+func BenchmarkServeChains(b *testing.B) {
+	size := 32 << 20
+	if testing.Short() {
+		size = 4 << 20
+	}
+	cache := cachetest.New(b, "bench-1")
+	var hps []string
+	for v := range 5 {
+		nar := nixtest.PackageVersion(3, v+1, size)["lib/libdemo.so"]
+		hps = append(hps, cache.Add(b, cachetest.HashPart(fmt.Sprint("chains", v)), fmt.Sprintf("demo-1.%d", v), nar, "zstd").HashPart())
+	}
+	src, _ := blob.Open(cache.Dir, nil)
+	kr, _ := nixcache.ParseKeyring([]string{cache.PublicKey})
+	stores := map[string]*chunkstore.Store{}
+	for name, opts := range map[string]publish.Options{
+		"full":          {Params: chunk.DefaultParams(), Deltas: true, Layout: chunkstore.FormatPacked},
+		"delta-primary": {Params: chunk.DefaultParams(), Deltas: true, Layout: chunkstore.FormatPacked, DeltaPrimary: true},
+	} {
+		st, _ := chunkstore.Open(b.TempDir(), nil)
+		p, err := publish.New(nixcache.NewBinaryCache(src), st, kr, opts)
+		if err != nil {
+			b.Fatal(err)
+		}
+		sum, err := p.Run(context.Background(), hps)
+		p.Close()
+		if err != nil {
+			b.Fatal(err)
+		}
+		if opts.DeltaPrimary && sum.DeltaOnly == 0 {
+			b.Fatalf("no chunk kept as a delta only: %+v", sum)
+		}
+		stores[name] = st
+	}
+	raw, _ := os.ReadFile(filepath.Join(cache.Dir, hps[len(hps)-1]+".narinfo"))
+	ni, err := nixcache.ParseNarInfo(raw)
+	if err != nil {
+		b.Fatal(err)
+	}
+	rate := func(st *chunkstore.Store) float64 {
+		s, err := origin.New(st, origin.Options{Keys: kr})
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer s.Close()
+		hs := httptest.NewServer(s.Handler())
+		defer hs.Close()
+		start := time.Now()
+		resp, err := hs.Client().Get(hs.URL + "/" + ni.URL)
+		if err != nil {
+			b.Fatal(err)
+		}
+		n, err := io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if err != nil || resp.StatusCode != http.StatusOK || n == 0 {
+			b.Fatalf("GET %s: %s, %d bytes, %v", ni.URL, resp.Status, n, err)
+		}
+		return float64(ni.NarSize) / 1e6 / time.Since(start).Seconds()
+	}
+	b.ResetTimer()
+	var chains, full float64
+	for range b.N {
+		chains += rate(stores["delta-primary"])
+		full += rate(stores["full"])
+	}
+	b.ReportMetric(chains/float64(b.N), "chains-NAR-MB/s")
+	b.ReportMetric(full/float64(b.N), "full-NAR-MB/s")
+	b.ReportMetric(chains/full, "chains/full")
 }
