@@ -288,3 +288,43 @@ func TestPublishDeltaPrimary(t *testing.T) {
 	}
 	t.Logf("plain store: %d bytes of packs", plain)
 }
+
+// TestPublishDeltaPrimaryBrokenChain: a base whose own chain cannot be followed (its
+// base's manifest gone, or unreadable) costs keyframes, never the publish, and the new
+// NAR reads back, building at most on the base's own full objects.
+func TestPublishDeltaPrimaryBrokenChain(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		breakIt func(path string) error
+	}{
+		{"missing", os.Remove},
+		{"unreadable", func(path string) error { return os.WriteFile(path, []byte("SHOALMAN garbage"), 0o644) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cache := cachetest.New(t, "test-1")
+			nis := releases(t, cache, 3)
+			opts := publish.Options{Jobs: 2, Deltas: true, Layout: chunkstore.FormatPacked, DeltaPrimary: true, MaxChain: 4}
+			dir := t.TempDir()
+			s, _ := chunkstore.Open(dir, nil)
+			for _, ni := range nis[:2] {
+				if _, err := runWith(t, cache, dir, opts, ni.HashPart()); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := tc.breakIt(filepath.Join(dir, chunkstore.ManifestKey(manifest.Key(nis[0].NarHash)))); err != nil {
+				t.Fatal(err)
+			}
+			sum, err := runWith(t, cache, dir, opts, nis[2].HashPart())
+			if err != nil || sum.NARs != 1 || sum.ChainCapped == 0 {
+				t.Fatalf("publish on a broken chain: %+v, %v", sum, err)
+			}
+			_, depths, forms := newChainReader(t, s).nar(nis[2])
+			t.Logf("%s: %v", nis[2].StorePath, forms)
+			for i, d := range depths {
+				if d > 1 {
+					t.Fatalf("entry %d: depth %d through a base whose chain is broken", i, d)
+				}
+			}
+		})
+	}
+}
