@@ -3,6 +3,7 @@ package publish
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"slices"
@@ -83,8 +84,9 @@ func (p *Publisher) publishPacked(ctx context.Context, j *job, base *deltaBase, 
 		}
 		return ref
 	}
-	// drain hands the decided front of the queue to the packer; with wait, it waits
-	// for the front until the queue holds less than a pack.
+	// drain hands the decided front of the queue to the packer. It waits for an
+	// undecided front while the queue holds a pack's worth or more, or, with all,
+	// until the queue is empty.
 	drain := func(ctx context.Context, all bool) error {
 		for {
 			d, idx, ok := dp.front()
@@ -190,6 +192,9 @@ func (p *Publisher) publishPacked(ctx context.Context, j *job, base *deltaBase, 
 	if dp != nil && len(m.Entries) > 0 && !dp.located(refs) {
 		// Every entry is in the base: the manifest needs one location to be packed.
 		d := dp.anchorFull()
+		if d == nil {
+			return r, errors.New("delta-primary: a NAR without a stored chunk, a delta or a chunk in its base")
+		}
 		d.ref = claimFull(d.id, p.keyframes.Encode(nil, d.raw))
 		for i, e := range m.Entries {
 			if e.ID == d.id {

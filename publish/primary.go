@@ -204,9 +204,13 @@ func (q *primary) located(refs []*objRef) bool {
 	return q.deltaOnly > 0
 }
 
-// anchorFull makes the anchor chunk a keyframe; its entries point at what claim returns.
+// anchorFull makes the anchor chunk a keyframe, for the caller to claim; nil when
+// there is none.
 func (q *primary) anchorFull() *decision {
 	d := q.anchor
+	if d == nil {
+		return nil
+	}
 	d.form = manifest.Full
 	q.inBase--
 	return d

@@ -181,16 +181,22 @@ func TestPublishDeltaPrimary(t *testing.T) {
 	}
 	plain := packBytes(t, plainDir)
 
+	perRelease := [][]string{all[:1], all[1:2], all[2:3], all[3:4], all[4:]}
 	for _, tc := range []struct {
-		name string
-		runs [][]string // hash parts per run
+		name  string
+		runs  [][]string // hash parts per run
+		shard publish.Shard
 	}{
-		{"one run", [][]string{all}},
-		{"a run per release", [][]string{all[:1], all[1:2], all[2:3], all[3:4], all[4:]}},
+		{"one run", [][]string{all}, publish.Shard{}},
+		{"a run per release", perRelease, publish.Shard{}},
+		// A sharded worker reads no pack index: the chains come from the manifests alone.
+		{"a sharded run per release", perRelease, publish.Shard{Index: 0, Count: 1}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
 			s, _ := chunkstore.Open(dir, nil)
+			opts := opts
+			opts.Shard = tc.shard
 			var sum publish.Summary
 			for _, hps := range tc.runs {
 				got, err := runWith(t, cache, dir, opts, hps...)
@@ -258,6 +264,9 @@ func TestPublishDeltaPrimary(t *testing.T) {
 			if got, err := runWith(t, cache, dir, opts, all...); err != nil || got.Skipped != len(nis) || got.Packs != 0 {
 				t.Fatalf("rerun: %+v, %v", got, err)
 			}
+			if tc.shard.Sharded() {
+				return // without an index, a rerun writes the deltas it does not find again
+			}
 			last := nis[len(nis)-1]
 			mkey := filepath.Join(dir, chunkstore.ManifestKey(manifest.Key(last.NarHash)))
 			before, err := os.ReadFile(mkey)
@@ -278,4 +287,44 @@ func TestPublishDeltaPrimary(t *testing.T) {
 		})
 	}
 	t.Logf("plain store: %d bytes of packs", plain)
+}
+
+// TestPublishDeltaPrimaryBrokenChain: a base whose own chain cannot be followed (its
+// base's manifest gone, or unreadable) costs keyframes, never the publish, and the new
+// NAR reads back, building at most on the base's own full objects.
+func TestPublishDeltaPrimaryBrokenChain(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		breakIt func(path string) error
+	}{
+		{"missing", os.Remove},
+		{"unreadable", func(path string) error { return os.WriteFile(path, []byte("SHOALMAN garbage"), 0o644) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cache := cachetest.New(t, "test-1")
+			nis := releases(t, cache, 3)
+			opts := publish.Options{Jobs: 2, Deltas: true, Layout: chunkstore.FormatPacked, DeltaPrimary: true, MaxChain: 4}
+			dir := t.TempDir()
+			s, _ := chunkstore.Open(dir, nil)
+			for _, ni := range nis[:2] {
+				if _, err := runWith(t, cache, dir, opts, ni.HashPart()); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := tc.breakIt(filepath.Join(dir, chunkstore.ManifestKey(manifest.Key(nis[0].NarHash)))); err != nil {
+				t.Fatal(err)
+			}
+			sum, err := runWith(t, cache, dir, opts, nis[2].HashPart())
+			if err != nil || sum.NARs != 1 || sum.ChainCapped == 0 {
+				t.Fatalf("publish on a broken chain: %+v, %v", sum, err)
+			}
+			_, depths, forms := newChainReader(t, s).nar(nis[2])
+			t.Logf("%s: %v", nis[2].StorePath, forms)
+			for i, d := range depths {
+				if d > 1 {
+					t.Fatalf("entry %d: depth %d through a base whose chain is broken", i, d)
+				}
+			}
+		})
+	}
 }

@@ -13,6 +13,16 @@
 // delta object against the base chunks at the same place in the base (delta.Aligner:
 // the same distance past the last chunk both NARs share), kept when clearly smaller
 // than the chunk's own object.
+//
+// # Delta-primary stores
+//
+// A packed store can keep a new chunk as its delta alone (Options.DeltaPrimary,
+// docs/format.md "Store layout 3"): a client then rebuilds it from the base NAR's
+// chunks, found through the base's manifest, which may again be a delta: the chain.
+// Publish bounds every chain by Options.MaxChain, reading the depths from the base
+// manifests, and writes a full object (a keyframe) where the bound, or the lack of a
+// usable delta, calls for one. It writes a NAR's manifest only once the manifests of
+// its chain are in the store.
 package publish
 
 import (
