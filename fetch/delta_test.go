@@ -81,6 +81,7 @@ type counters struct {
 	mu     sync.Mutex
 	bytes  map[string]int64
 	events map[string]int64
+	priced fetch.Pricing // the last NAR's
 }
 
 func newCounters() *counters {
@@ -93,7 +94,11 @@ func (c *counters) Add(source string, n int64) {
 	c.mu.Unlock()
 }
 
-func (c *counters) Priced(fetch.Pricing) {}
+func (c *counters) Priced(p fetch.Pricing) {
+	c.mu.Lock()
+	c.priced = p
+	c.mu.Unlock()
+}
 
 func (c *counters) Event(name string) {
 	c.mu.Lock()

@@ -32,9 +32,16 @@ type packedFixture struct {
 
 	mu           sync.Mutex
 	packRequests int
+	packBytes    int64 // pack bytes served
 }
 
 func newPackedFixture(t *testing.T, size int) *packedFixture {
+	t.Helper()
+	return newPackedFixtureWith(t, size, publish.Options{})
+}
+
+// newPackedFixtureWith publishes with opts on top of the fixture's (packed, deltas).
+func newPackedFixtureWith(t *testing.T, size int, opts publish.Options) *packedFixture {
 	t.Helper()
 	f := &packedFixture{cache: cachetest.New(t, "test-1"), dir: t.TempDir()}
 	f.older, f.newer = upgradePair(size)
@@ -52,8 +59,8 @@ func newPackedFixture(t *testing.T, size int) *packedFixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := publish.New(nixcache.NewBinaryCache(src), dst, kr, publish.Options{
-		Params: chunk.DefaultParams(), Jobs: 2, Deltas: true, Layout: chunkstore.FormatPacked})
+	opts.Params, opts.Jobs, opts.Deltas, opts.Layout = chunk.DefaultParams(), 2, true, chunkstore.FormatPacked
+	p, err := publish.New(nixcache.NewBinaryCache(src), dst, kr, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -63,12 +70,16 @@ func newPackedFixture(t *testing.T, size int) *packedFixture {
 	}
 	files := http.FileServer(http.Dir(f.dir))
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if strings.HasPrefix(r.URL.Path, "/"+chunkstore.PackPrefix) {
-			f.mu.Lock()
-			f.packRequests++
-			f.mu.Unlock()
+		if !strings.HasPrefix(r.URL.Path, "/"+chunkstore.PackPrefix) {
+			files.ServeHTTP(w, r)
+			return
 		}
-		files.ServeHTTP(w, r)
+		cw := &countingWriter{ResponseWriter: w}
+		files.ServeHTTP(cw, r)
+		f.mu.Lock()
+		f.packRequests++
+		f.packBytes += cw.n
+		f.mu.Unlock()
 	}))
 	t.Cleanup(srv.Close)
 	if f.st, err = chunkstore.Open(srv.URL, srv.Client()); err != nil {
@@ -79,6 +90,23 @@ func newPackedFixture(t *testing.T, size int) *packedFixture {
 	}
 	t.Cleanup(f.codec.Close)
 	return f
+}
+
+type countingWriter struct {
+	http.ResponseWriter
+	n int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.ResponseWriter.Write(p)
+	c.n += int64(n)
+	return n, err
+}
+
+func (f *packedFixture) served() int64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.packBytes
 }
 
 func (f *packedFixture) packs() int {
@@ -183,4 +211,101 @@ func TestPackedStoreMissingPack(t *testing.T) {
 	if c.get(c.bytes, "upstream") == 0 {
 		t.Error("the NAR did not come whole from the upstream")
 	}
+}
+
+// TestDeltaPrimaryStoreFetch fetches the newer release out of a delta-primary store,
+// where its new chunks are kept only as deltas against the older release's: as an
+// upgrade (deltas against the local older release), cold with no upstream (rebuilt
+// through the chain, the bytes counted as read), and cold with an upstream whose whole
+// NAR is cheaper than the chain (taken whole).
+func TestDeltaPrimaryStoreFetch(t *testing.T) {
+	f := newPackedFixtureWith(t, 4<<20, publish.Options{DeltaPrimary: true})
+	ctx := context.Background()
+	local, err := chunkstore.Open(f.dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mNew, _, err := local.Manifest(ctx, f.niNew.NarHash)
+	if err != nil || !mNew.Chained() {
+		t.Fatalf("the newer release's manifest: chained %v, %v", mNew != nil && mNew.Chained(), err)
+	}
+	tests := []struct {
+		name      string
+		withBase  bool
+		upstream  bool
+		wantDelta bool
+		wantWhole bool
+	}{
+		{name: "upgrade", withBase: true, wantDelta: true},
+		{name: "cold", withBase: false},
+		{name: "cold, upstream cheaper", upstream: true, wantWhole: true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c := newCounters()
+			fe := fetcherOver(t, f.codec, c, f.source(t))
+			if tc.upstream {
+				up, err := blob.Open(f.cache.Dir, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				fe.Upstream = fetch.Upstream{Caches: []*nixcache.BinaryCache{nixcache.NewBinaryCache(up)}}
+			}
+			if tc.withBase {
+				if _, err := wait(fe, fetch.Request{Info: f.niOld, KnownPackage: true}); err != nil {
+					t.Fatalf("fetching the older release: %v", err)
+				}
+			}
+			before, counted := f.served(), storeBytes(c)
+			req := fetch.Request{Info: f.niNew, KnownPackage: true}
+			if tc.upstream {
+				req.From = fe.Upstream.Caches[0].String()
+			}
+			got, err := wait(fe, req)
+			if err != nil {
+				t.Fatalf("fetching: %v", err)
+			}
+			if out := readBack(t, fe, got); !bytes.Equal(out, f.newer) {
+				t.Fatal("the NAR read back differs")
+			}
+			if whole := c.get(c.bytes, "upstream") > 0; whole != tc.wantWhole {
+				t.Fatalf("whole NAR from the upstream: %v, want %v", whole, tc.wantWhole)
+			}
+			c.mu.Lock()
+			priced := c.priced
+			c.mu.Unlock()
+			if tc.wantWhole {
+				// The chain is the older release's chunks and the deltas: more
+				// than the newer release's whole zstd NAR.
+				if !priced.Whole || priced.DownloadBytes <= priced.WholeBytes {
+					t.Fatalf("priced %+v: want the chain dearer than the whole NAR", priced)
+				}
+				return
+			}
+			if !tc.withBase && priced.DownloadBytes < int64(f.niNew.FileSize)*9/10 {
+				t.Errorf("priced %+v: a cold client's chain costs at least about the NAR", priced)
+			}
+			if (c.get(c.bytes, "store"+fetch.DeltaSuffix) > 0) != tc.wantDelta {
+				t.Errorf("delta bytes %d; want some: %v", c.get(c.bytes, "store"+fetch.DeltaSuffix), tc.wantDelta)
+			}
+			// What the fetcher says it read is what the packs served for this NAR.
+			served, said := f.served()-before, storeBytes(c)-counted
+			if said > served || said*10 < served*9 {
+				t.Errorf("counted %d bytes from the store, the packs served %d", said, served)
+			}
+		})
+	}
+}
+
+// storeBytes adds up the fetcher's byte counts from the chunk store, manifests aside.
+func storeBytes(c *counters) int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var n int64
+	for k, v := range c.bytes {
+		if strings.HasPrefix(k, "store") && !strings.HasSuffix(k, "-manifest") {
+			n += v
+		}
+	}
+	return n
 }

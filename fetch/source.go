@@ -79,10 +79,20 @@ type Offer interface {
 type Object struct {
 	Frame []byte
 	Raw   []byte
+
+	// rebuilt: Raw was rebuilt from a chain of a delta-primary store, which read
+	// wire bytes for it (and its window's other chunks).
+	rebuilt bool
+	wire    int64
 }
 
 // size is what the object costs on the wire, for the byte counters.
-func (o Object) size() int { return len(o.Frame) + len(o.Raw) }
+func (o Object) size() int {
+	if o.rebuilt {
+		return int(o.wire)
+	}
+	return len(o.Frame) + len(o.Raw)
+}
 
 // NoManifests can be embedded by a Source that keeps chunks but no manifests.
 type NoManifests struct{}

@@ -195,8 +195,8 @@ func (o *packOffer) Chunk(ctx context.Context, e manifest.Entry) (Object, error)
 		return Object{}, fmt.Errorf("chunk %s is not in the manifest being fetched", e.ID)
 	}
 	if o.m.Form(i) != manifest.Full {
-		raw, err := o.rebuilt.get(ctx, o.chains, o.m, i)
-		return Object{Raw: raw}, err
+		raw, wire, err := o.rebuilt.get(ctx, o.chains, o.m, i)
+		return Object{Raw: raw, rebuilt: true, wire: wire}, err
 	}
 	if obj, err, ok := o.take(ctx, objKey{id: e.ID}); ok {
 		return Object{Frame: obj}, err
@@ -359,6 +359,7 @@ type chained struct {
 	flight  map[int]chan struct{} // window being rebuilt -> closed when done
 	done    map[int]error         // windows rebuilt, and how that went
 	raw     map[int][]byte        // rebuilt entries not yet handed out
+	wire    map[int]int64         // a window's bytes read, on the entry that rebuilt it
 }
 
 // chainWindow is the NAR bytes one window of rebuilt chunks covers.
@@ -381,34 +382,45 @@ func (c *chained) plan(m *manifest.Manifest, entries []int) {
 		c.window[i] = w
 		size += int(m.Entries[i].Size)
 	}
-	c.flight, c.done, c.raw = map[int]chan struct{}{}, map[int]error{}, map[int][]byte{}
+	c.flight, c.done, c.raw, c.wire = map[int]chan struct{}{}, map[int]error{}, map[int][]byte{}, map[int]int64{}
 }
 
-// get returns entry i's bytes, rebuilding its window if nobody has yet; an entry
-// nobody planned is rebuilt alone.
-func (c *chained) get(ctx context.Context, r *chain.Resolver, m *manifest.Manifest, i int) ([]byte, error) {
+// get returns entry i's bytes, rebuilding its window if nobody has yet, and the bytes
+// read from the store for it: a window's all on the entry that rebuilt it, so that
+// the fetcher's byte counts add up. An entry nobody planned is rebuilt alone.
+func (c *chained) get(ctx context.Context, r *chain.Resolver, m *manifest.Manifest, i int) ([]byte, int64, error) {
 	if r == nil {
-		return nil, fmt.Errorf("entry %d has no chunk object, and there is no chain resolver", i)
+		return nil, 0, fmt.Errorf("entry %d has no chunk object, and there is no chain resolver", i)
+	}
+	alone := func() ([]byte, int64, error) {
+		var raw []byte
+		st, err := r.Entries(ctx, m, []int{i}, func(_ int, _, b []byte) error {
+			raw = b
+			return nil
+		})
+		return raw, st.Bytes, err
 	}
 	for {
 		c.mu.Lock()
 		if raw, ok := c.raw[i]; ok {
+			wire := c.wire[i]
 			delete(c.raw, i)
+			delete(c.wire, i)
 			c.mu.Unlock()
-			return raw, nil
+			return raw, wire, nil
 		}
 		w, planned := c.window[i]
 		if !planned {
 			c.mu.Unlock()
-			return r.Chunk(ctx, m, i)
+			return alone()
 		}
 		if err, ok := c.done[w]; ok {
 			c.mu.Unlock()
 			if err == nil {
 				// Handed out already (a chunk that appears twice): rebuild it again.
-				return r.Chunk(ctx, m, i)
+				return alone()
 			}
-			return nil, err
+			return nil, 0, err
 		}
 		if ch, ok := c.flight[w]; ok {
 			c.mu.Unlock()
@@ -416,7 +428,7 @@ func (c *chained) get(ctx context.Context, r *chain.Resolver, m *manifest.Manife
 			case <-ch:
 				continue
 			case <-ctx.Done():
-				return nil, ctx.Err()
+				return nil, 0, ctx.Err()
 			}
 		}
 		ch := make(chan struct{})
@@ -424,7 +436,7 @@ func (c *chained) get(ctx context.Context, r *chain.Resolver, m *manifest.Manife
 		entries := c.windows[w]
 		c.mu.Unlock()
 		got := map[int][]byte{}
-		err := r.Entries(ctx, m, entries, func(j int, _, raw []byte) error {
+		st, err := r.Entries(ctx, m, entries, func(j int, _, raw []byte) error {
 			got[j] = raw
 			return nil
 		})
@@ -432,12 +444,13 @@ func (c *chained) get(ctx context.Context, r *chain.Resolver, m *manifest.Manife
 		for j, raw := range got {
 			c.raw[j] = raw
 		}
+		c.wire[i] += st.Bytes
 		c.done[w] = err
 		delete(c.flight, w)
 		close(ch)
 		c.mu.Unlock()
 		if err != nil && len(got) == 0 {
-			return nil, err
+			return nil, 0, err
 		}
 	}
 }

@@ -68,7 +68,7 @@ type Resolver struct {
 type Stats struct {
 	Manifests int64 // base manifests read from the store
 	Objects   int64 // objects fetched: chunk objects and deltas
-	Bytes     int64 // their stored bytes
+	Bytes     int64 // bytes read for them, gaps read through included
 	Requests  int64 // ranged requests those took
 	Decoded   int64 // deltas decoded
 }
@@ -115,7 +115,7 @@ type hotChunk struct{ obj, raw []byte }
 // Chunk returns the bytes of entry i of m, checked against its ID.
 func (r *Resolver) Chunk(ctx context.Context, m *manifest.Manifest, i int) ([]byte, error) {
 	var out []byte
-	err := r.each(ctx, m, []int{i}, func(_ int, _, raw []byte) error {
+	err := r.each(ctx, m, []int{i}, nil, func(_ int, _, raw []byte) error {
 		out = raw
 		return nil
 	})
@@ -133,24 +133,26 @@ func (r *Resolver) Each(ctx context.Context, m *manifest.Manifest, first int, fn
 	for i := first; i < len(m.Entries); i++ {
 		idx = append(idx, i)
 	}
-	return r.Entries(ctx, m, idx, fn)
+	_, err := r.Entries(ctx, m, idx, fn)
+	return err
 }
 
 // Entries is Each for the entries idx of m, in that order, a window of Options.Window
-// NAR bytes at a time.
-func (r *Resolver) Entries(ctx context.Context, m *manifest.Manifest, idx []int, fn func(i int, obj, raw []byte) error) error {
+// NAR bytes at a time. It returns what this call fetched.
+func (r *Resolver) Entries(ctx context.Context, m *manifest.Manifest, idx []int, fn func(i int, obj, raw []byte) error) (Stats, error) {
+	var st Stats
 	for start := 0; start < len(idx); {
 		end, size := start, 0
 		for end < len(idx) && (end == start || size+int(m.Entries[idx[end]].Size) <= r.opts.Window) {
 			size += int(m.Entries[idx[end]].Size)
 			end++
 		}
-		if err := r.each(ctx, m, idx[start:end], fn); err != nil {
-			return err
+		if err := r.each(ctx, m, idx[start:end], &st, fn); err != nil {
+			return st, err
 		}
 		start = end
 	}
-	return nil
+	return st, nil
 }
 
 // Cost is what rebuilding the given entries of m would fetch: the stored bytes of
@@ -173,8 +175,9 @@ func (r *Resolver) Cost(ctx context.Context, m *manifest.Manifest, entries []int
 }
 
 // each rebuilds the entries idx of m and hands them to fn in that order.
-func (r *Resolver) each(ctx context.Context, m *manifest.Manifest, idx []int, fn func(i int, obj, raw []byte) error) error {
+func (r *Resolver) each(ctx context.Context, m *manifest.Manifest, idx []int, st *Stats, fn func(i int, obj, raw []byte) error) error {
 	p := r.newPlan()
+	p.stats = st
 	wanted := make([]*node, len(idx))
 	for k, i := range idx {
 		nd, err := p.visit(ctx, m, i, 0)
@@ -213,6 +216,7 @@ type node struct {
 type plan struct {
 	r     *Resolver
 	nodes map[chunk.ID]*node
+	stats *Stats // the caller's, when it wants them; nil: none
 }
 
 func (r *Resolver) newPlan() *plan { return &plan{r: r, nodes: map[chunk.ID]*node{}} }
@@ -354,13 +358,19 @@ func (p *plan) fetch(ctx context.Context) error {
 			p.r.hot.Add(nd.id, hotChunk{nd.obj, raw}, int64(len(nd.obj)+len(raw))+64)
 			return nil
 		})
-		p.r.mu.Lock()
-		p.r.stats.Objects += int64(len(reads))
-		p.r.stats.Bytes += st.BytesWanted
-		p.r.stats.Requests += int64(st.Requests)
-		if lv[0].height > 0 {
-			p.r.stats.Decoded += int64(len(reads))
+		add := func(s *Stats) {
+			s.Objects += int64(len(reads))
+			s.Bytes += st.BytesRead
+			s.Requests += int64(st.Requests)
+			if lv[0].height > 0 {
+				s.Decoded += int64(len(reads))
+			}
 		}
+		if p.stats != nil {
+			add(p.stats)
+		}
+		p.r.mu.Lock()
+		add(&p.r.stats)
 		p.r.mu.Unlock()
 		if err != nil {
 			return err

@@ -234,7 +234,7 @@ func verifyChains(ctx context.Context, chains *chain.Resolver, m *manifest.Manif
 		}
 	}
 	n := 0
-	err := chains.Entries(ctx, m, entries, func(int, []byte, []byte) error {
+	_, err := chains.Entries(ctx, m, entries, func(int, []byte, []byte) error {
 		n++
 		return nil
 	})
