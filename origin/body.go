@@ -2,7 +2,6 @@ package origin
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -10,7 +9,6 @@ import (
 	"sort"
 	"sync"
 
-	"github.com/shoal-nix/shoal/manifest"
 	"github.com/shoal-nix/shoal/nixcache"
 )
 
@@ -68,83 +66,28 @@ func (n *nar) spans() []int64 {
 			out[i] = int64(nar)
 		}
 		nar += uint64(e.Size)
-		stored += uint64(frameLen(n.man, i))
+		stored += uint64(n.frameLen(i))
 	}
 	return out
 }
 
 // frameLen is the length of entry i's zstd frame in the zstd body: its chunk object,
-// or for an entry without one (a delta-primary store's), rawFrame's.
-func frameLen(m *manifest.Manifest, i int) uint32 {
-	if m.Form(i) == manifest.Full {
-		return m.Entries[i].StoredSize
+// or for an entry without one (a delta-primary store's), the frame verification
+// measured (see Server.rebuiltFrame).
+func (n *nar) frameLen(i int) uint32 {
+	if n.frames != nil {
+		return n.frames[i]
 	}
-	return uint32(rawFrameLen(int(m.Entries[i].Size)))
+	return n.man.Entries[i].StoredSize
 }
 
-// zstdBodySize is the length of the zstd body of m's NAR.
-func zstdBodySize(m *manifest.Manifest) uint64 {
-	var n uint64
-	for i := range m.Entries {
-		n += uint64(frameLen(m, i))
+// zstdBodySize is the length of the zstd body: the frames' lengths added up.
+func (n *nar) zstdBodySize() uint64 {
+	var sum uint64
+	for i := range n.man.Entries {
+		sum += uint64(n.frameLen(i))
 	}
-	return n
-}
-
-// maxRawBlock is the largest block a zstd frame may hold (RFC 8878, Block_Maximum_Size).
-const maxRawBlock = 128 << 10
-
-// rawFrameLen is the length rawFrame gives n bytes: magic, frame header descriptor, a
-// content size field of 1, 2, 4 or 8 bytes, and a 3-byte header per block.
-func rawFrameLen(n int) int {
-	blocks := max((n+maxRawBlock-1)/maxRawBlock, 1)
-	return 4 + 1 + fcsLen(n) + 3*blocks + n
-}
-
-func fcsLen(n int) int {
-	switch {
-	case n < 256:
-		return 1
-	case n < 65536+256:
-		return 2
-	case uint64(n) < 1<<32:
-		return 4
-	}
-	return 8
-}
-
-// rawFrame is a zstd frame that stores b as raw blocks (RFC 8878: single segment, the
-// content size declared, no checksum). It costs no CPU and its length follows from
-// len(b), which is why the zstd body uses it for chunks a delta-primary store keeps no
-// chunk object of; any zstd decoder reads it.
-func rawFrame(b []byte) []byte {
-	out := make([]byte, 0, rawFrameLen(len(b)))
-	out = binary.LittleEndian.AppendUint32(out, 0xFD2FB528)
-	const single = 1 << 5 // Single_Segment_flag; the top two bits size the content size field
-	switch fcsLen(len(b)) {
-	case 1:
-		out = append(out, 0<<6|single, byte(len(b)))
-	case 2:
-		out = append(out, 1<<6|single)
-		out = binary.LittleEndian.AppendUint16(out, uint16(len(b)-256))
-	case 4:
-		out = append(out, 2<<6|single)
-		out = binary.LittleEndian.AppendUint32(out, uint32(len(b)))
-	default:
-		out = append(out, 3<<6|single)
-		out = binary.LittleEndian.AppendUint64(out, uint64(len(b)))
-	}
-	for first := true; first || len(b) > 0; first = false {
-		k := min(len(b), maxRawBlock)
-		h := uint32(k) << 3 // Block_Size; Block_Type 0 (raw)
-		if k == len(b) {
-			h |= 1 // Last_Block
-		}
-		out = append(out, byte(h), byte(h>>8), byte(h>>16))
-		out = append(out, b[:k]...)
-		b = b[k:]
-	}
-	return out
+	return sum
 }
 
 // writeFrom writes the body from offset start to its end.
@@ -172,7 +115,7 @@ func (s *Server) writeFrom(ctx context.Context, n *nar, w io.Writer, start int64
 			narOff += uint64(e.Size)
 		}
 		wantRaw := n.enc != encZstd
-		err := s.each(ctx, n.man, first, wantRaw, wantRaw, func(i int, obj, raw []byte) error {
+		err := s.each(ctx, n, first, wantRaw, wantRaw, func(i int, obj, raw []byte) error {
 			switch n.enc {
 			case encZstd:
 				return sw.emit(obj, &pos, start)

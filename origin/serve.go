@@ -47,7 +47,8 @@ type Options struct {
 	// (0 means 30s).
 	QueueTimeout time.Duration
 	// ChunkCacheBytes bounds the in-memory cache of hot chunk objects (0 means 256 MiB;
-	// negative turns it off).
+	// negative turns it off), and as much again the frames of chunks rebuilt from a
+	// delta-primary store's chains.
 	ChunkCacheBytes int64
 	// Prefetch is how many chunks a request fetches ahead of what it sends (0 means 8).
 	Prefetch int
@@ -85,6 +86,7 @@ type Server struct {
 	st       *chunkstore.Store
 	keys     *nixcache.Keyring
 	codec    *chunk.Codec
+	fast     *chunk.Codec           // encodes rebuiltFrame's frames
 	packs    *chunkstore.PackReader // reads packed manifests' objects, coalesced
 	chains   *chain.Resolver        // rebuilds version 4 manifests' chunks from their chains
 	metrics  *Metrics
@@ -95,8 +97,9 @@ type Server struct {
 
 	queued   atomic.Int64
 	chunks   *lru.Cache[chunk.ID, *cached]   // verified chunks
+	frames   *lru.Cache[chunk.ID, []byte]    // rebuiltFrame's frames
 	resolved *lru.Cache[string, *nar]        // URL -> narinfo and manifest
-	proven   *lru.Cache[provenKey, struct{}] // manifests proven to make their NarHash
+	proven   *lru.Cache[provenKey, []uint32] // manifests proven to make their NarHash, with nar.frames
 	missing  *lru.Cache[string, error]       // URLs found absent, for missTTL
 	bufs     sync.Pool                       // *[]byte for decoded chunks
 	flight   singleflight.Group              // one resolution and verification per URL at a time
@@ -137,24 +140,32 @@ func New(st *chunkstore.Store, opts Options) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	fast, err := chunk.NewCodecLevel(zstd.SpeedFastest)
+	if err != nil {
+		codec.Close()
+		return nil, err
+	}
 	reads := chunkstore.ReadOptions{Parallel: min(opts.Prefetch, 8)}
 	packs, err := chunkstore.NewPackReader(st, reads)
 	if err != nil {
 		codec.Close()
+		fast.Close()
 		return nil, err
 	}
 	chains, err := chain.New(st, chain.Options{CacheBytes: opts.HotBaseBytes, Reads: reads})
 	if err != nil {
 		codec.Close()
+		fast.Close()
 		packs.Close()
 		return nil, err
 	}
 	s := &Server{
-		st: st, keys: opts.Keys, codec: codec, packs: packs, chains: chains, metrics: opts.Metrics, log: opts.Logger,
+		st: st, keys: opts.Keys, codec: codec, fast: fast, packs: packs, chains: chains, metrics: opts.Metrics, log: opts.Logger,
 		slots: make(chan struct{}, opts.MaxActive), queueMax: opts.QueueTimeout, prefetch: opts.Prefetch,
 		chunks:   lru.New[chunk.ID, *cached](max(opts.ChunkCacheBytes, 0), 0),
+		frames:   lru.New[chunk.ID, []byte](max(opts.ChunkCacheBytes, 0), 0),
 		resolved: lru.New[string, *nar](64<<20, resolvedTTL),
-		proven:   lru.New[provenKey, struct{}](8<<20, 0),
+		proven:   lru.New[provenKey, []uint32](8<<20, 0),
 		missing:  lru.New[string, error](4<<20, missTTL),
 	}
 	s.life, s.end = context.WithCancel(context.Background())
@@ -170,6 +181,7 @@ func (s *Server) Close() {
 	s.end()
 	s.work.Wait()
 	s.codec.Close()
+	s.fast.Close()
 	s.packs.Close()
 	s.chains.Close()
 }
@@ -194,7 +206,10 @@ type nar struct {
 	manSum  [32]byte
 	enc     encoding
 	etag    string
-	storedN uint64 // the manifest's StoredSize, the zstd body's length
+	storedN uint64 // the zstd body's length
+	// frames is, for a delta-primary store's manifest (version 4), the length of each
+	// entry's frame in the zstd body, learned when the NAR was verified; nil otherwise.
+	frames []uint32
 }
 
 // statusError carries the HTTP status a failure maps to.
@@ -269,7 +284,8 @@ func (s *Server) resolve(ctx context.Context, key string) (*nar, error) {
 	if _, err := chunk.ParseIdentity(m.Chunker); err != nil {
 		return nil, broken("%s: manifest: %w", key, err)
 	}
-	n := &nar{info: info, man: m, enc: enc, storedN: zstdBodySize(m)}
+	n := &nar{info: info, man: m, enc: enc}
+	n.storedN = n.zstdBodySize()
 	copy(n.manSum[:], rawMan[len(rawMan)-32:])
 	n.etag = `"` + manifest.Key(info.NarHash) + "-" + enc.name + `"`
 	return n, nil
@@ -298,7 +314,9 @@ func (s *Server) prepare(ctx context.Context, key string) (*nar, error) {
 			return nil, err
 		}
 		pk := provenKey{n.info.NarHash, n.manSum}
-		if _, ok := s.proven.Get(pk); !ok {
+		if frames, ok := s.proven.Get(pk); ok {
+			n.setFrames(frames)
+		} else {
 			start := time.Now()
 			if err := s.verify(wctx, n); err != nil {
 				s.metrics.verified(false)
@@ -310,7 +328,7 @@ func (s *Server) prepare(ctx context.Context, key string) (*nar, error) {
 			}
 			s.metrics.verified(true)
 			s.log.Info("NAR verified", "url", key, "path", n.info.StorePath, "nar_bytes", n.info.NarSize, "chunks", len(n.man.Entries), "took", time.Since(start).Round(time.Millisecond))
-			s.proven.Add(pk, struct{}{}, 100)
+			s.proven.Add(pk, n.frames, int64(100+4*len(n.frames)))
 		}
 		s.resolved.Add(key, n, int64(200+len(n.info.Raw)+48*len(n.man.Entries)))
 		return n, nil
@@ -326,13 +344,23 @@ func (s *Server) prepare(ctx context.Context, key string) (*nar, error) {
 	}
 }
 
-// verify assembles the NAR from its chunks and checks it against the narinfo.
+// verify assembles the NAR from its chunks and checks it against the narinfo. For a
+// delta-primary store's NAR it also measures the zstd frame each rebuilt chunk gets in
+// the zstd body (setFrames), so that body's length is known before it is sent.
 func (s *Server) verify(ctx context.Context, n *nar) error {
+	var frames []uint32
+	if n.man.Chained() && n.enc == encZstd {
+		frames = make([]uint32, len(n.man.Entries))
+	}
 	pr, pw := io.Pipe()
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		pw.CloseWithError(s.each(ctx, n.man, 0, true, n.enc != encZstd, func(_ int, _, raw []byte) error {
+		pw.CloseWithError(s.each(ctx, n, 0, true, n.enc != encZstd, func(i int, obj, raw []byte) error {
+			if frames != nil {
+				// each gave the zstd body's piece: the chunk object or its frame.
+				frames[i] = uint32(len(obj))
+			}
 			_, err := pw.Write(raw)
 			return err
 		}))
@@ -347,16 +375,30 @@ func (s *Server) verify(ctx context.Context, n *nar) error {
 		}
 		return broken("%s: %w", n.info.StorePath, err)
 	}
+	n.setFrames(frames)
 	return nil
 }
+
+// setFrames records the zstd body's frame lengths (nil: the stored objects').
+func (n *nar) setFrames(frames []uint32) {
+	n.frames = frames
+	n.storedN = n.zstdBodySize()
+}
+
+// rebuiltFrame is the zstd frame the zstd body carries for a chunk a delta-primary store
+// keeps no chunk object of: encoded at the fastest level, which costs the server little
+// and, being deterministic, gives the same length every time, so the body's length and
+// ranges hold across requests.
+func (s *Server) rebuiltFrame(raw []byte) []byte { return s.fast.Encode(nil, raw) }
 
 // each calls fn with entry i's verified stored object and, with needRaw, its bytes,
 // for the entries from first on in order, fetching up to Prefetch ahead.
 // keepRaw keeps the decoded bytes with the chunk in the in-memory cache, for the routes
 // that send them.
-func (s *Server) each(ctx context.Context, m *manifest.Manifest, first int, needRaw, keepRaw bool, fn func(i int, obj, raw []byte) error) error {
+func (s *Server) each(ctx context.Context, n *nar, first int, needRaw, keepRaw bool, fn func(i int, obj, raw []byte) error) error {
+	m := n.man
 	if m.Chained() {
-		return s.eachChained(ctx, m, first, needRaw, fn)
+		return s.eachChained(ctx, n, first, needRaw, fn)
 	}
 	if m.Packed() {
 		return s.eachPacked(ctx, m, first, keepRaw, fn)
@@ -423,7 +465,7 @@ func (s *Server) eachPacked(ctx context.Context, m *manifest.Manifest, first int
 	var reads []chunkstore.PackRead
 	var entry []int // the entry of each read
 	for i := first; i < len(m.Entries); i++ {
-		if _, hit := s.chunks.Get(m.Entries[i].ID); hit {
+		if _, hit := s.cachedObj(m.Entries[i]); hit {
 			continue
 		}
 		rd, err := chunkstore.ChunkRead(m, i)
@@ -482,26 +524,93 @@ func (s *Server) eachPacked(ctx context.Context, m *manifest.Manifest, first int
 
 // eachChained is each for a manifest of a delta-primary store (version 4), whose
 // entries may have no chunk object of their own: the resolver rebuilds them from their
-// chains. For the zstd body, such an entry is sent as a stored zstd frame of its bytes
-// (rawFrame), whose length follows from its size, so the body's length and every
-// entry's place in it are known before anything is fetched, as Range needs.
-func (s *Server) eachChained(ctx context.Context, m *manifest.Manifest, first int, needRaw bool, fn func(i int, obj, raw []byte) error) error {
-	err := s.chains.Each(ctx, m, first, func(i int, obj, raw []byte) error {
-		if !needRaw {
-			switch {
-			case m.Form(i) != manifest.Full:
-				obj = rawFrame(raw)
-			case len(obj) != int(m.Entries[i].StoredSize):
-				// Rebuilt from a delta or cached from another manifest: this
-				// manifest's body has this entry's own object.
-				var err error
-				if obj, _, _, err = s.chunk(ctx, m, i, false, false); err != nil {
+// chains. In the zstd body such an entry is rebuiltFrame's frame, of the length
+// verification measured. Frames and objects go into the in-memory caches, so sending
+// a NAR right after verifying it rebuilds nothing; what is still cached is sent from
+// there, the rest rebuilt in the resolver's coalesced windows.
+func (s *Server) eachChained(ctx context.Context, n *nar, first int, needRaw bool, fn func(i int, obj, raw []byte) error) error {
+	m := n.man
+	// Frames are wanted to send the zstd body, and to measure it when verifying.
+	frames := n.enc == encZstd && (!needRaw || n.frames == nil)
+	ready := func(i int) ([]byte, bool) {
+		if needRaw {
+			return nil, false
+		}
+		if m.Form(i) != manifest.Full {
+			return s.frames.Get(m.Entries[i].ID)
+		}
+		c, ok := s.cachedObj(m.Entries[i])
+		if !ok {
+			return nil, false
+		}
+		return c.obj, true
+	}
+	// frame makes entry i's piece of the zstd body from what the resolver gave.
+	frame := func(i int, obj, raw []byte) ([]byte, error) {
+		e := m.Entries[i]
+		if m.Form(i) != manifest.Full {
+			f, ok := s.frames.Get(e.ID)
+			if !ok {
+				f = s.rebuiltFrame(raw)
+				s.frames.Add(e.ID, f, int64(len(f))+64)
+			}
+			if n.frames != nil && len(f) != int(n.frames[i]) {
+				return nil, broken("chunk %s: its zstd frame is %d bytes, %d when the NAR was verified", e.ID, len(f), n.frames[i])
+			}
+			return f, nil
+		}
+		if len(obj) == int(e.StoredSize) {
+			s.chunks.Add(e.ID, &cached{obj: obj}, int64(len(obj))+64)
+			return obj, nil
+		}
+		// Rebuilt from a delta, or a copy from another manifest: this manifest's
+		// body has this entry's own object.
+		obj, _, _, err := s.chunk(ctx, m, i, false, false)
+		return obj, err
+	}
+	var todo []int
+	for i := first; i < len(m.Entries); i++ {
+		if _, ok := ready(i); !ok {
+			todo = append(todo, i)
+		}
+	}
+	next := first
+	// readyUpTo hands fn the entries before end, which were cached when planned; one
+	// evicted since is rebuilt on its own.
+	readyUpTo := func(end int) error {
+		for ; next < end; next++ {
+			obj, ok := ready(next)
+			if !ok {
+				raw, err := s.chains.Chunk(ctx, m, next)
+				if err != nil {
+					return broken("%w", err)
+				}
+				if obj, err = frame(next, nil, raw); err != nil {
 					return err
 				}
+			}
+			if err := fn(next, obj, nil); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	_, err := s.chains.Entries(ctx, m, todo, func(i int, obj, raw []byte) error {
+		if err := readyUpTo(i); err != nil {
+			return err
+		}
+		next = i + 1
+		if frames {
+			var err error
+			if obj, err = frame(i, obj, raw); err != nil {
+				return err
 			}
 		}
 		return fn(i, obj, raw)
 	})
+	if err == nil {
+		err = readyUpTo(len(m.Entries))
+	}
 	if err != nil && ctx.Err() == nil {
 		var se *statusError
 		if !errors.As(err, &se) {
@@ -517,7 +626,7 @@ func (s *Server) eachChained(ctx context.Context, m *manifest.Manifest, first in
 // they went in. A packed manifest's object is read from where the manifest says.
 func (s *Server) chunk(ctx context.Context, m *manifest.Manifest, i int, needRaw, keepRaw bool) (obj, raw []byte, pooled bool, err error) {
 	e := m.Entries[i]
-	c, hit := s.chunks.Get(e.ID)
+	c, hit := s.cachedObj(e)
 	s.metrics.chunkLookup(hit)
 	if hit {
 		if !needRaw || c.raw != nil {
@@ -578,6 +687,17 @@ func (s *Server) chunk(ctx context.Context, m *manifest.Manifest, i int, needRaw
 
 // cached is a verified chunk in memory: its object, and its bytes once a route needed them.
 type cached struct{ obj, raw []byte }
+
+// cachedObj returns e's chunk from the cache when the object there is as long as e's.
+// Two copies of a chunk in a store may be encoded differently (another keyframe level,
+// say), and a zstd body is laid out by its manifest's stored sizes.
+func (s *Server) cachedObj(e manifest.Entry) (*cached, bool) {
+	c, ok := s.chunks.Get(e.ID)
+	if !ok || len(c.obj) != int(e.StoredSize) {
+		return nil, false
+	}
+	return c, true
+}
 
 // Handler returns the HTTP handler: /metrics, /healthz, and NAR URLs everywhere else.
 func (s *Server) Handler() http.Handler {

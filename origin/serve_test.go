@@ -165,6 +165,48 @@ func TestServeEncodingsRangeHead(t *testing.T) {
 	}
 }
 
+// TestServeDeltaPrimary: every route of a delta-primary store's NARs, whose chunks are
+// mostly rebuilt from chains, answers GET, HEAD and ranges as for full chunks, over a
+// directory and over HTTP.
+func TestServeDeltaPrimary(t *testing.T) {
+	for _, viaHTTP := range []bool{false, true} {
+		t.Run(fmt.Sprint("http=", viaHTTP), func(t *testing.T) {
+			f := &fixture{cache: cachetest.New(t, "test-1"), store: t.TempDir(), nars: map[string][]byte{}, infos: map[string]*nixcache.NarInfo{}}
+			// Three releases of one package, each a few edits away from the one before,
+			// each in another compression.
+			nar := testkit.RandomBytes(3, 200<<10)
+			var hps []string
+			for i, c := range []string{"xz", "none", "zstd"} {
+				nar = bytes.Clone(nar)
+				for j := 500 + i; j < len(nar); j += 5000 {
+					nar[j]++
+				}
+				ni := f.cache.Add(t, cachetest.HashPart(fmt.Sprint("v", i)), fmt.Sprintf("pkg-1.%d", i), nar, c)
+				f.nars[ni.URL], f.infos[ni.URL] = nar, ni
+				hps = append(hps, ni.HashPart())
+			}
+			src, _ := blob.Open(f.cache.Dir, nil)
+			dst, _ := chunkstore.Open(f.store, nil)
+			kr, _ := nixcache.ParseKeyring([]string{f.cache.PublicKey})
+			p, err := publish.New(nixcache.NewBinaryCache(src), dst, kr, publish.Options{Params: smallParams, Jobs: 2,
+				Deltas: true, Layout: chunkstore.FormatPacked, DeltaPrimary: true, PackSize: 64 << 10})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer p.Close()
+			sum, err := p.Run(context.Background(), hps)
+			if err != nil || sum.DeltaOnly == 0 || sum.InBase == 0 {
+				t.Fatalf("publish: %+v, %v; want entries kept as deltas only and in the base", sum, err)
+			}
+			var b blob.Backend
+			if viaHTTP {
+				b = f.httpStore(t)
+			}
+			testEncodingsRangeHead(t, f, b)
+		})
+	}
+}
+
 func testEncodingsRangeHead(t *testing.T, f *fixture, b blob.Backend) {
 	_, hs := f.server(t, b, origin.Options{})
 	for url, nar := range f.nars {
