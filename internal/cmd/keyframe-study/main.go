@@ -46,6 +46,7 @@ func main() {
 	flag.IntVar(&o.dictSize, "dict-size", 112640, "size of the trained dictionaries in bytes (zstd --train's default)")
 	flag.Int64Var(&o.dictTrainMB, "dict-train-mb", 8, "MB of chunks, evenly spread, the dictionaries are trained from (0: no dictionary rows)")
 	flag.Int64Var(&o.cliMB, "cli-sample-mb", 16, "MB of chunks, evenly spread, the zstd CLI encodes one by one at -19 (0: no CLI rows)")
+	flag.IntVar(&o.group, "group", 16, "also encode every this many consecutive chunks as one frame, all chunks, at the default and best levels (0: no such rows)")
 	flag.IntVar(&o.wholeLevel, "whole-level", 19, "zstd CLI level for the whole-NAR reference, with --long=27 (0: no whole-NAR row)")
 	flag.Usage = func() {
 		fmt.Fprintln(os.Stderr, "usage: keyframe-study [--all] [--sample-mb N] CORPUS")
@@ -65,7 +66,7 @@ func main() {
 type options struct {
 	all                          bool
 	sampleMB, dictTrainMB, cliMB int64
-	dictSize, wholeLevel         int
+	dictSize, wholeLevel, group  int
 }
 
 // row is one encoding's result. stored is scaled to all chunks when the encoding saw
@@ -97,23 +98,11 @@ func run(ctx context.Context, dir string, o options) error {
 	fmt.Printf("corpus %s: %d NAR(s), %d bytes; %d distinct chunks, %d bytes (chunker %s)\n",
 		filepath.Base(dir), len(c.nars), c.narBytes, len(c.chunks), c.bytes, chunk.DefaultParams().Identity())
 
-	// The dictionaries' training chunks are left out of every row's chunks, so that
-	// a dictionary is judged on chunks it has not seen, as it would be on a later
-	// release's; the rows' bytes are scaled to all chunks.
-	var train [][]byte
-	pool := c.chunks
-	if o.dictTrainMB > 0 {
-		var ti []int
-		ti, pool = split(c.chunks, o.dictTrainMB<<20)
-		train = pick(c.chunks, ti)
-	}
-	goSet := pick(pool, spread(lengths(pool), o.sampleMB<<20))
+	goSet := pick(c.chunks, spread(lengths(c.chunks), o.sampleMB<<20))
 	goBytes := total(goSet)
 	if goBytes < c.bytes {
-		fmt.Printf("rows measured on %d chunks, %d bytes, scaled by %.3f\n", len(goSet), goBytes, float64(c.bytes)/float64(goBytes))
+		fmt.Printf("level rows measured on %d chunks, %d bytes, scaled by %.3f\n", len(goSet), goBytes, float64(c.bytes)/float64(goBytes))
 	}
-	scale := func(n int64) int64 { return int64(float64(n) * float64(c.bytes) / float64(goBytes)) }
-
 	var rows []row
 	levels := []zstd.EncoderLevel{zstd.SpeedFastest, zstd.SpeedDefault, zstd.SpeedBetterCompression, zstd.SpeedBestCompression}
 	for _, l := range levels {
@@ -121,30 +110,58 @@ func run(ctx context.Context, dir string, o options) error {
 		if err != nil {
 			return fmt.Errorf("level %s: %w", l, err)
 		}
-		r.stored = scale(r.stored)
+		r.stored = scaled(r.stored, goBytes, c.bytes)
 		rows = append(rows, r)
 	}
 	base := rows[1] // the default level, what chunk.Codec writes
 
-	if train != nil {
+	// A dictionary is judged on chunks it was not trained from, as it would be on a
+	// later release's: the training chunks are left out of the dictionary and CLI
+	// rows, whose bytes are scaled to all chunks by the default level's bytes on the
+	// same chunks.
+	var train [][]byte
+	held := c.chunks
+	if o.dictTrainMB > 0 {
+		var ti []int
+		// At most half the chunks train, so that a small corpus leaves some to judge.
+		ti, held = split(c.chunks, min(o.dictTrainMB<<20, c.bytes/2))
+		train = pick(c.chunks, ti)
+		heldSet := pick(held, spread(lengths(held), o.sampleMB<<20))
 		start := time.Now()
 		d, err := dict.BuildZstdDict(pieces(train, maxBlock), dict.Options{MaxDictSize: o.dictSize, HashBytes: 6, ZstdLevel: zstd.SpeedBestCompression})
 		if err != nil {
 			return fmt.Errorf("training a dictionary: %w", err)
 		}
-		fmt.Printf("dictionary: %d bytes, trained from %d chunks (%d bytes) in %s\n", len(d), len(train), total(train), time.Since(start).Round(time.Millisecond))
+		fmt.Printf("dictionary: %d bytes, trained from %d chunks (%d bytes) in %s; judged on %d other chunks (%d bytes)\n",
+			len(d), len(train), total(train), time.Since(start).Round(time.Millisecond), len(heldSet), total(heldSet))
+		heldDefault, err := defaultBytes(heldSet)
+		if err != nil {
+			return err
+		}
 		for _, l := range []zstd.EncoderLevel{zstd.SpeedDefault, zstd.SpeedBestCompression} {
-			r, err := measureGo(goSet, l, d)
+			r, err := measureGo(heldSet, l, d)
 			if err != nil {
 				return fmt.Errorf("level %s with a dictionary: %w", l, err)
 			}
-			r.stored = scale(r.stored) + int64(len(d))
+			r.stored = scaled(r.stored, heldDefault, base.stored) + int64(len(d))
 			rows = append(rows, r)
 		}
 	}
 
+	if o.group > 1 {
+		// Not a chunk object: what frames larger than a chunk would buy.
+		groups := group(c.chunks, o.group)
+		for _, l := range []zstd.EncoderLevel{zstd.SpeedDefault, zstd.SpeedBestCompression} {
+			r, err := measureGo(groups, l, nil)
+			if err != nil {
+				return fmt.Errorf("level %s over groups of %d chunks: %w", l, o.group, err)
+			}
+			r.name = fmt.Sprintf("Go zstd %s, one frame per %d chunks", l, o.group)
+			rows = append(rows, r)
+		}
+	}
 	if o.cliMB > 0 {
-		cli, err := cliRows(ctx, pool, spread(lengths(pool), o.cliMB<<20), train, o.dictSize, base.stored)
+		cli, err := cliRows(ctx, held, spread(lengths(held), o.cliMB<<20), train, o.dictSize, base.stored)
 		if err != nil {
 			return err
 		}
@@ -286,6 +303,32 @@ func spread(sizes []int, budget int64) []int {
 	return idx
 }
 
+// minTiming is the least time a throughput is measured over: a small corpus is
+// encoded and decoded again until it adds up to that.
+const minTiming = time.Second
+
+// scaled returns n, measured on a part whose reference is partRef, scaled to the
+// whole, whose reference is wholeRef.
+func scaled(n, partRef, wholeRef int64) int64 {
+	return int64(float64(n) * float64(wholeRef) / float64(partRef))
+}
+
+// defaultBytes returns the bytes of chunks as chunk.Codec stores them.
+func defaultBytes(chunks [][]byte) (int64, error) {
+	codec, err := chunk.NewCodec()
+	if err != nil {
+		return 0, err
+	}
+	defer codec.Close()
+	var n int64
+	var buf []byte
+	for _, c := range chunks {
+		buf = codec.Encode(buf[:0], c)
+		n += int64(len(buf))
+	}
+	return n, nil
+}
+
 // maxBlock is zstd's largest block. dict.BuildZstdDict encodes each sample as one
 // block and panics on a longer one (klauspost/compress v1.20.4).
 const maxBlock = 128 << 10
@@ -317,6 +360,15 @@ func split(chunks [][]byte, budget int64) ([]int, [][]byte) {
 		rest = append(rest, c)
 	}
 	return idx, rest
+}
+
+// group joins every n consecutive chunks into one.
+func group(chunks [][]byte, n int) [][]byte {
+	var out [][]byte
+	for i := 0; i < len(chunks); i += n {
+		out = append(out, bytes.Join(chunks[i:min(i+n, len(chunks))], nil))
+	}
+	return out
 }
 
 func lengths(chunks [][]byte) []int {
@@ -361,11 +413,15 @@ func measureGo(chunks [][]byte, l zstd.EncoderLevel, d []byte) (row, error) {
 	defer enc.Close()
 	objs := make([][]byte, len(chunks))
 	enc.EncodeAll(chunks[0], nil) // the encoder allocates its tables on first use
+	passes := 0
 	start := time.Now()
-	for i, c := range chunks {
-		objs[i] = enc.EncodeAll(c, nil)
+	for passes == 0 || time.Since(start) < minTiming {
+		for i, c := range chunks {
+			objs[i] = enc.EncodeAll(c, objs[i][:0])
+		}
+		passes++
 	}
-	r.encode = time.Since(start)
+	r.encode = time.Since(start) / time.Duration(passes)
 
 	decode, done, err := newDecoder(d)
 	if err != nil {
@@ -409,18 +465,24 @@ func decodeAll(decode func(dst, obj []byte) ([]byte, error), objs, chunks [][]by
 			return 0, 0, 0, fmt.Errorf("decoding chunk 0: %w", err)
 		}
 	}
+	passes := 0
+	for passes == 0 || took < minTiming {
+		for i, obj := range objs {
+			start := time.Now()
+			out, err := decode(buf[:0], obj)
+			took += time.Since(start)
+			if err != nil {
+				return 0, 0, 0, fmt.Errorf("decoding chunk %d: %w", i, err)
+			}
+			if !bytes.Equal(out, chunks[i]) {
+				return 0, 0, 0, fmt.Errorf("chunk %d decodes to other bytes", i)
+			}
+		}
+		passes++
+	}
 	for i, obj := range objs {
 		stored += int64(len(obj))
 		raw += int64(len(chunks[i]))
-		start := time.Now()
-		out, err := decode(buf[:0], obj)
-		took += time.Since(start)
-		if err != nil {
-			return 0, 0, 0, fmt.Errorf("decoding chunk %d: %w", i, err)
-		}
-		if !bytes.Equal(out, chunks[i]) {
-			return 0, 0, 0, fmt.Errorf("chunk %d decodes to other bytes", i)
-		}
 	}
-	return stored, raw, took, nil
+	return stored, raw, took / time.Duration(passes), nil
 }

@@ -13,8 +13,6 @@ import (
 	"time"
 
 	"github.com/klauspost/compress/zstd"
-
-	"github.com/shoal-nix/shoal/chunk"
 )
 
 // cliRows has the zstd CLI encode the chunks at idx one frame each at -19 (one
@@ -32,14 +30,9 @@ func cliRows(ctx context.Context, chunks [][]byte, idx []int, train [][]byte, di
 	if err != nil {
 		return nil, err
 	}
-	codec, err := chunk.NewCodec()
+	sampleDefault, err := defaultBytes(sample)
 	if err != nil {
 		return nil, err
-	}
-	defer codec.Close()
-	var sampleDefault int64
-	for _, c := range sample {
-		sampleDefault += int64(len(codec.Encode(nil, c)))
 	}
 	label := fmt.Sprintf(", per chunk (sample of %d, scaled)", len(sample))
 
@@ -72,7 +65,7 @@ func cliRows(ctx context.Context, chunks [][]byte, idx []int, train [][]byte, di
 		dictBytes = int64(len(d))
 	}
 	for i := range rows {
-		rows[i].stored = int64(float64(rows[i].stored) * float64(goDefault) / float64(sampleDefault))
+		rows[i].stored = scaled(rows[i].stored, sampleDefault, goDefault)
 	}
 	if dictBytes > 0 {
 		rows[1].stored += dictBytes // stored once, not scaled with the chunks
