@@ -7,15 +7,18 @@
 // CORPUS is a directory made by make-corpus (paths, cache-zstd/ or cache-xz/, and
 // cache-xz/ for the xz reference). The NARs of the first path (--all: of every path)
 // are cut with the default chunker, and their distinct chunks encoded one zstd frame
-// each, as chunk.Codec does, at each Go encoder level and with a dictionary trained
-// from those chunks; the zstd CLI encodes a sample of the same chunks one by one at
-// -19, with and without a dictionary of its own training. Reference points: each NAR
-// whole with `zstd -19 --long=27`, and the xz NARs of the cache (their FileSize).
+// each, as chunk.Codec does, at each Go encoder level, and with a dictionary trained
+// from some of the chunks and judged on the others; the zstd CLI encodes a sample of
+// those others one by one at -19, with and without a dictionary of its own training.
+// Reference points that are not chunk objects: frames of several consecutive chunks,
+// each NAR whole with `zstd -19 --long=27`, and the xz NARs of the cache (their
+// FileSize).
 //
 // Each row gives the stored bytes, their ratio to the xz NARs and to the Go encoder's
 // default level, and encode and decode throughput in MB of uncompressed bytes per
-// second on one core (decoding in this process with the Go decoder, the one clients
-// use). A dictionary's own bytes are counted once in its row's stored bytes.
+// second on one core, the fastest of several passes (decoding in this process with
+// the Go decoder, the one clients use). A dictionary's own bytes are counted once in
+// its row's stored bytes.
 package main
 
 import (
@@ -80,7 +83,6 @@ type row struct {
 
 // corpus is what the study reads once: the chunks and the NARs they came from.
 type corpus struct {
-	dir      string
 	nars     []*nixcache.NarInfo // from the cache the chunks were read from
 	src      *nixcache.BinaryCache
 	xz       []*nixcache.NarInfo // the same paths in cache-xz, nil when it lacks one
@@ -199,7 +201,7 @@ func load(ctx context.Context, dir string, all bool) (*corpus, error) {
 	if !all {
 		paths = paths[:1]
 	}
-	c := &corpus{dir: dir}
+	c := &corpus{}
 	srcDir := filepath.Join(dir, "cache-zstd")
 	if _, err := os.Stat(srcDir); err != nil {
 		srcDir = filepath.Join(dir, "cache-xz")
@@ -303,9 +305,14 @@ func spread(sizes []int, budget int64) []int {
 	return idx
 }
 
-// minTiming is the least time a throughput is measured over: a small corpus is
-// encoded and decoded again until it adds up to that.
-const minTiming = time.Second
+// A throughput is the fastest of several passes over the same chunks, which leaves
+// out most of what other work on the machine costs: encoding repeats until the passes
+// add up to minTiming (a large corpus is encoded once), decoding, which is cheap, at
+// least minDecodePasses times.
+const (
+	minTiming       = time.Second
+	minDecodePasses = 3
+)
 
 // scaled returns n, measured on a part whose reference is partRef, scaled to the
 // whole, whose reference is wholeRef.
@@ -401,6 +408,9 @@ func total(chunks [][]byte) int64 {
 // a decoder set up the same way that also knows d.
 func measureGo(chunks [][]byte, l zstd.EncoderLevel, d []byte) (row, error) {
 	r := row{name: "Go zstd " + l.String() + ", per chunk"}
+	if len(chunks) == 0 {
+		return r, errors.New("no chunks to measure")
+	}
 	eopts := []zstd.EOption{zstd.WithEncoderLevel(l), zstd.WithSingleSegment(true), zstd.WithZeroFrames(true), zstd.WithEncoderConcurrency(1)}
 	if d != nil {
 		r.name = "Go zstd " + l.String() + ", per chunk, dictionary"
@@ -413,15 +423,18 @@ func measureGo(chunks [][]byte, l zstd.EncoderLevel, d []byte) (row, error) {
 	defer enc.Close()
 	objs := make([][]byte, len(chunks))
 	enc.EncodeAll(chunks[0], nil) // the encoder allocates its tables on first use
-	passes := 0
-	start := time.Now()
-	for passes == 0 || time.Since(start) < minTiming {
+	var spent time.Duration
+	for spent < minTiming {
+		start := time.Now()
 		for i, c := range chunks {
 			objs[i] = enc.EncodeAll(c, objs[i][:0])
 		}
-		passes++
+		took := time.Since(start)
+		spent += took
+		if r.encode == 0 || took < r.encode {
+			r.encode = took
+		}
 	}
-	r.encode = time.Since(start) / time.Duration(passes)
 
 	decode, done, err := newDecoder(d)
 	if err != nil {
@@ -465,12 +478,13 @@ func decodeAll(decode func(dst, obj []byte) ([]byte, error), objs, chunks [][]by
 			return 0, 0, 0, fmt.Errorf("decoding chunk 0: %w", err)
 		}
 	}
-	passes := 0
-	for passes == 0 || took < minTiming {
+	var spent time.Duration
+	for passes := 0; passes < minDecodePasses || spent < minTiming; passes++ {
+		var pass time.Duration
 		for i, obj := range objs {
 			start := time.Now()
 			out, err := decode(buf[:0], obj)
-			took += time.Since(start)
+			pass += time.Since(start)
 			if err != nil {
 				return 0, 0, 0, fmt.Errorf("decoding chunk %d: %w", i, err)
 			}
@@ -478,11 +492,14 @@ func decodeAll(decode func(dst, obj []byte) ([]byte, error), objs, chunks [][]by
 				return 0, 0, 0, fmt.Errorf("chunk %d decodes to other bytes", i)
 			}
 		}
-		passes++
+		spent += pass
+		if took == 0 || pass < took {
+			took = pass
+		}
 	}
 	for i, obj := range objs {
 		stored += int64(len(obj))
 		raw += int64(len(chunks[i]))
 	}
-	return stored, raw, took / time.Duration(passes), nil
+	return stored, raw, took, nil
 }

@@ -152,15 +152,22 @@ func wholeNARs(ctx context.Context, c *corpus, level int) (row, error) {
 		r.stored += int64(out.Len())
 		r.raw += int64(ni.NarSize)
 		buf := make([]byte, 0, ni.NarSize)
-		start = time.Now()
-		got, err := dec.DecodeAll(out.Bytes(), buf)
-		r.decode += time.Since(start)
-		if err != nil {
-			return r, fmt.Errorf("decoding %s whole: %w", ni.StorePath, err)
+		var fastest time.Duration
+		for range minDecodePasses {
+			start = time.Now()
+			got, err := dec.DecodeAll(out.Bytes(), buf)
+			took := time.Since(start)
+			if err != nil {
+				return r, fmt.Errorf("decoding %s whole: %w", ni.StorePath, err)
+			}
+			if sha256.Sum256(got) != ni.NarHash {
+				return r, fmt.Errorf("%s compressed whole decodes to other bytes", ni.StorePath)
+			}
+			if fastest == 0 || took < fastest {
+				fastest = took
+			}
 		}
-		if sha256.Sum256(got) != ni.NarHash {
-			return r, fmt.Errorf("%s compressed whole decodes to other bytes", ni.StorePath)
-		}
+		r.decode += fastest
 	}
 	return r, nil
 }
