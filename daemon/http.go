@@ -295,7 +295,7 @@ func (d *Daemon) serveNAR(w http.ResponseWriter, r *http.Request) {
 	}
 	// Until Release, the NAR's chunks (and only they) stay in the local cache.
 	defer p.Release()
-	wait := d.cfg.VerifyWait
+	wait := max(d.cfg.VerifyWait, 0) // StreamAtOnce: a context already past its deadline
 	if r.Header.Get("Range") != "" {
 		wait = rangedWait
 	}
