@@ -74,7 +74,10 @@ name() { basename "$1" | cut -c34-; }
 # the wall time, the bytes that crossed the veth (both directions, headers included),
 # the requests link-serve answered, and the CPU seconds of the daemon and of Nix; then
 # per path and in total the ratios daemon/plain. The first path is the cold fetch, every
-# later one an upgrade. For the breakdown, SHOAL_KEEP=DIR keeps the daemon's log
+# later one an upgrade. When the corpus has cache-zstd, a third copy per path comes
+# from it as a local file:// cache ("local"): no link and a cheap decoder, nearly all of
+# it Nix writing the path, the floor under any substituter on this machine, with its
+# ratio to plain. For the breakdown, SHOAL_KEEP=DIR keeps the daemon's log
 # (SHOAL_LOG_LEVEL=debug adds the time each NAR took to plan, assemble and send),
 # link-serve's log of every request, and each copy's start and end (DIR/copies); with
 # SHOAL_PERF=1 also a perf profile of the daemon during each copy through it.
@@ -126,26 +129,32 @@ link_run() {
   echo "== upgrades over a $rate link, $delay per request (daemon: --store and --upstream across the link)"
   printf '%-22s %-7s %8s %12s %6s %8s %8s   %7s %7s\n' "store path" via "time s" "link bytes" reqs "shoal s" "nix s" "time" "bytes"
   local i=0 p
-  local -a tot_u=(0 0 0 0) tot_a=(0 0 0 0) # daemon s, plain s, daemon bytes, plain bytes
+  local -a tot_u=(0 0 0 0 0) tot_a=(0 0 0 0 0) # daemon s, plain s, daemon bytes, plain bytes, local s
   for p in "${paths[@]}"; do
     local d pl
     d=$(copy "http://127.0.0.1:$port" "$p" "$i-shoal")
     pl=$(copy "http://$srv/cache-xz" "$p" "$i-plain")
-    local ds db dr dd dn ps pb pr pd pn
+    local ds db dr dd dn ps pb pr pd pn ls=0 lb lr ld ln
     read -r ds db dr dd dn <<<"$d"
     read -r ps pb pr pd pn <<<"$pl"
     printf '%-22s %-7s %8.2f %12d %6d %8.2f %8.2f\n' "$(name "$p")" shoal "$ds" "$db" "$dr" "$dd" "$dn"
     printf '%-22s %-7s %8.2f %12d %6d %8.2f %8.2f   %7.3f %7.3f\n' "" plain "$ps" "$pb" "$pr" "$pd" "$pn" \
       "$(echo "$ds / $ps" | bc -l)" "$(echo "$db / $pb" | bc -l)"
-    tot_a=("$(echo "${tot_a[0]} + $ds" | bc -l)" "$(echo "${tot_a[1]} + $ps" | bc -l)" $((tot_a[2] + db)) $((tot_a[3] + pb)))
+    if [[ -d $corpus/cache-zstd ]]; then
+      read -r ls lb lr ld ln <<<"$(copy "file://$corpus/cache-zstd" "$p" "$i-local")"
+      printf '%-22s %-7s %8.2f %12d %6d %8.2f %8.2f   %7.3f\n' "" local "$ls" "$lb" "$lr" "$ld" "$ln" "$(echo "$ls / $ps" | bc -l)"
+    fi
+    tot_a=("$(echo "${tot_a[0]} + $ds" | bc -l)" "$(echo "${tot_a[1]} + $ps" | bc -l)" $((tot_a[2] + db)) $((tot_a[3] + pb)) "$(echo "${tot_a[4]} + $ls" | bc -l)")
     if ((i > 0)); then
-      tot_u=("$(echo "${tot_u[0]} + $ds" | bc -l)" "$(echo "${tot_u[1]} + $ps" | bc -l)" $((tot_u[2] + db)) $((tot_u[3] + pb)))
+      tot_u=("$(echo "${tot_u[0]} + $ds" | bc -l)" "$(echo "${tot_u[1]} + $ps" | bc -l)" $((tot_u[2] + db)) $((tot_u[3] + pb)) "$(echo "${tot_u[4]} + $ls" | bc -l)")
     fi
     i=$((i + 1))
   done
-  total() { # LABEL DAEMON-S PLAIN-S DAEMON-BYTES PLAIN-BYTES
-    printf '%-30s shoal %8.2f s %12d B   plain %8.2f s %12d B   daemon/plain: time %.3f  bytes %.3f\n' \
+  total() { # LABEL DAEMON-S PLAIN-S DAEMON-BYTES PLAIN-BYTES LOCAL-S
+    printf '%-30s shoal %7.2f s %11d B   plain %7.2f s %11d B   daemon/plain: time %.3f  bytes %.3f' \
       "$1" "$2" "$4" "$3" "$5" "$(echo "$2 / $3" | bc -l)" "$(echo "$4 / $5" | bc -l)"
+    if [[ -d $corpus/cache-zstd ]]; then printf '   local/plain: time %.3f' "$(echo "$6 / $3" | bc -l)"; fi
+    echo
   }
   total "upgrades (all but the first)" "${tot_u[@]}"
   total "every path (first one cold)" "${tot_a[@]}"
