@@ -47,7 +47,9 @@ type Config struct {
 
 	// VerifyWait bounds how long Nix waits for headers while a NAR is checked before the
 	// first byte; past it, verified chunks are streamed and the end is held back until
-	// the whole NAR matched. Well inside Nix's 300 s stall timeout.
+	// the whole NAR matched. Well inside Nix's 300 s stall timeout. Zero takes the
+	// default (60 s); StreamAtOnce streams every NAR not yet verified from the start,
+	// so that Nix writes the store path while the rest is fetched and checked.
 	VerifyWait time.Duration
 	// Narinfo cache lifetimes: a hit, a miss everywhere, a miss because something was
 	// unreachable (short, so an outage heals quickly).
@@ -96,6 +98,11 @@ type Config struct {
 	SeedStore   string
 	SeedRelated int
 }
+
+// StreamAtOnce is the VerifyWait that waits for no verification before streaming: a
+// NAR's chunks go to Nix as they are checked, the end still held back until the whole
+// NAR matched. (Zero, the field's unset value, takes the default.)
+const StreamAtOnce time.Duration = -1
 
 // DefaultPriority puts shoal ahead of cache.nixos.org, which says 40.
 const DefaultPriority = 30

@@ -295,10 +295,11 @@ func (d *Daemon) serveNAR(w http.ResponseWriter, r *http.Request) {
 	}
 	// Until Release, the NAR's chunks (and only they) stay in the local cache.
 	defer p.Release()
-	wait := d.cfg.VerifyWait
+	wait := max(d.cfg.VerifyWait, 0) // StreamAtOnce: a context already past its deadline
 	if r.Header.Get("Range") != "" {
 		wait = rangedWait
 	}
+	began := time.Now()
 	waitCtx, cancel := context.WithTimeout(ctx, wait)
 	m, err := p.Wait(waitCtx)
 	cancel()
@@ -307,6 +308,7 @@ func (d *Daemon) serveNAR(w http.ResponseWriter, r *http.Request) {
 			if d.streamProgress(w, r, p, int64(req.Info.NarSize)) {
 				d.assembled(req.Info)
 			}
+			d.log.Debug("NAR streamed while verified", "nar", narKey, "took", time.Since(began).Round(time.Millisecond))
 			return
 		}
 		m, err = p.Wait(ctx)
@@ -314,7 +316,10 @@ func (d *Daemon) serveNAR(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case err == nil:
 		d.assembled(req.Info)
+		verified := time.Now()
 		d.serveVerified(w, r, m)
+		d.log.Debug("NAR served", "nar", narKey, "wait", verified.Sub(began).Round(time.Millisecond),
+			"send", time.Since(verified).Round(time.Millisecond))
 	case ctx.Err() != nil:
 		// Nix went away.
 	default:

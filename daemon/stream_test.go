@@ -106,6 +106,44 @@ func TestStreamsWhenVerificationIsSlow(t *testing.T) {
 	}
 }
 
+// TestStreamAtOnce checks that StreamAtOnce streams a NAR still being fetched (a
+// streamed response advertises no ranges) where a long VerifyWait answers only once
+// the NAR is verified, with ranges.
+func TestStreamAtOnce(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		wait     time.Duration
+		streamed bool
+	}{
+		{"stream at once", daemon.StreamAtOnce, true},
+		{"wait a minute", time.Minute, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cache := cachetest.New(t, "test-1")
+			ni := cache.Add(t, cachetest.HashPart("slow"), "slow-1.0", noise(4, 2<<20), "none")
+			_, url := startDaemon(t, daemon.Config{
+				StoreURL:    slowStore(t, publishDir(t, cache, ni), 20*time.Millisecond),
+				Upstreams:   []string{"http://127.0.0.1:1"}, // dead: chunks are the only source
+				TrustedKeys: []string{cache.PublicKey},
+				VerifyWait:  tc.wait,
+			})
+			mustGet(t, url+"/"+ni.HashPart()+".narinfo", 200)
+			resp, err := http.Get(url + "/nar/" + manifest.Key(ni.NarHash) + ".nar")
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if err != nil || resp.StatusCode != 200 || sha256.Sum256(body) != ni.NarHash {
+				t.Fatalf("status %d, err %v, matches NarHash: %v", resp.StatusCode, err, sha256.Sum256(body) == ni.NarHash)
+			}
+			if ranges := resp.Header.Get("Accept-Ranges") == "bytes"; ranges == tc.streamed {
+				t.Errorf("Accept-Ranges %q; want it streamed: %v", resp.Header.Get("Accept-Ranges"), tc.streamed)
+			}
+		})
+	}
+}
+
 // TestLyingManifestNeverCompletesWrongBody serves a manifest whose chunks are genuine
 // (each matches its ID) but assemble into another NAR. Only the final hash can tell;
 // the daemon streams because verification is slow, so it must break the connection

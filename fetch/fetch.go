@@ -233,10 +233,12 @@ func (f *Fetcher) attempt(ctx context.Context, c candidate, req Request, whole *
 		c.src.RejectManifest(info.NarHash, err)
 		return nil, err
 	}
+	began := time.Now()
 	pl, err := f.plan(ctx, c, req, whole, p.lease)
 	if err != nil {
 		return nil, err
 	}
+	planned := time.Now()
 	pl.log(log)
 	if f.Counters != nil {
 		f.Counters.Priced(pl.pricing())
@@ -246,6 +248,10 @@ func (f *Fetcher) attempt(ctx context.Context, c candidate, req Request, whole *
 	}
 	kept, err := f.fromChunks(ctx, req, pl, p, p.Generation())
 	if err == nil {
+		// Where an upgrade's seconds go: pricing (the sources' answers) and then
+		// fetching, checking and keeping the chunks, and hashing the NAR.
+		log.Debug("NAR assembled from chunks", "plan", planned.Sub(began).Round(time.Millisecond),
+			"assemble", time.Since(planned).Round(time.Millisecond))
 		return pl.m, nil
 	}
 	log.Warn("assembling from chunks failed", "manifest_from", c.src.Name(), "err", err)

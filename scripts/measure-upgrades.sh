@@ -2,6 +2,7 @@
 # measure-upgrades.sh: what a sequence of upgrades costs through shoal, against the xz NARs.
 #
 #   scripts/measure-upgrades.sh [--seeded] [--store DIR] CORPUS
+#   scripts/measure-upgrades.sh --link RATE:DELAY [--verify-wait D] [--store DIR] CORPUS
 #
 # CORPUS is a directory made by make-corpus with --xz (paths, pk, cache-xz/), e.g.
 #   make-corpus --xz CORPUS golang.org/toolchain@v0.0.1-go1.25.0.linux-amd64 \
@@ -22,55 +23,157 @@
 # `shoal seed`s the previous path from the local /nix/store (the corpus paths must be
 # valid there), as on a machine that has version N installed but never ran shoal before;
 # bytes read from /nix/store are not counted as fetched.
-# Runs as root with single-user Nix; touches nothing outside a temporary directory.
+# With --link RATE:DELAY (e.g. 100mbit:20ms) the script instead times each upgrade over
+# an emulated link against plain Nix on the same link, in the same run: see link_run
+# below, and docs/upgrades.md for the figures.
+# Runs as root with single-user Nix; touches nothing outside a temporary directory (and,
+# with --link, a network namespace and veth pair of its own, removed on exit).
 set -euo pipefail
-seeded= store=
+seeded= store= link= verify_wait=
 while [[ ${1:-} == --* ]]; do
   case $1 in
   --seeded) seeded=1; shift ;;
   --store) store=$(cd "${2:?--store needs a directory}" && pwd); shift 2 ;;
+  --link) link=${2:?--link needs RATE:DELAY}; shift 2 ;;
+  --verify-wait) verify_wait=${2:?--verify-wait needs a duration}; shift 2 ;;
   *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
-corpus=$(cd "${1:?usage: $0 [--seeded] [--store DIR] CORPUS}" && pwd)
-repo=$(cd "$(dirname "$0")/.." && pwd)
-work=$(mktemp -d)
-daemon_pid=
-cleanup() {
-  [[ -n $daemon_pid ]] && kill "$daemon_pid" 2>/dev/null && wait "$daemon_pid" 2>/dev/null
-  chmod -R u+w "$work" 2>/dev/null; rm -rf "$work"
-}
-trap cleanup EXIT
-
-# Built before XDG_CACHE_HOME moves: Go keeps its build cache there, and an empty one
-# rebuilds every dependency.
-(cd "$repo" && go build -o "$work/shoal" ./cmd/shoal)
-export NIX_CONFIG="experimental-features = nix-command
-sandbox = false
-build-users-group =
-substituters ="
+corpus=$(cd "${1:?usage: $0 [--seeded | --link RATE:DELAY [--verify-wait D]] [--store DIR] CORPUS}" && pwd)
+if [[ -n $link && -n $seeded ]]; then echo "--link and --seeded do not go together" >&2; exit 2; fi
+if [[ -n $verify_wait && -z $link ]]; then echo "--verify-wait goes with --link" >&2; exit 2; fi
+# shellcheck source=lib.sh
+source "$(dirname "$0")/lib.sh"
+shoal_setup
 export XDG_CACHE_HOME=$work/xdg-cache
 pk=$(cat "$corpus/pk")
 mapfile -t paths <"$corpus/paths"
 
-if [[ -z $store ]]; then
+# publish [FLAGS...]: the corpus's xz cache into a fresh chunk store at $store.
+publish() {
   store=$work/store
   echo "== publish"
   "$work/shoal" publish --from "file://$corpus/cache-xz" --to "$store" \
-    --trusted-public-key "$pk" --all 2>&1 | grep -v '^time=' || true
+    --trusted-public-key "$pk" --all "$@" 2>&1 | grep -v '^time=' || true
+}
+port=$((20000 + RANDOM % 20000))
+
+# xz_size PATH: the FileSize of PATH's narinfo in the corpus's xz cache.
+xz_size() { sed -n 's/^FileSize: //p' "$corpus/cache-xz/$(basename "$1" | cut -c1-32).narinfo"; }
+# name PATH: the store path's name without its hash.
+name() { basename "$1" | cut -c34-; }
+
+# link_run: the upgrades over an emulated link, through the daemon and with plain Nix.
+#
+# The corpus's cache-xz and a chunk store published from it (packed layout, v3) are
+# served across the link start_link (lib.sh) makes: RATE each way, DELAY per request.
+#
+# For each path, in the corpus's order: `nix copy` through one daemon (its local cache
+# holds the paths before, as on a machine that had them), then `nix copy` straight from
+# the xz cache, each into an empty store with its own XDG_CACHE_HOME. It prints for both
+# the wall time, the bytes that crossed the veth (both directions, headers included),
+# the requests link-serve answered, and the CPU seconds of the daemon and of Nix; then
+# per path and in total the ratios daemon/plain. The first path is the cold fetch, every
+# later one an upgrade. When the corpus has cache-zstd, a third copy per path comes
+# from it as a local file:// cache ("local"): no link and a cheap decoder, nearly all of
+# it Nix writing the path, the floor under any substituter on this machine, with its
+# ratio to plain. For the breakdown, SHOAL_KEEP=DIR keeps the daemon's log
+# (SHOAL_LOG_LEVEL=debug adds the time each NAR took to plan, assemble and send),
+# link-serve's log of every request, and each copy's start and end (DIR/copies); with
+# SHOAL_PERF=1 also a perf profile of the daemon during each copy through it.
+link_run() {
+  local rate=${link%%:*} delay=${link#*:}
+  [[ -n $rate && -n $delay && $link == *:* ]] || { echo "--link wants RATE:DELAY, e.g. 100mbit:20ms" >&2; exit 2; }
+  [[ -n $store ]] || publish --layout v3
+  mkdir -p "$work/www"
+  ln -s "$corpus/cache-xz" "$work/www/cache-xz"
+  ln -s "$store" "$work/www/store"
+  local log=$work/link.log
+  start_link "$rate" "$delay" "$work/www" "$log"
+  local srv=$link_host
+  wait_for_http "http://$srv/cache-xz/nix-cache-info"
+
+  local daemon_log=/dev/stderr
+  [[ -n ${SHOAL_KEEP:-} ]] && mkdir -p "$SHOAL_KEEP" && daemon_log=$SHOAL_KEEP/daemon.log
+  start_daemon "$port" --store "http://$srv/store" --upstream "http://$srv/cache-xz" \
+    --trusted-public-key "$pk" --state-dir "$work/state" ${verify_wait:+--verify-wait "$verify_wait"} 2>"$daemon_log"
+
+  local tck
+  tck=$(getconf CLK_TCK)
+  daemoncpu() { awk -v t="$tck" '{ printf "%.2f\n", ($14 + $15) / t }' "/proc/$daemon_pid/stat"; }
+  # copy FROM PATH N: "seconds link-bytes requests daemon-cpu nix-cpu" for one nix copy
+  # into an empty store; the path is verified there afterwards, outside the time. N
+  # names the copy's files (it runs in a subshell: no counter survives it).
+  copy() {
+    local n=$3 b0 c0 l0
+    b0=$(link_bytes) c0=$(daemoncpu) l0=$(wc -l <"$log")
+    local t0 perf_pid=
+    t0=$(date +%s.%N)
+    if [[ -n ${SHOAL_PERF:-} && $1 == *127.0.0.1* ]]; then
+      perf record -q -g -p "$daemon_pid" -o "$SHOAL_KEEP/perf-$n.data" 2>/dev/null &
+      perf_pid=$!
+    fi
+    XDG_CACHE_HOME=$work/xdg-$n /usr/bin/time -o "$work/time" -f '%e %U %S' \
+      nix copy --from "$1" --to "$work/root-$n" --option trusted-public-keys "$pk" "$2" >&2
+    if [[ -n $perf_pid ]]; then kill -INT "$perf_pid"; wait "$perf_pid" || true; fi
+    local b1 c1 l1
+    b1=$(link_bytes) c1=$(daemoncpu) l1=$(wc -l <"$log")
+    [[ -z ${SHOAL_KEEP:-} ]] || echo "$n $1 $(name "$2") $t0 $(date +%s.%N)" >>"$SHOAL_KEEP/copies"
+    nix store verify --store "$work/root-$n" --option trusted-public-keys "$pk" "$2"
+    chmod -R u+w "$work/root-$n"; rm -rf "$work/root-$n" "$work/xdg-$n"
+    local e u s
+    read -r e u s <"$work/time"
+    echo "$e $((b1 - b0)) $((l1 - l0)) $(echo "$c1 - $c0" | bc -l) $(echo "$u + $s" | bc -l)"
+  }
+
+  echo "== upgrades over a $rate link, $delay per request (daemon: --store and --upstream across the link)"
+  printf '%-22s %-7s %8s %12s %6s %8s %8s   %7s %7s\n' "store path" via "time s" "link bytes" reqs "shoal s" "nix s" "time" "bytes"
+  local i=0 p
+  local -a tot_u=(0 0 0 0 0) tot_a=(0 0 0 0 0) # daemon s, plain s, daemon bytes, plain bytes, local s
+  for p in "${paths[@]}"; do
+    local d pl
+    d=$(copy "http://127.0.0.1:$port" "$p" "$i-shoal")
+    pl=$(copy "http://$srv/cache-xz" "$p" "$i-plain")
+    local ds db dr dd dn ps pb pr pd pn ls=0 lb lr ld ln
+    read -r ds db dr dd dn <<<"$d"
+    read -r ps pb pr pd pn <<<"$pl"
+    printf '%-22s %-7s %8.2f %12d %6d %8.2f %8.2f\n' "$(name "$p")" shoal "$ds" "$db" "$dr" "$dd" "$dn"
+    printf '%-22s %-7s %8.2f %12d %6d %8.2f %8.2f   %7.3f %7.3f\n' "" plain "$ps" "$pb" "$pr" "$pd" "$pn" \
+      "$(echo "$ds / $ps" | bc -l)" "$(echo "$db / $pb" | bc -l)"
+    if [[ -d $corpus/cache-zstd ]]; then
+      read -r ls lb lr ld ln <<<"$(copy "file://$corpus/cache-zstd" "$p" "$i-local")"
+      printf '%-22s %-7s %8.2f %12d %6d %8.2f %8.2f   %7.3f\n' "" local "$ls" "$lb" "$lr" "$ld" "$ln" "$(echo "$ls / $ps" | bc -l)"
+    fi
+    tot_a=("$(echo "${tot_a[0]} + $ds" | bc -l)" "$(echo "${tot_a[1]} + $ps" | bc -l)" $((tot_a[2] + db)) $((tot_a[3] + pb)) "$(echo "${tot_a[4]} + $ls" | bc -l)")
+    if ((i > 0)); then
+      tot_u=("$(echo "${tot_u[0]} + $ds" | bc -l)" "$(echo "${tot_u[1]} + $ps" | bc -l)" $((tot_u[2] + db)) $((tot_u[3] + pb)) "$(echo "${tot_u[4]} + $ls" | bc -l)")
+    fi
+    i=$((i + 1))
+  done
+  total() { # LABEL DAEMON-S PLAIN-S DAEMON-BYTES PLAIN-BYTES LOCAL-S
+    printf '%-30s shoal %7.2f s %11d B   plain %7.2f s %11d B   daemon/plain: time %.3f  bytes %.3f' \
+      "$1" "$2" "$4" "$3" "$5" "$(echo "$2 / $3" | bc -l)" "$(echo "$4 / $5" | bc -l)"
+    if [[ -d $corpus/cache-zstd ]]; then printf '   local/plain: time %.3f' "$(echo "$6 / $3" | bc -l)"; fi
+    echo
+  }
+  total "upgrades (all but the first)" "${tot_u[@]}"
+  total "every path (first one cold)" "${tot_a[@]}"
+  [[ -n ${SHOAL_KEEP:-} ]] && cp "$log" "$SHOAL_KEEP/link.log"
+  return 0
+}
+
+if [[ -n $link ]]; then
+  link_run
+  exit 0
 fi
 
-port=$((20000 + RANDOM % 20000))
-# start_daemon STATE-DIR: a daemon that seeds only what it is told to, so every path it
-# reads from /nix/store is one this script chose.
-start_daemon() {
-  "$work/shoal" --log-level warn daemon --listen "127.0.0.1:$port" --store "file://$store" \
-    --upstream "file://$corpus/cache-xz" --trusted-public-key "$pk" --state-dir "$1" \
-    --seed-related 0 &
-  daemon_pid=$!
-  for _ in $(seq 50); do curl -sf "http://127.0.0.1:$port/nix-cache-info" >/dev/null && break; sleep 0.1; done
+[[ -n $store ]] || publish
+
+start_local_daemon() { # STATE-DIR
+  start_daemon "$port" --store "file://$store" --upstream "file://$corpus/cache-xz" \
+    --trusted-public-key "$pk" --state-dir "$1"
 }
-start_daemon "$work/state"
+start_local_daemon "$work/state"
 
 # Bytes from the network: the local store's are read from disk.
 fetched() {
@@ -91,8 +194,8 @@ total_xz=0 total_fetched=0 total_deltas=0 i=0
 prev=
 for p in "${paths[@]}"; do
   if [[ -n $seeded && -n $prev ]]; then
-    kill "$daemon_pid"; wait "$daemon_pid" 2>/dev/null || true
-    start_daemon "$work/state-$i"
+    stop_daemon
+    start_local_daemon "$work/state-$i"
     "$work/shoal" seed --state-dir "$work/state-$i" --daemon "127.0.0.1:$port" "$prev"
   fi
   prev=$p
@@ -101,9 +204,9 @@ for p in "${paths[@]}"; do
     --option trusted-public-keys "$pk" "$p"
   nix store verify --store "$work/root-$i" --option trusted-public-keys "$pk" "$p"
   after=$(fetched) after_deltas=$(delta_bytes)
-  xz=$(sed -n 's/^FileSize: //p' "$corpus/cache-xz/$(basename "$p" | cut -c1-32).narinfo")
+  xz=$(xz_size "$p")
   got=$((after - before)) deltas=$((after_deltas - before_deltas))
-  printf '%-45s %12d %12d %12d %8.3f\n' "$(basename "$p" | cut -c34-)" "$xz" "$got" "$deltas" "$(echo "$got / $xz" | bc -l)"
+  printf '%-45s %12d %12d %12d %8.3f\n' "$(name "$p")" "$xz" "$got" "$deltas" "$(echo "$got / $xz" | bc -l)"
   if ((i > 0)); then
     total_xz=$((total_xz + xz)) total_fetched=$((total_fetched + got)) total_deltas=$((total_deltas + deltas))
   fi

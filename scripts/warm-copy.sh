@@ -20,26 +20,13 @@ while [[ ${1:-} == --* ]]; do
   esac
 done
 corpus=$(cd "${1:?usage: $0 [--rounds N] CORPUS}" && pwd)
-repo=$(cd "$(dirname "$0")/.." && pwd)
-work=$(mktemp -d)
-daemon_pid=
-cleanup() {
-  [[ -n $daemon_pid ]] && kill "$daemon_pid" 2>/dev/null && wait "$daemon_pid" 2>/dev/null
-  chmod -R u+w "$work" 2>/dev/null; rm -rf "$work"
-}
-trap cleanup EXIT
-(cd "$repo" && go build -o "$work/shoal" ./cmd/shoal)
-export NIX_CONFIG="experimental-features = nix-command
-sandbox = false
-build-users-group =
-substituters ="
+# shellcheck source=lib.sh
+source "$(dirname "$0")/lib.sh"
+shoal_setup
 pk=$(cat "$corpus/pk")
 mapfile -t paths <"$corpus/paths"
 port=$((20000 + RANDOM % 20000))
-"$work/shoal" --log-level warn daemon --listen "127.0.0.1:$port" --state-dir "$work/state" \
-  --upstream "file://$corpus/cache-zstd" --trusted-public-key "$pk" --seed-related 0 &
-daemon_pid=$!
-for _ in $(seq 50); do curl -sf "http://127.0.0.1:$port/nix-cache-info" >/dev/null && break; sleep 0.1; done
+start_daemon "$port" --state-dir "$work/state" --upstream "file://$corpus/cache-zstd" --trusted-public-key "$pk"
 
 n=0
 copy() { # FROM: seconds for one nix copy of every path into a fresh store

@@ -49,7 +49,7 @@ so later versions can reuse them.`,
 			&cli.StringSliceFlag{Name: "bootstrap-peer", Usage: "join the DHT through this daemon, `MULTIADDR` ending in /p2p/<peer id> (repeatable; shoal id prints a daemon's peer ID)", EnvVars: env("bootstrap-peer")},
 			&cli.StringFlag{Name: "dht-mode", Value: "server", Usage: "server: answer DHT queries and hold records for others (fleet nodes); client: only ask; auto: server only once reachable from the internet, so never among nodes of one private network", EnvVars: env("dht-mode")},
 			&cli.IntFlag{Name: "dht-announce-max", Value: p2p.DefaultAnnounceMax, Usage: "announce at most this many NARs on the DHT, most recently used first; each costs a lookup and ~20 connections every 22h", EnvVars: env("dht-announce-max")},
-			durationFlag("verify-wait", time.Minute, "how long Nix may wait for a NAR to be verified before shoal streams it with the end held back"),
+			durationFlag("verify-wait", time.Minute, "how long Nix may wait for a NAR to be verified before shoal streams it with the end held back (0s: stream at once)"),
 		},
 		Action: func(c *cli.Context) error {
 			if c.NArg() > 0 {
@@ -98,6 +98,10 @@ so later versions can reuse them.`,
 					return usageError("--peer-upload-limit: %v", err)
 				}
 			}
+			verifyWait := durationOf(c, "verify-wait")
+			if verifyWait == 0 {
+				verifyWait = daemon.StreamAtOnce // the Config's zero is its default
+			}
 			cfg := daemon.Config{
 				Listen:       c.String("listen"),
 				StoreURL:     c.String("store"),
@@ -105,7 +109,7 @@ so later versions can reuse them.`,
 				TrustedKeys:  c.StringSlice("trusted-public-key"),
 				StateDir:     c.String("state-dir"),
 				Priority:     c.Int("priority"),
-				VerifyWait:   durationOf(c, "verify-wait"),
+				VerifyWait:   verifyWait,
 				CacheSize:    cacheSize,
 				PinClosureOf: c.StringSlice("pin-closure-of"),
 				SeedStore:    c.String("seed-store"),
