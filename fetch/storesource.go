@@ -73,10 +73,7 @@ func (s *StoreSource) reader() (*chunkstore.PackReader, error) {
 		}
 		// A daemon rebuilds chains for one NAR at a time, and only when that is
 		// cheaper than the whole NAR: a small cache of hot bases is enough.
-		if s.chains, s.packErr = chain.New(s.Store, chain.Options{CacheBytes: 32 << 20, Reads: opts}); s.packErr != nil {
-			s.packs.Close()
-			s.packs = nil
-		}
+		s.chains = chain.New(s.Store, s.packs, chain.Options{CacheBytes: 32 << 20})
 	})
 	return s.packs, s.packErr
 }
@@ -86,9 +83,6 @@ func (s *StoreSource) Close() {
 	s.once.Do(func() {}) // no reader is made after Close
 	if s.packs != nil {
 		s.packs.Close()
-	}
-	if s.chains != nil {
-		s.chains.Close()
 	}
 }
 

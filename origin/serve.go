@@ -145,20 +145,13 @@ func New(st *chunkstore.Store, opts Options) (*Server, error) {
 		codec.Close()
 		return nil, err
 	}
-	reads := chunkstore.ReadOptions{Parallel: min(opts.Prefetch, 8)}
-	packs, err := chunkstore.NewPackReader(st, reads)
+	packs, err := chunkstore.NewPackReader(st, chunkstore.ReadOptions{Parallel: min(opts.Prefetch, 8)})
 	if err != nil {
 		codec.Close()
 		fast.Close()
 		return nil, err
 	}
-	chains, err := chain.New(st, chain.Options{CacheBytes: opts.HotBaseBytes, Reads: reads})
-	if err != nil {
-		codec.Close()
-		fast.Close()
-		packs.Close()
-		return nil, err
-	}
+	chains := chain.New(st, packs, chain.Options{CacheBytes: opts.HotBaseBytes})
 	s := &Server{
 		st: st, keys: opts.Keys, codec: codec, fast: fast, packs: packs, chains: chains, metrics: opts.Metrics, log: opts.Logger,
 		slots: make(chan struct{}, opts.MaxActive), queueMax: opts.QueueTimeout, prefetch: opts.Prefetch,
@@ -183,7 +176,6 @@ func (s *Server) Close() {
 	s.codec.Close()
 	s.fast.Close()
 	s.packs.Close()
-	s.chains.Close()
 }
 
 // Metrics returns the server's counters.
@@ -531,7 +523,7 @@ func (s *Server) eachPacked(ctx context.Context, m *manifest.Manifest, first int
 func (s *Server) eachChained(ctx context.Context, n *nar, first int, needRaw bool, fn func(i int, obj, raw []byte) error) error {
 	m := n.man
 	// Frames are wanted to send the zstd body, and to measure it when verifying.
-	frames := n.enc == encZstd && (!needRaw || n.frames == nil)
+	wantFrames := n.enc == encZstd && (!needRaw || n.frames == nil)
 	ready := func(i int) ([]byte, bool) {
 		if needRaw {
 			return nil, false
@@ -600,7 +592,7 @@ func (s *Server) eachChained(ctx context.Context, n *nar, first int, needRaw boo
 			return err
 		}
 		next = i + 1
-		if frames {
+		if wantFrames {
 			var err error
 			if obj, err = frame(i, obj, raw); err != nil {
 				return err

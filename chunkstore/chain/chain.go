@@ -48,8 +48,6 @@ type Options struct {
 	// Local, when set, supplies a chunk's bytes without a read (a daemon's local
 	// cache); what it returns must already be checked against the ID.
 	Local func(id chunk.ID) ([]byte, bool)
-	// Reads tunes the PackReader.
-	Reads chunkstore.ReadOptions
 }
 
 // Resolver rebuilds entries of packed manifests (versions 3 and 4) from a store. It
@@ -73,8 +71,9 @@ type Stats struct {
 	Decoded   int64 // deltas decoded
 }
 
-// New returns a Resolver of st; Close releases its decoders.
-func New(st *chunkstore.Store, opts Options) (*Resolver, error) {
+// New returns a Resolver of st that reads objects with pr, the caller's pack reader
+// (shared with its reads of full chunks, so one set of decoders serves both).
+func New(st *chunkstore.Store, pr *chunkstore.PackReader, opts Options) *Resolver {
 	if opts.CacheBytes == 0 {
 		opts.CacheBytes = 128 << 20
 	}
@@ -87,19 +86,12 @@ func New(st *chunkstore.Store, opts Options) (*Resolver, error) {
 	if opts.Manifests <= 0 {
 		opts.Manifests = 64
 	}
-	pr, err := chunkstore.NewPackReader(st, opts.Reads)
-	if err != nil {
-		return nil, err
-	}
 	return &Resolver{
 		st: st, pr: pr, opts: opts,
 		hot:  lru.New[chunk.ID, hotChunk](max(opts.CacheBytes, 0), 0),
 		mans: lru.New[[32]byte, *baseNAR](int64(opts.Manifests), 0),
-	}, nil
+	}
 }
-
-// Close releases the decoders.
-func (r *Resolver) Close() { r.pr.Close() }
 
 // Stats returns the counts so far.
 func (r *Resolver) Stats() Stats {

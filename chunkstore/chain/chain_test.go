@@ -153,12 +153,12 @@ func build(t *testing.T, mutilate func(kind chunkstore.ObjectKind, obj []byte) [
 
 func newResolver(t *testing.T, st *chunkstore.Store, opts Options) *Resolver {
 	t.Helper()
-	r, err := New(st, opts)
+	pr, err := chunkstore.NewPackReader(st, chunkstore.ReadOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(r.Close)
-	return r
+	t.Cleanup(pr.Close)
+	return New(st, pr, opts)
 }
 
 func TestForms(t *testing.T) {

@@ -57,11 +57,12 @@ func verifyPacked(ctx context.Context, s *chunkstore.Store, inv *chunkstore.Inve
 	deltas := chunk.NewDeltaCodec(0, jobs)
 	defer deltas.Close()
 
-	chains, err := chain.New(s, chain.Options{})
+	reader, err := chunkstore.NewPackReader(s, chunkstore.ReadOptions{})
 	if err != nil {
 		return rep, 0, err
 	}
-	defer chains.Close()
+	defer reader.Close()
+	chains := chain.New(s, reader, chain.Options{})
 
 	// Every index, whatever the sample: manifests are checked against them.
 	havePack := make(map[chunk.ID]bool, len(inv.Packs))
