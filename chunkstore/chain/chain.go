@@ -21,7 +21,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 
 	"github.com/shoal-nix/shoal/chunk"
 	"github.com/shoal-nix/shoal/chunkstore"
@@ -39,7 +38,7 @@ type Options struct {
 	// CacheBytes bounds the decoded chunks kept between calls (hot bases); default
 	// 128 MiB. 0 takes the default; negative keeps none.
 	CacheBytes int64
-	// Window is how many NAR bytes Each plans and fetches at once; default 16 MiB.
+	// Window is how many NAR bytes Entries plans and fetches at once; default 16 MiB.
 	Window int
 	// MaxDepth bounds the manifests walked for one chunk; default DefaultMaxDepth.
 	MaxDepth int
@@ -53,16 +52,14 @@ type Options struct {
 // Resolver rebuilds entries of packed manifests (versions 3 and 4) from a store. It
 // is safe for concurrent use.
 type Resolver struct {
-	st    *chunkstore.Store
-	pr    *chunkstore.PackReader
-	opts  Options
-	hot   *lru.Cache[chunk.ID, hotChunk]
-	mu    sync.Mutex
-	mans  *lru.Cache[[32]byte, *baseNAR]
-	stats Stats
+	st   *chunkstore.Store
+	pr   *chunkstore.PackReader
+	opts Options
+	hot  *lru.Cache[chunk.ID, hotChunk]
+	mans *lru.Cache[[32]byte, *baseNAR]
 }
 
-// Stats counts what a Resolver did, for metrics and measurements.
+// Stats counts what a call to Entries did, for metrics and measurements.
 type Stats struct {
 	Manifests int64 // base manifests read from the store
 	Objects   int64 // objects fetched: chunk objects and deltas
@@ -93,13 +90,6 @@ func New(st *chunkstore.Store, pr *chunkstore.PackReader, opts Options) *Resolve
 	}
 }
 
-// Stats returns the counts so far.
-func (r *Resolver) Stats() Stats {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.stats
-}
-
 // hotChunk is a decoded chunk kept between calls, with the chunk object it came from
 // when it was read as one.
 type hotChunk struct{ obj, raw []byte }
@@ -114,23 +104,13 @@ func (r *Resolver) Chunk(ctx context.Context, m *manifest.Manifest, i int) ([]by
 	return out, err
 }
 
-// Each calls fn with the bytes of every entry of m from first on, in order, and with
-// the chunk object they were decoded from when they were read as one (nil for a chunk
-// rebuilt from a delta or supplied by Local; a caller that needs the stored object
-// checks its length against the entry's StoredSize). fn must not modify either: they
-// may be shared with the cache of hot bases. The first entry that cannot be rebuilt
-// ends Each with an error naming it.
-func (r *Resolver) Each(ctx context.Context, m *manifest.Manifest, first int, fn func(i int, obj, raw []byte) error) error {
-	idx := make([]int, 0, len(m.Entries)-min(first, len(m.Entries)))
-	for i := first; i < len(m.Entries); i++ {
-		idx = append(idx, i)
-	}
-	_, err := r.Entries(ctx, m, idx, fn)
-	return err
-}
-
-// Entries is Each for the entries idx of m, in that order, a window of Options.Window
-// NAR bytes at a time. It returns what this call fetched.
+// Entries calls fn with the bytes of the entries idx of m, in that order, a window of
+// Options.Window NAR bytes at a time, and with the chunk object they were decoded from
+// when they were read as one (nil for a chunk rebuilt from a delta or supplied by
+// Local; a caller that needs the stored object checks its length against the entry's
+// StoredSize). fn must not modify either: they may be shared with the cache of hot
+// bases. The first entry that cannot be rebuilt ends Entries with an error naming it.
+// It returns what this call fetched.
 func (r *Resolver) Entries(ctx context.Context, m *manifest.Manifest, idx []int, fn func(i int, obj, raw []byte) error) (Stats, error) {
 	var st Stats
 	for start := 0; start < len(idx); {
@@ -282,9 +262,12 @@ func (p *plan) inBase(ctx context.Context, m *manifest.Manifest, id chunk.ID) (*
 	if m.BaseNarHash == ([32]byte{}) {
 		return nil, 0, errors.New("the manifest names no base NAR")
 	}
-	b, err := p.r.manifest(ctx, m.BaseNarHash)
+	b, read, err := p.r.manifest(ctx, m.BaseNarHash)
 	if err != nil {
 		return nil, 0, err
+	}
+	if read && p.stats != nil {
+		p.stats.Manifests++
 	}
 	if j, ok := b.at[id]; ok {
 		return b.m, j, nil
@@ -350,7 +333,7 @@ func (p *plan) fetch(ctx context.Context) error {
 			p.r.hot.Add(nd.id, hotChunk{nd.obj, raw}, int64(len(nd.obj)+len(raw))+64)
 			return nil
 		})
-		add := func(s *Stats) {
+		if s := p.stats; s != nil {
 			s.Objects += int64(len(reads))
 			s.Bytes += st.BytesRead
 			s.Requests += int64(st.Requests)
@@ -358,12 +341,6 @@ func (p *plan) fetch(ctx context.Context) error {
 				s.Decoded += int64(len(reads))
 			}
 		}
-		if p.stats != nil {
-			add(p.stats)
-		}
-		p.r.mu.Lock()
-		add(&p.r.stats)
-		p.r.mu.Unlock()
 		if err != nil {
 			return err
 		}
@@ -377,29 +354,26 @@ type baseNAR struct {
 	at map[chunk.ID]int
 }
 
-// manifest returns the parsed manifest of the NAR with this hash, from the store or
-// the cache of recent ones.
-func (r *Resolver) manifest(ctx context.Context, narHash [32]byte) (*baseNAR, error) {
+// manifest returns the parsed manifest of the NAR with this hash, from the cache of
+// recent ones or, read true, from the store.
+func (r *Resolver) manifest(ctx context.Context, narHash [32]byte) (b *baseNAR, read bool, err error) {
 	if b, ok := r.mans.Get(narHash); ok {
-		return b, nil
+		return b, false, nil
 	}
 	m, _, err := r.st.Manifest(ctx, narHash)
 	if err != nil {
-		return nil, fmt.Errorf("base manifest %s: %w", manifest.Key(narHash), err)
+		return nil, false, fmt.Errorf("base manifest %s: %w", manifest.Key(narHash), err)
 	}
 	if m.NarHash != narHash {
-		return nil, fmt.Errorf("base manifest %s describes NAR %s", manifest.Key(narHash), manifest.Key(m.NarHash))
+		return nil, false, fmt.Errorf("base manifest %s describes NAR %s", manifest.Key(narHash), manifest.Key(m.NarHash))
 	}
 	if !m.Packed() {
-		return nil, fmt.Errorf("base manifest %s (version %d) does not say where its objects lie", manifest.Key(narHash), m.Version())
+		return nil, false, fmt.Errorf("base manifest %s (version %d) does not say where its objects lie", manifest.Key(narHash), m.Version())
 	}
-	b := &baseNAR{m: m, at: make(map[chunk.ID]int, len(m.Entries))}
+	b = &baseNAR{m: m, at: make(map[chunk.ID]int, len(m.Entries))}
 	for j := len(m.Entries) - 1; j >= 0; j-- {
 		b.at[m.Entries[j].ID] = j
 	}
 	r.mans.Add(narHash, b, 1)
-	r.mu.Lock()
-	r.stats.Manifests++
-	r.mu.Unlock()
-	return b, nil
+	return b, true, nil
 }

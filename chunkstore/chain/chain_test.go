@@ -180,7 +180,16 @@ func TestForms(t *testing.T) {
 	}
 }
 
-func TestEachRebuildsEveryRelease(t *testing.T) {
+// all lists every entry of m.
+func all(m *manifest.Manifest) []int {
+	idx := make([]int, len(m.Entries))
+	for i := range idx {
+		idx[i] = i
+	}
+	return idx
+}
+
+func TestEntriesRebuildEveryRelease(t *testing.T) {
 	for _, tt := range []struct {
 		name string
 		opts Options
@@ -191,10 +200,11 @@ func TestEachRebuildsEveryRelease(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			rs := build(t, nil)
 			r := newResolver(t, rs.st, tt.opts)
+			var st Stats
 			for rel := len(rs.m) - 1; rel >= 0; rel-- {
 				m := rs.m[rel]
 				n := 0
-				err := r.Each(context.Background(), m, 0, func(i int, obj, raw []byte) error {
+				got, err := r.Entries(context.Background(), m, all(m), func(i int, obj, raw []byte) error {
 					if m.Form(i) == manifest.Full && len(obj) != int(m.Entries[i].StoredSize) {
 						t.Fatalf("release %d entry %d (%v): object of %d bytes", rel+1, i, m.Form(i), len(obj))
 					}
@@ -210,8 +220,9 @@ func TestEachRebuildsEveryRelease(t *testing.T) {
 				if err != nil || n != len(m.Entries) {
 					t.Fatalf("release %d: %d entries, %v", rel+1, n, err)
 				}
+				st.Manifests += got.Manifests
+				st.Decoded += got.Decoded
 			}
-			st := r.Stats()
 			if st.Decoded < 2 || st.Manifests < 2 {
 				t.Fatalf("stats %+v: want both deltas decoded and both base manifests read", st)
 			}
@@ -362,10 +373,10 @@ func TestBrokenChains(t *testing.T) {
 					err = check(tt.only, nil, raw)
 				}
 			} else {
-				err = r.Each(ctx, m, 0, check)
+				_, err = r.Entries(ctx, m, all(m), check)
 			}
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
-				t.Fatalf("Each = %v, want an error mentioning %q", err, tt.want)
+				t.Fatalf("Entries = %v, want an error mentioning %q", err, tt.want)
 			}
 		})
 	}
