@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nix-community/go-nix/pkg/nixbase32"
 	"github.com/shoal-nix/shoal"
 	"github.com/shoal-nix/shoal/chunk"
 	"github.com/shoal-nix/shoal/fetch"
@@ -65,9 +66,14 @@ func (s *statusRecorder) Flush() {
 }
 
 var (
-	narInfoFile = regexp.MustCompile(`^([0-9a-df-np-sv-z]{32})\.narinfo$`)
-	narFile     = regexp.MustCompile(`^([0-9a-df-np-sv-z]{52})\.nar$`)
+	narFile = regexp.MustCompile(`^([0-9a-df-np-sv-z]{52})\.nar$`)
 )
+
+// validHashPart tells whether s is a store path's hash part: 32 characters of Nix's
+// base32.
+func validHashPart(s string) bool {
+	return len(s) == 32 && nixbase32.ValidateString(s) == nil
+}
 
 // serveCacheInfo answers locally and always: a failing nix-cache-info drops the
 // substituter for the whole Nix process, and Nix caches this file for days.
@@ -85,13 +91,12 @@ func (d *Daemon) serveCacheInfo(w http.ResponseWriter, r *http.Request) {
 func narURL(narKey string) string { return "nar/" + narKey + ".nar" }
 
 func (d *Daemon) serveNarInfo(w http.ResponseWriter, r *http.Request) {
-	match := narInfoFile.FindStringSubmatch(r.PathValue("file"))
-	if match == nil {
+	hashPart, ok := strings.CutSuffix(r.PathValue("file"), ".narinfo")
+	if !ok || !validHashPart(hashPart) {
 		http.NotFound(w, r)
 		return
 	}
-	hashPart := match[1]
-	ni, _, err := d.narInfo(r.Context(), hashPart)
+	t, err := d.narInfo(r.Context(), hashPart)
 	if err != nil {
 		// A miss, a refusal and an outage all answer 404: a 5xx makes Nix retry and then
 		// fail the build when shoal is the last substituter.
@@ -101,31 +106,38 @@ func (d *Daemon) serveNarInfo(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "not found", http.StatusNotFound)
 		return
 	}
-	body := nixcache.Rewrite(ni, narURL(manifest.Key(ni.NarHash)))
-	w.Header().Set("Content-Type", "text/x-nix-narinfo")
-	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+	h := w.Header()
+	h["Content-Type"] = narInfoContentType
+	h["Content-Length"] = t.length
 	if r.Method == http.MethodGet {
-		_, _ = w.Write(body)
+		_, _ = w.Write(t.body)
 	}
 }
 
+// narInfoContentType is shared by every narinfo answer, as trustedNarInfo.length is by
+// every answer of one narinfo: net/http only reads header values.
+var narInfoContentType = []string{"text/x-nix-narinfo"}
+
 // narInfo finds a trusted narinfo for hashPart: local cache, then the store, then the
-// upstreams in order. The returned source is the URL of the cache that had it.
-func (d *Daemon) narInfo(ctx context.Context, hashPart string) (*nixcache.NarInfo, string, error) {
+// upstreams in order.
+func (d *Daemon) narInfo(ctx context.Context, hashPart string) (*trustedNarInfo, error) {
 	now := d.now()
+	// The hit Nix asks for again and again: checked before, and still what the cache holds.
+	if raw, t, ok := d.checked.get(hashPart); ok && d.cache.HoldsNarInfo(hashPart, raw, t.source, now) {
+		d.metrics.Event(eventNarInfoCacheHit)
+		return t, nil
+	}
 	if e, err := d.cache.GetNarInfo(hashPart, now); err == nil {
 		d.metrics.Event(eventNarInfoCacheHit)
 		if e.Negative {
-			return nil, "", fmt.Errorf("%w: %s (cached)", shoal.ErrNotFound, e.Reason)
-		}
-		if ni, ok := d.checked.get(hashPart, e.Raw); ok {
-			return ni, e.Source, nil
+			return nil, fmt.Errorf("%w: %s (cached)", shoal.ErrNotFound, e.Reason)
 		}
 		ni, err := nixcache.ParseNarInfo(e.Raw)
 		if err == nil {
 			if _, err = d.keys.Verify(ni); err == nil {
-				d.checked.put(hashPart, e.Raw, ni)
-				return ni, e.Source, nil
+				t := newTrustedNarInfo(ni, e.Source)
+				d.checked.put(hashPart, e.Raw, t)
+				return t, nil
 			}
 		}
 		d.log.Warn("cached narinfo no longer acceptable; looking it up again", "hash", hashPart, "err", err)
@@ -133,10 +145,6 @@ func (d *Daemon) narInfo(ctx context.Context, hashPart string) (*nixcache.NarInf
 		d.log.Warn("reading narinfo cache", "err", err)
 	}
 	d.metrics.Event(eventNarInfoCacheMiss)
-	type found struct {
-		ni     *nixcache.NarInfo
-		source string
-	}
 	// Nix asks many paths at once, and often the same one from several jobs.
 	v, err, _ := d.lookups.Do(hashPart, func() (any, error) {
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), d.cfg.LookupTimeout)
@@ -145,13 +153,12 @@ func (d *Daemon) narInfo(ctx context.Context, hashPart string) (*nixcache.NarInf
 		if err != nil {
 			return nil, err
 		}
-		return found{ni, source}, nil
+		return newTrustedNarInfo(ni, source), nil
 	})
 	if err != nil {
-		return nil, "", err
+		return nil, err
 	}
-	f := v.(found)
-	return f.ni, f.source, nil
+	return v.(*trustedNarInfo), nil
 }
 
 // lookup asks the sources and records the answer, positive or negative.
@@ -239,10 +246,11 @@ func (d *Daemon) request(ctx context.Context, narKey string) (fetch.Request, err
 		return fetch.Request{}, fmt.Errorf("no narinfo was served for NAR %s: %w", narKey, err)
 	}
 	_ = d.cache.TouchNarRoute(narKey, d.now())
-	ni, source, err := d.narInfo(ctx, route.HashPart)
+	t, err := d.narInfo(ctx, route.HashPart)
 	if err != nil {
 		return fetch.Request{}, err
 	}
+	ni, source := t.ni, t.source
 	if manifest.Key(ni.NarHash) != narKey {
 		return fetch.Request{}, fmt.Errorf("%s now has NAR %s, not %s: %w", ni.StorePath, manifest.Key(ni.NarHash), narKey, shoal.ErrNotFound)
 	}

@@ -470,6 +470,47 @@ func TestNarInfoExpiry(t *testing.T) {
 	}
 }
 
+// TestHoldsNarInfo: what a caller made of a cached narinfo stands only while the cache
+// holds exactly those bytes, from the same source, unexpired; a replaced, expired,
+// negative or pruned entry sends it back to GetNarInfo.
+func TestHoldsNarInfo(t *testing.T) {
+	c, _ := openTemp(t)
+	t0 := time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)
+	raw := []byte("StorePath: /nix/store/abc-foo\n")
+	const src = "https://cache.example"
+	put := func(key string, e NarInfoEntry) {
+		if err := c.PutNarInfo(key, e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	put("pos", NarInfoEntry{Raw: raw, Source: src, Expires: t0.Add(time.Hour)})
+	put("replaced", NarInfoEntry{Raw: raw, Source: src, Expires: t0.Add(time.Hour)})
+	put("replaced", NarInfoEntry{Raw: []byte("StorePath: /nix/store/abc-foo\nSig: x\n"), Source: src, Expires: t0.Add(time.Hour)})
+	put("neg", NarInfoEntry{Source: src, Negative: true, Reason: "not found", Expires: t0.Add(time.Hour)})
+	tests := []struct {
+		name, key, source string
+		raw               []byte
+		now               time.Time
+		want              bool
+	}{
+		{"same bytes and source", "pos", src, raw, t0, true},
+		{"other bytes", "pos", src, []byte("StorePath: /nix/store/abc-foo\nSig: x\n"), t0, false},
+		{"a prefix of the bytes", "pos", src, raw[:10], t0, false},
+		{"other source", "pos", "https://other.example", raw, t0, false},
+		{"expired", "pos", src, raw, t0.Add(time.Hour), false},
+		{"replaced since", "replaced", src, raw, t0, false},
+		{"negative", "neg", src, nil, t0, false},
+		{"absent", "nope", src, raw, t0, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := c.HoldsNarInfo(tt.key, tt.raw, tt.source, tt.now); got != tt.want {
+				t.Fatalf("HoldsNarInfo = %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
 func narInfoEqual(a, b NarInfoEntry) bool {
 	return bytes.Equal(a.Raw, b.Raw) && (a.Raw == nil) == (b.Raw == nil) &&
 		a.Source == b.Source && a.Negative == b.Negative && a.Reason == b.Reason && a.Expires.Equal(b.Expires)

@@ -1,6 +1,7 @@
 package localcache
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -65,6 +66,21 @@ func decodeNarInfo(v []byte) (NarInfoEntry, error) {
 		e.Raw = append([]byte{}, d.buf...)
 	}
 	return e, nil
+}
+
+// narInfoHolds reports whether the record v is a positive entry, live at now, of
+// exactly raw from source, reading it in place.
+func narInfoHolds(v, raw []byte, source string, now time.Time) bool {
+	d := decoder{buf: v}
+	if d.byte() != narInfoFormat {
+		return false
+	}
+	flags := d.byte()
+	expires := d.time()
+	src := d.bytes()
+	d.bytes() // reason
+	return d.err == nil && flags&flagNegative == 0 && now.Before(expires) &&
+		string(src) == source && bytes.Equal(d.buf, raw)
 }
 
 func encodeNarRoute(r NarRoute) []byte {
@@ -157,15 +173,20 @@ func (d *decoder) time() time.Time {
 }
 
 func (d *decoder) string() string {
+	return string(d.bytes())
+}
+
+// bytes is string without the copy: the result aliases the record.
+func (d *decoder) bytes() []byte {
 	n := d.uvarint()
 	if d.err != nil {
-		return ""
+		return nil
 	}
 	if n > uint64(len(d.buf)) {
 		d.err = errShortRecord
-		return ""
+		return nil
 	}
-	s := string(d.buf[:n])
+	b := d.buf[:n]
 	d.buf = d.buf[n:]
-	return s
+	return b
 }

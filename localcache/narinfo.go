@@ -77,6 +77,22 @@ func (c *Cache) GetNarInfo(hashPart string, now time.Time) (*NarInfoEntry, error
 	return &e, nil
 }
 
+// HoldsNarInfo reports whether the entry cached under hashPart is, at now, a positive
+// one of exactly raw from source. It reads the record in place, without copying it out
+// of the file: a caller that kept what it made of raw (a parsed and verified narinfo,
+// the answer sent for it) learns whether that still stands for the price of a read
+// transaction, which is what a narinfo hit costs once the copies are gone.
+func (c *Cache) HoldsNarInfo(hashPart string, raw []byte, source string, now time.Time) bool {
+	held := false
+	_ = c.db.View(func(tx *bolt.Tx) error {
+		if v := tx.Bucket(bucketNarInfo).Get([]byte(hashPart)); v != nil {
+			held = narInfoHolds(v, raw, source, now)
+		}
+		return nil
+	})
+	return held
+}
+
 // NarRoute says where the NAR behind a URL handed to Nix comes from.
 type NarRoute struct {
 	HashPart  string

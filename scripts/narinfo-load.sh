@@ -8,8 +8,11 @@
 # cache-zstd on loopback (a plain binary cache, what Nix talks to without shoal); a
 # shoal daemon with an empty state directory uses it as its upstream. One narinfo is
 # asked of the daemon once (so it is cached), then wrk (2 threads, N connections,
-# default 64) asks for it for S seconds (default 10), of the daemon and then of nginx.
-# Prints requests/s and latency percentiles of each, and the daemon's against nginx's.
+# default 64) asks for it for S seconds (default 10), of the daemon, of nginx, and of
+# net/http's file server (internal/cmd/link-serve with no delay) over the same cache:
+# the floor of a Go server on this machine, since with N connections wrk keeps both
+# cores busy and a p99 then measures scheduling as much as the server's work.
+# Prints requests/s and latency percentiles of each, and the daemon's against the others'.
 # Needs nginx and wrk (Debian packages); touches nothing outside a temporary directory.
 set -euo pipefail
 conns=64 secs=10
@@ -32,8 +35,8 @@ cleanup() {
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-(cd "$repo" && go build -o "$work/shoal" ./cmd/shoal)
-ngx_port=$(free_port) shoal_port=$(free_port)
+(cd "$repo" && go build -o "$work/shoal" ./cmd/shoal && go build -o "$work/link-serve" ./internal/cmd/link-serve)
+ngx_port=$(free_port) shoal_port=$(free_port) go_port=$(free_port)
 mkdir -p "$work/nginx/tmp"
 user=; [[ $(id -u) == 0 ]] && user="user root;"
 cat >"$work/nginx/nginx.conf" <<CONF
@@ -55,8 +58,11 @@ pids+=($!)
   --upstream "http://127.0.0.1:$ngx_port" --trusted-public-key "$(cat "$corpus/pk")" \
   --log-level warn &
 pids+=($!)
+"$work/link-serve" --listen "127.0.0.1:$go_port" --delay 0 "$corpus/cache-zstd" &
+pids+=($!)
 for _ in $(seq 100); do
-  curl -sf "http://127.0.0.1:$shoal_port/nix-cache-info" >/dev/null && curl -sf "http://127.0.0.1:$ngx_port/nix-cache-info" >/dev/null && break
+  curl -sf "http://127.0.0.1:$shoal_port/nix-cache-info" >/dev/null && curl -sf "http://127.0.0.1:$ngx_port/nix-cache-info" >/dev/null &&
+    curl -sf "http://127.0.0.1:$go_port/nix-cache-info" >/dev/null && break
   sleep 0.1
 done
 hp=$(head -1 "$corpus/paths" | sed 's|/nix/store/||; s|-.*||')
@@ -73,6 +79,11 @@ run() { # name url
 echo "one cached narinfo, wrk -t2 -c$conns -d${secs}s:"
 run shoal "http://127.0.0.1:$shoal_port/$hp.narinfo"
 run nginx "http://127.0.0.1:$ngx_port/$hp.narinfo"
+run nethttp "http://127.0.0.1:$go_port/$hp.narinfo"
 ms() { awk -v v="$1" 'BEGIN { n=v+0; if (v ~ /us$/) n/=1000; else if (v ~ /ms$/) n=n; else if (v ~ /s$/) n*=1000; print n }'; }
-awk -v a="$shoal_rps" -v b="$nginx_rps" -v c="$(ms "$shoal_p99")" -v d="$(ms "$nginx_p99")" \
-  'BEGIN { printf "shoal/nginx: throughput %.2fx, p99 %.2fx (%.2f ms against %.2f ms)\n", a/b, c/d, c, d }'
+ratio() { # name rps p99
+  awk -v n="$1" -v a="$shoal_rps" -v b="$2" -v c="$(ms "$shoal_p99")" -v d="$(ms "$3")" \
+    'BEGIN { printf "shoal/%s: throughput %.2fx, p99 %.2fx (%.2f ms against %.2f ms)\n", n, a/b, c/d, c, d }'
+}
+ratio nginx "$nginx_rps" "$nginx_p99"
+ratio nethttp "$nethttp_rps" "$nethttp_p99"
