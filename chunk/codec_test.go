@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/klauspost/compress/zstd"
 )
@@ -166,6 +167,34 @@ func TestCodecConcurrentUse(t *testing.T) {
 }
 
 func sizeName(n int) string { return fmt.Sprintf("%dKiB", n>>10) }
+
+// BenchmarkDecodeSlack decodes code-like chunks into a buffer cut exactly to their
+// size, as Decode once did, and into one with decodeSlack to spare, as it does now,
+// and reports the ratio of the two speeds measured in the same run.
+func BenchmarkDecodeSlack(b *testing.B) {
+	c := newCodec(b)
+	const size = 64 << 10
+	obj := c.Encode(nil, codeLikeInput(size))
+	var took [2]time.Duration // exact, slack
+	dst := make([]byte, 0, size+decodeSlack)
+	// In turns, so that neither gets the quieter half of the run.
+	for turn := range 8 {
+		extra := (turn % 2) * decodeSlack
+		start := time.Now()
+		for range (b.N + 3) / 4 {
+			out, err := c.dec.DecodeAll(obj, dst[:0:size+extra])
+			if err != nil || len(out) != size {
+				b.Fatalf("decoded %d bytes: %v", len(out), err)
+			}
+		}
+		took[turn%2] += time.Since(start)
+	}
+	mb := float64(size) * float64(4*((b.N+3)/4)) / 1e6
+	exact, slack := mb/took[0].Seconds(), mb/took[1].Seconds()
+	b.ReportMetric(exact, "exact-MB/s")
+	b.ReportMetric(slack, "slack-MB/s")
+	b.ReportMetric(slack/exact, "slack/exact")
+}
 
 func BenchmarkCodec(b *testing.B) {
 	c := newCodec(b)

@@ -184,8 +184,8 @@ func (c *DeltaCodec) decodeDelta(dst, obj, dict []byte, maxSize int) ([]byte, er
 		}
 	}()
 	n := len(dst)
-	dst = reserve(dst, size)
-	out, err := dec.DecodeAll(obj, dst[:n:n+size])
+	dst = reserve(dst, size+decodeSlack)
+	out, err := dec.DecodeAll(obj, dst[:n:n+size+decodeSlack])
 	if err != nil {
 		return nil, err
 	}

@@ -3,6 +3,7 @@ package chunk
 import (
 	"bytes"
 	"encoding/binary"
+	"strings"
 )
 
 // The golden inputs are fully specified in docs/format.md so that another
@@ -81,4 +82,31 @@ func referenceChunks(data []byte, p Params) [][]byte {
 		data = data[n:]
 	}
 	return out
+}
+
+// codeLikeInput is n bytes of words drawn at random from a small vocabulary, with
+// punctuation and indentation: what zstd sees in source code and text, many short
+// matches and literal runs between them. (The other inputs are all literals or all
+// one match.)
+func codeLikeInput(n int) []byte {
+	words := strings.Fields(`func return if err != nil { } package import type struct
+		interface map string int byte slice append len cap for range go defer select case
+		default chan var const nix store path chunk hash narinfo manifest delta pack zstd`)
+	s := splitMix64(3)
+	out := make([]byte, 0, n+64)
+	for len(out) < n {
+		r := s.next()
+		out = append(out, words[r%uint64(len(words))]...)
+		switch (r >> 32) % 8 {
+		case 0:
+			out = append(out, "\n\t\t"...)
+		case 1:
+			out = append(out, '(')
+		case 2:
+			out = append(out, ", "...)
+		default:
+			out = append(out, ' ')
+		}
+	}
+	return out[:n]
 }
