@@ -43,7 +43,7 @@ func NewCodecLevel(level zstd.EncoderLevel) (*Codec, error) {
 	}
 	dec, err := zstd.NewReader(nil,
 		zstd.WithDecoderConcurrency(0),
-		zstd.WithDecoderMaxMemory(MaxChunkSize),
+		zstd.WithDecoderMaxMemory(MaxChunkSize+decodeSlack),
 		zstd.WithDecoderMaxWindow(MaxChunkSize),
 		zstd.WithDecodeAllCapLimit(true),
 	)

@@ -68,6 +68,9 @@ func TestCodecLimits(t *testing.T) {
 		{"trailing garbage", append(bytes.Clone(obj), "junk"...), len(raw), false},
 		{"second frame with data", append(bytes.Clone(obj), c.Encode(nil, []byte("more"))...), 1 << 20, false},
 		{"frame without content size", encodeWithoutSize(t, raw[:100]), len(raw), false},
+		// Fewer than decodeSlack bytes over: the decoder has room for them, the length
+		// check must refuse them.
+		{"declares fewer bytes than it holds", understated(t, c, raw[:100], 90), len(raw), false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -77,6 +80,17 @@ func TestCodecLimits(t *testing.T) {
 			}
 		})
 	}
+}
+
+// understated is a frame holding raw (under 256 bytes) whose header declares only n.
+func understated(t *testing.T, c *Codec, raw []byte, n byte) []byte {
+	obj := c.Encode(nil, raw)
+	// Magic, frame header descriptor, then a single-segment frame's one-byte size.
+	if len(raw) >= 256 || obj[5] != byte(len(raw)) {
+		t.Fatalf("unexpected frame layout % x", obj[:8])
+	}
+	obj[5] = n
+	return obj
 }
 
 // encodeWithoutSize makes a valid zstd frame that does not declare its
