@@ -143,6 +143,19 @@ func (r *PackReader) Close() {
 // holding the earliest reads first. fn is called as soon as every earlier read is
 // done, so a caller can stream a NAR while the rest of the window arrives.
 func (r *PackReader) Read(ctx context.Context, reads []PackRead, fn func(i int, obj, raw []byte, err error) error) (ReadStats, error) {
+	return r.read(ctx, reads, true, fn)
+}
+
+// ReadStored is Read for a caller that opens every object itself: fn gets each stored
+// object as it lies in the pack, not decoded and not checked against its ID (raw is
+// nil, and no PackRead needs its Dict), or the reason it could not be read. The daemon's
+// fetcher decodes and checks each object anyway, to keep it; through Read, every
+// object it got was decoded twice, and every delta's dictionary built twice.
+func (r *PackReader) ReadStored(ctx context.Context, reads []PackRead, fn func(i int, obj []byte, err error) error) (ReadStats, error) {
+	return r.read(ctx, reads, false, func(i int, obj, _ []byte, err error) error { return fn(i, obj, err) })
+}
+
+func (r *PackReader) read(ctx context.Context, reads []PackRead, open bool, fn func(i int, obj, raw []byte, err error) error) (ReadStats, error) {
 	var stats ReadStats
 	for start := 0; start < len(reads); {
 		end, size := start, 0
@@ -150,7 +163,7 @@ func (r *PackReader) Read(ctx context.Context, reads []PackRead, fn func(i int, 
 			size += int(reads[end].Length)
 			end++
 		}
-		if err := r.window(ctx, reads[start:end], start, &stats, fn); err != nil {
+		if err := r.window(ctx, reads[start:end], start, open, &stats, fn); err != nil {
 			return stats, err
 		}
 		start = end
@@ -172,7 +185,7 @@ type readResult struct {
 	err      error
 }
 
-func (r *PackReader) window(ctx context.Context, reads []PackRead, base int, stats *ReadStats, fn func(int, []byte, []byte, error) error) error {
+func (r *PackReader) window(ctx context.Context, reads []PackRead, base int, open bool, stats *ReadStats, fn func(int, []byte, []byte, error) error) error {
 	spans := r.plan(reads)
 	results := make([]readResult, len(reads))
 	for i := range results {
@@ -199,7 +212,7 @@ func (r *PackReader) window(ctx context.Context, reads []PackRead, base int, sta
 			case <-ctx.Done():
 				// Spans already sent finish themselves; these never will.
 				for _, sp := range spans[k:] {
-					r.finish(reads, results, sp, nil, ctx.Err())
+					r.finish(reads, results, sp, nil, open, ctx.Err())
 				}
 				return
 			}
@@ -212,7 +225,7 @@ func (r *PackReader) window(ctx context.Context, reads []PackRead, base int, sta
 				stats.Requests += n
 				stats.BytesRead += int64(len(buf))
 				mu.Unlock()
-				r.finish(reads, results, sp, buf, err)
+				r.finish(reads, results, sp, buf, open, err)
 			}()
 		}
 	}()
@@ -356,8 +369,9 @@ func (r *PackReader) fetchOnce(ctx context.Context, sp *span, n uint64) ([]byte,
 	return buf, nil
 }
 
-// finish checks every read of a span against its ID and marks it done.
-func (r *PackReader) finish(reads []PackRead, results []readResult, sp *span, buf []byte, err error) {
+// finish checks every read of a span against its ID, if asked to open them, and marks
+// it done.
+func (r *PackReader) finish(reads []PackRead, results []readResult, sp *span, buf []byte, open bool, err error) {
 	for _, i := range sp.members {
 		res := &results[i]
 		if err != nil {
@@ -366,7 +380,9 @@ func (r *PackReader) finish(reads []PackRead, results []readResult, sp *span, bu
 			rd := &reads[i]
 			at := rd.Offset - sp.off
 			obj := buf[at : at+uint64(rd.Length) : at+uint64(rd.Length)]
-			if res.raw, res.err = r.open(rd, obj); res.err == nil {
+			if !open {
+				res.obj = obj
+			} else if res.raw, res.err = r.open(rd, obj); res.err == nil {
 				res.obj = obj
 			}
 		}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -295,5 +296,59 @@ func TestPackReaderStopsWhenTold(t *testing.T) {
 	cancel()
 	if _, err := r.Read(ctx, f.reads, func(int, []byte, []byte, error) error { return nil }); !errors.Is(err, context.Canceled) {
 		t.Fatalf("Read with a cancelled context = %v", err)
+	}
+}
+
+// TestPackReaderReadStored: ReadStored hands over the objects as they lie in the pack,
+// for a caller that opens them itself: the bytes at a location that holds another
+// object come back as they are, where Read refuses them; a pack that is not there is
+// an error either way; requests are coalesced the same.
+func TestPackReaderReadStored(t *testing.T) {
+	f := newPackFixture(t, 10)
+	r, err := chunkstore.NewPackReader(f.st, chunkstore.ReadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	reads := slices.Clone(f.reads)
+	reads[1].Offset, reads[1].Length = f.reads[0].Offset, f.reads[0].Length // another object's place
+	reads[2].Pack = chunk.Sum([]byte("gone"))
+	codec, err := chunk.NewCodec()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer codec.Close()
+	before := f.requests.Load()
+	var got int
+	stats, err := r.ReadStored(context.Background(), reads, func(i int, obj []byte, err error) error {
+		if i != got {
+			t.Fatalf("callback for read %d after %d reads", i, got)
+		}
+		got++
+		switch {
+		case i == 2:
+			if !errors.Is(err, shoal.ErrNotFound) {
+				t.Errorf("read of a missing pack: %v, want shoal.ErrNotFound", err)
+			}
+			return nil
+		case err != nil:
+			t.Errorf("read %d: %v", i, err)
+			return nil
+		}
+		want := i
+		if i == 1 {
+			want = 0 // what lies there
+		}
+		raw, err := codec.Decode(nil, obj, chunk.MaxChunkSize)
+		if err != nil || !bytes.Equal(raw, f.raws[want]) {
+			t.Errorf("read %d: stored object holds other bytes (%v)", i, err)
+		}
+		return nil
+	})
+	if err != nil || got != len(reads) {
+		t.Fatalf("ReadStored: %v after %d of %d reads", err, got, len(reads))
+	}
+	if n := f.requests.Load() - before; n > 2 || int64(stats.Requests) != n {
+		t.Errorf("%d pack requests (stats say %d) for one pack's neighbours and a missing one", n, stats.Requests)
 	}
 }

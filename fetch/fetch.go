@@ -304,7 +304,7 @@ func (f *Fetcher) fromChunks(ctx context.Context, req Request, pl *plan, p *Prog
 		slots[i] = &slot{ready: make(chan struct{})}
 	}
 	g, gctx := errgroup.WithContext(ctx)
-	for _, read := range f.prefetches(gctx, pl) {
+	for _, read := range pl.prefetches() {
 		g.Go(func() error {
 			f.packsRead(read(gctx))
 			return nil

@@ -213,6 +213,75 @@ func TestPackedStoreMissingPack(t *testing.T) {
 	}
 }
 
+// TestPackedStoreCorruptPack: pack objects that do not decode to their IDs, full
+// chunks and deltas alike, are caught by the fetcher's own check (the pack reader hands
+// them over unopened) and cost the chunks, never a wrong byte. An upgrade then takes
+// the whole NAR from the upstream; a cold fetch with no upstream fails.
+func TestPackedStoreCorruptPack(t *testing.T) {
+	for _, upgrade := range []bool{false, true} {
+		name := map[bool]string{false: "cold, no upstream", true: "upgrade"}[upgrade]
+		t.Run(name, func(t *testing.T) {
+			f := newPackedFixture(t, 2<<20)
+			c := newCounters()
+			fe := fetcherOver(t, f.codec, c, f.source(t))
+			if upgrade {
+				if _, err := wait(fe, fetch.Request{Info: f.niOld, KnownPackage: true}); err != nil {
+					t.Fatalf("fetching the older release: %v", err)
+				}
+			}
+			packs, err := filepath.Glob(filepath.Join(f.dir, chunkstore.PackPrefix, "*", "*.pack"))
+			if err != nil || len(packs) == 0 {
+				t.Fatalf("no packs found (%v)", err)
+			}
+			for _, p := range packs {
+				data, err := os.ReadFile(p)
+				if err != nil {
+					t.Fatal(err)
+				}
+				for i := 64; i < len(data); i += 512 {
+					data[i] ^= 0x5a
+				}
+				if err := os.WriteFile(p, data, 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			req := fetch.Request{Info: f.niNew, KnownPackage: true}
+			if upgrade {
+				up, err := blob.Open(f.cache.Dir, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				upstream := nixcache.NewBinaryCache(up)
+				fe.Upstream = fetch.Upstream{Caches: []*nixcache.BinaryCache{upstream}}
+				req.From = upstream.String()
+			}
+			storeBytes := c.get(c.bytes, "store") + c.get(c.bytes, "store"+fetch.DeltaSuffix)
+			got, err := wait(fe, req)
+			if storeBytes == c.get(c.bytes, "store")+c.get(c.bytes, "store"+fetch.DeltaSuffix) {
+				t.Error("nothing was read from the store")
+			}
+			if !upgrade {
+				if err == nil {
+					t.Fatal("a cold fetch out of corrupt packs and no upstream succeeded")
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("fetching: %v", err)
+			}
+			if out := readBack(t, fe, got); !bytes.Equal(out, f.newer) {
+				t.Fatal("the NAR read back differs")
+			}
+			if c.get(c.bytes, "upstream") == 0 {
+				t.Error("the NAR did not come whole from the upstream")
+			}
+			if c.get(c.events, fetch.EventDeltaFailed) == 0 {
+				t.Error("no delta failed its check")
+			}
+		})
+	}
+}
+
 // TestDeltaPrimaryStoreFetch fetches the newer release out of a delta-primary store,
 // where its new chunks are kept only as deltas against the older release's: as an
 // upgrade (deltas against the local older release), cold with no upstream (rebuilt

@@ -133,9 +133,8 @@ func (pl *plan) localOffers() []*offered {
 // prefetches returns, for each offer that reads many chunks at once cheaper (a packed
 // store), the function that reads the entries it is to supply: those no local source
 // and no earlier offer holds, as deltas where the plan priced them so.
-func (f *Fetcher) prefetches(ctx context.Context, pl *plan) []func(context.Context) chunkstore.ReadStats {
+func (pl *plan) prefetches() []func(context.Context) chunkstore.ReadStats {
 	var reads []func(context.Context) chunkstore.ReadStats
-	locals := pl.localOffers()
 	for j, o := range pl.offers {
 		pf, ok := o.Offer.(prefetcher)
 		if !ok {
@@ -146,12 +145,7 @@ func (f *Fetcher) prefetches(ctx context.Context, pl *plan) []func(context.Conte
 			if pl.local[i] || slices.ContainsFunc(pl.offers[:j], func(e *offered) bool { return e.holds[i] }) {
 				continue
 			}
-			w := want{entry: i, delta: pl.price.useDelta[i]}
-			if w.delta {
-				dr := newDeltaReq(pl.m, i)
-				w.dict = func() ([]byte, error) { return f.dictionary(ctx, dr, locals) }
-			}
-			wants = append(wants, w)
+			wants = append(wants, want{entry: i, delta: pl.price.useDelta[i]})
 		}
 		if len(wants) > 0 {
 			reads = append(reads, pf.prefetch(wants))

@@ -125,12 +125,11 @@ type prefetcher interface {
 	prefetch(wants []want) (read func(ctx context.Context) chunkstore.ReadStats)
 }
 
-// want is one entry a prefetcher is to read: its full object, or its delta object
-// decoded against dict.
+// want is one entry a prefetcher is to read: its full object, or its delta object.
+// Either is handed over as stored; the fetcher decodes and checks it.
 type want struct {
 	entry int
 	delta bool
-	dict  func() ([]byte, error)
 }
 
 // packOffer supplies a packed manifest's objects by their locations, and the chunks a
@@ -270,7 +269,7 @@ func (o *packOffer) prefetch(wants []want) func(context.Context) chunkstore.Read
 		var rd chunkstore.PackRead
 		if w.delta {
 			var ok bool
-			if rd, ok = chunkstore.DeltaRead(o.m, w.entry, w.dict); !ok {
+			if rd, ok = chunkstore.DeltaRead(o.m, w.entry, nil); !ok {
 				continue // the fetcher then asks for the full object, read alone
 			}
 		} else {
@@ -290,7 +289,9 @@ func (o *packOffer) prefetch(wants []want) func(context.Context) chunkstore.Read
 	o.rebuilt.plan(o.m, rebuild)
 	return func(ctx context.Context) chunkstore.ReadStats {
 		delivered := 0
-		stats, err := o.pr.Read(ctx, reads, func(i int, obj, _ []byte, err error) error {
+		// The fetcher opens every object it takes (fetchRemote, fetchDelta): the reader
+		// need not.
+		stats, err := o.pr.ReadStored(ctx, reads, func(i int, obj []byte, err error) error {
 			if werr := o.waitRoom(ctx, i, ends); werr != nil {
 				return werr
 			}
