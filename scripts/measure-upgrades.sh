@@ -75,9 +75,10 @@ name() { basename "$1" | cut -c34-; }
 # the requests link-serve answered, and the CPU seconds of the daemon and of Nix; then
 # per path and in total the ratios daemon/plain. The first path is the cold fetch, every
 # later one an upgrade. When the corpus has cache-zstd, a third copy per path comes
-# from it as a local file:// cache ("local"): no link and a cheap decoder, nearly all of
-# it Nix writing the path, the floor under any substituter on this machine, with its
-# ratio to plain. For the breakdown, SHOAL_KEEP=DIR keeps the daemon's log
+# from an uncompressed copy of it as a local file:// cache ("floor"): no link and
+# nothing to decode, only Nix unpacking, hashing and writing the path, the floor under
+# any substituter on this machine, with its ratio to plain. The stores are on a
+# journaled ext4 of their own (store_fs in lib.sh). For the breakdown, SHOAL_KEEP=DIR keeps the daemon's log
 # (SHOAL_LOG_LEVEL=debug adds the time each NAR took to plan, assemble and send),
 # link-serve's log of every request, and each copy's start and end (DIR/copies); with
 # SHOAL_PERF=1 also a perf profile of the daemon during each copy through it.
@@ -85,6 +86,12 @@ link_run() {
   local rate=${link%%:*} delay=${link#*:}
   [[ -n $rate && -n $delay && $link == *:* ]] || { echo "--link wants RATE:DELAY, e.g. 100mbit:20ms" >&2; exit 2; }
   [[ -n $store ]] || publish --layout v3
+  store_fs
+  local floor=
+  if [[ -d $corpus/cache-zstd ]]; then
+    floor=$work/cache-none
+    uncompressed_cache "$corpus/cache-zstd" "$floor"
+  fi
   mkdir -p "$work/www"
   ln -s "$corpus/cache-xz" "$work/www/cache-xz"
   ln -s "$store" "$work/www/store"
@@ -114,13 +121,13 @@ link_run() {
       perf_pid=$!
     fi
     XDG_CACHE_HOME=$work/xdg-$n /usr/bin/time -o "$work/time" -f '%e %U %S' \
-      nix copy --from "$1" --to "$work/root-$n" --option trusted-public-keys "$pk" "$2" >&2
+      nix copy --from "$1" --to "$stores/root-$n" --option trusted-public-keys "$pk" "$2" >&2
     if [[ -n $perf_pid ]]; then kill -INT "$perf_pid"; wait "$perf_pid" || true; fi
     local b1 c1 l1
     b1=$(link_bytes) c1=$(daemoncpu) l1=$(wc -l <"$log")
     [[ -z ${SHOAL_KEEP:-} ]] || echo "$n $1 $(name "$2") $t0 $(date +%s.%N)" >>"$SHOAL_KEEP/copies"
-    nix store verify --store "$work/root-$n" --option trusted-public-keys "$pk" "$2"
-    chmod -R u+w "$work/root-$n"; rm -rf "$work/root-$n" "$work/xdg-$n"
+    nix store verify --store "$stores/root-$n" --option trusted-public-keys "$pk" "$2"
+    chmod -R u+w "$stores/root-$n"; rm -rf "$stores/root-$n" "$work/xdg-$n"
     local e u s
     read -r e u s <"$work/time"
     echo "$e $((b1 - b0)) $((l1 - l0)) $(echo "$c1 - $c0" | bc -l) $(echo "$u + $s" | bc -l)"
@@ -140,9 +147,9 @@ link_run() {
     printf '%-22s %-7s %8.2f %12d %6d %8.2f %8.2f\n' "$(name "$p")" shoal "$ds" "$db" "$dr" "$dd" "$dn"
     printf '%-22s %-7s %8.2f %12d %6d %8.2f %8.2f   %7.3f %7.3f\n' "" plain "$ps" "$pb" "$pr" "$pd" "$pn" \
       "$(echo "$ds / $ps" | bc -l)" "$(echo "$db / $pb" | bc -l)"
-    if [[ -d $corpus/cache-zstd ]]; then
-      read -r ls lb lr ld ln <<<"$(copy "file://$corpus/cache-zstd" "$p" "$i-local")"
-      printf '%-22s %-7s %8.2f %12d %6d %8.2f %8.2f   %7.3f\n' "" local "$ls" "$lb" "$lr" "$ld" "$ln" "$(echo "$ls / $ps" | bc -l)"
+    if [[ -n $floor ]]; then
+      read -r ls lb lr ld ln <<<"$(copy "file://$floor" "$p" "$i-floor")"
+      printf '%-22s %-7s %8.2f %12d %6d %8.2f %8.2f   %7.3f\n' "" floor "$ls" "$lb" "$lr" "$ld" "$ln" "$(echo "$ls / $ps" | bc -l)"
     fi
     tot_a=("$(echo "${tot_a[0]} + $ds" | bc -l)" "$(echo "${tot_a[1]} + $ps" | bc -l)" $((tot_a[2] + db)) $((tot_a[3] + pb)) "$(echo "${tot_a[4]} + $ls" | bc -l)")
     if ((i > 0)); then
@@ -153,7 +160,7 @@ link_run() {
   total() { # LABEL DAEMON-S PLAIN-S DAEMON-BYTES PLAIN-BYTES LOCAL-S
     printf '%-30s shoal %7.2f s %11d B   plain %7.2f s %11d B   daemon/plain: time %.3f  bytes %.3f' \
       "$1" "$2" "$4" "$3" "$5" "$(echo "$2 / $3" | bc -l)" "$(echo "$4 / $5" | bc -l)"
-    if [[ -d $corpus/cache-zstd ]]; then printf '   local/plain: time %.3f' "$(echo "$6 / $3" | bc -l)"; fi
+    if [[ -n $floor ]]; then printf '   floor/plain: time %.3f' "$(echo "$6 / $3" | bc -l)"; fi
     echo
   }
   total "upgrades (all but the first)" "${tot_u[@]}"
