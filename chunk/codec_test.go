@@ -235,3 +235,39 @@ func BenchmarkCodec(b *testing.B) {
 		})
 	}
 }
+
+// TestEncodeStored: an uncompressed object opens like any other, at every size around
+// zstd's 128 KiB block limit, and truncated or flipped it never opens to other bytes.
+func TestEncodeStored(t *testing.T) {
+	c := newCodec(t)
+	for _, size := range []int{0, 1, 1000, 128<<10 - 1, 128 << 10, 128<<10 + 1, 3 << 20, MaxChunkSize} {
+		t.Run(fmt.Sprint(size), func(t *testing.T) {
+			raw := append(randomInput(size/2), lowEntropyInput(size-size/2)...)
+			obj := EncodeStored([]byte("prefix"), raw)[len("prefix"):]
+			got, err := c.Open(nil, Sum(raw), obj, size)
+			if err != nil || !bytes.Equal(got, raw) {
+				t.Fatalf("Open = %d bytes, %v", len(got), err)
+			}
+			if size > 0 {
+				if _, err := c.Decode(nil, obj, size-1); err == nil {
+					t.Fatal("an object larger than the limit decoded")
+				}
+			}
+			if size > 1000 {
+				return
+			}
+			for n := range len(obj) {
+				if _, err := c.Open(nil, Sum(raw), obj[:n], size); err == nil {
+					t.Fatalf("opened truncated to %d of %d bytes", n, len(obj))
+				}
+			}
+			for i := range obj {
+				bad := bytes.Clone(obj)
+				bad[i] ^= 0x10
+				if got, err := c.Open(nil, Sum(raw), bad, size); err == nil && !bytes.Equal(got, raw) {
+					t.Fatalf("byte %d flipped opened to other bytes", i)
+				}
+			}
+		})
+	}
+}

@@ -81,7 +81,9 @@ func (f *Fetcher) fetchDelta(ctx context.Context, e manifest.Entry, dr *deltaReq
 	if err != nil {
 		return fetched{}, fmt.Errorf("%s: delta: %w", name, err)
 	}
-	return fetched{raw: raw, obj: f.Codec.Encode(nil, raw)}, nil
+	// Kept uncompressed (chunk.EncodeStored): compressing the rebuilt chunk for the cache
+	// would cost more CPU than decoding the delta, while the NAR waits on it.
+	return fetched{raw: raw, obj: chunk.EncodeStored(nil, raw)}, nil
 }
 
 // dictionary concatenates the raw bytes of dr's base chunks, each read from a local
