@@ -6,7 +6,6 @@ import (
 	"net"
 	"slices"
 	"strings"
-	"time"
 
 	"github.com/shoal-nix/shoal/daemon"
 	"github.com/shoal-nix/shoal/localcache"
@@ -49,7 +48,7 @@ so later versions can reuse them.`,
 			&cli.StringSliceFlag{Name: "bootstrap-peer", Usage: "join the DHT through this daemon, `MULTIADDR` ending in /p2p/<peer id> (repeatable; shoal id prints a daemon's peer ID)", EnvVars: env("bootstrap-peer")},
 			&cli.StringFlag{Name: "dht-mode", Value: "server", Usage: "server: answer DHT queries and hold records for others (fleet nodes); client: only ask; auto: server only once reachable from the internet, so never among nodes of one private network", EnvVars: env("dht-mode")},
 			&cli.IntFlag{Name: "dht-announce-max", Value: p2p.DefaultAnnounceMax, Usage: "announce at most this many NARs on the DHT, most recently used first; each costs a lookup and ~20 connections every 22h", EnvVars: env("dht-announce-max")},
-			durationFlag("verify-wait", time.Minute, "how long Nix may wait for a NAR to be verified before shoal streams it with the end held back (0s: stream at once)"),
+			durationFlag("verify-wait", 0, "how long Nix may wait for a NAR to be verified before shoal streams it with the end held back; 0s streams at once, so Nix writes the path while the rest is fetched (a NAR that then fails breaks the transfer, and Nix retries)"),
 		},
 		Action: func(c *cli.Context) error {
 			if c.NArg() > 0 {
