@@ -557,14 +557,18 @@ func (f *Fetcher) fetchRemote(ctx context.Context, i int, e manifest.Entry, dr *
 // LocalChunk reads a chunk from the local cache and checks it against its ID; a chunk
 // that fails is dropped so the next request fetches it again.
 func (f *Fetcher) LocalChunk(ctx context.Context, dst []byte, e manifest.Entry) ([]byte, error) {
-	obj, err := f.Cache.GetChunk(ctx, e.ID)
+	var raw []byte
+	var openErr error
+	err := f.Cache.ReadChunk(ctx, e.ID, func(obj []byte) error {
+		raw, openErr = f.Codec.Open(dst[:0], e.ID, obj, int(e.Size))
+		return nil
+	})
 	if err != nil {
 		return nil, fmt.Errorf("reading local chunk %s: %w", e.ID, err)
 	}
-	raw, err := f.Codec.Open(dst[:0], e.ID, obj, int(e.Size))
-	if err != nil {
+	if openErr != nil {
 		_ = f.Cache.DeleteChunk(e.ID)
-		return nil, fmt.Errorf("local chunk %s: %w", e.ID, err)
+		return nil, fmt.Errorf("local chunk %s: %w", e.ID, openErr)
 	}
 	if len(raw) != int(e.Size) {
 		return nil, fmt.Errorf("local chunk %s is %d bytes, manifest says %d: %w", e.ID, len(raw), e.Size, chunk.ErrCorrupt)

@@ -117,6 +117,30 @@ func TestGetChunkReturnsCopy(t *testing.T) {
 	}
 }
 
+// TestReadChunk: fn sees the stored object, its error comes back as it is, and a
+// missing chunk is shoal.ErrNotFound without fn being called.
+func TestReadChunk(t *testing.T) {
+	c, _ := openTemp(t)
+	ctx := context.Background()
+	p := testChunk(1, 1000)
+	if err := c.PutChunks(ctx, []ChunkPut{p}); err != nil {
+		t.Fatal(err)
+	}
+	var seen []byte
+	if err := c.ReadChunk(ctx, p.ID, func(obj []byte) error { seen = bytes.Clone(obj); return nil }); err != nil || !bytes.Equal(seen, p.Obj) {
+		t.Fatalf("ReadChunk = %v, saw %d bytes of %d", err, len(seen), len(p.Obj))
+	}
+	boom := errors.New("fn failed")
+	if err := c.ReadChunk(ctx, p.ID, func([]byte) error { return boom }); !errors.Is(err, boom) {
+		t.Fatalf("ReadChunk with a failing fn = %v, want %v", err, boom)
+	}
+	called := false
+	err := c.ReadChunk(ctx, testChunk(2, 10).ID, func([]byte) error { called = true; return nil })
+	if !errors.Is(err, shoal.ErrNotFound) || called {
+		t.Fatalf("ReadChunk of a missing chunk = %v (fn called: %v), want shoal.ErrNotFound", err, called)
+	}
+}
+
 func TestPutChunksSkipsExisting(t *testing.T) {
 	c, path := openTemp(t)
 	ctx := context.Background()

@@ -112,26 +112,40 @@ func lookupChunk(tx *bolt.Tx, id chunk.ID) (seqKey, obj []byte, err error) {
 
 // GetChunk returns a copy of the stored object, or shoal.ErrNotFound.
 func (c *Cache) GetChunk(ctx context.Context, id chunk.ID) ([]byte, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
 	var out []byte
+	err := c.ReadChunk(ctx, id, func(obj []byte) error {
+		out = bytes.Clone(obj)
+		return nil
+	})
+	return out, err
+}
+
+// ReadChunk calls fn with the stored object, or returns shoal.ErrNotFound. obj is the
+// cache file's own memory, valid only until fn returns, and must not be written: a
+// caller that decodes it at once (serving a NAR) saves GetChunk's copy, and the
+// garbage of one object per chunk. fn runs inside a read transaction, so it must be
+// short and must not use the cache.
+func (c *Cache) ReadChunk(ctx context.Context, id chunk.ID, fn func(obj []byte) error) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	var fnErr error
 	err := c.db.View(func(tx *bolt.Tx) error {
 		_, obj, err := lookupChunk(tx, id)
 		if err != nil {
 			return err
 		}
 		willNeed(obj)
-		out = bytes.Clone(obj)
+		fnErr = fn(obj)
 		return nil
 	})
 	if err != nil {
 		if errors.Is(err, shoal.ErrNotFound) {
-			return nil, shoal.ErrNotFound
+			return shoal.ErrNotFound
 		}
-		return nil, fmt.Errorf("reading chunk %x: %w", id, err)
+		return fmt.Errorf("reading chunk %x: %w", id, err)
 	}
-	return out, nil
+	return fnErr
 }
 
 // HasChunks reports, for each ID, whether an object is stored, using one
