@@ -111,6 +111,12 @@ type Fetcher struct {
 	bases    baseCache
 	mu       sync.Mutex
 	jobs     map[string]*Progress
+	// The jobs' context, ended by Close, which then waits for them: a job outlives the
+	// responses that started it (a streamed response whose client went away) and must
+	// not outlive what it reads and writes.
+	jobCtx    context.Context
+	cancelJob context.CancelFunc
+	running   sync.WaitGroup
 }
 
 func (f *Fetcher) init() {
@@ -122,11 +128,16 @@ func (f *Fetcher) init() {
 		}
 		f.cache = cacheSource{c: f.Cache, log: f.log()}
 		f.jobs = make(map[string]*Progress)
+		f.jobCtx, f.cancelJob = context.WithCancel(context.Background())
 	})
 }
 
-// Close releases the delta codec.
+// Close stops the jobs still running, waits for them, and releases the delta codec.
+// Nothing may be started after it.
 func (f *Fetcher) Close() {
+	f.init()
+	f.cancelJob()
+	f.running.Wait()
 	if f.Deltas != nil {
 		f.Deltas.Close()
 	}
@@ -176,8 +187,10 @@ func (f *Fetcher) Start(req Request) (*Progress, error) {
 	p := newProgress(key, lease)
 	p.hold()
 	f.jobs[key] = p
+	f.running.Add(1)
 	go func() {
-		m, err := f.run(context.Background(), req, p)
+		defer f.running.Done()
+		m, err := f.run(f.jobCtx, req, p)
 		f.mu.Lock()
 		delete(f.jobs, key)
 		f.mu.Unlock()

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/shoal-nix/shoal/blob"
 	"github.com/shoal-nix/shoal/chunk"
@@ -377,4 +378,57 @@ func storeBytes(c *counters) int64 {
 		}
 	}
 	return n
+}
+
+// TestCloseStopsJobs: a job outlives the response that started it (a streamed response
+// whose client went away), so Close must end the jobs still running and wait for them
+// before their codecs and cache go, here while a pack read hangs.
+func TestCloseStopsJobs(t *testing.T) {
+	f := newPackedFixture(t, 2<<20)
+	asked, release := make(chan struct{}, 1), make(chan struct{})
+	files := http.FileServer(http.Dir(f.dir))
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasPrefix(r.URL.Path, "/"+chunkstore.PackPrefix) {
+			select {
+			case asked <- struct{}{}:
+			default:
+			}
+			// Hangs until the reader gives up (or the test ends, should Close not
+			// have made it).
+			select {
+			case <-r.Context().Done():
+			case <-release:
+			}
+			return
+		}
+		files.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	t.Cleanup(func() { close(release) })
+	st, err := chunkstore.Open(srv.URL, srv.Client())
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := &fetch.StoreSource{Store: st}
+	t.Cleanup(src.Close)
+	fe := fetcherOver(t, f.codec, newCounters(), src)
+	p, err := fe.Start(fetch.Request{Info: f.niNew, KnownPackage: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Release()
+	<-asked
+	closed := make(chan struct{})
+	go func() {
+		fe.Close()
+		close(closed)
+	}()
+	select {
+	case <-closed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close did not return while a job was reading a pack")
+	}
+	if done, _, err := p.Done(); !done || err == nil {
+		t.Fatalf("after Close the job is done: %v, with error %v; want done with an error", done, err)
+	}
 }
