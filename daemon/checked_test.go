@@ -38,17 +38,25 @@ func TestNarInfoAnswerFollowsTheCache(t *testing.T) {
 		body, _ := io.ReadAll(w.Result().Body)
 		return w.Code, body
 	}
-	// Served once from the upstream, and again from the cache, which checks and renders it.
+	// Served once from the upstream; the answer is written to the cache in the
+	// background.
 	code, want := get(t)
 	if code != http.StatusOK {
 		t.Fatalf("first GET: %d", code)
 	}
+	var cached *localcache.NarInfoEntry
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		var err error
+		if cached, err = d.cache.GetNarInfo(hashPart, time.Now()); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the narinfo never reached the cache: %v", err)
+		}
+	}
+	// Again, from the cache, which checks and renders it.
 	if code, got := get(t); code != http.StatusOK || !bytes.Equal(got, want) {
 		t.Fatalf("cached GET: %d %q", code, got)
-	}
-	cached, err := d.cache.GetNarInfo(hashPart, time.Now())
-	if err != nil {
-		t.Fatal(err)
 	}
 	// From here the upstream has nothing: whatever the daemon answers comes from its cache.
 	if err := os.Remove(filepath.Join(c.Dir, hashPart+".narinfo")); err != nil {
