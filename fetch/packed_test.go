@@ -17,6 +17,7 @@ import (
 	"github.com/shoal-nix/shoal/chunkstore"
 	"github.com/shoal-nix/shoal/fetch"
 	"github.com/shoal-nix/shoal/internal/cachetest"
+	"github.com/shoal-nix/shoal/manifest"
 	"github.com/shoal-nix/shoal/nixcache"
 	"github.com/shoal-nix/shoal/publish"
 )
@@ -203,6 +204,13 @@ func TestPackedStoreMissingPack(t *testing.T) {
 	upstream := nixcache.NewBinaryCache(up)
 	fe.Upstream = fetch.Upstream{Caches: []*nixcache.BinaryCache{upstream}}
 	got, err := wait(fe, fetch.Request{Info: f.niNew, From: upstream.String(), KnownPackage: true})
+	f.wantWholeNewer(t, fe, c, got, err)
+}
+
+// wantWholeNewer checks that a fetch of the newer release succeeded with the right
+// bytes, all of them from the upstream's whole NAR.
+func (f *packedFixture) wantWholeNewer(t *testing.T, fe *fetch.Fetcher, c *counters, got *manifest.Manifest, err error) {
+	t.Helper()
 	if err != nil {
 		t.Fatalf("fetching: %v", err)
 	}
@@ -267,15 +275,7 @@ func TestPackedStoreCorruptPack(t *testing.T) {
 				}
 				return
 			}
-			if err != nil {
-				t.Fatalf("fetching: %v", err)
-			}
-			if out := readBack(t, fe, got); !bytes.Equal(out, f.newer) {
-				t.Fatal("the NAR read back differs")
-			}
-			if c.get(c.bytes, "upstream") == 0 {
-				t.Error("the NAR did not come whole from the upstream")
-			}
+			f.wantWholeNewer(t, fe, c, got, err)
 			if c.get(c.events, fetch.EventDeltaFailed) == 0 {
 				t.Error("no delta failed its check")
 			}
