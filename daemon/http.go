@@ -307,6 +307,10 @@ func (d *Daemon) serveNAR(w http.ResponseWriter, r *http.Request) {
 	if r.Header.Get("Range") != "" {
 		wait = rangedWait
 	}
+	if wait == 0 {
+		// Streaming from the start: assembly hands over the chunks it checks.
+		defer p.Stream()()
+	}
 	began := time.Now()
 	waitCtx, cancel := context.WithTimeout(ctx, wait)
 	m, err := p.Wait(waitCtx)
@@ -385,13 +389,16 @@ func (d *Daemon) streamProgress(w http.ResponseWriter, r *http.Request, p *fetch
 				panic(http.ErrAbortHandler)
 			}
 		}
-		raw, err := d.fetcher.LocalChunk(ctx, buf, e)
-		if err != nil {
-			d.metrics.Event(eventNarVerifyFailure)
-			d.log.Error("breaking NAR response: local chunk unusable", "nar", p.Key, "err", err)
-			panic(http.ErrAbortHandler)
+		// The chunk assembly just checked, or else the one in the cache, checked again.
+		raw, handed := p.Take(gen, i)
+		if !handed {
+			if raw, err = d.fetcher.LocalChunk(ctx, buf, e); err != nil {
+				d.metrics.Event(eventNarVerifyFailure)
+				d.log.Error("breaking NAR response: local chunk unusable", "nar", p.Key, "err", err)
+				panic(http.ErrAbortHandler)
+			}
+			buf = raw
 		}
-		buf = raw
 		if _, err := w.Write(raw); err != nil {
 			return false
 		}

@@ -376,6 +376,7 @@ func (f *Fetcher) fromChunks(ctx context.Context, req Request, pl *plan, p *Prog
 				h.Write(s.raw)
 				size += uint64(len(s.raw))
 			}
+			p.handOff(gen, i, s.raw)
 			if s.fresh != nil {
 				batch = append(batch, localcache.ChunkPut{ID: e.ID, Obj: s.fresh})
 				batchBytes += len(s.fresh)

@@ -31,7 +31,18 @@ type Progress struct {
 	err      error
 	manifest *manifest.Manifest
 	holders  int
+
+	// Chunks handed from assembly to the responses streaming this NAR, by entry, so
+	// that a chunk just decoded and checked for the NAR's hash is not read and decoded
+	// again to be sent. Kept only while someone streams, and within handOffBytes.
+	streamers   int
+	handed      map[int][]byte
+	handedBytes int
 }
+
+// handOffBytes bounds the chunks held for the streaming responses of one NAR: when Nix
+// takes them slower than they are assembled, the rest are read back from the cache.
+const handOffBytes = 16 << 20
 
 func newProgress(key string, lease *localcache.Lease) *Progress {
 	p := &Progress{Key: key, lease: lease}
@@ -118,6 +129,55 @@ func (p *Progress) Done() (bool, *manifest.Manifest, error) {
 	return p.done, p.manifest, p.err
 }
 
+// Stream says the caller is about to stream this NAR with Ready and Take; call the
+// returned function when done. Until then, assembly keeps the chunks it checked for
+// the caller to take.
+func (p *Progress) Stream() (done func()) {
+	p.mu.Lock()
+	p.streamers++
+	p.mu.Unlock()
+	return func() {
+		p.mu.Lock()
+		if p.streamers--; p.streamers == 0 {
+			p.handed, p.handedBytes = nil, 0
+		}
+		p.mu.Unlock()
+	}
+}
+
+// Take returns the checked bytes of entry i of generation gen if assembly handed them
+// over and nobody took them yet; otherwise the caller reads the chunk from the cache.
+func (p *Progress) Take(gen, i int) ([]byte, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	raw, ok := p.handed[i]
+	if !ok || p.gen != gen {
+		return nil, false
+	}
+	delete(p.handed, i)
+	p.handedBytes -= len(raw)
+	return raw, true
+}
+
+// handOff offers entry i's checked bytes to the streaming responses, before the entry
+// is published. It never blocks: with nobody streaming, or the bound reached, the
+// bytes are not kept.
+func (p *Progress) handOff(gen, i int, raw []byte) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.streamers == 0 || p.gen != gen || raw == nil || p.handedBytes+len(raw) > handOffBytes {
+		return
+	}
+	if p.handed == nil {
+		p.handed = map[int][]byte{}
+	}
+	if old, ok := p.handed[i]; ok {
+		p.handedBytes -= len(old)
+	}
+	p.handed[i] = raw
+	p.handedBytes += len(raw)
+}
+
 func (p *Progress) publish(gen int, es ...manifest.Entry) {
 	p.mu.Lock()
 	if p.gen == gen {
@@ -132,6 +192,7 @@ func (p *Progress) restart() int {
 	defer p.mu.Unlock()
 	p.gen++
 	p.entries = nil
+	p.handed, p.handedBytes = nil, 0
 	p.cond.Broadcast()
 	return p.gen
 }
