@@ -65,9 +65,7 @@ func (s *statusRecorder) Flush() {
 	}
 }
 
-var (
-	narFile = regexp.MustCompile(`^([0-9a-df-np-sv-z]{52})\.nar$`)
-)
+var narFile = regexp.MustCompile(`^([0-9a-df-np-sv-z]{52})\.nar$`)
 
 // validHashPart tells whether s is a store path's hash part: 32 characters of Nix's
 // base32.
