@@ -2,7 +2,6 @@ package chunkstore
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 )
 
@@ -22,12 +21,5 @@ func (s *Store) SwitchLayout(ctx context.Context, from, to int) error {
 		return fmt.Errorf("store layout %d: want %d or %d", to, FormatVersion, FormatPacked)
 	}
 	m.Version = to
-	raw, err := json.MarshalIndent(m, "", "  ")
-	if err != nil {
-		return err
-	}
-	if err := s.b.Put(ctx, MetaKey, append(raw, '\n')); err != nil {
-		return fmt.Errorf("writing %s to %s: %w", MetaKey, s.b, err)
-	}
-	return nil
+	return s.putMeta(ctx, m)
 }
