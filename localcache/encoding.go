@@ -48,22 +48,39 @@ func encodeNarInfo(e NarInfoEntry) []byte {
 	return append(b, e.Raw...)
 }
 
-func decodeNarInfo(v []byte) (NarInfoEntry, error) {
+// narInfoRecord is a narinfo record read in place: its slices alias the record.
+type narInfoRecord struct {
+	negative            bool
+	expires             time.Time
+	source, reason, raw []byte
+}
+
+func readNarInfo(v []byte) (narInfoRecord, error) {
 	d := decoder{buf: v}
-	var e NarInfoEntry
+	var r narInfoRecord
 	if f := d.byte(); f != narInfoFormat && d.err == nil {
-		return e, fmt.Errorf("narinfo record format %d unknown", f)
+		return r, fmt.Errorf("narinfo record format %d unknown", f)
 	}
 	flags := d.byte()
-	e.Expires = d.time()
-	e.Source = d.string()
-	e.Reason = d.string()
+	r.expires = d.time()
+	r.source = d.bytes()
+	r.reason = d.bytes()
 	if d.err != nil {
-		return NarInfoEntry{}, fmt.Errorf("decoding narinfo record: %w", d.err)
+		return narInfoRecord{}, fmt.Errorf("decoding narinfo record: %w", d.err)
 	}
-	e.Negative = flags&flagNegative != 0
-	if !e.Negative {
-		e.Raw = append([]byte{}, d.buf...)
+	r.negative = flags&flagNegative != 0
+	r.raw = d.buf
+	return r, nil
+}
+
+func decodeNarInfo(v []byte) (NarInfoEntry, error) {
+	r, err := readNarInfo(v)
+	if err != nil {
+		return NarInfoEntry{}, err
+	}
+	e := NarInfoEntry{Expires: r.expires, Source: string(r.source), Reason: string(r.reason), Negative: r.negative}
+	if !r.negative {
+		e.Raw = append([]byte{}, r.raw...)
 	}
 	return e, nil
 }
@@ -71,16 +88,9 @@ func decodeNarInfo(v []byte) (NarInfoEntry, error) {
 // narInfoHolds reports whether the record v is a positive entry, live at now, of
 // exactly raw from source, reading it in place.
 func narInfoHolds(v, raw []byte, source string, now time.Time) bool {
-	d := decoder{buf: v}
-	if d.byte() != narInfoFormat {
-		return false
-	}
-	flags := d.byte()
-	expires := d.time()
-	src := d.bytes()
-	d.bytes() // reason
-	return d.err == nil && flags&flagNegative == 0 && now.Before(expires) &&
-		string(src) == source && bytes.Equal(d.buf, raw)
+	r, err := readNarInfo(v)
+	return err == nil && !r.negative && now.Before(r.expires) &&
+		string(r.source) == source && bytes.Equal(r.raw, raw)
 }
 
 func encodeNarRoute(r NarRoute) []byte {
