@@ -157,7 +157,6 @@ func frameHeader(obj []byte, maxSize int, what string) (zstd.Header, error) {
 	return h, nil
 }
 
-// reserve returns dst with room for size more bytes.
 // decodeSlack is room past a frame's declared size in the buffer it decodes into.
 // With at least 32 bytes spare (zstd's compressedBlockOverAlloc), klauspost's decoder
 // copies literals and matches in whole blocks; a buffer cut exactly to the size makes it
@@ -165,6 +164,7 @@ func frameHeader(obj []byte, maxSize int, what string) (zstd.Header, error) {
 // 415; BenchmarkDecodeSlack measures the same on code-like input.
 const decodeSlack = 32
 
+// reserve returns dst with room for size more bytes.
 func reserve(dst []byte, size int) []byte {
 	if n := len(dst); cap(dst)-n < size {
 		grown := make([]byte, n, n+size)
