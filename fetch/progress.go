@@ -160,7 +160,7 @@ func (p *Progress) Take(gen, i int) ([]byte, bool) {
 }
 
 // handOff offers entry i's checked bytes to the streaming responses, before the entry
-// is published. It never blocks: with nobody streaming, or the bound reached, the
+// is published; assembly offers each entry of a generation once. It never blocks: with nobody streaming, or the bound reached, the
 // bytes are not kept.
 func (p *Progress) handOff(gen, i int, raw []byte) {
 	p.mu.Lock()
@@ -170,9 +170,6 @@ func (p *Progress) handOff(gen, i int, raw []byte) {
 	}
 	if p.handed == nil {
 		p.handed = map[int][]byte{}
-	}
-	if old, ok := p.handed[i]; ok {
-		p.handedBytes -= len(old)
 	}
 	p.handed[i] = raw
 	p.handedBytes += len(raw)
